@@ -1,0 +1,122 @@
+"""The one structure type everything downstream consumes."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from crystalframes.io.errors import InputError
+
+# Atoms closer than this (in Angstrom, across periodic images) are almost surely a broken file.
+MIN_INTERATOMIC_DISTANCE = 0.5
+# |det L| / (|a||b||c|) below this means the three lattice vectors are (nearly) coplanar.
+MIN_NORMALISED_VOLUME = 1e-6
+MAX_ATOMIC_NUMBER = 118
+
+
+@dataclass
+class Crystal:
+    """A periodic crystal: lattice rows are the lattice vectors (Angstrom).
+
+    ``targets`` maps property names to floats (``nan`` when the record has no value).
+    ``split`` is the record's own train/val/test label, if any.
+    """
+
+    id: str
+    lattice: np.ndarray  # (3, 3) float64, rows = lattice vectors a, b, c
+    atomic_numbers: np.ndarray  # (N,) int64
+    frac_coords: np.ndarray  # (N, 3) float64
+    targets: dict[str, float] = field(default_factory=dict)
+    split: str | None = None
+    source: str = ""
+
+    def __post_init__(self):
+        self.lattice = np.asarray(self.lattice, dtype=np.float64).reshape(3, 3)
+        self.atomic_numbers = np.asarray(self.atomic_numbers, dtype=np.int64).reshape(-1)
+        self.frac_coords = np.asarray(self.frac_coords, dtype=np.float64).reshape(-1, 3)
+
+    @property
+    def num_atoms(self) -> int:
+        return int(self.atomic_numbers.shape[0])
+
+    @property
+    def cart_coords(self) -> np.ndarray:
+        return self.frac_coords @ self.lattice
+
+    @property
+    def volume(self) -> float:
+        return float(abs(np.linalg.det(self.lattice)))
+
+    @property
+    def formula(self) -> str:
+        from pymatgen.core import Composition, Element
+
+        counts: dict[str, int] = {}
+        for z in self.atomic_numbers:
+            sym = Element.from_Z(int(z)).symbol
+            counts[sym] = counts.get(sym, 0) + 1
+        return Composition(counts).reduced_formula
+
+    @property
+    def where(self) -> str:
+        """Where this crystal came from, for error messages."""
+        if self.source and self.id and self.id not in self.source:
+            return f"{self.source} [{self.id}]"
+        return self.source or self.id or "<structure>"
+
+    def target(self, name: str) -> float:
+        """The value of target ``name``; an :class:`InputError` if missing or non-numeric."""
+        if name not in self.targets:
+            raise InputError(self.where, f"missing target '{name}'")
+        value = self.targets[name]
+        if value is None or (isinstance(value, float) and math.isnan(value)):
+            raise InputError(self.where, f"missing target '{name}' (no value)")
+        return float(value)
+
+    def validate(self) -> "Crystal":
+        """Check the structure is physically usable; raise :class:`InputError` naming the problem."""
+        where = self.where
+        if self.num_atoms == 0:
+            raise InputError(where, "structure has no atoms")
+        if self.frac_coords.shape != (self.num_atoms, 3):
+            raise InputError(where, f"{self.num_atoms} species but {self.frac_coords.shape[0]} coordinates")
+        if not np.all(np.isfinite(self.lattice)):
+            raise InputError(where, "lattice contains non-finite values (nan/inf)")
+        if not np.all(np.isfinite(self.frac_coords)):
+            raise InputError(where, "coordinates contain non-finite values (nan/inf)")
+        bad = (self.atomic_numbers < 1) | (self.atomic_numbers > MAX_ATOMIC_NUMBER)
+        if bad.any():
+            raise InputError(where, f"unknown element (atomic number {int(self.atomic_numbers[bad][0])})")
+        lengths = np.linalg.norm(self.lattice, axis=1)
+        det = float(np.linalg.det(self.lattice))
+        if lengths.min() <= 0 or abs(det) / float(np.prod(lengths)) < MIN_NORMALISED_VOLUME:
+            raise InputError(
+                where, f"singular lattice (volume {abs(det):.3g} A^3): lattice vectors are (nearly) coplanar"
+            )
+        d_min = min_interatomic_distance(self.lattice, self.frac_coords, MIN_INTERATOMIC_DISTANCE)
+        if d_min < MIN_INTERATOMIC_DISTANCE:
+            raise InputError(
+                where, f"atoms closer than {MIN_INTERATOMIC_DISTANCE} A (closest pair {d_min:.3f} A): overlapping sites"
+            )
+        for name, value in self.targets.items():
+            if value is None:
+                continue
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise InputError(where, f"target '{name}' is not a number: {value!r}")
+            if math.isinf(value):
+                raise InputError(where, f"target '{name}' is infinite")
+        return self
+
+
+def min_interatomic_distance(lattice: np.ndarray, frac_coords: np.ndarray, cutoff: float) -> float:
+    """Shortest distance between two atoms (including an atom and its own periodic image),
+    or ``inf`` if none is within ``cutoff``."""
+    from vesin import NeighborList
+
+    cart = np.ascontiguousarray(frac_coords @ lattice)
+    (d,) = NeighborList(cutoff=cutoff, full_list=False).compute(
+        points=cart, box=np.ascontiguousarray(lattice), periodic=True, quantities="d"
+    )
+    return float(d.min()) if len(d) else math.inf

@@ -1,0 +1,24 @@
+"""Input errors: one clear message naming the file or record and the problem."""
+
+from __future__ import annotations
+
+
+class InputError(ValueError):
+    """A structure, record or dataset that cannot be used.
+
+    Parameters
+    ----------
+    source
+        The file path, ``path:line``, record id or object description the problem is in.
+    problem
+        What is wrong, in words a user can act on.
+    """
+
+    def __init__(self, source: str, problem: str):
+        self.source = str(source)
+        self.problem = problem
+        super().__init__(f"{self.source}: {problem}")
+
+
+class DatasetError(InputError):
+    """A whole dataset (download, archive, folder) is unusable."""

@@ -1,0 +1,49 @@
+"""Shared fixtures. Tests needing ../shared/data skip with a reason when it is absent."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+SHARED_DATA_ENV = "CRYSTALFRAMES_SHARED_DATA"
+
+
+def shared_data_dir() -> Path | None:
+    env = os.environ.get(SHARED_DATA_ENV)
+    path = Path(env) if env else Path(__file__).resolve().parents[2] / "shared" / "data"
+    return path if (path / "jarvis_dft_3d_sample.jsonl.gz").exists() else None
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    path = shared_data_dir()
+    if path is None:
+        pytest.skip(f"../shared/data not found (set {SHARED_DATA_ENV} to its folder to run this test)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def jarvis_sample(shared_data):
+    from crystalframes.io import read_dataset
+
+    return read_dataset(shared_data / "jarvis_dft_3d_sample.jsonl.gz").crystals
+
+
+@pytest.fixture(scope="session")
+def mp_sample(shared_data):
+    from crystalframes.io import read_dataset
+
+    return read_dataset(shared_data / "mp_2018_sample.jsonl.gz").crystals
+
+
+@pytest.fixture
+def nacl():
+    """Rock salt, conventional 8-atom cell, a = 5.64 A (REFERENCE.md cross-check)."""
+    a = 5.64
+    from crystalframes.io import Crystal
+
+    fcc = np.array([[0, 0, 0], [0.5, 0.5, 0], [0.5, 0, 0.5], [0, 0.5, 0.5]])
+    return Crystal("NaCl", np.eye(3) * a, [11] * 4 + [17] * 4, np.concatenate([fcc, fcc + [0.5, 0, 0]]))
