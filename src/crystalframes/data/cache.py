@@ -20,25 +20,14 @@ import numpy as np
 import torch
 
 from crystalframes import __version__
+from crystalframes.data.paths import cache_root
 from crystalframes.data.graph import CrystalGraph, GraphSettings, build_graph
 from crystalframes.io.crystal import Crystal
 
 log = logging.getLogger("crystalframes.data")
 
 CACHE_FORMAT = 1
-CACHE_ENV = "CRYSTALFRAMES_CACHE_DIR"
 _ARRAYS = ("atomic_numbers", "frac_coords", "pos", "edge_index", "edge_shift", "edge_vec", "edge_is_lattice")
-
-
-def cache_root() -> Path:
-    """Root of crystalframes' caches: ``$CRYSTALFRAMES_CACHE_DIR`` or the platform cache dir.
-    Not created here (nothing is created at import or lookup time)."""
-    env = os.environ.get(CACHE_ENV)
-    if env:
-        return Path(env).expanduser()
-    import platformdirs
-
-    return Path(platformdirs.user_cache_dir("crystalframes"))
 
 
 def crystals_hash(crystals: Sequence[Crystal]) -> str:

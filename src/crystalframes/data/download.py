@@ -29,6 +29,8 @@ import zlib
 from pathlib import Path
 from typing import IO, Iterator
 
+from crystalframes.data.paths import CACHE_ENV as CACHE_ENV_VAR
+from crystalframes.data.paths import cache_root
 from crystalframes.data.datasets import DatasetInfo, embedded_path, get_dataset_info
 from crystalframes.io.errors import DatasetError
 
@@ -41,7 +43,6 @@ __all__ = [
     "file_sha256",
 ]
 
-CACHE_ENV_VAR = "CRYSTALFRAMES_CACHE_DIR"
 CHUNK_SIZE = 1 << 20
 TIMEOUT_SECONDS = 60.0
 # A record count outside [expected / FACTOR, expected * FACTOR] is suspicious enough to warn about.
@@ -61,12 +62,7 @@ def _user_agent() -> str:
 
 def cache_dir() -> Path:
     """Folder holding downloaded datasets (not created here)."""
-    override = os.environ.get(CACHE_ENV_VAR)
-    if override:
-        return Path(os.path.expanduser(override)) / "datasets"
-    import platformdirs
-
-    return Path(platformdirs.user_cache_dir("crystalframes")) / "datasets"
+    return cache_root() / "datasets"
 
 
 def _sidecar(path: Path) -> Path:

@@ -53,18 +53,13 @@ def reduced_lattice_vectors(lattice: np.ndarray) -> np.ndarray:
     order = tie_aware_order(lengths, LENGTH_TIE_RTOL * lengths.max(), -ints)
     ints, vecs, lengths = ints[order], vecs[order], lengths[order]
 
-    chosen = [0]
-    for idx in range(1, len(ints)):
-        v = vecs[idx]
-        if len(chosen) == 1:
-            cross = np.linalg.norm(np.cross(vecs[chosen[0]], v))
-            if cross > COLLINEAR_TOL * lengths[chosen[0]] * lengths[idx]:
-                chosen.append(idx)
-        else:
-            triple = abs(np.dot(np.cross(vecs[chosen[0]], vecs[chosen[1]]), v))
-            if triple > COLLINEAR_TOL * lengths[chosen[0]] * lengths[chosen[1]] * lengths[idx]:
-                chosen.append(idx)
-                break
+    # l2: first candidate not collinear with l1; l3: first not coplanar with l1, l2.
+    cross = np.linalg.norm(np.cross(vecs[0], vecs), axis=1)
+    second = int(np.argmax(cross > COLLINEAR_TOL * lengths[0] * lengths))
+    normal = np.cross(vecs[0], vecs[second])
+    triple = np.abs(vecs @ normal)
+    third = int(np.argmax(triple > COLLINEAR_TOL * lengths[0] * lengths[second] * lengths))
+    chosen = [0, second, third]
     n = ints[chosen].copy()
     v = vecs[chosen]
     for a in (1, 2):

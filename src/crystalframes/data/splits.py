@@ -22,6 +22,7 @@ import json
 import math
 import os
 import random
+import warnings
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -140,22 +141,38 @@ def split_by_ids(
     """Split by id lists ``{"train": [...], "val": [...], "test": [...]}``.
 
     Crystals whose id is in no list are left out; ids with no crystal are ignored (a sample holds
-    a subset of a benchmark). An id listed in two splits, or an unknown split name, is an error.
-    The order of each split follows ``crystals``.
+    a subset of a benchmark). The order of each split follows ``crystals``.
+
+    An id listed in two splits is ambiguous: the official JARVIS ``dft_3d_2021`` lists contain a
+    few (the dataset holds some jids twice and was split by record index, e.g. ``JVASP-113961``
+    is in both train and test). Crystals with such an id are left out of every split, with a
+    warning, rather than risk the same structure in train and test.
     """
     where: dict[str, str] = {}
+    ambiguous: set[str] = set()
     for raw_label, ids in id_lists.items():
         label = _normalise_label(raw_label, "benchmark id lists")
         for cid in ids:
             cid = str(cid)
             previous = where.setdefault(cid, label)
             if previous != label:
-                raise DatasetError("benchmark id lists", f"id {cid} is in both '{previous}' and '{label}'")
+                ambiguous.add(cid)
     out: dict[str, list[Crystal]] = {name: [] for name in SPLIT_NAMES}
+    left_out: list[str] = []
     for crystal in crystals:
-        label = where.get(str(crystal.id))
+        cid = str(crystal.id)
+        if cid in ambiguous:
+            left_out.append(cid)
+            continue
+        label = where.get(cid)
         if label is not None:
             out[label].append(crystal)
+    if left_out:
+        shown = ", ".join(sorted(set(left_out))[:5])
+        warnings.warn(
+            f"{len(left_out)} crystal(s) left out of every split: their id is listed in more than one "
+            f"split ({shown})"
+        )
     return out
 
 

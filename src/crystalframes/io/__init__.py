@@ -2,5 +2,23 @@
 
 from crystalframes.io.crystal import Crystal
 from crystalframes.io.errors import DatasetError, InputError
+from crystalframes.io.readers import (
+    ReadResult,
+    crystal_from_jarvis,
+    crystal_from_record,
+    iter_records,
+    read_dataset,
+    read_structure,
+)
 
-__all__ = ["Crystal", "InputError", "DatasetError"]
+__all__ = [
+    "Crystal",
+    "InputError",
+    "DatasetError",
+    "ReadResult",
+    "crystal_from_jarvis",
+    "crystal_from_record",
+    "iter_records",
+    "read_dataset",
+    "read_structure",
+]

@@ -14,6 +14,8 @@ MIN_INTERATOMIC_DISTANCE = 0.5
 # |det L| / (|a||b||c|) below this means the three lattice vectors are (nearly) coplanar.
 MIN_NORMALISED_VOLUME = 1e-6
 MAX_ATOMIC_NUMBER = 118
+# Up to this many atoms the closest-pair check uses the O(N^2) minimum-image shortcut.
+MINIMUM_IMAGE_MAX_ATOMS = 200
 
 
 @dataclass
@@ -61,10 +63,9 @@ class Crystal:
 
     @property
     def where(self) -> str:
-        """Where this crystal came from, for error messages."""
-        if self.source and self.id and self.id not in self.source:
-            return f"{self.source} [{self.id}]"
-        return self.source or self.id or "<structure>"
+        """Where this crystal came from, for error messages: ``source [id]``, or just ``source``
+        when it already names the id (``file.jsonl:17 [mp-1]``, ``.../mp-1.cif``)."""
+        return location(self.source, self.id)
 
     def target(self, name: str) -> float:
         """The value of target ``name``; an :class:`InputError` if missing or non-numeric."""
@@ -110,12 +111,45 @@ class Crystal:
         return self
 
 
+def location(source: str, id: str | None) -> str:
+    """``source [id]`` for messages, unless ``source`` already names ``id`` (as ``[id]`` or as the
+    file name ``id`` / ``id.ext``). A plain substring test would drop short ids like ``e``."""
+    if not source:
+        return id or "<structure>"
+    if not id or f"[{id}]" in source:
+        return source
+    name = source.replace("\\", "/").rsplit("/", 1)[-1]
+    if name == id or name.startswith(id + "."):
+        return source
+    return f"{source} [{id}]"
+
+
 def min_interatomic_distance(lattice: np.ndarray, frac_coords: np.ndarray, cutoff: float) -> float:
     """Shortest distance between two atoms (including an atom and its own periodic image),
-    or ``inf`` if none is within ``cutoff``."""
+    or ``inf`` if none is within ``cutoff``.
+
+    Small cells whose plane spacings all exceed ``2 * cutoff`` (almost every real crystal) take a
+    minimum-image shortcut: then the wrapped fractional offset is the only image that can be
+    closer than ``cutoff``, and no atom meets its own image. That is ~50x faster than building
+    a cell list for a 0.5 A cutoff, which matters when validating tens of thousands of records.
+    Everything else goes through vesin's neighbour list.
+    """
+    lattice = np.asarray(lattice, dtype=np.float64)
+    frac = np.asarray(frac_coords, dtype=np.float64).reshape(-1, 3)
+    n = frac.shape[0]
+    plane_spacing = 1.0 / np.linalg.norm(np.linalg.inv(lattice), axis=0)  # d_k = 1 / |b_k|
+    if n <= MINIMUM_IMAGE_MAX_ATOMS and plane_spacing.min() > 2 * cutoff:
+        if n < 2:
+            return math.inf
+        offset = frac[None, :, :] - frac[:, None, :]
+        offset -= np.round(offset)
+        dist2 = np.einsum("ijk,ijk->ij", offset @ lattice, offset @ lattice)
+        dist2[np.diag_indices(n)] = math.inf
+        best = math.sqrt(float(dist2.min()))
+        return best if best < cutoff else math.inf
     from vesin import NeighborList
 
-    cart = np.ascontiguousarray(frac_coords @ lattice)
+    cart = np.ascontiguousarray(frac @ lattice)
     (d,) = NeighborList(cutoff=cutoff, full_list=False).compute(
         points=cart, box=np.ascontiguousarray(lattice), periodic=True, quantities="d"
     )
