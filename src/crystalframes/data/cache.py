@@ -11,8 +11,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
-import tempfile
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -20,6 +18,7 @@ import numpy as np
 import torch
 
 from crystalframes import __version__
+from crystalframes.atomic import atomic_write
 from crystalframes.data.paths import cache_root
 from crystalframes.data.graph import CrystalGraph, GraphSettings, build_graph
 from crystalframes.io.crystal import Crystal
@@ -130,20 +129,6 @@ def _load_valid(path: Path, key: str, n: int) -> list[CrystalGraph] | None:
     return _unpack(data)
 
 
-def atomic_torch_save(obj, path: Path) -> None:
-    """Write ``obj`` with torch.save to a temp file beside ``path``, then rename: readers never
-    see a half-written file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            torch.save(obj, fh)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def build_graphs(
     crystals: Sequence[Crystal],
     settings: GraphSettings = GraphSettings(),
@@ -170,5 +155,6 @@ def build_graphs(
         if progress is not None:
             progress(n + 1, len(crystals))
     if graphs:
-        atomic_torch_save(_pack(graphs, key), path)
+        with atomic_write(path) as fh:
+            torch.save(_pack(graphs, key), fh)
     return graphs

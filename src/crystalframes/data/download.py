@@ -19,7 +19,6 @@ import io
 import json
 import os
 import sys
-import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -29,6 +28,7 @@ import zlib
 from pathlib import Path
 from typing import IO, Iterator
 
+from crystalframes.atomic import atomic_write
 from crystalframes.data.paths import CACHE_ENV as CACHE_ENV_VAR
 from crystalframes.data.paths import cache_root
 from crystalframes.data.datasets import DatasetInfo, embedded_path, get_dataset_info
@@ -86,10 +86,8 @@ def _read_sidecar(path: Path) -> str | None:
 
 
 def _write_sidecar(path: Path, digest: str) -> None:
-    sidecar = _sidecar(path)
-    tmp = sidecar.with_name(f".{sidecar.name}.{os.getpid()}.part")
-    tmp.write_text(f"{digest}  {path.name}\n")
-    os.replace(tmp, sidecar)
+    with atomic_write(_sidecar(path), "w") as fh:
+        fh.write(f"{digest}  {path.name}\n")
 
 
 def cached_dataset(name: str) -> Path | None:
@@ -392,24 +390,18 @@ def fetch_dataset(
 
     if info.url is None and file is None:
         raise DatasetError(info.name, "has no download URL; pass a local archive with --file")
-    folder.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=folder, prefix=f".{info.name}.", suffix=".part")
-    tmp = Path(tmp_name)
-    try:
-        with os.fdopen(fd, "wb") as dest:
-            if file is not None:
-                local = Path(os.path.expanduser(os.fspath(file)))
-                if not local.is_file():
-                    raise DatasetError(str(local), "no such file")
-                with open(local, "rb") as src:
-                    streamed = _copy_hashing(src, dest)
-            else:
-                streamed = _download(info.url, dest, info.name, progress=progress, timeout=timeout)
+    with atomic_write(final) as dest:
+        if file is not None:
+            local = Path(os.path.expanduser(os.fspath(file)))
+            if not local.is_file():
+                raise DatasetError(str(local), "no such file")
+            with open(local, "rb") as src:
+                streamed = _copy_hashing(src, dest)
+        else:
+            streamed = _download(info.url, dest, info.name, progress=progress, timeout=timeout)
+        dest.flush()
         what = f"file {file}" if file is not None else "download"
-        digest = validate_archive(tmp, info, sha256=sha256, what=what, digest=streamed)
-        os.replace(tmp, final)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+        # Validated before the rename: a broken archive never reaches the cache.
+        digest = validate_archive(Path(dest.name), info, sha256=sha256, what=what, digest=streamed)
     _write_sidecar(final, digest)
     return final

@@ -1,0 +1,30 @@
+"""Atomic file output: readers see the old file or the complete new one, never half of one."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import IO, Iterator
+
+
+@contextmanager
+def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
+    """Write to a temporary file beside ``path`` and rename it over ``path`` when the block ends
+    without an exception; on any exception the temporary file is removed and ``path`` untouched.
+
+    The handle's ``.name`` is the temporary path, so the block can validate what it wrote
+    (after ``flush()``) before it is published.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
+    os.close(fd)
+    try:
+        with open(tmp, mode) as fh:
+            yield fh
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
