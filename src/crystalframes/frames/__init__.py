@@ -1,0 +1,54 @@
+"""Every frame construction of SPFrame (seed 000) and CrystalFramer (seed 001).
+
+A frame is a rotation F (orthonormal, det = +1) whose rows are the axes. An equivariant frame
+satisfies F(QX, QL) = F(X, L) Q^T for every rotation Q, so x F^T is invariant; an invariant
+frame does not change at all. Models compose these functions and never reimplement them.
+
+===========================  ===========  ==============================================
+function                     kind         source
+===========================  ===========  ==============================================
+qr_frame                     global, eq.  seed 000 A.1 (QR of the lattice)
+polar_frame                  global, eq.  seed 000 A.1 (polar decomposition)
+lattice_pca_frame            global, eq.  seed 000 A.1, Algorithm 2
+positions_pca_frame          global, eq.  seed 001 baseline (PCA of unit-cell positions)
+lattice_vector_frame         global, eq.  seed 001 baseline (shortest lattice vectors)
+identity_frame               global       not equivariant (ablation)
+gram_schmidt                 local        seed 000 Eqs. 14-16 (eq. or inv. by its inputs)
+static_local_frame           local, eq.   seed 001 baseline (distance-driven max frame)
+max_frame                    local, eq.   seed 001 (dynamic, from attention weights)
+weighted_pca_frame           local, eq.   seed 001 (dynamic, from attention weights)
+quaternion_to_rotation       local, inv.  seed 000 Algorithm 1/3
+compose_spframe              -            seed 000 Eq. 4
+edges_in_frames              -            seed 000 Eq. 5
+===========================  ===========  ==============================================
+"""
+
+from crystalframes.frames.dynamic import max_frame, weighted_pca_frame
+from crystalframes.frames.global_frames import (
+    GLOBAL_FRAMES,
+    identity_frame,
+    lattice_pca_frame,
+    lattice_vector_frame,
+    polar_frame,
+    positions_pca_frame,
+    qr_frame,
+)
+from crystalframes.frames.local import gram_schmidt, static_local_frame
+from crystalframes.frames.spframe import compose_spframe, edges_in_frames, quaternion_to_rotation
+
+__all__ = [
+    "GLOBAL_FRAMES",
+    "qr_frame",
+    "polar_frame",
+    "lattice_pca_frame",
+    "positions_pca_frame",
+    "lattice_vector_frame",
+    "identity_frame",
+    "gram_schmidt",
+    "static_local_frame",
+    "max_frame",
+    "weighted_pca_frame",
+    "quaternion_to_rotation",
+    "compose_spframe",
+    "edges_in_frames",
+]

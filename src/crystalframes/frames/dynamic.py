@@ -1,0 +1,133 @@
+"""Dynamic local frames of CrystalFramer (seed 001): built per atom (and head) from attention
+weights w over neighbours j and lattice images n. No gradient flows through them.
+
+Inputs are flat over (centre atom, neighbour, image) entries: ``edge_vec`` (M, 3) displacement
+r_ijn from the centre, ``weights`` (M,) or (M, H) for H heads, ``center`` (M,) the centre atom
+index, ``num_atoms`` N, and ``tie_frame`` (N, 3, 3) an equivariant frame per atom (normally the
+QR frame of its structure's lattice) used only to break exact ties and for fallbacks. Output:
+(N, 3, 3) or (N, H, 3, 3) rotations whose rows are the axes; equivariant.
+
+Why ties need care: in every symmetric environment several neighbours carry exactly the same
+weight. The reference code breaks such ties with random noise, so its predictions are random
+and not invariant. Here tied candidates (values within :func:`tie_tolerance`) are ranked by
+their coordinates in ``tie_frame`` (largest first coordinate, then second, then third), which
+are rotation-invariant, so the choice rotates with the structure.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from crystalframes.frames._util import oriented_eigenframe, right_handed, segment_amax
+
+
+
+def tie_tolerance(dtype: torch.dtype) -> float:
+    """Relative tolerance for "equal" weights and tie-break coordinates: sqrt(machine eps)
+    (1.5e-8 in float64, 3.5e-4 in float32). Symmetry makes true ties equal to ~eps, while the
+    near-ties of slightly imperfect real structures (~1e-7 to 1e-6 in DFT-relaxed data) stay
+    distinct in float64, so no real value sits near the threshold by accident.
+    """
+    return torch.finfo(dtype).eps ** 0.5
+
+# Candidates for e2 must satisfy |cos(r, e1)| below this (seed 001).
+MAX_COLLINEAR_COS = 0.9999
+# Entries shorter than this (the atom itself, n = 0) have no direction and are skipped.
+MIN_DISTANCE = 1e-6
+
+
+def _flatten_heads(edge_vec, weights, center, num_atoms, tie_frame):
+    """Treat each (atom, head) pair as its own centre so one code path serves any head count."""
+    if weights.dim() == 1:
+        return edge_vec, weights, center, num_atoms, tie_frame, None
+    heads = weights.shape[1]
+    vec = edge_vec.repeat_interleave(heads, dim=0)
+    cen = (center.unsqueeze(1) * heads + torch.arange(heads, device=center.device)).reshape(-1)
+    tf = tie_frame.repeat_interleave(heads, dim=0)
+    return vec, weights.reshape(-1), cen, num_atoms * heads, tf, heads
+
+
+def _select(score: torch.Tensor, valid: torch.Tensor, coords: torch.Tensor, center: torch.Tensor, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Index (per centre) of the entry with the largest ``score`` among ``valid`` ones, ties
+    (within :func:`tie_tolerance`) broken by the largest tie-frame coordinates in turn; plus a
+    mask of centres that had any valid entry."""
+    tie = tie_tolerance(score.dtype)
+    neg = torch.tensor(float("-inf"), dtype=score.dtype, device=score.device)
+    s = torch.where(valid, score, neg)
+    best = segment_amax(s, center, size)
+    tol = tie * best.abs()
+    keep = valid & (s >= best[center] - tol[center])
+    for c in range(3):
+        key = torch.where(keep, coords[:, c], neg)
+        top = segment_amax(key, center, size)
+        keep = keep & (key >= top[center] - tie)
+    idx = torch.arange(len(score), device=score.device)
+    big = torch.full((size,), len(score), dtype=torch.long, device=score.device)
+    first = big.scatter_reduce(0, center, torch.where(keep, idx, len(score)), reduce="amin", include_self=True)
+    return first.clamp_max(max(len(score) - 1, 0)), first < len(score)
+
+
+@torch.no_grad()
+def max_frame(
+    edge_vec: torch.Tensor, weights: torch.Tensor, center: torch.Tensor, num_atoms: int, tie_frame: torch.Tensor
+) -> torch.Tensor:
+    """Max frame (seed 001): e1 = direction to the entry of largest weight; e2' = direction
+    maximising w (1 - |cos(r, e1)|) among entries with |cos| < 0.9999; e2 = Gram-Schmidt of e2'
+    against e1; e3 = e1 x e2.
+
+    Rules for the degenerate cases (each tested):
+    - ties in w or in the e2 score: ranked by tie-frame coordinates (module docstring);
+    - an atom with no usable entry: its frame is ``tie_frame``;
+    - no candidate for e2 (all entries collinear with e1): e2 comes from the tie-frame axis
+      least aligned with e1.
+    """
+    vec, w, cen, size, tf, heads = _flatten_heads(edge_vec.detach(), weights.detach(), center, num_atoms, tie_frame.detach())
+    dist = vec.norm(dim=-1)
+    unit = vec / dist.clamp_min(MIN_DISTANCE).unsqueeze(-1)
+    coords = torch.einsum("mk,mjk->mj", unit, tf[cen])  # invariant coordinates for tie-breaking
+    usable = dist > MIN_DISTANCE
+    i1, has1 = _select(w, usable, coords, cen, size)
+    e1 = torch.where(has1.unsqueeze(-1), unit[i1], tf[:, 0])
+    cos = (unit * e1[cen]).sum(-1)
+    cand = usable & (cos.abs() < MAX_COLLINEAR_COS)
+    i2, has2 = _select(w * (1 - cos.abs()), cand, coords, cen, size)
+    from crystalframes.frames.local import gram_schmidt
+
+    v2 = torch.where(has2.unsqueeze(-1), unit[i2], torch.zeros_like(e1))
+    frame = gram_schmidt(e1, v2, fallback=tf)  # zero v2 -> least-aligned tie-frame axis
+    frame = torch.where(has1[:, None, None], frame, tf)
+    return frame if heads is None else frame.reshape(num_atoms, heads, 3, 3)
+
+
+@torch.no_grad()
+def weighted_pca_frame(
+    edge_vec: torch.Tensor, weights: torch.Tensor, center: torch.Tensor, num_atoms: int, tie_frame: torch.Tensor
+) -> torch.Tensor:
+    """Weighted PCA frame (seed 001): axes = eigenvectors of Sigma_i = sum w r_hat r_hat^T
+    (second moment about atom i, not mean-centred), by descending eigenvalue.
+
+    Rules for the degenerate cases (each tested):
+    - sign of u1, u2: positive projection on the weighted mean direction m_i = sum w r_hat; where
+      that projection is ~0 (every centrosymmetric site), on the tie-frame axes in turn; u3 = u1 x u2;
+    - (near-)equal eigenvalues (relative gap < 1e-4; e.g. any cubic site, where Sigma ~ I):
+      the axes are not unique, so that atom's frame is its :func:`max_frame` for the same weights.
+    """
+    vec, w, cen, size, tf, heads = _flatten_heads(edge_vec.detach(), weights.detach(), center, num_atoms, tie_frame.detach())
+    dist = vec.norm(dim=-1)
+    usable = (dist > MIN_DISTANCE).to(vec.dtype)
+    unit = vec / dist.clamp_min(MIN_DISTANCE).unsqueeze(-1)
+    wu = (w * usable).unsqueeze(-1) * unit
+    sigma = torch.zeros(size, 3, 3, dtype=vec.dtype, device=vec.device)
+    sigma.index_add_(0, cen, wu.unsqueeze(-1) * unit.unsqueeze(-2))
+    mean_dir = torch.zeros(size, 3, dtype=vec.dtype, device=vec.device).index_add_(0, cen, wu)
+    # A mean direction that is rounding noise (centrosymmetric sites: exactly 0 in exact
+    # arithmetic) must not decide signs: compare it with the total weight, not with itself.
+    wsum = torch.zeros(size, dtype=vec.dtype, device=vec.device).index_add_(0, cen, w * usable)
+    negligible = mean_dir.norm(dim=-1) <= tie_tolerance(vec.dtype) * wsum
+    mean_dir = torch.where(negligible.unsqueeze(-1), torch.zeros_like(mean_dir), mean_dir)
+    refs = torch.cat([mean_dir.unsqueeze(1), tf], dim=1)  # (size, 4, 3)
+    frame, degenerate = oriented_eigenframe(sigma, refs)
+    if degenerate.any():
+        fallback = max_frame(vec, w, cen, size, tf)
+        frame = torch.where(degenerate[:, None, None], fallback, frame)
+    return frame if heads is None else frame.reshape(num_atoms, heads, 3, 3)

@@ -1,0 +1,138 @@
+"""Global frames: one rotation per structure, equivariant: F(Q X, Q L) = F(X, L) Q^T.
+
+Lattices are ``(B, 3, 3)`` with rows = lattice vectors a, b, c (Angstrom). A frame is a
+``(..., 3, 3)`` rotation whose rows are the axes (orthonormal, det = +1), so ``x @ F.T`` gives
+rotation-invariant coordinates of a Cartesian row vector ``x``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from crystalframes.data.lattice import reduced_lattice_vectors
+from crystalframes.frames._util import oriented_eigenframe, right_handed
+
+
+def _fix_handedness(frame: torch.Tensor) -> torch.Tensor:
+    """Negate the first axis where det = -1 (left-handed lattices), as seed 000 A.1 prescribes."""
+    sign = torch.where(torch.linalg.det(frame) < 0, -1.0, 1.0).to(frame.dtype)
+    frame = frame.clone()
+    frame[..., 0, :] = frame[..., 0, :] * sign.unsqueeze(-1)
+    return frame
+
+
+def qr_frame(lattice: torch.Tensor) -> torch.Tensor:
+    """QR global frame (seed 000, A.1; Kaba et al.'s minimal frame).
+
+    With the lattice vectors as columns, L^T = Q R with diag(R) > 0 (unique), so the rows of
+    F = Q^T are the Gram-Schmidt orthonormalisation of a, b, c: e1 = a/|a|, e2 in the a-b plane
+    towards b, e3 towards c. If det Q = -1 (left-handed lattice) the first axis is negated.
+    Equivariant because Gram-Schmidt commutes with rotations.
+    """
+    q, r = torch.linalg.qr(lattice.transpose(-1, -2))
+    d = torch.diagonal(r, dim1=-2, dim2=-1)
+    q = q * torch.where(d < 0, -1.0, 1.0).to(q.dtype).unsqueeze(-2)  # make diag(R) positive
+    return _fix_handedness(q.transpose(-1, -2))
+
+
+def polar_frame(lattice: torch.Tensor) -> torch.Tensor:
+    """Polar-decomposition global frame (seed 000, A.1).
+
+    L^T = U H with U orthogonal and H symmetric positive definite; U = W V^T from the SVD
+    L^T = W S V^T (unique even when singular values coincide, e.g. cubic cells). F = U^T, with
+    the first axis negated if det U = -1.
+    """
+    w, _, vh = torch.linalg.svd(lattice.transpose(-1, -2))
+    return _fix_handedness((w @ vh).transpose(-1, -2))
+
+
+def lattice_pca_frame(lattice: torch.Tensor) -> torch.Tensor:
+    """PCA global frame of the lattice vectors (seed 000, A.1 and Algorithm 2).
+
+    Sigma = sum_k (l_k - t)(l_k - t)^T over the three lattice vectors l_k with centroid t;
+    axes = eigenvectors by descending eigenvalue. Signs follow Algorithm 2 with its "first
+    nonzero component is positive" read in lattice coordinates (projections on a, b, c), since
+    Cartesian components are not equivariant; u3 = u1 x u2 gives det = +1.
+
+    Degenerate case: when two eigenvalues coincide (relative gap < 1e-4), as for every cubic and
+    hexagonal lattice, the axes are not unique and the frame falls back to :func:`qr_frame`.
+    """
+    centred = lattice - lattice.mean(dim=-2, keepdim=True)
+    sigma = centred.transpose(-1, -2) @ centred
+    frame, degenerate = oriented_eigenframe(sigma, lattice)
+    return torch.where(degenerate[..., None, None], qr_frame(lattice), frame)
+
+
+def positions_pca_frame(frac_coords: torch.Tensor, lattice: torch.Tensor, batch: torch.Tensor) -> torch.Tensor:
+    """PCA frame of the atom positions of each unit cell (CrystalFramer's "PCA frame" baseline).
+
+    To be independent of how atoms are wrapped into the cell, and of translations and atom
+    order, the covariance is built from all pairwise minimum-image displacements:
+    Sigma = sum_{i,j} d_ij d_ij^T with d_ij = (f_j - f_i - round(f_j - f_i)) L. For a compact
+    cluster this is 2N times the ordinary position covariance. A fractional offset of exactly
+    +-1/2 has two equally near images; both are averaged (the cross terms cancel, leaving a
+    0.25 diagonal term), so the result does not depend on rounding noise.
+
+    Signs: as :func:`lattice_pca_frame` (first non-negligible projection on a, b, c positive).
+    Degenerate case: (near-)equal eigenvalues, e.g. a single atom or any cubic arrangement,
+    fall back to :func:`qr_frame`. Inputs: ``frac_coords`` (N, 3), ``lattice`` (B, 3, 3),
+    ``batch`` (N,) structure index of each atom.
+    """
+    num = lattice.shape[0]
+    ff = []
+    for b in range(num):
+        f = frac_coords[batch == b]
+        off = f.unsqueeze(0) - f.unsqueeze(1)
+        off = off - torch.round(off)
+        half = (off.abs() - 0.5).abs() < 1e-8
+        off = torch.where(half, torch.zeros_like(off), off)
+        ff.append(torch.einsum("ija,ijb->ab", off, off) + 0.25 * torch.diag(half.sum(dim=(0, 1)).to(f.dtype)))
+    ff = torch.stack(ff) if ff else torch.zeros(0, 3, 3, dtype=lattice.dtype, device=lattice.device)
+    sigma = lattice.transpose(-1, -2) @ ff @ lattice
+    frame, degenerate = oriented_eigenframe(sigma, lattice)
+    return torch.where(degenerate[..., None, None], qr_frame(lattice), frame)
+
+
+def lattice_vector_frame(lattice: torch.Tensor) -> torch.Tensor:
+    """Lattice frame (CrystalFramer baseline): the shortest lattice vector l1, the next
+    non-collinear l2 and the next non-coplanar l3 (right-handed, see
+    :func:`~crystalframes.data.lattice.reduced_lattice_vectors`), orthonormalised:
+    e1 = l1/|l1|, e2 = Gram-Schmidt(l2), e3 = e1 x e2 (on the side of l3).
+
+    Ties between equal-length vectors (cubic, hexagonal) are broken by integer lattice
+    coordinates, which rotation does not change, so the frame is exactly equivariant.
+    """
+    ints = np.stack([reduced_lattice_vectors(l) for l in lattice.detach().cpu().numpy()])
+    ints = torch.from_numpy(ints).to(device=lattice.device, dtype=lattice.dtype)
+    vecs = ints @ lattice  # (B, 3, 3) rows l1, l2, l3
+    e1 = vecs[:, 0] / vecs[:, 0].norm(dim=-1, keepdim=True)
+    v2 = vecs[:, 1] - (vecs[:, 1] * e1).sum(-1, keepdim=True) * e1
+    e2 = v2 / v2.norm(dim=-1, keepdim=True)
+    return right_handed(e1, e2)
+
+
+def identity_frame(lattice: torch.Tensor) -> torch.Tensor:
+    """The identity for every structure: NOT equivariant; it exists to show what a real global
+    frame contributes (seed 000 A.3 notes eComFormer itself is invariant, so SPFrame with an
+    identity global frame is invariant only because of the backbone)."""
+    return torch.eye(3, dtype=lattice.dtype, device=lattice.device).expand(lattice.shape[0], 3, 3).clone()
+
+
+GLOBAL_FRAMES = {
+    "qr": qr_frame,
+    "polar": polar_frame,
+    "lattice_pca": lattice_pca_frame,
+    "lattice_vector": lattice_vector_frame,
+    "identity": identity_frame,
+}
+
+__all__ = [
+    "qr_frame",
+    "polar_frame",
+    "lattice_pca_frame",
+    "positions_pca_frame",
+    "lattice_vector_frame",
+    "identity_frame",
+    "GLOBAL_FRAMES",
+]
