@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import torch
 
-from crystalframes.frames._util import oriented_eigenframe, right_handed, segment_amax
+from crystalframes.frames._util import oriented_eigenframe, segment_amax
 
 
 
