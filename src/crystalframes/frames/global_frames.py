@@ -64,31 +64,57 @@ def lattice_pca_frame(lattice: torch.Tensor) -> torch.Tensor:
     return torch.where(degenerate[..., None, None], qr_frame(lattice), frame)
 
 
+# Fractional offsets within this distance of 1/2 blend their two nearest images (see below).
+WRAP_BLEND_WIDTH = 0.02
+
+
+def _pair_offset_moments(frac: torch.Tensor, batch: torch.Tensor, num_structures: int) -> torch.Tensor:
+    """Per structure, the sum over its atom pairs of E[f f^T] for the fractional offsets
+    f = f_j - f_i, where each component is its minimum image x in [-1/2, 1/2] or, with weight
+    q(x), the other image x - sign(x); q ramps linearly from 0 at |x| = 1/2 - WRAP_BLEND_WIDTH
+    to 1/2 at |x| = 1/2.
+
+    So offsets well inside the cell are used as they are, an offset of exactly 1/2 counts both
+    equally near images, and the result is a continuous function of the coordinates modulo 1:
+    no rounding decision at 0.5 that noise (e.g. 0.50000001 vs 0.49999999) could flip.
+    Components are blended independently: E[f f^T] = m m^T + diag(E[f^2] - m^2).
+    All pairs of all structures are handled in one vectorised pass (sum_b N_b^2 pairs).
+    """
+    counts = torch.bincount(batch, minlength=num_structures)
+    starts = torch.cumsum(counts, 0) - counts
+    pair_struct = torch.repeat_interleave(torch.arange(num_structures, device=frac.device), counts * counts)
+    first_pair = torch.cumsum(counts * counts, 0) - counts * counts
+    k = torch.arange(len(pair_struct), device=frac.device) - first_pair[pair_struct]
+    n = counts[pair_struct]
+    i = starts[pair_struct] + torch.div(k, n, rounding_mode="floor")
+    j = starts[pair_struct] + k % n
+    x = frac[j] - frac[i]
+    x = x - torch.round(x)
+    other = x - torch.sign(x)
+    q = 0.5 * ((x.abs() - (0.5 - WRAP_BLEND_WIDTH)) / WRAP_BLEND_WIDTH).clamp(0.0, 1.0)
+    mean = (1 - q) * x + q * other
+    var = (1 - q) * x * x + q * other * other - mean * mean
+    moments = mean.unsqueeze(-1) * mean.unsqueeze(-2) + torch.diag_embed(var)
+    out = frac.new_zeros(num_structures, 3, 3)
+    return out.index_add_(0, pair_struct, moments)
+
+
 def positions_pca_frame(frac_coords: torch.Tensor, lattice: torch.Tensor, batch: torch.Tensor) -> torch.Tensor:
     """PCA frame of the atom positions of each unit cell (CrystalFramer's "PCA frame" baseline).
 
-    To be independent of how atoms are wrapped into the cell, and of translations and atom
+    To be independent of how atoms are wrapped into the cell, of translations and of atom
     order, the covariance is built from all pairwise minimum-image displacements:
-    Sigma = sum_{i,j} d_ij d_ij^T with d_ij = (f_j - f_i - round(f_j - f_i)) L. For a compact
-    cluster this is 2N times the ordinary position covariance. A fractional offset of exactly
-    +-1/2 has two equally near images; both are averaged (the cross terms cancel, leaving a
-    0.25 diagonal term), so the result does not depend on rounding noise.
+    Sigma = L^T [sum_{i,j} f_ij f_ij^T] L with f_ij the fractional offset of atom j from atom i
+    wrapped into [-1/2, 1/2]. For a compact cluster this is 2N times the ordinary position
+    covariance. Offsets near 1/2, whose two images are (nearly) equally near, blend both
+    images continuously (:func:`_pair_offset_moments`), so noise cannot flip the result.
 
     Signs: as :func:`lattice_pca_frame` (first non-negligible projection on a, b, c positive).
     Degenerate case: (near-)equal eigenvalues, e.g. a single atom or any cubic arrangement,
     fall back to :func:`qr_frame`. Inputs: ``frac_coords`` (N, 3), ``lattice`` (B, 3, 3),
     ``batch`` (N,) structure index of each atom.
     """
-    num = lattice.shape[0]
-    ff = []
-    for b in range(num):
-        f = frac_coords[batch == b]
-        off = f.unsqueeze(0) - f.unsqueeze(1)
-        off = off - torch.round(off)
-        half = (off.abs() - 0.5).abs() < 1e-8
-        off = torch.where(half, torch.zeros_like(off), off)
-        ff.append(torch.einsum("ija,ijb->ab", off, off) + 0.25 * torch.diag(half.sum(dim=(0, 1)).to(f.dtype)))
-    ff = torch.stack(ff) if ff else torch.zeros(0, 3, 3, dtype=lattice.dtype, device=lattice.device)
+    ff = _pair_offset_moments(frac_coords, batch, lattice.shape[0])
     sigma = lattice.transpose(-1, -2) @ ff @ lattice
     frame, degenerate = oriented_eigenframe(sigma, lattice)
     return torch.where(degenerate[..., None, None], qr_frame(lattice), frame)
