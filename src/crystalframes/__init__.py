@@ -1,3 +1,10 @@
 """crystalframes: crystal property prediction with frame-based SE(3)-invariant networks."""
 
 __version__ = "0.1.0"
+
+
+def load_model(path_or_name, device="cpu"):
+    """Load a trained model (a ``model.pt`` file or a run folder); see :mod:`crystalframes.api`."""
+    from crystalframes.api import load_model as _load
+
+    return _load(path_or_name, device)

@@ -18,9 +18,12 @@ app = typer.Typer(
 
 
 def _register() -> None:
-    from crystalframes.cli import data
+    from crystalframes.cli import data, predict, train
 
     app.add_typer(data.app, name="data")
+    app.command("train")(train.train_command)
+    app.command("predict")(predict.predict_command)
+    app.command("eval")(predict.eval_command)
 
 
 _register()

@@ -938,8 +938,9 @@ def read_dataset(source: str | Path, target: str | None = None, strict: bool = F
     """All records of ``source`` (see :func:`iter_records`), good ones and errors separated.
 
     With ``target``, records without a value for it are reported as errors and dropped.
-    ``strict=True`` raises the first :class:`InputError` instead of collecting it. Each bad record
-    is logged as a warning on the ``crystalframes.io`` logger.
+    ``strict=True`` raises the first :class:`InputError` instead of collecting it. Every bad
+    record is kept in ``errors`` (``crystalframes data info`` lists them) and logged at DEBUG;
+    one WARNING line on the ``crystalframes.io`` logger summarises them by problem.
     """
     result = ReadResult(source=str(source))
     for item in iter_records(source):
@@ -948,8 +949,10 @@ def read_dataset(source: str | Path, target: str | None = None, strict: bool = F
         if isinstance(item, InputError):
             if strict:
                 raise item
-            logger.warning("skipping bad record: %s", item)
+            logger.debug("skipping bad record: %s", item)
             result.errors.append(item)
         else:
             result.crystals.append(item)
+    if result.errors:
+        logger.warning("%s", result.summary())
     return result

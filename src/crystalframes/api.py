@@ -1,0 +1,128 @@
+"""Portable trained models: save, load and predict. Imports no training code (Lightning)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+import torch
+
+from crystalframes import __version__
+from crystalframes.atomic import atomic_write
+from crystalframes.data.normalise import TargetNormaliser
+from crystalframes.io.errors import InputError
+
+MODEL_FORMAT = "crystalframes-model"
+MODEL_FORMAT_VERSION = 1
+MODEL_FILENAME = "model.pt"
+
+
+def save_model_file(path, model, spec: str, options: dict, normaliser: TargetNormaliser, targets: Sequence[str], units: Sequence[str], extra: dict | None = None) -> Path:
+    """Write a portable model file: spec + options (to rebuild the model), weights, target
+    normaliser, target names/units and versions. Plain tensors and Python types only, so it
+    loads with ``torch.load(weights_only=True)``; written atomically."""
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    payload = {
+        "format": MODEL_FORMAT,
+        "format_version": MODEL_FORMAT_VERSION,
+        "spec": spec,
+        "options": dict(options),
+        "state_dict": state,
+        "normaliser": normaliser.state_dict(),
+        "targets": list(targets),
+        "units": list(units),
+        "dtype": str(next(model.parameters()).dtype).replace("torch.", ""),
+        "versions": {"crystalframes": __version__, "torch": str(torch.__version__)},
+        "extra": extra or {},
+    }
+    path = Path(path)
+    with atomic_write(path) as fh:
+        torch.save(payload, fh)
+    return path
+
+
+@dataclass
+class Predictor:
+    """A trained model ready to predict; ``predict`` takes pymatgen Structures, ASE Atoms,
+    :class:`~crystalframes.io.Crystal` objects or structure file paths."""
+
+    model: torch.nn.Module
+    normaliser: TargetNormaliser
+    targets: list[str]
+    units: list[str]
+    spec: str
+    path: str = ""
+
+    @property
+    def graph_settings(self):
+        return self.model.graph_settings
+
+    def to(self, device) -> "Predictor":
+        self.model.to(device)
+        return self
+
+    def predict_crystals(self, crystals: Sequence, batch_size: int = 64) -> np.ndarray:
+        """Predictions (n, n_targets) in physical units for validated crystals."""
+        from crystalframes.data.batch import collate
+        from crystalframes.data.graph import build_graph
+
+        param = next(self.model.parameters())
+        self.model.eval()
+        out = []
+        with torch.no_grad():
+            for start in range(0, len(crystals), batch_size):
+                graphs = [build_graph(c, self.graph_settings) for c in crystals[start : start + batch_size]]
+                batch = collate(graphs, dtype=param.dtype).to(param.device)
+                pred = self.normaliser.inverse(self.model(batch))
+                out.append(pred.cpu().numpy().astype(np.float64))
+        result = np.concatenate(out) if out else np.zeros((0, len(self.targets)))
+        bad = ~np.isfinite(result).all(axis=1)
+        if bad.any():
+            names = [crystals[i].id for i in np.flatnonzero(bad)[:10]]
+            raise FloatingPointError(f"model produced non-finite predictions for {names}")
+        return result
+
+    def predict(self, structures: Iterable, batch_size: int = 64) -> np.ndarray:
+        """Predictions (n,) for one target, or (n, n_targets); bad inputs raise InputError."""
+        from crystalframes.io import read_structure
+
+        crystals = [read_structure(s) for s in structures]
+        pred = self.predict_crystals(crystals, batch_size)
+        return pred[:, 0] if len(self.targets) == 1 else pred
+
+
+def _resolve_model_path(path_or_name) -> Path:
+    path = Path(path_or_name).expanduser()
+    if path.is_dir():
+        path = path / MODEL_FILENAME
+    if not path.is_file():
+        raise InputError(str(path_or_name), "no such model file or run folder (expected a model.pt or a run folder holding one)")
+    return path
+
+
+def load_model(path_or_name, device: str | torch.device = "cpu") -> Predictor:
+    """Load a portable model file (or a run folder holding ``model.pt``)."""
+    from crystalframes.models.specs import build_model
+
+    path = _resolve_model_path(path_or_name)
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise InputError(str(path), f"not a readable crystalframes model file ({type(exc).__name__}: {str(exc)[:200]})") from None
+    if not isinstance(payload, dict) or payload.get("format") != MODEL_FORMAT:
+        raise InputError(str(path), "not a crystalframes model file")
+    if payload.get("format_version", 0) > MODEL_FORMAT_VERSION:
+        raise InputError(str(path), f"written by a newer crystalframes ({payload['versions']}); upgrade to load it")
+    model = build_model(payload["spec"], **payload["options"])
+    model.to(getattr(torch, payload.get("dtype", "float32")))
+    try:
+        model.load_state_dict(payload["state_dict"])
+    except RuntimeError as exc:
+        raise InputError(str(path), f"weights do not match the model spec {payload['spec']}: {str(exc)[:300]}") from None
+    model.to(device).eval()
+    normaliser = TargetNormaliser.from_state_dict(payload["normaliser"])
+    return Predictor(model, normaliser, list(payload["targets"]), list(payload["units"]), payload["spec"], str(path))
+
+

@@ -1,0 +1,35 @@
+"""``crystalframes train``: train a model from a YAML config and/or --set overrides."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+
+def train_command(
+    config: Optional[Path] = typer.Argument(None, help="YAML config (default: SPFrame on eComFormer, mp_2018_demo formation energy, CPU preset)."),
+    set_: List[str] = typer.Option([], "--set", help="Override any config key, e.g. --set trainer.epochs=5 --set model.spec=crystalformer:max@cpu_small."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Run folder (default runs/<time>-<spec>)."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the run in --output from its last checkpoint."),
+):
+    """Train a model; prints validation and test MAE beside the mean-predictor baseline."""
+    from crystalframes.train.config import config_with_preset_training, explicit_keys, load_config
+    from crystalframes.train.run import train
+
+    if resume and output is None:
+        raise typer.BadParameter("--resume needs --output RUN_FOLDER")
+    cfg = load_config(config, list(set_))
+    cfg = config_with_preset_training(cfg, explicit_keys(config, list(set_)))
+    result = train(cfg, output, resume=resume)
+    m = result.metrics
+    if not m:
+        return  # a non-zero DDP rank
+    typer.echo(f"run folder: {result.folder}")
+    typer.echo(f"model:      {m['spec']}   target: {m['target']} ({m['units']})   trained {m['epochs_completed']} epochs, {m['train_wall_seconds']} s")
+    typer.echo(f"{'split':6s} {'n':>6s} {'MAE':>10s} {'RMSE':>10s} {'R2':>7s} {'mean-baseline MAE':>18s}")
+    for split in ("val", "test"):
+        if split in m:
+            s = m[split]
+            typer.echo(f"{split:6s} {s['n']:6d} {s['mae']:10.4f} {s['rmse']:10.4f} {s['r2']:7.3f} {s['mean_baseline_mae']:18.4f}")

@@ -1,0 +1,1 @@
+"""Training: config, data preparation, the Lightning module and the run orchestration."""

@@ -1,0 +1,164 @@
+"""Run configuration: YAML files validated by pydantic; every key can be overridden with
+``--set section.key=value`` on the command line."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from crystalframes.io.errors import InputError
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class DataConfig(_Strict):
+    source: str = Field("mp_2018_demo", description="dataset name or path (see `crystalframes data list`)")
+    target: str = Field("mp2018_e_form", description="target property key")
+    split: Literal["field", "random", "ids"] = Field(
+        "field", description="field: each record's own split; random: ALIGNN random split; ids: official id lists"
+    )
+    split_key: Optional[str] = Field(None, description="benchmark split key for split=ids, e.g. dft_3d_formation_energy_peratom")
+    split_file: Optional[str] = Field(None, description="benchmark_splits.json.gz for split=ids")
+    split_seed: int = 123
+    train_ratio: Optional[float] = None
+    val_ratio: float = 0.1
+    test_ratio: float = 0.1
+    test_from_train: float = Field(
+        0.1, description="if the split leaves no test records (e.g. mp_2018_demo), hold out this fraction of train (seeded)"
+    )
+    max_train: Optional[int] = Field(None, description="use only the first N training records (quick runs)")
+    graph_cache: bool = True
+
+
+class ModelConfig(_Strict):
+    spec: str = Field("ecomformer:spframe_quaternion@cpu_train", description="backbone:frame[+global]@preset")
+    options: dict[str, Any] = Field(default_factory=dict, description="overrides of the preset's model settings")
+
+
+class OptimConfig(_Strict):
+    loss: Literal["l1", "mse"] = "l1"
+    optimizer: Literal["adam", "adamw"] = "adamw"
+    lr: float = 1e-3
+    weight_decay: float = 1e-5
+    betas: tuple[float, float] = (0.9, 0.999)
+    scheduler: Literal["onecycle", "polynomial", "inverse_sqrt", "constant"] = "onecycle"
+    pct_start: float = 0.3
+    lr_end: float = 1e-5
+    power: float = 1.0
+    warmup_steps: int = Field(4000, description="inverse_sqrt: lr * sqrt(w / (w + step))")
+    swa_epochs: int = Field(0, description="stochastic weight averaging over the last N epochs (0 = off)")
+    grad_clip: Optional[float] = Field(None, description="gradient-norm clipping")
+
+
+class TrainerConfig(_Strict):
+    epochs: int = 40
+    batch_size: int = 64
+    max_time_minutes: Optional[float] = Field(None, description="stop after this wall time")
+    devices: int = 1
+    num_nodes: int = 1
+    accelerator: str = Field("auto", description="cpu, gpu or auto")
+    dtype: Literal["float32", "float64"] = "float32"
+    seed: int = 0
+    deterministic: bool = False
+    num_workers: int = 0
+    threads: Optional[int] = Field(None, description="torch CPU threads (default: torch's choice)")
+    checkpoint_every_n_steps: int = Field(50, description="how often the `last` checkpoint is refreshed")
+    log_every_n_steps: int = 20
+    tensorboard: bool = False
+
+
+class RunConfig(_Strict):
+    data: DataConfig = Field(default_factory=DataConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    optim: OptimConfig = Field(default_factory=OptimConfig)
+    trainer: TrainerConfig = Field(default_factory=TrainerConfig)
+
+
+def _set_dotted(tree: dict, dotted: str, value: Any, where: str) -> None:
+    keys = dotted.split(".")
+    node = tree
+    for key in keys[:-1]:
+        node = node.setdefault(key, {})
+        if not isinstance(node, dict):
+            raise InputError(where, f"cannot set {dotted!r}: {key!r} is not a section")
+    node[keys[-1]] = value
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> RunConfig:
+    """Read a YAML config (or the defaults), apply ``key.sub=value`` overrides (values parsed as
+    YAML: numbers, booleans, lists), validate. Errors name the file or the override."""
+    tree: dict = {}
+    where = str(path) if path else "<defaults>"
+    if path is not None:
+        try:
+            tree = yaml.safe_load(Path(path).read_text()) or {}
+        except FileNotFoundError:
+            raise InputError(where, "config file not found") from None
+        except yaml.YAMLError as exc:
+            raise InputError(where, f"not valid YAML: {exc}") from None
+        if not isinstance(tree, dict):
+            raise InputError(where, "a config must be a mapping of sections (data, model, optim, trainer)")
+    tree = copy.deepcopy(tree)
+    for item in overrides:
+        if "=" not in item:
+            raise InputError(f"--set {item}", "expected key=value, e.g. trainer.epochs=5")
+        key, raw = item.split("=", 1)
+        _set_dotted(tree, key.strip(), yaml.safe_load(raw) if raw.strip() else None, f"--set {item}")
+    try:
+        return RunConfig.model_validate(tree)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        raise InputError(where, f"invalid config: {problems}") from None
+
+
+def config_with_preset_training(config: RunConfig, explicit: set[str]) -> RunConfig:
+    """Fill optimiser/trainer settings the user did not set explicitly from the model preset's
+    published training settings (loss, optimiser, lr, scheduler, epochs, batch size)."""
+    from crystalframes.models.specs import preset_training
+
+    training = preset_training(config.model.spec)
+    if not training:
+        return config
+    mapping = {
+        "optim.loss": training.get("loss"),
+        "optim.optimizer": training.get("optimizer"),
+        "optim.lr": training.get("lr"),
+        "optim.weight_decay": training.get("weight_decay"),
+        "optim.betas": training.get("betas"),
+        "optim.grad_clip": training.get("grad_clip"),
+        "optim.swa_epochs": training.get("swa_epochs"),
+        "trainer.epochs": training.get("epochs"),
+        "trainer.batch_size": training.get("batch_size"),
+    }
+    sched = training.get("scheduler") or {}
+    mapping.update(
+        {
+            "optim.scheduler": sched.get("name"),
+            "optim.pct_start": sched.get("pct_start"),
+            "optim.lr_end": sched.get("lr_end"),
+            "optim.power": sched.get("power"),
+            "optim.warmup_steps": sched.get("warmup_steps"),
+        }
+    )
+    tree = config.model_dump()
+    for dotted, value in mapping.items():
+        if value is not None and dotted not in explicit:
+            _set_dotted(tree, dotted, value, "preset")
+    return RunConfig.model_validate(tree)
+
+
+def explicit_keys(path: str | Path | None, overrides: list[str]) -> set[str]:
+    """Dotted keys the user set in the YAML file or with --set."""
+    keys = {item.split("=", 1)[0].strip() for item in overrides}
+    if path is not None:
+        tree = yaml.safe_load(Path(path).read_text()) or {}
+        for section, values in tree.items():
+            if isinstance(values, dict):
+                keys |= {f"{section}.{k}" for k in values}
+    return keys
