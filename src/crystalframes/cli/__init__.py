@@ -7,7 +7,7 @@ import sys
 
 import typer
 
-from crystalframes.io.errors import InputError
+from crystalframes.io.errors import UserError
 
 app = typer.Typer(
     help="Crystal property prediction with frame-based SE(3)-invariant neural networks.",
@@ -34,7 +34,7 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s", stream=sys.stderr)
     try:
         app(args=argv, prog_name="crystalframes", standalone_mode=False)
-    except InputError as exc:
+    except UserError as exc:
         typer.secho(f"error: {exc}", err=True, fg=typer.colors.RED)
         raise SystemExit(2)
     except typer.Abort:

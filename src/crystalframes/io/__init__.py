@@ -1,7 +1,7 @@
 """Reading crystal structures and datasets, with clear errors."""
 
 from crystalframes.io.crystal import Crystal
-from crystalframes.io.errors import DatasetError, InputError
+from crystalframes.io.errors import DatasetError, InputError, UserError
 from crystalframes.io.readers import (
     ReadResult,
     crystal_from_jarvis,
@@ -14,6 +14,7 @@ from crystalframes.io.readers import (
 __all__ = [
     "Crystal",
     "InputError",
+    "UserError",
     "DatasetError",
     "ReadResult",
     "crystal_from_jarvis",

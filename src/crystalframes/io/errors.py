@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 
-class InputError(ValueError):
+class UserError(Exception):
+    """An error the user can act on: the command line prints its message (no traceback) and
+    exits with code 2."""
+
+
+class InputError(UserError, ValueError):
     """A structure, record or dataset that cannot be used.
 
     Parameters

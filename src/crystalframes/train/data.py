@@ -5,10 +5,12 @@ from __future__ import annotations
 import logging
 import random
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
+import lightning as L
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from crystalframes.data.batch import collate
 from crystalframes.data.cache import build_graphs
@@ -34,17 +36,69 @@ class GraphDataset(Dataset):
         return self.graphs[idx]
 
 
+class ResumableSampler(Sampler):
+    """Epoch-seeded order that can start part-way through an epoch, on one or many processes.
+
+    The order of epoch e is a permutation drawn from ``seed + e`` (or the natural order), split
+    across DDP ranks like a DistributedSampler (padded to equal length). ``skip`` items are
+    dropped from the start of the next epoch's order: a resumed run continues with exactly the
+    batches an uninterrupted run would have seen (:class:`ResumeDataPosition` sets it).
+    """
+
+    def __init__(self, n: int, shuffle: bool, seed: int = 0):
+        self.n, self.shuffle, self.seed = n, shuffle, seed
+        self.epoch = 0
+        self.skip = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    @staticmethod
+    def _rank_world() -> tuple[int, int]:
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():
+            return dist.get_rank(), dist.get_world_size()
+        return 0, 1
+
+    def __len__(self) -> int:
+        return -(-self.n // self._rank_world()[1])
+
+    def __iter__(self):
+        if self.shuffle:
+            order = torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed + self.epoch)).tolist()
+        else:
+            order = list(range(self.n))
+        rank, world = self._rank_world()
+        per_rank = -(-self.n // world)
+        order = (order * (1 + (per_rank * world) // max(self.n, 1)))[: per_rank * world]
+        mine = order[rank::world]
+        skip, self.skip = self.skip, 0
+        return iter(mine[skip:])
+
+
+class ResumeDataPosition(L.Callback):
+    """When training starts (after Lightning has restored a checkpoint, before the first
+    epoch's data iterator exists), skip the batches the current epoch already trained on:
+    global_step - epoch * batches per epoch (zero unless resuming from a mid-epoch checkpoint)."""
+
+    def __init__(self, sampler: ResumableSampler, batch_size: int):
+        self.sampler, self.batch_size = sampler, batch_size
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        per_epoch = -(-len(self.sampler) // self.batch_size)
+        done = trainer.global_step - trainer.current_epoch * per_epoch
+        self.sampler.skip = max(done, 0) * self.batch_size
+
+
 def loader(graphs, targets, batch_size, dtype, shuffle, seed=0, num_workers=0) -> DataLoader:
-    """A DataLoader yielding :class:`GraphBatch` objects; the shuffle order depends only on
-    ``seed`` and the epoch (reproducible; Lightning swaps in a DistributedSampler under DDP)."""
-    gen = torch.Generator().manual_seed(seed)
+    """A DataLoader of :class:`GraphBatch` objects over a :class:`ResumableSampler`."""
     return DataLoader(
         GraphDataset(graphs),
         batch_size=batch_size,
-        shuffle=shuffle,
-        generator=gen if shuffle else None,
+        sampler=ResumableSampler(len(graphs), shuffle, seed),
         num_workers=num_workers,
-        collate_fn=lambda items: collate(items, target_names=targets, dtype=dtype),
+        collate_fn=partial(collate, target_names=list(targets), dtype=dtype),
         drop_last=False,
     )
 

@@ -9,10 +9,11 @@ import lightning as L
 import torch
 
 from crystalframes.data.normalise import TargetNormaliser
+from crystalframes.io.errors import UserError
 from crystalframes.train.config import OptimConfig
 
 
-class NonFiniteLossError(RuntimeError):
+class NonFiniteLossError(UserError, RuntimeError):
     """Raised when a training loss is NaN/inf; names the structures of the batch."""
 
 

@@ -8,6 +8,7 @@ import logging
 import os
 import sys
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,6 +18,7 @@ import yaml
 
 from crystalframes import __version__
 from crystalframes.atomic import atomic_write
+from crystalframes.io.errors import UserError
 from crystalframes.train.config import RunConfig
 from crystalframes.train.metrics import metrics_of, write_json, write_predictions
 
@@ -29,6 +31,19 @@ CHECKPOINTS = "checkpoints"
 class RunResult:
     folder: Path
     metrics: dict
+
+
+def _atomic_checkpoint_io():
+    """Lightning's checkpoint writer, but through a temporary file and a rename: a run killed
+    while saving keeps its previous ``last.ckpt`` intact instead of a truncated one."""
+    from lightning.pytorch.plugins.io import TorchCheckpointIO
+
+    class AtomicCheckpointIO(TorchCheckpointIO):
+        def save_checkpoint(self, checkpoint, path, storage_options=None):
+            with atomic_write(path) as fh:
+                torch.save(checkpoint, fh)
+
+    return AtomicCheckpointIO()
 
 
 def default_run_folder(cfg: RunConfig) -> Path:
@@ -89,17 +104,17 @@ def train(cfg: RunConfig, output: str | Path | None = None, resume: bool = False
     from crystalframes.api import save_model_file
     from crystalframes.data.datasets import target_units
     from crystalframes.models.specs import build_model
-    from crystalframes.train.data import loader, prepare_data
+    from crystalframes.train.data import ResumeDataPosition, loader, prepare_data
     from crystalframes.train.module import PropertyModule
 
     folder = Path(output) if output else default_run_folder(cfg)
     last_ckpt = folder / CHECKPOINTS / "last.ckpt"
     if resume:
         if not last_ckpt.exists():
-            raise FileNotFoundError(f"{folder}: nothing to resume (no {CHECKPOINTS}/last.ckpt)")
+            raise UserError(f"{folder}: nothing to resume (no {CHECKPOINTS}/last.ckpt)")
         cfg = RunConfig.model_validate(yaml.safe_load((folder / "config.yaml").read_text()))
     elif last_ckpt.exists():
-        raise FileExistsError(f"{folder} already holds a run; use --resume to continue it or choose another --output")
+        raise UserError(f"{folder} already holds a run; use --resume to continue it or choose another --output")
     if cfg.trainer.threads:
         torch.set_num_threads(cfg.trainer.threads)
     L.seed_everything(cfg.trainer.seed, workers=True, verbose=False)
@@ -127,6 +142,7 @@ def train(cfg: RunConfig, output: str | Path | None = None, resume: bool = False
         ModelCheckpoint(dirpath=folder / CHECKPOINTS, filename="best", monitor="val_mae", mode="min", save_top_k=1, enable_version_counter=False),
         ModelCheckpoint(dirpath=folder / CHECKPOINTS, filename="last", every_n_train_steps=cfg.trainer.checkpoint_every_n_steps, save_on_train_epoch_end=True, save_top_k=1, enable_version_counter=False),
     ]
+    callbacks.append(ResumeDataPosition(train_loader.sampler, cfg.trainer.batch_size))
     if cfg.optim.swa_epochs > 0:
         callbacks.append(StochasticWeightAveraging(swa_lrs=cfg.optim.lr, swa_epoch_start=max(cfg.trainer.epochs - cfg.optim.swa_epochs, 0)))
     loggers = [CSVLogger(folder, name="logs", version="")]
@@ -142,6 +158,7 @@ def train(cfg: RunConfig, output: str | Path | None = None, resume: bool = False
         devices=cfg.trainer.devices,
         num_nodes=cfg.trainer.num_nodes,
         strategy="ddp" if multi else "auto",
+        use_distributed_sampler=False,  # ResumableSampler shards across ranks itself
         sync_batchnorm=multi,
         precision="64-true" if dtype == torch.float64 else "32-true",
         gradient_clip_val=cfg.optim.grad_clip,
@@ -152,7 +169,10 @@ def train(cfg: RunConfig, output: str | Path | None = None, resume: bool = False
         enable_progress_bar=sys.stderr.isatty(),
         enable_model_summary=False,
         default_root_dir=folder,
+        plugins=[_atomic_checkpoint_io()],
     )
+    # ResumableSampler + ResumeDataPosition make mid-epoch resumption exact; Lightning cannot see that.
+    warnings.filterwarnings("ignore", message=".*resuming from a checkpoint that ended before the epoch ended.*")
     start = time.perf_counter()
     trainer.fit(module, train_loader, val_loader, ckpt_path=str(last_ckpt) if resume else None)
     wall = time.perf_counter() - start

@@ -1,0 +1,51 @@
+import pytest
+
+from crystalframes.io import InputError
+from crystalframes.train.config import config_with_preset_training, explicit_keys, load_config
+from crystalframes.train.module import lr_lambda
+
+
+def test_defaults_and_overrides(tmp_path):
+    cfg = load_config(None, ["trainer.epochs=3", "optim.lr=2e-4", "model.options={hidden: 16}", "data.max_train=10"])
+    assert cfg.trainer.epochs == 3 and cfg.optim.lr == 2e-4 and cfg.model.options == {"hidden": 16}
+    path = tmp_path / "c.yaml"
+    path.write_text("trainer:\n  epochs: 7\nmodel:\n  spec: ecomformer:none@cpu_small\n")
+    cfg = load_config(path, ["trainer.batch_size=8"])
+    assert cfg.trainer.epochs == 7 and cfg.trainer.batch_size == 8 and cfg.model.spec == "ecomformer:none@cpu_small"
+    assert explicit_keys(path, ["trainer.batch_size=8"]) == {"trainer.epochs", "model.spec", "trainer.batch_size"}
+
+
+@pytest.mark.parametrize(
+    "overrides, needle",
+    [(["trainer.epochs=many"], "trainer.epochs"), (["trainer.nonsense=1"], "trainer.nonsense"), (["oops"], "key=value"),
+     (["optim.loss=huber"], "optim.loss")],
+)
+def test_bad_config_names_the_problem(overrides, needle):
+    with pytest.raises(InputError) as err:
+        load_config(None, overrides)
+    assert needle in str(err.value)
+
+
+def test_bad_yaml_file(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("trainer: [unclosed\n")
+    with pytest.raises(InputError, match="bad.yaml: not valid YAML"):
+        load_config(path)
+    with pytest.raises(InputError, match="config file not found"):
+        load_config(tmp_path / "missing.yaml")
+
+
+def test_preset_training_fills_only_what_the_user_did_not_set():
+    cfg = load_config(None, ["model.spec=ecomformer:spframe_quaternion@jarvis_optb88vdw_bandgap", "trainer.epochs=2"])
+    filled = config_with_preset_training(cfg, {"model.spec", "trainer.epochs"})
+    # seed 000 A.5, JARVIS OPT gap: polynomial 5e-4 -> 1e-5 (800 epochs, overridden here), L1, Adam
+    assert filled.optim.scheduler == "polynomial" and filled.optim.lr == 5e-4 and filled.optim.lr_end == 1e-5
+    assert filled.optim.loss == "l1" and filled.optim.optimizer == "adam" and filled.trainer.epochs == 2
+
+
+def test_schedules():
+    cfg = load_config(None, ["optim.scheduler=polynomial", "optim.lr=5e-4", "optim.lr_end=1e-5"]).optim
+    f = lr_lambda(cfg, 100)
+    assert f(0) == pytest.approx(1.0) and f(100) == pytest.approx(1e-5 / 5e-4) and f(50) == pytest.approx(0.5 + 0.5 * 0.02)
+    inv = lr_lambda(load_config(None, ["optim.scheduler=inverse_sqrt"]).optim, 10**6)
+    assert inv(0) == 1.0 and inv(12000) == pytest.approx(0.5)  # sqrt(4000 / 16000)
