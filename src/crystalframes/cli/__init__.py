@@ -18,9 +18,10 @@ app = typer.Typer(
 
 
 def _register() -> None:
-    from crystalframes.cli import data, predict, train
+    from crystalframes.cli import bench, data, predict, train
 
     app.add_typer(data.app, name="data")
+    app.add_typer(bench.app, name="bench")
     app.command("train")(train.train_command)
     app.command("predict")(predict.predict_command)
     app.command("eval")(predict.eval_command)

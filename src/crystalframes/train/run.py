@@ -193,7 +193,7 @@ def train(cfg: RunConfig, output: str | Path | None = None, resume: bool = False
     predictor = load_model(model_file)
     metrics = {"spec": cfg.model.spec, "target": data.target, "units": units, "epochs_completed": trainer.current_epoch,
                "global_step": trainer.global_step, "train_wall_seconds": round(wall, 1), "num_bad_records": data.num_bad_records,
-               "num_train": len(data.splits["train"])}
+               "num_train": len(data.splits["train"]), "params": int(sum(p.numel() for p in model.parameters()))}
     train_mean = float(data.normaliser.mean[0])
     for split in ("val", "test"):
         crystals = data.splits[split]

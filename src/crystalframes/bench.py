@@ -1,0 +1,128 @@
+"""Benchmark harness: model efficiency (seed 000 Table 3 / seed 001 efficiency table) and
+accuracy grids (seed 000 Tables 1-2). Figures are printed, never asserted."""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import resource
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def _measure(spec: str, source: str, n: int, batch_size: int, threads: int, dtype: str, queue) -> None:
+    """Runs in a fresh process so that its peak RSS belongs to this spec alone."""
+    import torch
+
+    from crystalframes.data.batch import collate
+    from crystalframes.data.datasets import load_dataset
+    from crystalframes.data.graph import build_graph
+    from crystalframes.models.specs import build_model
+
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    dt = getattr(torch, dtype)
+    crystals = load_dataset(source).crystals[:n]
+    model = build_model(spec, num_targets=1).to(dt)
+    params = sum(p.numel() for p in model.parameters())
+    chunks = [crystals[i : i + batch_size] for i in range(0, len(crystals), batch_size)]
+    rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+    # inference, including graph construction and batching
+    model.eval()
+    with torch.no_grad():
+        model(collate([build_graph(c, model.graph_settings) for c in chunks[0]], dtype=dt))  # warm-up
+        t0 = time.perf_counter()
+        graph_time = 0.0
+        for chunk in chunks:
+            g0 = time.perf_counter()
+            batch = collate([build_graph(c, model.graph_settings) for c in chunk], dtype=dt)
+            graph_time += time.perf_counter() - g0
+            model(batch)
+        infer = time.perf_counter() - t0
+    # training: forward + backward + optimiser step on pre-built batches
+    batches = [collate([build_graph(c, model.graph_settings) for c in chunk], dtype=dt) for chunk in chunks]
+    model.train()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    t0 = time.perf_counter()
+    for batch in batches:
+        opt.zero_grad()
+        loss = model(batch).abs().mean()
+        loss.backward()
+        opt.step()
+    train = time.perf_counter() - t0
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    queue.put(
+        {
+            "spec": spec,
+            "params": int(params),
+            "structures": len(crystals),
+            "infer_ms_per_structure": 1e3 * infer / len(crystals),
+            "graph_ms_per_structure": 1e3 * graph_time / len(crystals),
+            "train_ms_per_structure": 1e3 * train / len(crystals),
+            "peak_mem_mb": peak / 1024,
+            "peak_mem_increase_mb": (peak - rss0) / 1024,
+        }
+    )
+
+
+def bench_models(specs, source="mp_2018_demo", n=256, batch_size=64, threads=2, dtype="float32", train_size=None) -> list[dict]:
+    """Efficiency of each model spec on the first ``n`` structures of ``source``; ``s_per_epoch``
+    extrapolates training time to ``train_size`` structures (default: the dataset size)."""
+    from crystalframes.data.datasets import load_dataset
+
+    total = train_size or len(load_dataset(source).crystals)
+    ctx = mp.get_context("spawn")
+    rows = []
+    for spec in specs:
+        queue = ctx.Queue()
+        proc = ctx.Process(target=_measure, args=(spec, str(source), n, batch_size, threads, dtype, queue))
+        proc.start()
+        row = queue.get()
+        proc.join()
+        row["s_per_epoch"] = row["train_ms_per_structure"] * total / 1e3
+        rows.append(row)
+    return rows
+
+
+def models_table(rows: list[dict]) -> str:
+    head = "| model | params | train ms/structure | s/epoch | inference ms/structure | (of which graphs) | peak memory MB |\n|---|---:|---:|---:|---:|---:|---:|\n"
+    return head + "".join(
+        f"| `{r['spec']}` | {r['params']:,} | {r['train_ms_per_structure']:.2f} | {r['s_per_epoch']:.1f} | "
+        f"{r['infer_ms_per_structure']:.2f} | {r['graph_ms_per_structure']:.2f} | {r['peak_mem_mb']:.0f} |\n"
+        for r in rows
+    )
+
+
+def bench_accuracy(specs, overrides: list[str], seeds=(0,), output: Path | None = None) -> tuple[str, list[dict]]:
+    """Train every spec (x seed) with the same config overrides (the budget: epochs or minutes)
+    and return a Markdown MAE table in the format of seed 000 Tables 1-2, with the
+    mean-predictor baseline row."""
+    from crystalframes.train.config import config_with_preset_training, explicit_keys, load_config
+    from crystalframes.train.run import train
+
+    results = []
+    base = Path(output) if output else Path("runs") / f"bench-{time.strftime('%Y%m%d-%H%M%S')}"
+    for spec in specs:
+        for seed in seeds:
+            sets = [*overrides, f"model.spec={spec}", f"trainer.seed={seed}"]
+            cfg = load_config(None, sets)
+            cfg = config_with_preset_training(cfg, explicit_keys(None, sets) | {"trainer.epochs", "trainer.batch_size"})
+            name = "".join(ch if ch.isalnum() else "-" for ch in spec) + f"-s{seed}"
+            m = train(cfg, base / name).metrics
+            results.append({"spec": spec, "seed": seed, **m})
+    first = results[0]
+    units, target = first["units"], first["target"]
+    lines = [f"| method | val MAE ({units}) | test MAE ({units}) | params | train s |", "|---|---:|---:|---:|---:|"]
+    lines.append(f"| mean of training targets | {first['val']['mean_baseline_mae']:.4f} | {first['test']['mean_baseline_mae']:.4f} | 0 | 0 |")
+    for spec in specs:
+        rs = [r for r in results if r["spec"] == spec]
+        val = np.array([r["val"]["mae"] for r in rs])
+        test = np.array([r["test"]["mae"] for r in rs])
+        pm = (lambda a: f"{a.mean():.4f}" + (f" +- {a.std():.4f}" if len(a) > 1 else ""))
+        lines.append(f"| `{spec}` | {pm(val)} | {pm(test)} | {rs[0].get('params', '')} | {np.mean([r['train_wall_seconds'] for r in rs]):.0f} |")
+    table = f"Target `{target}`, {len(seeds)} seed(s), same budget for every model.\n\n" + "\n".join(lines) + "\n"
+    base.mkdir(parents=True, exist_ok=True)
+    (base / "accuracy.md").write_text(table)
+    return table, results
