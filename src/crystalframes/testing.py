@@ -84,29 +84,61 @@ def mirrored(crystal):
     return replace(crystal, lattice=crystal.lattice * np.array([-1.0, 1.0, 1.0]))
 
 
-def invariance_errors(model, crystals, trials: int = 3, seed: int = 0, supercells=((2, 1, 1), (2, 2, 2))) -> dict:
-    """Largest absolute change of the model's outputs under each transformation, over
-    ``crystals`` and ``trials`` random draws (like e3nn's ``assert_equivariant``: a dict of
-    errors; compare with :data:`DEFAULT_TOLERANCES` for the model's dtype).
+def basis_changed(crystal, matrix):
+    """The same crystal described with another lattice basis: L' = M L for an integer M with
+    det M = +-1 (fractional coordinates f' = f M^-1)."""
+    from dataclasses import replace
 
-    Keys: ``rotation``, ``translation``, ``permutation``, ``supercell``, ``batch`` (outputs of
-    the whole batch vs one structure at a time), and ``mirror`` (reported, not expected to be
-    zero for SO(3)-only models).
-    """
+    m = np.asarray(matrix)
+    if not np.allclose(m, np.round(m)) or round(abs(np.linalg.det(m))) != 1:
+        raise ValueError("a basis change must be an integer matrix with determinant +-1")
+    return replace(crystal, lattice=m @ crystal.lattice, frac_coords=crystal.frac_coords @ np.linalg.inv(m))
+
+
+def niggli_reduced(crystal):
+    """The crystal on its Niggli-reduced basis (pymatgen), as a basis change of the same lattice."""
+    from pymatgen.core import Lattice
+
+    reduced = Lattice(crystal.lattice).get_niggli_reduced_lattice().matrix
+    m = np.round(reduced @ np.linalg.inv(crystal.lattice))
+    return basis_changed(crystal, m)
+
+
+# A fixed shear of the basis (a, b, c) -> (a, a + b, c): the simplest non-trivial basis change.
+SHEAR_BASIS_CHANGE = np.array([[1, 0, 0], [1, 1, 0], [0, 0, 1]])
+
+INVARIANCE_KEYS = ("rotation", "translation", "permutation", "supercell", "basis_change", "batch", "mirror")
+
+
+def invariance_report(model, crystals, trials: int = 3, seed: int = 0, supercells=((2, 1, 1), (2, 2, 2))) -> list[dict]:
+    """Per structure, the largest absolute change of the model's outputs under each
+    transformation (keys :data:`INVARIANCE_KEYS`, plus ``id``). ``batch`` compares the output in a
+    batch with the output of the structure alone; ``mirror`` is the change under a reflection,
+    which SO(3)-invariant models need not be invariant to; ``basis_change`` uses the Niggli basis
+    and a shear of the basis (the same crystal, another unit-cell description)."""
     rng = np.random.default_rng(seed)
     ref = predict(model, crystals)
-    errors = {"rotation": 0.0, "translation": 0.0, "permutation": 0.0, "supercell": 0.0, "batch": 0.0, "mirror": 0.0}
+    rows = []
+    for i, c in enumerate(crystals):
+        variants = {
+            "rotation": [rotated(c, random_rotation(rng)) for _ in range(trials)],
+            "translation": [translated(c, rng.uniform(-1, 1, 3)) for _ in range(trials)],
+            "permutation": [permuted(c, rng.permutation(c.num_atoms)) for _ in range(trials)],
+            "supercell": [supercell(c, reps) for reps in supercells],
+            "basis_change": [niggli_reduced(c), basis_changed(c, SHEAR_BASIS_CHANGE)],
+            "batch": [c],
+            "mirror": [mirrored(c)],
+        }
+        row = {"id": c.id}
+        for key, others in variants.items():
+            row[key] = float((predict(model, others) - ref[i]).abs().max())
+        rows.append(row)
+    return rows
 
-    def worst(key, others):
-        errors[key] = max(errors[key], float((predict(model, others) - ref).abs().max()))
 
-    for _ in range(trials):
-        worst("rotation", [rotated(c, random_rotation(rng)) for c in crystals])
-        worst("translation", [translated(c, rng.uniform(-1, 1, 3)) for c in crystals])
-        worst("permutation", [permuted(c, rng.permutation(c.num_atoms)) for c in crystals])
-    for reps in supercells:
-        worst("supercell", [supercell(c, reps) for c in crystals])
-    worst("mirror", [mirrored(c) for c in crystals])
-    single = np.concatenate([predict(model, [c]).numpy() for c in crystals])
-    errors["batch"] = float(np.abs(single - ref.numpy()).max())
-    return errors
+def invariance_errors(model, crystals, trials: int = 3, seed: int = 0, supercells=((2, 1, 1), (2, 2, 2))) -> dict:
+    """Largest absolute change of the model's outputs under each transformation over all
+    ``crystals`` (like e3nn's ``assert_equivariant``: a dict of errors; compare with
+    :data:`DEFAULT_TOLERANCES` for the model's dtype). Keys as :func:`invariance_report`."""
+    rows = invariance_report(model, crystals, trials, seed, supercells)
+    return {key: max(r[key] for r in rows) for key in INVARIANCE_KEYS}

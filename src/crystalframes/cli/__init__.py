@@ -18,13 +18,14 @@ app = typer.Typer(
 
 
 def _register() -> None:
-    from crystalframes.cli import bench, data, predict, train
+    from crystalframes.cli import bench, check, data, predict, train
 
     app.add_typer(data.app, name="data")
     app.add_typer(bench.app, name="bench")
     app.command("train")(train.train_command)
     app.command("predict")(predict.predict_command)
     app.command("eval")(predict.eval_command)
+    app.command("check")(check.check_command)
 
 
 _register()
