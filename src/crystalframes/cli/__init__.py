@@ -18,7 +18,7 @@ app = typer.Typer(
 
 
 def _register() -> None:
-    from crystalframes.cli import bench, check, data, predict, train
+    from crystalframes.cli import bench, check, data, predict, symmetry, train
 
     app.add_typer(data.app, name="data")
     app.add_typer(bench.app, name="bench")
@@ -26,6 +26,7 @@ def _register() -> None:
     app.command("predict")(predict.predict_command)
     app.command("eval")(predict.eval_command)
     app.command("check")(check.check_command)
+    app.command("symmetry")(symmetry.symmetry_command)
 
 
 _register()

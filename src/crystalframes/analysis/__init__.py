@@ -1,0 +1,5 @@
+"""Diagnostics: what frames do to symmetry-equivalent atoms (seed 000, Section 3.1, Fig. 3)."""
+
+from crystalframes.analysis.symmetry import STRUCTURE_FRAMES, symmetry_analysis
+
+__all__ = ["symmetry_analysis", "STRUCTURE_FRAMES"]

@@ -1,0 +1,199 @@
+"""Wyckoff orbits and whether local frames collapse or keep apart symmetry-equivalent atoms.
+
+Seed 000 (Section 3.1, Fig. 3): an SO(3)-equivariant local frame maps the neighbourhoods of two
+symmetry-equivalent atoms onto the same picture, so a network sees them as identical
+("information collapse"), while SPFrame (an invariant local frame times one global frame) keeps
+their relative orientation. For each orbit of equivalent atoms this module measures the
+**distinguishability**: the smallest Hausdorff distance (Angstrom, species-matched) between the
+frame-transformed neighbourhoods of two atoms of the orbit; 0 means collapsed.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from crystalframes.data.batch import collate
+from crystalframes.data.graph import GraphSettings, build_graph
+from crystalframes.frames import (
+    GLOBAL_FRAMES,
+    compose_spframe,
+    edges_in_frames,
+    gram_schmidt,
+    positions_pca_frame,
+    qr_frame,
+    static_local_frame,
+)
+
+# Distinguishability below this (Angstrom) counts as collapsed: DFT-relaxed files are
+# symmetric to ~1e-5 A, far below any real difference between neighbourhoods.
+COLLAPSE_TOLERANCE = 1e-3
+
+T = torch.float64
+
+
+def _radial_vectors(batch):
+    """Per atom, two invariant 3-vectors and two equivariant vectors from fixed radial
+    functions of the neighbour distances: stand-ins for the learned phi_k of seed 000
+    Eqs. 16 and 14, so frames can be compared without a trained model."""
+    d = batch.edge_vec.norm(dim=-1, keepdim=True)
+    unit = batch.edge_vec / d
+    n, c = len(batch.batch), batch.edge_index[0]
+    phi = torch.cat([torch.exp(-d), torch.exp(-((d - 3) ** 2)), torch.sin(d)], dim=1)
+    inv1 = torch.zeros(n, 3, dtype=T).index_add_(0, c, phi)
+    inv2 = torch.zeros(n, 3, dtype=T).index_add_(0, c, phi.roll(1, dims=1) ** 2)
+    eq1 = torch.zeros(n, 3, dtype=T).index_add_(0, c, phi[:, :1] * unit)
+    eq2 = torch.zeros(n, 3, dtype=T).index_add_(0, c, phi[:, 1:2] * unit)
+    return (inv1, inv2), (eq1, eq2)
+
+
+def _spframe(batch):
+    (inv1, inv2), _ = _radial_vectors(batch)
+    return compose_spframe(gram_schmidt(inv1, inv2), qr_frame(batch.lattice), batch.batch)
+
+
+def _equivariant_gs(batch):
+    _, (eq1, eq2) = _radial_vectors(batch)
+    return gram_schmidt(eq1, eq2, fallback=qr_frame(batch.lattice)[batch.batch])
+
+
+def _static(batch):
+    return static_local_frame(batch.edge_vec, batch.edge_index[0], len(batch.batch), qr_frame(batch.lattice)[batch.batch])
+
+
+def _global(name):
+    def per_atom(batch):
+        if name == "positions_pca":
+            g = positions_pca_frame(batch.frac_coords, batch.lattice, batch.batch)
+        else:
+            g = GLOBAL_FRAMES[name](batch.lattice)
+        return g[batch.batch]
+
+    return per_atom
+
+
+STRUCTURE_FRAMES = {
+    "spframe": _spframe,
+    "equivariant_gram_schmidt": _equivariant_gs,
+    "static_local": _static,
+    **{f"global_{name}": _global(name) for name in [*GLOBAL_FRAMES, "positions_pca"]},
+}
+
+
+def _neighbourhoods(batch, frames):
+    local = edges_in_frames(batch.edge_vec, frames, batch.edge_index[0]).numpy()
+    species = batch.atomic_numbers[batch.edge_index[1]].numpy()
+    centre = batch.edge_index[0].numpy()
+    return [(local[centre == i], species[centre == i]) for i in range(len(batch.batch))]
+
+
+def _hausdorff(a, b) -> float:
+    (va, sa), (vb, sb) = a, b
+    worst = 0.0
+    for (x, sx), (y, sy) in (((va, sa), (vb, sb)), ((vb, sb), (va, sa))):
+        for z in np.unique(sx):
+            if not np.any(sy == z):
+                return float("inf")
+            d = np.linalg.norm(x[sx == z][:, None, :] - y[sy == z][None, :, :], axis=-1)
+            worst = max(worst, float(d.min(axis=1).max()))
+    return worst
+
+
+def symmetry_analysis(crystal, frame: str = "spframe", model=None, k: int = 12, symprec: float = 1e-3) -> dict:
+    """Space group, Wyckoff orbits and, per orbit, the distinguishability of equivalent atoms
+    under ``frame`` (one of :data:`STRUCTURE_FRAMES`) or under a model's own frames
+    (``model.frames_of(batch)``, first block) when ``model`` is given."""
+    import spglib
+
+    ds = spglib.get_symmetry_dataset((crystal.lattice, crystal.frac_coords, crystal.atomic_numbers), symprec=symprec)
+    if ds is None:
+        raise ValueError(f"{crystal.where}: spglib found no symmetry dataset")
+    if model is not None:
+        settings = model.graph_settings
+        batch = collate([build_graph(crystal, settings)], dtype=next(model.parameters()).dtype)
+        with torch.no_grad():
+            frames = model.frames_of(batch)[0].to(T)
+        batch = batch.to(dtype=T)
+        frame_name = getattr(model, "spec", "model")
+        features = _node_features(model, batch)
+    else:
+        if frame not in STRUCTURE_FRAMES:
+            raise ValueError(f"unknown frame {frame!r}; choose one of {sorted(STRUCTURE_FRAMES)}")
+        batch = collate([build_graph(crystal, GraphSettings(k=k))], dtype=T)
+        frames = STRUCTURE_FRAMES[frame](batch)
+        frame_name, features = frame, None
+    hoods = _neighbourhoods(batch, frames)
+    from pymatgen.core import Element
+
+    orbits = []
+    for rep in sorted(set(ds.equivalent_atoms.tolist())):
+        atoms = [int(i) for i in np.flatnonzero(ds.equivalent_atoms == rep)]
+        scores = [_hausdorff(hoods[p], hoods[q]) for i, p in enumerate(atoms) for q in atoms[i + 1 :]]
+        score = min(scores) if scores else None
+        orbit = {
+            "atoms": atoms,
+            "element": Element.from_Z(int(crystal.atomic_numbers[atoms[0]])).symbol,
+            "wyckoff": f"{len(atoms)}{ds.wyckoffs[atoms[0]]}",
+            "site_symmetry": ds.site_symmetry_symbols[atoms[0]],
+            "distinguishability": score,
+            "collapsed": None if score is None else bool(score < COLLAPSE_TOLERANCE),
+        }
+        if features is not None and len(atoms) > 1:
+            f = features[atoms]
+            orbit["feature_spread"] = float((f - f[0]).abs().max())
+        orbits.append(orbit)
+    return {
+        "id": crystal.id,
+        "formula": crystal.formula,
+        "space_group": {"symbol": ds.international, "number": int(ds.number)},
+        "frame": frame_name,
+        "orbits": orbits,
+        "frames": frames.numpy().tolist(),
+    }
+
+
+def _node_features(model, batch):
+    """Per-atom features before pooling, if the model exposes them (``node_features``)."""
+    fn = getattr(model, "node_features", None)
+    if fn is None:
+        return None
+    with torch.no_grad():
+        return fn(batch).to(T)
+
+
+def plot_frames(crystal, frames, path: Path, orbits=None) -> None:
+    """Unit cell, atoms coloured by Wyckoff orbit, and each atom's frame axes (red, green, blue
+    = e1, e2, e3); written atomically as PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from crystalframes.atomic import atomic_write
+
+    lat = crystal.lattice
+    pos = np.mod(crystal.frac_coords, 1.0) @ lat
+    frames = np.asarray(frames)
+    fig = plt.figure(figsize=(6, 6))
+    ax = fig.add_subplot(projection="3d")
+    corners = np.array([[i, j, k] for i in (0, 1) for j in (0, 1) for k in (0, 1)])
+    for a in range(8):
+        for b in range(a + 1, 8):
+            if np.abs(corners[a] - corners[b]).sum() == 1:
+                seg = corners[[a, b]] @ lat
+                ax.plot(*seg.T, color="0.6", lw=0.8)
+    colour = np.zeros(len(pos))
+    for n, orbit in enumerate(orbits or []):
+        colour[orbit["atoms"]] = n
+    ax.scatter(*pos.T, c=colour, cmap="tab10", s=60, depthshade=False)
+    scale = 0.25 * np.linalg.norm(lat, axis=1).min()
+    for p, f in zip(pos, frames):
+        for axis, col in zip(f, ("r", "g", "b")):
+            ax.quiver(*p, *(scale * axis), color=col, lw=1.2)
+    ax.set_title(f"{crystal.formula}: frame axes e1 (red), e2 (green), e3 (blue)")
+    ax.set_box_aspect(np.ptp(np.concatenate([pos, corners @ lat]), axis=0) + 1e-9)
+    with atomic_write(path, "wb") as fh:
+        fig.savefig(fh, format="png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
