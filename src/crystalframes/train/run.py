@@ -151,6 +151,7 @@ def train(cfg: RunConfig, output: str | Path | None = None, resume: bool = False
 
         loggers.append(TensorBoardLogger(folder, name="tensorboard", version=""))
     multi = world > 1
+    on_gpu = cfg.trainer.accelerator in ("gpu", "cuda") or (cfg.trainer.accelerator == "auto" and torch.cuda.is_available())
     trainer = L.Trainer(
         max_epochs=cfg.trainer.epochs,
         max_time={"minutes": cfg.trainer.max_time_minutes} if cfg.trainer.max_time_minutes else None,
@@ -159,7 +160,7 @@ def train(cfg: RunConfig, output: str | Path | None = None, resume: bool = False
         num_nodes=cfg.trainer.num_nodes,
         strategy="ddp" if multi else "auto",
         use_distributed_sampler=False,  # ResumableSampler shards across ranks itself
-        sync_batchnorm=multi,
+        sync_batchnorm=multi and on_gpu,  # PyTorch's SyncBatchNorm exists for GPU modules only
         precision="64-true" if dtype == torch.float64 else "32-true",
         gradient_clip_val=cfg.optim.grad_clip,
         deterministic=cfg.trainer.deterministic,
