@@ -131,7 +131,7 @@ def config_with_preset_training(config: RunConfig, explicit: set[str]) -> RunCon
         "optim.lr": training.get("lr"),
         "optim.weight_decay": training.get("weight_decay"),
         "optim.betas": training.get("betas"),
-        "optim.grad_clip": training.get("grad_clip"),
+        "optim.grad_clip": training.get("grad_clip", training.get("grad_clip_norm")),
         "optim.swa_epochs": training.get("swa_epochs"),
         "trainer.epochs": training.get("epochs"),
         "trainer.batch_size": training.get("batch_size"),
@@ -143,7 +143,7 @@ def config_with_preset_training(config: RunConfig, explicit: set[str]) -> RunCon
             "optim.pct_start": sched.get("pct_start"),
             "optim.lr_end": sched.get("lr_end"),
             "optim.power": sched.get("power"),
-            "optim.warmup_steps": sched.get("warmup_steps"),
+            "optim.warmup_steps": sched.get("warmup_steps", sched.get("T")),
         }
     )
     tree = config.model_dump()
