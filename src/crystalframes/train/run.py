@@ -143,8 +143,11 @@ def train(cfg: RunConfig, output: str | Path | None = None, resume: bool = False
         ModelCheckpoint(dirpath=folder / CHECKPOINTS, filename="last", every_n_train_steps=cfg.trainer.checkpoint_every_n_steps, save_on_train_epoch_end=True, save_top_k=1, enable_version_counter=False),
     ]
     callbacks.append(ResumeDataPosition(train_loader.sampler, cfg.trainer.batch_size))
-    if cfg.optim.swa_epochs > 0:
-        callbacks.append(StochasticWeightAveraging(swa_lrs=cfg.optim.lr, swa_epoch_start=max(cfg.trainer.epochs - cfg.optim.swa_epochs, 0)))
+    swa = cfg.optim.swa_epochs > 0 and cfg.trainer.epochs > 1
+    if swa:
+        # average over the last swa_epochs epochs (at least the last one; Lightning counts from 1)
+        start = max(cfg.trainer.epochs - cfg.optim.swa_epochs, 1)
+        callbacks.append(StochasticWeightAveraging(swa_lrs=cfg.optim.lr, swa_epoch_start=start))
     loggers = [CSVLogger(folder, name="logs", version="")]
     if cfg.trainer.tensorboard:
         from lightning.pytorch.loggers import TensorBoardLogger
@@ -181,7 +184,7 @@ def train(cfg: RunConfig, output: str | Path | None = None, resume: bool = False
         return RunResult(folder, {})
 
     best = callbacks[0].best_model_path
-    if best and Path(best).exists() and cfg.optim.swa_epochs == 0:
+    if best and Path(best).exists() and not swa:  # with SWA the averaged weights are the result
         state = torch.load(best, map_location="cpu", weights_only=True)["state_dict"]
         module.load_state_dict(state)
     model = module.model.cpu().eval()
