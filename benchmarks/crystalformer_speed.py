@@ -1,0 +1,148 @@
+"""Crystalformer / CrystalFramer speed and memory on CPU (printed figures, not a test).
+
+    python benchmarks/crystalformer_speed.py [--threads 2] [--structures 256] [--batch-size 64]
+        [--cells 8 64 320 1000] [--specs none@reference max@reference max@lightweight] [--repeats 3]
+
+Rows: the shared MP sample (``--structures`` random crystals, seed 0, batches of
+``--batch-size``) and single cells of 8, 64, 320 and 1000 atoms (supercells of an 8-atom MP
+crystal). Every row runs in a fresh process, so "peak MB" is that process's maximum resident
+set size (model, data and all temporaries; a bare ``import torch`` process is ~0.3 GB).
+Inference: eval mode under ``torch.no_grad`` (rho statistics first set by one training-mode
+pass). Training: forward + backward + AdamW step per batch, training mode. Both exclude graph
+building (Crystalformer's input is the cell itself). Each batch is timed ``--repeats`` times after
+a warm-up and the fastest run is kept: on a machine shared with other jobs this measures the
+code rather than the contention (the load average is printed).
+For reference (REFERENCE.md, 2 CPU cores): the reference Crystalformer's CPU path takes 27 ms
+per 8-atom structure and 1.84 s for one 64-atom cell; the reference CrystalFramer cannot run on
+a CPU. Target: CrystalFramer inference on the MP sample <= 15 ms/structure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing as mp
+import os
+import resource
+import time
+from pathlib import Path
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+PAPER = {"none": "Crystalformer", "max": "CrystalFramer (max)", "weighted_pca": "CrystalFramer (weighted PCA)"}
+
+
+def _peak_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _run(job: dict) -> dict:
+    """One row, in its own process."""
+    import numpy as np
+    import torch
+
+    from crystalframes.data.batch import collate
+    from crystalframes.data.graph import build_graph
+    from crystalframes.io import read_dataset
+    from crystalframes.models.crystalformer import build_crystalformer, num_parameters
+    from crystalframes.testing import supercell
+
+    torch.set_num_threads(job["threads"])
+    frame, preset = job["spec"].split("@")
+    torch.manual_seed(0)
+    model = build_crystalformer(frame, preset)
+    crystals = read_dataset(SHARED / "mp_2018_sample.jsonl.gz").crystals
+    if job["cell"]:
+        base = next(c for c in crystals if c.num_atoms == 8)
+        reps = {8: (1, 1, 1), 64: (2, 2, 2), 320: (5, 4, 2), 1000: (5, 5, 5)}[job["cell"]]
+        sample, batch_size = [supercell(base, reps)], 1
+        label = f"{job['cell']}-atom cell ({base.id} x{reps[0]}x{reps[1]}x{reps[2]})"
+    else:
+        idx = np.random.default_rng(0).choice(len(crystals), job["structures"], replace=False)
+        sample, batch_size = [crystals[i] for i in idx], job["batch_size"]
+        label = f"MP sample ({job['structures']} structures, batch {batch_size})"
+    batches = [
+        collate([build_graph(c, model.graph_settings) for c in sample[i : i + batch_size]], target_names=["mp2018_e_form"])
+        for i in range(0, len(sample), batch_size)
+    ]
+    atoms = sum(int(b.num_atoms.sum()) for b in batches)
+    model.train()
+    with torch.no_grad():
+        model(batches[0])  # sets the rho statistics
+    model.eval()
+
+    def timed(step, repeats):
+        step(batches[0])  # warm-up
+        total = 0.0
+        for b in batches:
+            best = float("inf")
+            for _ in range(repeats):
+                t0 = time.perf_counter()
+                step(b)
+                best = min(best, time.perf_counter() - t0)
+            total += best
+        return 1e3 * total / len(sample)
+
+    repeats = job["repeats"] if job["cell"] <= 320 else 1
+    with torch.no_grad():
+        infer = timed(model, repeats)
+    infer_peak = _peak_mb()
+    train = float("nan")
+    if job["train"]:
+        model.train()
+        opt = torch.optim.AdamW(model.parameters(), lr=5e-4, betas=(0.9, 0.98), weight_decay=1e-5)
+
+        def step(b):
+            loss = (model(b) - torch.nan_to_num(b.targets)).abs().mean()
+            opt.zero_grad()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+
+        train = timed(step, repeats)
+    return {
+        "row": label,
+        "spec": f"crystalformer:{job['spec']}",
+        "params": num_parameters(model),
+        "atoms": atoms,
+        "infer": infer,
+        "train": train,
+        "infer_peak": infer_peak,
+        "peak": _peak_mb(),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--structures", type=int, default=256)
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--cells", type=int, nargs="*", default=[8, 64, 320, 1000])
+    parser.add_argument("--specs", nargs="*", default=["none@reference", "max@reference", "max@lightweight"])
+    parser.add_argument("--cell-specs", nargs="*", default=None, help="specs for the single cells (default: --specs)")
+    parser.add_argument("--repeats", type=int, default=3, help="timings per batch (the fastest is kept)")
+    parser.add_argument("--no-train", action="store_true")
+    args = parser.parse_args()
+    jobs = [
+        {"spec": s, "cell": 0, "structures": args.structures, "batch_size": args.batch_size, "threads": args.threads, "train": not args.no_train, "repeats": args.repeats}
+        for s in args.specs
+    ]
+    jobs += [
+        {"spec": s, "cell": n, "structures": 0, "batch_size": 1, "threads": args.threads, "train": not args.no_train, "repeats": args.repeats}
+        for n in args.cells
+        for s in (args.cell_specs or args.specs)
+    ]
+    print(f"torch threads: {args.threads}; load average before start: {os.getloadavg()[0]:.2f} (other jobs on the machine slow everything)")
+    print(f"{'input':44s} {'spec':34s} {'params':>8s} {'infer ms/str':>12s} {'train ms/str':>12s} {'peak MB infer':>13s} {'peak MB train':>13s}")
+    ctx = mp.get_context("spawn")
+    for job in jobs:
+        with ctx.Pool(1) as pool:
+            r = pool.apply(_run, (job,))
+        print(
+            f"{r['row']:44s} {r['spec']:34s} {r['params']:8d} {r['infer']:12.1f} {r['train']:12.1f} "
+            f"{r['infer_peak']:13.0f} {r['peak']:13.0f}   (load {os.getloadavg()[0]:.1f})",
+            flush=True,
+        )
+    print(f"load average after: {os.getloadavg()[0]:.2f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,36 @@
+"""Assembled models, built from a spec string ``backbone[:frame[+global_frame]][@preset]``.
+
+>>> from crystalframes.models import build_model
+>>> model = build_model("ecomformer:spframe_quaternion@jarvis_formation_energy")
+
+See :mod:`crystalframes.models.specs` for the syntax and the backbone registry, and
+:mod:`crystalframes.models.ecomformer` for eComFormer with SPFrame and its presets.
+"""
+
+from crystalframes.models.ecomformer import PRESETS as ECOMFORMER_PRESETS
+from crystalframes.models.ecomformer import EComFormer, EComFormerConfig, num_parameters
+from crystalframes.models.specs import (
+    BACKBONES,
+    Backbone,
+    ModelSpec,
+    available_specs,
+    build_model,
+    parse_spec,
+    preset_training,
+    register_backbone,
+)
+
+__all__ = [
+    "build_model",
+    "parse_spec",
+    "preset_training",
+    "available_specs",
+    "register_backbone",
+    "Backbone",
+    "BACKBONES",
+    "ModelSpec",
+    "EComFormer",
+    "EComFormerConfig",
+    "ECOMFORMER_PRESETS",
+    "num_parameters",
+]

@@ -1,0 +1,337 @@
+"""Crystalformer (Taniai et al., ICLR 2024) and CrystalFramer (Ito, Taniai et al., ICLR 2025;
+seeds 001-002), with the frame baselines of seed 001 on the same code path.
+
+    atoms  -> one-hot over 98 elements -> Linear(98, C, no bias)                      x_i
+    layers -> x = x + Attention(x);  x = x + Linear(F, C)(ReLU(Linear(C, F)(x)))   (no LayerNorm)
+    output -> mean over the atoms of each crystal -> Linear(C, C) - ReLU - Linear(C, T)
+
+Attention is :class:`~crystalframes.nn.periodic_attention.PeriodicAttention` (infinitely
+connected attention over all atoms and lattice translations). The ``frame`` option decides
+what its value position encoding sees besides distances:
+
+============  =====================================================  =========================
+frame         frame of atom i (rows e_1, e_2, e_3)                    from
+============  =====================================================  =========================
+none          - (plain Crystalformer: psi = W0 b_dist)                -
+max           per layer and head, from that layer's attention         frames.max_frame
+weighted_pca  per layer and head, from that layer's attention         frames.weighted_pca_frame
+static        per atom, nearest-neighbour driven                      frames.static_local_frame
+pca           the crystal's PCA frame of unit-cell positions          frames.positions_pca_frame
+lattice       the crystal's shortest-lattice-vector frame             frames.lattice_vector_frame
+============  =====================================================  =========================
+
+With a frame, psi = W0 b_dist(d) + sum_k Wk b_angl(e_k . r_hat) (seed 001). Exact ties of the
+local frames are broken by each crystal's QR lattice frame, so every option is exactly
+rotation invariant.
+
+Initialisation (T-Fixup style, as Crystalformer; no LayerNorm anywhere): the atom embedding is
+N(0, C^-1/2 (9 L)^-1/4) and, after Xavier initialisation, the value, output and both
+feed-forward weight matrices of every layer are multiplied by 0.67 L^-1/4 (L = number of layers;
+0.474 for L = 4). Biases start at zero.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields, replace
+
+import torch
+from torch import nn
+
+from crystalframes.data.batch import GraphBatch
+from crystalframes.data.graph import GraphSettings
+from crystalframes.nn.periodic_attention import (
+    ANGLE_WIDTH_SCALE,
+    DEFAULT_CUTOFF_SIGMAS,
+    DEFAULT_MEMORY_BUDGET,
+    DISTANCE_BASES,
+    DISTANCE_MAX,
+    R0,
+    RHO_BETA,
+    RHO_FLOOR,
+    PeriodicAttention,
+    PeriodicGeometry,
+)
+
+FRAMES = ("none", "max", "weighted_pca", "pca", "lattice", "static")
+DEFAULT_FRAME = "none"
+NUM_ELEMENTS = 98  # one-hot atom encoding: H (Z = 1) .. Cf (Z = 98)
+# the layer-level frame option of each model-level frame
+_LAYER_FRAME = {"none": "none", "max": "max", "weighted_pca": "weighted_pca", "static": "static", "pca": "given", "lattice": "given"}
+
+
+def tfixup_scale(num_layers: int) -> float:
+    """Factor applied to value, output and feed-forward weights at init: 0.67 L^-1/4."""
+    return 0.67 * num_layers ** (-0.25)
+
+
+@dataclass(frozen=True)
+class CrystalformerConfig:
+    """Every size and switch of the model (the ``model`` part of a preset).
+
+    frame: see the module docstring. angle_bases: D, Gaussians per frame axis (ignored for
+    ``none``). cutoff_sigmas: each head of each atom sums over the images within this many
+    sigma_ih = r0 / sqrt(rho_ih) (the reference sizes an image box with 3.5; see
+    :mod:`crystalframes.nn.periodic_attention`). memory_budget: elements of the largest
+    temporary tensor of an attention layer.
+    """
+
+    frame: str = DEFAULT_FRAME
+    num_layers: int = 4
+    model_dim: int = 128
+    num_heads: int = 8
+    ff_dim: int = 512
+    distance_bases: int = DISTANCE_BASES
+    distance_max: float = DISTANCE_MAX
+    angle_bases: int = 64
+    angle_width_scale: float = ANGLE_WIDTH_SCALE
+    r0: float = R0
+    rho_floor: float = RHO_FLOOR
+    rho_beta: float = RHO_BETA
+    cutoff_sigmas: float = DEFAULT_CUTOFF_SIGMAS
+    rho_momentum: float = 0.1
+    head_hidden: int = 128
+    num_targets: int = 1
+    memory_budget: int = DEFAULT_MEMORY_BUDGET
+
+    def __post_init__(self):
+        if self.frame not in FRAMES:
+            raise ValueError(f"unknown frame {self.frame!r}; choose one of {FRAMES}")
+        for name in ("num_layers", "model_dim", "num_heads", "ff_dim", "distance_bases", "head_hidden", "num_targets", "memory_budget"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)}")
+        if self.model_dim % self.num_heads:
+            raise ValueError(f"model_dim {self.model_dim} is not divisible by num_heads {self.num_heads}")
+        if self.frame != "none" and self.angle_bases < 2:
+            raise ValueError(f"angle_bases must be >= 2 with a frame, got {self.angle_bases}")
+        if self.cutoff_sigmas <= 0:
+            raise ValueError("cutoff_sigmas must be positive")
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+class FeedForward(nn.Module):
+    def __init__(self, dim: int, hidden: int):
+        super().__init__()
+        self.linear1 = nn.Linear(dim, hidden)
+        self.linear2 = nn.Linear(hidden, dim)
+        for lin in (self.linear1, self.linear2):
+            nn.init.xavier_uniform_(lin.weight)
+            nn.init.zeros_(lin.bias)
+
+    def forward(self, x):
+        return self.linear2(torch.relu(self.linear1(x)))
+
+
+class CrystalformerLayer(nn.Module):
+    """x + attention, then x + feed-forward (post-residual, no normalisation: T-Fixup)."""
+
+    def __init__(self, c: CrystalformerConfig):
+        super().__init__()
+        self.attention = PeriodicAttention(
+            c.model_dim,
+            c.num_heads,
+            distance_bases=c.distance_bases,
+            distance_max=c.distance_max,
+            frame=_LAYER_FRAME[c.frame],
+            angle_bases=c.angle_bases,
+            angle_width_scale=c.angle_width_scale,
+            r0=c.r0,
+            rho_floor=c.rho_floor,
+            rho_beta=c.rho_beta,
+            cutoff_sigmas=c.cutoff_sigmas,
+            rho_momentum=c.rho_momentum,
+            memory_budget=c.memory_budget,
+        )
+        self.feed_forward = FeedForward(c.model_dim, c.ff_dim)
+
+    def forward(self, x, geometry: PeriodicGeometry):
+        x = x + self.attention(x, geometry)
+        return x + self.feed_forward(x)
+
+
+class Crystalformer(nn.Module):
+    """Crystalformer / CrystalFramer; see the module docstring.
+
+    Model contract (:mod:`crystalframes.testing`): ``graph_settings = GraphSettings(k=None)``
+    (no neighbour list: the attention enumerates its own periodic images);
+    ``forward(GraphBatch) -> (B, num_targets)``. Works in float32 or float64 (cast model and
+    batch alike) on any device. Atomic numbers above 98 raise ``ValueError``.
+    """
+
+    def __init__(self, config: CrystalformerConfig = CrystalformerConfig()):
+        super().__init__()
+        c = self.config = config
+        self.graph_settings = GraphSettings(k=None)
+        self.atom_embedding = nn.Linear(NUM_ELEMENTS, c.model_dim, bias=False)
+        self.layers = nn.ModuleList(CrystalformerLayer(c) for _ in range(c.num_layers))
+        self.head = nn.Sequential(nn.Linear(c.model_dim, c.head_hidden), nn.ReLU(), nn.Linear(c.head_hidden, c.num_targets))
+        self._tfixup_init()
+
+    def _tfixup_init(self):
+        c = self.config
+        nn.init.normal_(self.atom_embedding.weight, 0.0, c.model_dim**-0.5 * (9 * c.num_layers) ** -0.25)
+        scale = tfixup_scale(c.num_layers)
+        with torch.no_grad():
+            for layer in self.layers:
+                for lin in (layer.attention.v_proj, layer.attention.out_proj, layer.feed_forward.linear1, layer.feed_forward.linear2):
+                    lin.weight.mul_(scale)
+
+    def embed(self, atomic_numbers: torch.Tensor) -> torch.Tensor:
+        """Linear(98, C) of the one-hot encoding, i.e. column Z - 1 of its weight."""
+        bad = (atomic_numbers < 1) | (atomic_numbers > NUM_ELEMENTS)
+        if bool(bad.any()):
+            from crystalframes.nn.atom_features import _element_symbol
+
+            names = ", ".join(f"{_element_symbol(int(z))} (Z={int(z)})" for z in torch.unique(atomic_numbers[bad]))
+            raise ValueError(
+                f"Crystalformer encodes elements H..Cf (Z = 1..{NUM_ELEMENTS}) only; this batch contains {names}"
+            )
+        return self.atom_embedding.weight.t()[atomic_numbers - 1]
+
+    def geometry(self, batch: GraphBatch) -> PeriodicGeometry:
+        from crystalframes.frames import lattice_vector_frame, positions_pca_frame, qr_frame
+
+        frame = self.config.frame
+        frames = None
+        if frame == "pca":
+            frames = positions_pca_frame(batch.frac_coords, batch.lattice, batch.batch)[batch.batch]
+        elif frame == "lattice":
+            frames = lattice_vector_frame(batch.lattice)[batch.batch]
+        tie = qr_frame(batch.lattice)[batch.batch] if frame in ("max", "weighted_pca", "static") else None
+        return PeriodicGeometry(
+            pos=batch.pos,
+            frac=batch.frac_coords,
+            lattice=batch.lattice,
+            batch=batch.batch,
+            num_atoms=batch.num_atoms,
+            tie_frame=tie,
+            frames=frames,
+        )
+
+    def encode(self, batch: GraphBatch) -> torch.Tensor:
+        """Per-atom features after the last layer: (N, C)."""
+        x = self.embed(batch.atomic_numbers).to(batch.pos.dtype)
+        geometry = self.geometry(batch)
+        for layer in self.layers:
+            x = layer(x, geometry)
+        return x
+
+    def forward(self, batch: GraphBatch) -> torch.Tensor:
+        x = self.encode(batch)
+        pooled = x.new_zeros(batch.num_graphs, x.shape[1]).index_add_(0, batch.batch, x)
+        pooled = pooled / batch.num_atoms.to(x.dtype).unsqueeze(-1)
+        return self.head(pooled)
+
+
+def num_parameters(model: nn.Module, trainable_only: bool = False) -> int:
+    """Number of parameters (all registered ones, as the papers count; or trainable only)."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
+
+
+# ---------------------------------------------------------------------------------------------
+# Presets and the published training settings
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CrystalformerPreset:
+    """Named settings: ``model`` (fields of :class:`CrystalformerConfig`) and ``training``
+    (plain data for a training loop, see :data:`CRYSTALFORMER_TRAINING`)."""
+
+    name: str
+    description: str
+    model: dict
+    training: dict = field(default_factory=dict)
+
+
+def _training(epochs: int, batch_size: int) -> dict:
+    # REFERENCE.md section 3 (the public Crystalformer / CrystalFramer training scripts).
+    return {
+        "loss": "l1",
+        "optimizer": "adamw",
+        "lr": 5e-4,
+        "betas": (0.9, 0.98),
+        "weight_decay": 1e-5,
+        "grad_clip_norm": 1.0,
+        "scheduler": {"name": "inverse_sqrt", "formula": "lr * sqrt(T / (T + t))", "T": 4000, "interval": "step"},
+        "swa_epochs": 50,
+        "standardise_targets": True,
+        "epochs": epochs,
+        "batch_size": batch_size,
+    }
+
+
+# Per-task settings of the Crystalformer paper's public scripts: MEGNet (mp.2018.6.1) targets 500
+# epochs at batch 128; JARVIS dft_3d_2021 targets 800 epochs at batch 256, MBJ gap 1600 epochs.
+# (CrystalFramer's own scripts use 800 epochs for MP and 2000 for JARVIS with batch 128 / 256.)
+CRYSTALFORMER_TRAINING: dict[str, dict] = {
+    "mp_e_form": {"dataset": "mp_2018", "target": "e_form", **_training(500, 128)},
+    "mp_gap": {"dataset": "mp_2018", "target": "gap pbe", **_training(500, 128)},
+    "mp_bulk": {"dataset": "mp_2018_demo", "target": "log10_K_VRH", **_training(500, 128)},
+    "mp_shear": {"dataset": "mp_2018_demo", "target": "log10_G_VRH", **_training(500, 128)},
+    "jarvis_formation_energy": {"dataset": "jarvis_dft_3d_2021", "target": "formation_energy_peratom", **_training(800, 256)},
+    "jarvis_total_energy": {"dataset": "jarvis_dft_3d_2021", "target": "optb88vdw_total_energy", **_training(800, 256)},
+    "jarvis_optb88vdw_bandgap": {"dataset": "jarvis_dft_3d_2021", "target": "optb88vdw_bandgap", **_training(800, 256)},
+    "jarvis_mbj_bandgap": {"dataset": "jarvis_dft_3d_2021", "target": "mbj_bandgap", **_training(1600, 256)},
+    "jarvis_ehull": {"dataset": "jarvis_dft_3d_2021", "target": "ehull", **_training(800, 256)},
+}
+
+_REFERENCE = {"num_layers": 4, "model_dim": 128, "num_heads": 8, "ff_dim": 512, "distance_bases": 64, "angle_bases": 64}
+CRYSTALFORMER_PRESETS: dict[str, CrystalformerPreset] = {
+    p.name: p
+    for p in [
+        CrystalformerPreset(
+            "reference",
+            "Crystalformer / CrystalFramer default: 4 layers, C=128, 8 heads, FFN 512, K=64, D=64 "
+            "(853,517 parameters without a frame, 951,821 with one)",
+            dict(_REFERENCE),
+            _training(500, 128),
+        ),
+        CrystalformerPreset(
+            "lightweight",
+            "CrystalFramer lightweight: as reference with D=16 angle Gaussians (878,093 parameters with a frame)",
+            {**_REFERENCE, "angle_bases": 16},
+            _training(500, 128),
+        ),
+        CrystalformerPreset(
+            "cpu_small",
+            "small model for tests and CPU runs: 2 layers, C=32, 2 heads, FFN 64, K=16, D=8",
+            {"num_layers": 2, "model_dim": 32, "num_heads": 2, "ff_dim": 64, "distance_bases": 16, "angle_bases": 8, "head_hidden": 32},
+            _training(100, 32),
+        ),
+    ]
+}
+DEFAULT_PRESET = "reference"
+
+
+def crystalformer_config(frame: str = DEFAULT_FRAME, preset: str = DEFAULT_PRESET, **overrides) -> CrystalformerConfig:
+    """The :class:`CrystalformerConfig` of a named preset with a frame and any field overridden."""
+    if preset not in CRYSTALFORMER_PRESETS:
+        raise ValueError(f"unknown Crystalformer preset {preset!r}; choose one of {tuple(CRYSTALFORMER_PRESETS)}")
+    known = {f.name for f in fields(CrystalformerConfig)}
+    bad = sorted(set(overrides) - known)
+    if bad:
+        raise ValueError(f"unknown Crystalformer option(s) {bad}; known: {sorted(known)}")
+    return replace(CrystalformerConfig(**CRYSTALFORMER_PRESETS[preset].model), frame=frame, **overrides)
+
+
+def build_crystalformer(frame: str = DEFAULT_FRAME, preset: str = DEFAULT_PRESET, **overrides) -> Crystalformer:
+    """Crystalformer (``frame="none"``) or CrystalFramer (``"max"``, ``"weighted_pca"``) or a
+    frame baseline (``"pca"``, ``"lattice"``, ``"static"``) from a preset
+    (:data:`CRYSTALFORMER_PRESETS`), with any :class:`CrystalformerConfig` field overridden."""
+    return Crystalformer(crystalformer_config(frame, preset, **overrides))
+
+
+__all__ = [
+    "FRAMES",
+    "CrystalformerConfig",
+    "Crystalformer",
+    "CrystalformerPreset",
+    "CRYSTALFORMER_PRESETS",
+    "CRYSTALFORMER_TRAINING",
+    "build_crystalformer",
+    "crystalformer_config",
+    "num_parameters",
+    "tfixup_scale",
+]

@@ -1,0 +1,491 @@
+"""Crystalformer / CrystalFramer and the frame baselines (seeds 001-002): the model contract of
+crystalframes.testing for every frame option, the periodic attention against a direct
+implementation of its formula, convergence of the periodic sum, determinism, and sizes.
+
+Models are float64 and in eval mode for exactness tests, with rho statistics calibrated by one
+training-mode pass. Tests pin torch to one thread: the tensors are small, and on a shared
+2-core machine two OpenMP threads make small ops tens of times slower.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+from crystalframes.data.batch import collate
+from crystalframes.data.graph import GraphSettings, build_graph
+from crystalframes.frames import max_frame, static_local_frame, weighted_pca_frame
+from crystalframes.io import Crystal
+from crystalframes.models.crystalformer import (
+    CRYSTALFORMER_PRESETS,
+    CRYSTALFORMER_TRAINING,
+    FRAMES,
+    build_crystalformer,
+    num_parameters,
+)
+from crystalframes.nn import periodic_attention as pa
+from crystalframes.testing import (
+    DEFAULT_TOLERANCES,
+    invariance_errors,
+    predict,
+    random_rotation,
+    rotated,
+    supercell,
+)
+
+TOL64 = DEFAULT_TOLERANCES["float64"]  # 1e-9
+LOCAL_FRAMES = ("none", "max", "weighted_pca", "static")  # frames built from the attention entries
+GLOBAL_FRAMES = ("pca", "lattice")  # one frame per crystal, from the cell
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+# ---------------------------------------------------------------------------------------------
+# helpers
+# ---------------------------------------------------------------------------------------------
+
+
+def batch_of(crystals, dtype=torch.float64):
+    return collate([build_graph(c, GraphSettings(k=None)) for c in crystals], dtype=dtype)
+
+
+def calibrated(model, crystals):
+    """Set the rho statistics with one training-mode pass (no gradient), then eval mode."""
+    dtype = next(model.parameters()).dtype
+    model.train()
+    with torch.no_grad():
+        model(batch_of(crystals, dtype))
+    return model.eval()
+
+
+def small_model(frame, crystals, dtype=torch.float64, seed=0, preset="cpu_small", **overrides):
+    torch.manual_seed(seed)
+    return calibrated(build_crystalformer(frame, preset, **overrides).to(dtype), crystals)
+
+
+def crystal_system(crystal) -> str:
+    import spglib
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        text = spglib.get_spacegroup((crystal.lattice, crystal.frac_coords, crystal.atomic_numbers), symprec=1e-3)
+    number = int(re.search(r"\((\d+)\)", text).group(1))
+    for bound, name in ((2, "triclinic"), (15, "monoclinic"), (74, "orthorhombic"), (142, "tetragonal"), (167, "trigonal"), (194, "hexagonal")):
+        if number <= bound:
+            return name
+    return "cubic"
+
+
+@pytest.fixture(scope="module")
+def crystals(mp_sample, jarvis_sample):
+    """12 small real crystals (2-8 atoms): from each shared sample the first 2 cubic, 2
+    hexagonal (where max-frame ties abound) and 2 of lower symmetry."""
+    picked = []
+    for source in (mp_sample, jarvis_sample):
+        want = {"cubic": 2, "hexagonal": 2, "other": 2}
+        for c in source:
+            if 2 <= c.num_atoms <= 8:
+                system = crystal_system(c)
+                key = system if system in want and system != "other" else "other"
+                if want[key]:
+                    want[key] -= 1
+                    picked.append(c)
+            if not any(want.values()):
+                break
+    assert len(picked) == 12
+    return picked
+
+
+# ---------------------------------------------------------------------------------------------
+# sizes, presets, inputs
+# ---------------------------------------------------------------------------------------------
+
+
+def test_parameter_counts():
+    """Crystalformer 853,517 exactly (the reference's count: 853,505 trainable + 12 frozen
+    statistics); CrystalFramer adds 3 x H x d x D per layer: 951,821 (D = 64, paper ~952 K)
+    and 878,093 (D = 16, paper ~878 K), for every frame option alike."""
+    base = build_crystalformer("none", "reference")
+    assert num_parameters(base) == 853_517
+    assert num_parameters(base, trainable_only=True) == 853_505
+    for frame in FRAMES[1:]:
+        assert num_parameters(build_crystalformer(frame, "reference")) == 951_821
+        assert num_parameters(build_crystalformer(frame, "lightweight")) == 878_093
+    assert abs(951_821 - 952_000) < 500 and abs(878_093 - 878_000) < 500
+
+
+def test_presets_and_training_settings_are_plain_data():
+    assert set(CRYSTALFORMER_PRESETS) >= {"reference", "lightweight", "cpu_small"}
+    for preset in CRYSTALFORMER_PRESETS.values():
+        build_crystalformer("max", preset.name)
+        assert preset.training["optimizer"] == "adamw" and preset.training["lr"] == 5e-4
+    assert CRYSTALFORMER_TRAINING["mp_e_form"]["epochs"] == 500
+    assert CRYSTALFORMER_TRAINING["jarvis_mbj_bandgap"]["epochs"] == 1600
+
+
+def test_build_errors():
+    with pytest.raises(ValueError, match="unknown frame"):
+        build_crystalformer("quaternion")
+    with pytest.raises(ValueError, match="unknown Crystalformer preset"):
+        build_crystalformer("none", "huge")
+    with pytest.raises(ValueError, match="unknown Crystalformer option"):
+        build_crystalformer("none", "cpu_small", hidden=3)
+    with pytest.raises(ValueError, match="divisible"):
+        build_crystalformer("none", "cpu_small", num_heads=3)
+
+
+def test_elements_beyond_californium_are_rejected_by_name():
+    model = build_crystalformer("none", "cpu_small").eval()
+    einsteinium = Crystal("Es", np.eye(3) * 4.0, [99], [[0, 0, 0]])
+    with pytest.raises(ValueError, match=r"Es \(Z=99\)"):
+        predict(model, [einsteinium])
+    californium = Crystal("Cf", np.eye(3) * 4.0, [98], [[0, 0, 0]])
+    assert torch.isfinite(predict(model, [californium])).all()
+
+
+# ---------------------------------------------------------------------------------------------
+# the periodic sum
+# ---------------------------------------------------------------------------------------------
+
+
+def brute_force_entries(crystal, cutoff):
+    """{(i, j, n)} with |r_j + nL - r_i| <= cutoff_i from a wide box of translations."""
+    frac = np.mod(crystal.frac_coords, 1.0)
+    pos, lat = frac @ crystal.lattice, crystal.lattice
+    reach = int(math.ceil(max(cutoff) * np.linalg.norm(np.linalg.inv(lat), axis=0).max())) + 1
+    shifts = np.array(np.meshgrid(*[np.arange(-reach, reach + 1)] * 3, indexing="ij")).reshape(3, -1).T
+    out = set()
+    for i in range(len(pos)):
+        for j in range(len(pos)):
+            d = np.linalg.norm(pos[j] + shifts @ lat - pos[i], axis=1)
+            out |= {(i, j, tuple(s)) for s in shifts[d <= cutoff[i]]}
+    return out
+
+
+def test_periodic_entries_are_exactly_the_images_within_the_cutoff(crystals):
+    skewed = Crystal("skewed", [[4.0, 0, 0], [3.7, 1.2, 0], [0.4, 0.3, 2.5]], [8, 14], [[0.1, 0.2, 0.3], [0.6, 0.55, 0.9]])
+    single = Crystal("single", np.diag([2.5, 2.6, 2.7]), [6], [[0.5, 0.5, 0.5]])
+    for crystal in crystals[:3] + [skewed, single]:
+        b = batch_of([crystal])
+        rng = np.random.default_rng(crystal.num_atoms)
+        cutoff = torch.from_numpy(rng.uniform(5.0, 9.0, crystal.num_atoms))
+        ent = pa.periodic_entries(b.pos, b.frac_coords, b.lattice, b.batch, b.num_atoms, cutoff, budget=2**10)
+        got = list(zip(ent.center.tolist(), ent.neighbor.tolist(), map(tuple, ent.shift.tolist())))
+        assert len(got) == len(set(got)) and set(got) == brute_force_entries(crystal, cutoff.numpy())
+        # sorted by centre, then distance; the atom itself first; pairs consistent
+        assert (torch.diff(ent.center) >= 0).all() and (ent.dist[ent.offset] == 0).all()
+        same = torch.diff(ent.center) == 0
+        assert (torch.diff(ent.dist)[same] >= 0).all()
+        assert torch.equal(ent.pair_center[ent.pair], ent.center) and torch.equal(ent.pair_neighbor[ent.pair], ent.neighbor)
+        # filtering a wider enumeration gives the same entries as enumerating directly
+        wide = pa.periodic_entries(b.pos, b.frac_coords, b.lattice, b.batch, b.num_atoms, cutoff * 1.3)
+        sub = wide.within(cutoff)
+        for name in ("center", "neighbor", "shift", "pair_center", "pair_neighbor", "offset", "count"):
+            assert torch.equal(getattr(sub, name), getattr(ent, name)), name
+        assert torch.equal(sub.pair_center[sub.pair], sub.center)
+
+
+def naive_layer(att, x, crystal_batch, tie):
+    """Direct implementation of one attention layer on one crystal: a wide box of images,
+    per-head softmax over (j, n) with d <= c sigma_ih, exact Gaussians, frames from the frames
+    module on every entry."""
+    pos, lattice = crystal_batch.pos, crystal_batch.lattice[0]
+    n, h, d = x.shape[0], att.heads, att.head_dim
+    q, k, v = (proj(x).view(n, h, d) for proj in (att.q_proj, att.k_proj, att.v_proj))
+    rho = att.rho(q)
+    a, cut = -rho / (2 * att.r0**2), att.cutoff_sigmas * att.r0 / rho.sqrt()
+    reach = int(math.ceil(cut.max().item() * torch.linalg.inv(lattice).norm(dim=0).max().item())) + 1
+    grid = torch.arange(-reach, reach + 1, dtype=x.dtype)
+    shifts = torch.cartesian_prod(grid, grid, grid)
+    out = torch.zeros(n, h, d, dtype=x.dtype)
+    centre, vecs, weights = [], [], []
+    for i in range(n):
+        vec = (pos.unsqueeze(1) + (shifts @ lattice).unsqueeze(0) - pos[i]).reshape(-1, 3)
+        j = torch.arange(n).repeat_interleave(len(shifts))
+        dist = vec.norm(dim=-1)
+        keep = dist <= cut[i].max()
+        vec, j, dist = vec[keep], j[keep], dist[keep]
+        logit = (q[i] * k[j]).sum(-1) / math.sqrt(d) + a[i] * dist.unsqueeze(-1) ** 2
+        w = torch.softmax(logit.masked_fill(dist.unsqueeze(-1) > cut[i], float("-inf")), dim=0)  # (E, H)
+        b = torch.exp(-((dist.unsqueeze(-1) - att.distance_centres) ** 2) / (2 * att.distance_width**2))
+        out[i] = torch.einsum("eh,ehc->hc", w, v[j]) + torch.einsum("eh,ek,hck->hc", w, b, att.distance_proj)
+        centre.append(torch.full((len(j),), i))
+        vecs.append(vec)
+        weights.append(w)
+    if att.angle_proj is not None:
+        ci, vec, w = torch.cat(centre), torch.cat(vecs), torch.cat(weights)
+        if att.frame == "max":
+            frames = max_frame(vec, w, ci, n, tie)
+        elif att.frame == "weighted_pca":
+            frames = weighted_pca_frame(vec, w, ci, n, tie)
+        else:
+            frames = static_local_frame(vec, ci, n, tie).unsqueeze(1).expand(n, h, 3, 3)
+        dist = vec.norm(dim=-1)
+        cos = torch.einsum("ec,ehkc->ehk", vec / dist.clamp_min(1e-6).unsqueeze(-1), frames[ci])
+        mu, width = pa.angle_centres(att.angle_proj.shape[-1])
+        basis = torch.exp(-((cos.unsqueeze(-1) - mu) ** 2) / (2 * width**2))
+        w = w * (dist > 1e-6).unsqueeze(-1)  # the atom itself has no direction
+        total = torch.zeros(n, h, 3, basis.shape[-1], dtype=x.dtype).index_add_(0, ci, w[..., None, None] * basis)
+        out = out + torch.einsum("nhkm,khcm->nhc", total, att.angle_proj)
+    return att.out_proj(out.reshape(n, h * d))
+
+
+@pytest.mark.parametrize("frame", LOCAL_FRAMES)
+def test_attention_layer_matches_the_direct_formula(frame, crystals):
+    """Chunked entries, padded buckets, pre-filtered max frames and Chebyshev angle bases
+    compute the same numbers as the formula written out directly (float64)."""
+    for crystal in (crystals[0], crystals[5], crystals[9]):
+        model = small_model(frame, [crystal], seed=1)
+        b = batch_of([crystal])
+        att, geometry = model.layers[0].attention, model.geometry(b)
+        x = torch.randn(b.pos.shape[0], att.dim, dtype=torch.float64, generator=torch.Generator().manual_seed(2)) * 0.3
+        with torch.no_grad():
+            expected = naive_layer(att, x, b, geometry.tie_frame)
+            got = att(x, geometry)
+        assert (got - expected).abs().max() < 1e-11 * (1 + expected.abs().max())
+
+
+def test_periodic_sum_converged(crystals):
+    """Doubling the image range (cutoff_sigmas 6 -> 12) moves outputs by < 1e-6 relative,
+    whereas the reference's 3.5 sigma is not converged (~1e-3)."""
+    sample = crystals[::2]
+    for frame in ("none", "max"):
+        model = small_model(frame, sample, preset="reference")
+
+        def outputs(c):
+            for layer in model.layers:
+                layer.attention.cutoff_sigmas = c
+            return predict(model, sample)
+
+        ref = outputs(12.0)
+        assert ((outputs(6.0) - ref).abs().max() / ref.abs().max()) < 1e-6
+        assert ((outputs(3.5) - outputs(7.0)).abs().max() / ref.abs().max()) > 1e-5
+
+
+def test_chebyshev_angle_bases_reach_working_precision():
+    grid = torch.linspace(-1, 1, 4001, dtype=torch.float64)
+    for num in (64, 16, 8):
+        mu, width = pa.angle_centres(num)
+        exact = torch.exp(-((grid.unsqueeze(-1) - mu) ** 2) / (2 * width**2))
+        for key, tol in pa.ANGLE_BASIS_TOLERANCE.items():
+            coef = pa.chebyshev_expansion(mu, width, tol)
+            cheb = torch.cos(torch.arange(coef.shape[0], dtype=torch.float64) * torch.arccos(grid).unsqueeze(-1))
+            assert (cheb @ coef - exact).abs().max() <= tol, (num, key)
+    assert pa.chebyshev_expansion(*pa.angle_centres(64), pa.ANGLE_BASIS_TOLERANCE["float32"]).shape[0] == 46
+
+
+def test_chebyshev_moments_values_and_gradient():
+    g = torch.Generator().manual_seed(0)
+    lengths = torch.tensor([3, 4, 6, 7, 7])
+    mask = (torch.arange(7) < lengths.unsqueeze(-1)).unsqueeze(1)
+    w = (torch.rand(5, 2, 7, dtype=torch.float64, generator=g) * mask).requires_grad_()
+    c = torch.rand(5, 7, 3, dtype=torch.float64, generator=g) * 2 - 1
+    moments = pa.ChebyshevMoments.apply(w, c, lengths, 9, 40)
+    chebyshev = torch.cos(torch.arange(9, dtype=torch.float64) * torch.arccos(c).unsqueeze(-1))  # (R, M, 3, 9)
+    assert torch.allclose(moments, torch.einsum("rhm,rmkn->rhkn", w, chebyshev), atol=1e-13)
+    assert torch.autograd.gradcheck(lambda w: pa.ChebyshevMoments.apply(w * mask, c, lengths, 9, 40), (w,))
+
+
+def test_max_frame_prefilter_is_exact(crystals, monkeypatch):
+    """The max frames built from the pre-filtered entries equal max_frame over every entry,
+    also when the verification sends rows back to the full computation."""
+    for threshold in (pa.MAX_FRAME_PREFILTER, 0.9):
+        monkeypatch.setattr(pa, "MAX_FRAME_PREFILTER", threshold)
+        model = small_model("max", crystals[:6])
+        b = batch_of(crystals[:6])
+        att, geometry = model.layers[1].attention, model.geometry(b)
+        x = model.layers[0](model.embed(b.atomic_numbers).double(), geometry)
+        captured = []
+        original = pa.PeriodicAttention._max_frames
+
+        def spy(self, w, bucket, ent, tie):
+            frames = original(self, w, bucket, ent, tie)
+            captured.append((w, bucket, ent, tie, frames))
+            return frames
+
+        monkeypatch.setattr(pa.PeriodicAttention, "_max_frames", spy)
+        with torch.no_grad():
+            att(x, geometry)
+        monkeypatch.setattr(pa.PeriodicAttention, "_max_frames", original)
+        for w, bucket, ent, tie, frames in captured:
+            weights = w.transpose(1, 2).reshape(-1, w.shape[1])[bucket.flat]
+            full = max_frame(ent.vec[bucket.entries], weights, bucket.rows, len(bucket.centres), tie)
+            assert torch.equal(frames, full)
+
+
+# ---------------------------------------------------------------------------------------------
+# the model contract, every frame option (float64, eval)
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("frame", FRAMES)
+def test_model_contract(frame, crystals):
+    """Rotation, translation, permutation and batch == single hold to 1e-9 on real crystals
+    including cubic and hexagonal ones, for every frame option; supercells too except for the
+    global pca / lattice frames, which are frames of the cell (test_global_frames_depend_on_the_cell).
+    Another basis of the same cell changes the outputs only through the tie-breaking frame
+    (test_tie_breaking_depends_on_the_cell_basis); without a frame it changes nothing."""
+    model = small_model(frame, crystals)
+    errors = invariance_errors(model, crystals, trials=2)
+    for key in ("rotation", "translation", "permutation", "batch"):
+        assert errors[key] <= TOL64, (frame, key, errors)
+    if frame not in GLOBAL_FRAMES:
+        assert errors["supercell"] <= TOL64, (frame, errors)
+    if frame == "none":
+        assert errors["basis_change"] <= TOL64, errors
+
+
+def test_tie_breaking_depends_on_the_cell_basis(crystals):
+    """Exact ties among neighbours (symmetric sites) are broken by the QR frame of the given
+    lattice basis, as the frames module prescribes; another basis of the same lattice (here
+    the Niggli-reduced one) can break them differently. Measured here: with the tie frame of
+    the original basis, the other basis gives the same outputs to 1e-9, so the tie frame is the
+    only basis-dependent ingredient (pca / lattice frames depend on the basis by definition)."""
+    from crystalframes.frames import qr_frame
+    from crystalframes.testing import niggli_reduced
+
+    for frame in ("max", "weighted_pca", "static"):
+        model = small_model(frame, crystals)
+        original = model.geometry
+        reduced = [niggli_reduced(c) for c in crystals]
+        lattices = torch.from_numpy(np.stack([c.lattice for c in crystals]))
+
+        def original_tie_frame(batch):
+            geometry = original(batch)
+            geometry.tie_frame = qr_frame(lattices.to(batch.pos.dtype))[batch.batch]
+            return geometry
+
+        expected = predict(model, crystals)
+        model.geometry = original_tie_frame
+        assert (predict(model, reduced) - expected).abs().max() <= TOL64, frame
+
+
+def test_global_frames_depend_on_the_cell(crystals):
+    """Measured, not hidden: a supercell has other principal axes of its positions and other
+    shortest lattice vectors, so the pca and lattice baselines change (by ~1e-4 here) while
+    every local frame (and no frame) is supercell invariant to 1e-15."""
+    cells = [supercell(c, (2, 1, 1)) for c in crystals]
+    for frame in GLOBAL_FRAMES:
+        model = small_model(frame, crystals)
+        change = (predict(model, cells) - predict(model, crystals)).abs().max()
+        assert change > 1e-6, frame
+
+
+def test_a_broken_frame_would_be_caught(crystals):
+    """Sensitivity of the contract test: the same model with the identity as every atom's
+    frame (not equivariant) moves by far more than the tolerance under rotation."""
+    model = small_model("pca", crystals)
+    original = model.geometry
+
+    def identity_frames(batch):
+        geometry = original(batch)
+        geometry.frames = torch.eye(3, dtype=batch.pos.dtype).expand(batch.pos.shape[0], 3, 3).clone()
+        return geometry
+
+    model.geometry = identity_frames
+    rng = np.random.default_rng(0)
+    moved = (predict(model, [rotated(c, random_rotation(rng)) for c in crystals]) - predict(model, crystals)).abs().max()
+    assert moved > 1e4 * TOL64
+
+
+@pytest.mark.parametrize("frame", FRAMES)
+def test_evaluation_is_deterministic(frame, crystals):
+    """Two evaluations give bit-identical outputs (the reference randomises signs and ties)."""
+    model = small_model(frame, crystals, dtype=torch.float32)
+    assert torch.equal(predict(model, crystals), predict(model, crystals))
+
+
+def test_reference_crystalframer_is_deterministic_and_invariant(crystals):
+    model = small_model("max", crystals[:4], preset="reference")
+    first = predict(model, crystals[:4])
+    assert torch.equal(first, predict(model, crystals[:4]))
+    rng = np.random.default_rng(1)
+    assert (predict(model, [rotated(c, random_rotation(rng)) for c in crystals[:4]]) - first).abs().max() <= TOL64
+
+
+# ---------------------------------------------------------------------------------------------
+# rho standardisation, memory, training
+# ---------------------------------------------------------------------------------------------
+
+
+def test_rho_statistics_are_batch_independent_in_evaluation(crystals):
+    """Training mode standardises with the batch (and updates the running statistics; the
+    first batch sets them); evaluation uses the running statistics only, so a crystal's output
+    does not depend on what it is batched with, and evaluation changes nothing."""
+    torch.manual_seed(0)
+    model = build_crystalformer("max", "cpu_small").double()
+    stats = model.layers[0].attention.rho_stats
+    assert stats.tolist() == [0.0, 1.0, 0.0] and not stats.requires_grad
+    model.train()
+    with torch.no_grad():
+        model(batch_of(crystals[:6]))
+        first = stats.clone()
+        assert first[2] == 1 and first[1] != 1.0
+        alone_train = model(batch_of(crystals[:1]))
+        mixed_train = model(batch_of(crystals[:1] + crystals[6:]))[:1]
+    assert stats[2] == 3 and not torch.equal(stats, first)
+    assert (alone_train - mixed_train).abs().max() > 1e-8  # training mode: batch statistics
+    model.eval()
+    frozen = stats.clone()
+    alone, mixed = predict(model, crystals[:1]), predict(model, crystals[:1] + crystals[6:])[:1]
+    assert (alone - mixed).abs().max() <= 1e-14 and torch.equal(stats, frozen)
+
+
+def test_memory_budget_does_not_change_outputs(crystals):
+    model = small_model("max", crystals)
+    expected = predict(model, crystals)
+    for layer in model.layers:
+        layer.attention.memory_budget = 2**10  # many buckets, chunks and candidate batches
+    assert (predict(model, crystals) - expected).abs().max() <= 1e-13
+
+
+def test_large_cell_without_atom_cap(crystals):
+    """A cell above the reference's 320-atom limit runs in float32 and gives the
+    per-atom-averaged output of its primitive cell."""
+    crystal = min(crystals, key=lambda c: c.num_atoms)
+    reps = math.ceil((321 / crystal.num_atoms) ** (1 / 3))
+    big = supercell(crystal, (reps, reps, reps))
+    assert 320 < big.num_atoms <= 700
+    model = small_model("max", [crystal], dtype=torch.float32)
+    small_out, big_out = predict(model, [crystal]), predict(model, [big])
+    assert torch.isfinite(big_out).all() and (big_out - small_out).abs().max() < 1e-5
+
+
+def test_float32_agrees_with_float64_without_frames(crystals):
+    """Without frames float32 is float64 to ~1e-7. (With max frames the frames module declares
+    weights within sqrt(eps) = 3.5e-4 relative to be ties in float32, so a float32 model may
+    pick another neighbour than float64 for some atoms: outputs then differ at ~1e-3.)"""
+    model = small_model("none", crystals, preset="reference")
+    y64 = predict(model, crystals)
+    y32 = predict(model.float(), crystals).double()
+    assert (y32 - y64).abs().max() < 1e-5 * y64.abs().max()
+
+
+def test_training_step_and_gradients(crystals):
+    """Gradients flow to every trainable parameter (the frozen statistics get none), and the
+    layer's gradient with respect to its input matches finite differences."""
+    torch.manual_seed(0)
+    model = build_crystalformer("max", "cpu_small", num_targets=2).double().train()
+    out = model(batch_of(crystals[:4]))
+    out.square().mean().backward()
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            assert p.grad is not None and torch.isfinite(p.grad).all(), name
+        else:
+            assert p.grad is None and name.endswith("rho_stats")
+    model.eval()
+    b = batch_of(crystals[1:2])
+    att, geometry = model.layers[0].attention, model.geometry(b)
+    x = (torch.randn(b.pos.shape[0], att.dim, dtype=torch.float64, generator=torch.Generator().manual_seed(0)) * 0.3).requires_grad_()
+    assert torch.autograd.gradcheck(lambda x: att(x, geometry), (x,), atol=1e-7)
