@@ -8,17 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from crystalframes.cli import main
 
-
-def run(capsys, *args):
-    try:
-        main(list(args))
-        code = 0
-    except SystemExit as exc:
-        code = exc.code or 0
-    out = capsys.readouterr()
-    return code, out.out, out.err
 
 
 @pytest.fixture
@@ -31,17 +21,17 @@ def nacl_cif(tmp_path, nacl):
     return path
 
 
-def test_graph_json_matches_reference_counts(capsys, nacl_cif):
-    code, out, _ = run(capsys, "data", "graph", str(nacl_cif), "--k", "12", "--lattice-edges", "--json")
+def test_graph_json_matches_reference_counts(run, nacl_cif):
+    code, out, _ = run("data", "graph", str(nacl_cif), "--k", "12", "--lattice-edges", "--json")
     g = json.loads(out)
     assert code == 0 and g["num_nodes"] == 8 and g["num_edges"] == 192 and set(g["in_degree"]) == {24}
     assert g["distances"] == sorted(g["distances"]) and len(g["distances"]) == 192
-    code, out, _ = run(capsys, "data", "graph", str(nacl_cif), "--k", "25", "--lattice-edges", "--json")
+    code, out, _ = run("data", "graph", str(nacl_cif), "--k", "25", "--lattice-edges", "--json")
     assert json.loads(out)["num_edges"] == 256
 
 
-def test_info_on_embedded_demo(capsys):
-    code, out, _ = run(capsys, "data", "info", "mp_2018_demo", "--json")
+def test_info_on_embedded_demo(run):
+    code, out, _ = run("data", "info", "mp_2018_demo", "--json")
     info = json.loads(out)
     assert code == 0 and info["num_structures"] == 5955 and info["num_bad_records"] == 0
     e = info["targets"]["mp2018_e_form"]
@@ -49,7 +39,7 @@ def test_info_on_embedded_demo(capsys):
     assert info["splits"]["train"] == 5481 and info["atoms_per_cell"]["max"] == 152
 
 
-def test_info_reports_bad_records_and_keeps_good(capsys, tmp_path, shared_data):
+def test_info_reports_bad_records_and_keeps_good(run, tmp_path, shared_data):
     import gzip
 
     lines = gzip.open(shared_data / "mp_2018_sample.jsonl.gz", "rt").read().splitlines()[:5]
@@ -59,21 +49,21 @@ def test_info_reports_bad_records_and_keeps_good(capsys, tmp_path, shared_data):
     lines.append("{not json")
     path = tmp_path / "mixed.jsonl"
     path.write_text("\n".join(lines) + "\n")
-    code, out, _ = run(capsys, "data", "info", str(path), "--json")
+    code, out, _ = run("data", "info", str(path), "--json")
     info = json.loads(out)
     assert code == 0 and info["num_structures"] == 4 and info["num_bad_records"] == 2
     assert any("mixed.jsonl:2" in b and "Xx" in b for b in info["bad_records"])
     assert any("mixed.jsonl:6" in b for b in info["bad_records"])
-    code, _, err = run(capsys, "data", "info", str(path), "--strict")
+    code, _, err = run("data", "info", str(path), "--strict")
     assert code == 2 and "mixed.jsonl:2" in err and "Traceback" not in err
 
 
-def test_bad_file_is_one_clear_line(capsys, tmp_path):
+def test_bad_file_is_one_clear_line(run, tmp_path):
     path = tmp_path / "broken.cif"
     path.write_text("data_x\n_cell_length_a 3\n")
-    code, _, err = run(capsys, "data", "graph", str(path), "--json")
+    code, _, err = run("data", "graph", str(path), "--json")
     assert code == 2 and "broken.cif" in err and "Traceback" not in err
-    code, _, err = run(capsys, "data", "info", "no_such_dataset")
+    code, _, err = run("data", "info", "no_such_dataset")
     assert code == 2 and "no_such_dataset" in err and "mp_2018_demo" in err
 
 
