@@ -21,8 +21,9 @@ lattice       the crystal's shortest-lattice-vector frame             frames.lat
 ============  =====================================================  =========================
 
 With a frame, psi = W0 b_dist(d) + sum_k Wk b_angl(e_k . r_hat) (seed 001). Exact ties of the
-local frames are broken by each crystal's QR lattice frame, so every option is exactly
-rotation invariant.
+local frames are broken by the QR frame of each crystal's lattice basis, so every option is
+exactly rotation invariant; another basis of the same cell may break ties differently (see
+docs/crystalformer.md, "Invariance, measured").
 
 Initialisation (T-Fixup style, as Crystalformer; no LayerNorm anywhere): the atom embedding is
 N(0, C^-1/2 (9 L)^-1/4) and, after Xavier initialisation, the value, output and both
@@ -57,6 +58,15 @@ DEFAULT_FRAME = "none"
 NUM_ELEMENTS = 98  # one-hot atom encoding: H (Z = 1) .. Cf (Z = 98)
 # the layer-level frame option of each model-level frame
 _LAYER_FRAME = {"none": "none", "max": "max", "weighted_pca": "weighted_pca", "static": "static", "pca": "given", "lattice": "given"}
+
+
+def _element_symbol(z: int) -> str:
+    from pymatgen.core.periodic_table import Element
+
+    try:
+        return Element.from_Z(z).symbol
+    except (ValueError, KeyError):
+        return "element"
 
 
 def tfixup_scale(num_layers: int) -> float:
@@ -181,8 +191,6 @@ class Crystalformer(nn.Module):
         """Linear(98, C) of the one-hot encoding, i.e. column Z - 1 of its weight."""
         bad = (atomic_numbers < 1) | (atomic_numbers > NUM_ELEMENTS)
         if bool(bad.any()):
-            from crystalframes.nn.atom_features import _element_symbol
-
             names = ", ".join(f"{_element_symbol(int(z))} (Z={int(z)})" for z in torch.unique(atomic_numbers[bad]))
             raise ValueError(
                 f"Crystalformer encodes elements H..Cf (Z = 1..{NUM_ELEMENTS}) only; this batch contains {names}"

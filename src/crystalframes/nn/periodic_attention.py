@@ -38,7 +38,6 @@ How this differs from the reference implementation, on purpose:
 from __future__ import annotations
 
 import functools
-import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -53,13 +52,13 @@ RHO_BETA = 0.1  # beta
 DISTANCE_BASES = 64  # K Gaussians on (0, 14 A]
 DISTANCE_MAX = 14.0  # = 10 r0
 ANGLE_WIDTH_SCALE = 4.0  # angle Gaussian width / centre spacing (the reference's value_pe_angle_wscale)
-REFERENCE_CUTOFF_SIGMAS = 3.5  # the reference's adaptive image range
+REFERENCE_CUTOFF_SIGMAS = 3.5  # the reference's adaptive image range (not converged; see below)
 # Outside c sigma a 3-D Gaussian keeps a fraction P(chi_3 > c) of its mass: 7e-3 at c = 3.5,
 # 2e-5 at 5, 7e-8 at 6. At 6 sigma, doubling the range moves model outputs by ~1e-8 relative
 # (tests/models/test_crystalformer.py::test_periodic_sum_converged).
 DEFAULT_CUTOFF_SIGMAS = 6.0
 # Largest angle-basis error accepted from the Chebyshev expansion (the Gaussians peak at 1):
-# the working precision of each dtype (46 terms for D = 64 in float32, 64 in float64).
+# the working precision of each dtype (46 terms for D = 64 in float32, 63 in float64).
 ANGLE_BASIS_TOLERANCE = {"float64": 1e-12, "float32": 1e-7}
 EXP_FLOOR = -80.0
 # Elements of the largest temporary tensor built at once by an attention layer.
