@@ -9,11 +9,13 @@ collate, forward) and model only (forward on prebuilt batches); training ms/stru
 L1 loss, backward, Adam step; train mode); peak resident memory of the process. Batches of 64,
 float32, ``torch.set_num_threads(2)`` by default.
 
-Each spec runs in its own fresh process (so the memory figure is its own), and the specs are
-run round-robin ``--rounds`` times; the table keeps the fastest round of each, because on a
-shared machine other jobs only ever add time. The load average before and after is printed.
-Two untimed passes come first: in a fresh process the first passes are far slower (first-touch
-page faults of newly mapped memory) and would say nothing about the model.
+Each spec runs in its own fresh process (so the memory figure is its own); every batch is timed
+``--repeats`` times and the fastest run kept (on a shared machine other jobs only ever add time);
+with ``--rounds`` > 1 the specs run round-robin in fresh processes and the fastest round is kept.
+The load average is printed with every result.
+Two untimed passes come first: in a fresh process the first passes are far slower and would
+say nothing about the model. With 2 threads on a shared 2-core machine every parallel region
+waits whenever another process holds a core; compare ``--threads 1`` when the load is high.
 """
 
 from __future__ import annotations
@@ -57,36 +59,41 @@ def measure(spec: str, overrides: dict, data: str, structures: int, batch_size: 
     base_rss = peak_rss_mb()
     n = len(crystals)
 
-    def timed(fn) -> float:
-        best = float("inf")
-        for _ in range(repeats):
-            start = time.perf_counter()
-            fn()
-            best = min(best, time.perf_counter() - start)
-        return best * 1000.0 / n
+    def timed(step, items) -> float:
+        """ms per structure: for every batch the fastest of ``repeats`` runs, summed (on a
+        shared machine other jobs only add time, and they come and go faster than a pass)."""
+        total = 0.0
+        for item in items:
+            best = float("inf")
+            for _ in range(repeats):
+                start = time.perf_counter()
+                step(item)
+                best = min(best, time.perf_counter() - start)
+            total += best
+        return total * 1000.0 / n
 
     model.eval()
     with torch.no_grad():
-        # Warm-up: the first passes of a fresh process are many times slower here (first-touch
-        # page faults of newly mapped memory until the allocator keeps its blocks); not counted.
+        # Warm-up: the first passes of a fresh process are many times slower (allocator, lazily
+        # initialised kernels); not counted.
         for _ in range(2):
             [model(b) for b in batches]
-        model_only = timed(lambda: [model(b) for b in batches])
-        with_graphs = timed(lambda: [model(collate([build_graph(c, model.graph_settings) for c in chunk])) for chunk in chunks])
+        model_only = timed(model, batches)
+        with_graphs = timed(lambda chunk: model(collate([build_graph(c, model.graph_settings) for c in chunk])), chunks)
     infer_rss = peak_rss_mb()
 
     model.train()
     optimiser = torch.optim.Adam(model.parameters(), lr=1e-4)
 
-    def train_epoch():
-        for b in batches:
-            optimiser.zero_grad(set_to_none=True)
-            loss = model(b).abs().mean()  # L1 against zero targets: the cost is what matters
-            loss.backward()
-            optimiser.step()
+    def train_step(b):
+        optimiser.zero_grad(set_to_none=True)
+        loss = model(b).abs().mean()  # L1 against zero targets: the cost is what matters
+        loss.backward()
+        optimiser.step()
 
-    train_epoch()  # warm-up (optimiser state, allocator)
-    train = timed(train_epoch)
+    for b in batches:  # warm-up (optimiser state, allocator)
+        train_step(b)
+    train = timed(train_step, batches)
     return {
         "spec": model.spec + ("" if not overrides else " " + ",".join(f"{k}={v}" for k, v in overrides.items())),
         "params": num_parameters(model),
@@ -118,11 +125,11 @@ def main(argv=None) -> None:
     p.add_argument("--frames", nargs="+", default=list(DEFAULT_FRAMES))
     p.add_argument("--literal", action="store_true", help="also run none / spframe_quaternion with tensor_product=e3nn")
     p.add_argument("--data", default=str(SHARED_MP) if SHARED_MP.exists() else "mp_2018_demo")
-    p.add_argument("--structures", type=int, default=512)
+    p.add_argument("--structures", type=int, default=256)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--repeats", type=int, default=2, help="timed passes per round (the fastest is kept)")
-    p.add_argument("--rounds", type=int, default=2, help="fresh processes per spec, round-robin")
+    p.add_argument("--repeats", type=int, default=4, help="timed runs of every batch (the fastest is kept)")
+    p.add_argument("--rounds", type=int, default=1, help="fresh processes per spec, round-robin")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--child", help=argparse.SUPPRESS)
     p.add_argument("--overrides", default="{}", help=argparse.SUPPRESS)
@@ -142,6 +149,8 @@ def main(argv=None) -> None:
     for _ in range(args.rounds):
         for k, (spec, overrides) in enumerate(jobs):
             r = run_child(args, spec, overrides)
+            print(f"  {r['spec']}: infer {r['infer_ms']:.2f}, model {r['infer_model_ms']:.2f}, train {r['train_ms']:.2f} ms/structure "
+                  f"(load {os.getloadavg()[0]:.2f})", flush=True)
             old = best.get(k)
             if old is None:
                 best[k] = r

@@ -146,17 +146,18 @@ def linear_of_concat(linear: nn.Linear, parts: Sequence[tuple[torch.Tensor, torc
     output row already), computed by projecting each part with its block of the weight matrix
     before gathering, so node-level parts (index = centre or neighbour) cost one product per atom
     and :class:`EdgeTable` parts one per distinct row, instead of one per edge."""
+    if sum(x.shape[-1] for x, _ in parts) != linear.in_features:
+        raise ValueError(f"parts have {sum(x.shape[-1] for x, _ in parts)} features, the layer expects {linear.in_features}")
     out = None
     start = 0
     for x, index in parts:
         width = x.shape[-1]
-        y = F.linear(x, linear.weight[:, start : start + width])
+        bias = linear.bias if out is None else None  # added once, to the first (smallest) part
+        y = F.linear(x, linear.weight[:, start : start + width], bias)
         start += width
         y = y if index is None else rows(y, index)
-        out = y if out is None else out + y
-    if start != linear.in_features:
-        raise ValueError(f"parts have {start} features in total, the layer expects {linear.in_features}")
-    return out + linear.bias if linear.bias is not None else out
+        out = y if out is None else out.add_(y)  # out is a fresh tensor: accumulate in place
+    return out
 
 
 class ConcatMLP(nn.Module):
@@ -210,7 +211,7 @@ class NodeTransformerLayer(nn.Module):
         q, k, v = self.lin_query(f), self.lin_key(f), self.lin_value(f)
         e = edge.map(self.lin_edge).part()
         key = self.key_update([(k, i), (k, j), e])
-        alpha = rows(q, i) * key / math.sqrt(self.dim)
+        alpha = rows(q / math.sqrt(self.dim), i) * key
         msg = self.msg_update([(v, i), (v, j), e]) * torch.sigmoid(self.bn_alpha(alpha))
         return F.softplus(f + self.bn(self.lin_concat(graph.sum_at_center(msg))))
 
@@ -446,7 +447,7 @@ class InvariantMessage(nn.Module):
     def forward(self, f: torch.Tensor, edge: EdgeTable, graph: MessageGraph) -> torch.Tensor:
         i, j = graph.center, graph.neighbour
         q, k, v = self.lin_query(f), self.lin_key(f), self.lin_value(f)
-        alpha = rows(q, i) * self.key_update([(k, i), (k, j)]) / math.sqrt(self.dim)
+        alpha = rows(q / math.sqrt(self.dim), i) * self.key_update([(k, i), (k, j)])
         value = self.msg_update([(v, i), (v, j), edge.map(self.lin_edge).part()])
         return torch.sigmoid(self.bn_alpha(alpha)) * value
 

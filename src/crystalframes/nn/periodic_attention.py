@@ -142,13 +142,15 @@ class ChebyshevMoments(torch.autograd.Function):
     @staticmethod
     def _chunks(lengths, axes: int, budget: int):
         """(start, stop, width) row chunks (width = the longest row of the chunk) within the
-        element budget, and with rows at most ~15% longer than the chunk's first (padding)."""
+        element budget; a chunk of more than budget/16 elements also stops before rows ~15%
+        longer than its first (padding), smaller ones do not (per-op overhead)."""
         lengths = np.maximum(lengths.cpu().numpy(), 1)
         out, start = [], 0
         while start < len(lengths):
             rest = lengths[start:]
-            fits = (np.arange(1, len(rest) + 1) * rest * axes <= budget) & (rest <= 1.15 * rest[0] + 8)
-            stop = start + max(1, int(fits.sum()))
+            size = np.arange(1, len(rest) + 1) * rest * axes
+            fits = (size <= budget) & ((rest <= 1.15 * rest[0] + 8) | (size <= budget // 16))
+            stop = start + max(1, int(np.argmin(fits)) if not fits.all() else len(rest))
             out.append((start, stop, int(lengths[stop - 1])))
             start = stop
         return out
@@ -172,8 +174,10 @@ class ChebyshevMoments(torch.autograd.Function):
         chunks = ChebyshevMoments._chunks(lengths, c.shape[-1], budget)
         for s, e, width in chunks:
             ws, series = w[s:e, :, :width].contiguous(), ChebyshevMoments._recurrence(c[s:e, :width].contiguous())
+            part = w.new_empty(terms, e - s, heads, c.shape[-1])
             for n in range(terms):
-                out[s:e, :, :, n] = torch.bmm(ws, next(series))
+                torch.bmm(ws, next(series), out=part[n])
+            out[s:e] = part.permute(1, 2, 3, 0)
         ctx.save_for_backward(c)
         ctx.chunks = chunks
         return out
@@ -667,5 +671,7 @@ class PeriodicAttention(nn.Module):
 
     def angle_basis_coefficients(self, like: torch.Tensor) -> torch.Tensor:
         """Chebyshev coefficients (r, D) of the angle Gaussians at ``like``'s working precision."""
-        key = "float64" if like.dtype == torch.float64 else "float32"
-        return self._angle_coefficients[key].to(device=like.device, dtype=like.dtype)
+        key = ("float64" if like.dtype == torch.float64 else "float32", like.dtype, like.device)
+        if key not in self._angle_coefficients:
+            self._angle_coefficients[key] = self._angle_coefficients[key[0]].to(device=like.device, dtype=like.dtype)
+        return self._angle_coefficients[key]
