@@ -30,6 +30,9 @@ from crystalframes.frames import (
 # Distinguishability below this (Angstrom) counts as collapsed: DFT-relaxed files are
 # symmetric to ~1e-5 A, far below any real difference between neighbourhoods.
 COLLAPSE_TOLERANCE = 1e-3
+# Per-atom model features of equivalent atoms within this (relative to the largest feature,
+# float64, on the idealised crystal) count as coinciding; collapse leaves only rounding.
+FEATURE_TOLERANCE = 1e-8
 
 T = torch.float64
 
@@ -101,29 +104,58 @@ def _hausdorff(a, b) -> float:
     return worst
 
 
-def symmetry_analysis(crystal, frame: str = "spframe", model=None, k: int = 12, symprec: float = 1e-3) -> dict:
+def idealised(crystal, symprec: float):
+    """The crystal with lattice and positions made exactly symmetric (ASE's
+    ``refine_symmetry``; same cell setting and atom order) and the largest atom displacement
+    (Angstrom). Files are symmetric only to their printed digits (~1e-5 A); without this the
+    features of equivalent atoms would differ by that noise, amplified by the model."""
+    from dataclasses import replace
+
+    from ase import Atoms
+    from ase.spacegroup.symmetrize import refine_symmetry
+
+    atoms = Atoms(numbers=crystal.atomic_numbers, cell=crystal.lattice, scaled_positions=crystal.frac_coords, pbc=True)
+    refine_symmetry(atoms, symprec=symprec, verbose=False)
+    frac = atoms.get_scaled_positions(wrap=False)
+    shift = frac - crystal.frac_coords
+    moved = float(np.linalg.norm((shift - np.round(shift)) @ crystal.lattice, axis=1).max())
+    return replace(crystal, lattice=np.array(atoms.cell), frac_coords=frac), moved
+
+
+def symmetry_analysis(crystal, frame: str = "spframe", model=None, k: int = 12, symprec: float = 1e-3, idealise: bool = True) -> dict:
     """Space group, Wyckoff orbits and, per orbit, the distinguishability of equivalent atoms
     under ``frame`` (one of :data:`STRUCTURE_FRAMES`) or under a model's own frames
-    (``model.frames_of(batch)``, first block) when ``model`` is given."""
+    (``model.frames_of(batch)``, first block) when ``model`` is given. With a model every
+    multi-atom orbit also gets ``feature_spread`` (max |h_p - h_q| of the per-atom features
+    ``model.node_features``) and ``features_coincide``. ``idealise`` first makes the crystal
+    exactly symmetric within ``symprec`` (:func:`idealised`)."""
     import spglib
+
+    moved = 0.0
+    if idealise:
+        crystal, moved = idealised(crystal, symprec)
 
     ds = spglib.get_symmetry_dataset((crystal.lattice, crystal.frac_coords, crystal.atomic_numbers), symprec=symprec)
     if ds is None:
         raise ValueError(f"{crystal.where}: spglib found no symmetry dataset")
+    features = None
     if model is not None:
-        settings = model.graph_settings
-        batch = collate([build_graph(crystal, settings)], dtype=next(model.parameters()).dtype)
+        # The model's own frames where it builds per-atom frames (eComFormer's frame blocks,
+        # the first one); otherwise (frame none, Crystalformer's per-head dynamic frames) the
+        # structure frame ``frame`` is analysed beside the model's per-atom features.
+        model_batch = collate([build_graph(crystal, model.graph_settings)], dtype=next(model.parameters()).dtype)
         with torch.no_grad():
-            frames = model.frames_of(batch)[0].to(T)
-        batch = batch.to(dtype=T)
+            features = _node_features(model, model_batch)
+            model_frames = model.frames_of(model_batch) if hasattr(model, "frames_of") else []
+    if model is not None and model_frames:
+        batch, frames = model_batch.to(dtype=T), model_frames[0].to(T)
         frame_name = getattr(model, "spec", "model")
-        features = _node_features(model, batch)
     else:
         if frame not in STRUCTURE_FRAMES:
             raise ValueError(f"unknown frame {frame!r}; choose one of {sorted(STRUCTURE_FRAMES)}")
         batch = collate([build_graph(crystal, GraphSettings(k=k))], dtype=T)
         frames = STRUCTURE_FRAMES[frame](batch)
-        frame_name, features = frame, None
+        frame_name = frame
     hoods = _neighbourhoods(batch, frames)
     from pymatgen.core import Element
 
@@ -143,24 +175,27 @@ def symmetry_analysis(crystal, frame: str = "spframe", model=None, k: int = 12, 
         if features is not None and len(atoms) > 1:
             f = features[atoms]
             orbit["feature_spread"] = float((f - f[0]).abs().max())
+            scale = max(1.0, float(f.abs().max()))
+            orbit["features_coincide"] = bool(orbit["feature_spread"] <= FEATURE_TOLERANCE * scale)
         orbits.append(orbit)
     return {
         "id": crystal.id,
         "formula": crystal.formula,
         "space_group": {"symbol": ds.international, "number": int(ds.number)},
+        "idealised_max_displacement": moved,
         "frame": frame_name,
+        "model": None if model is None else getattr(model, "spec", type(model).__name__),
         "orbits": orbits,
         "frames": frames.numpy().tolist(),
     }
 
 
 def _node_features(model, batch):
-    """Per-atom features before pooling, if the model exposes them (``node_features``)."""
+    """Per-atom features before pooling (``model.node_features``), in float64."""
     fn = getattr(model, "node_features", None)
     if fn is None:
-        return None
-    with torch.no_grad():
-        return fn(batch).to(T)
+        raise ValueError(f"{type(model).__name__} does not expose per-atom features (node_features)")
+    return fn(batch).to(T)
 
 
 def plot_frames(crystal, frames, path: Path, orbits=None) -> None:

@@ -225,6 +225,11 @@ class Crystalformer(nn.Module):
             x = layer(x, geometry)
         return x
 
+    @torch.no_grad()
+    def node_features(self, batch: GraphBatch) -> torch.Tensor:
+        """Diagnostics: the per-atom features (N, C) that are mean-pooled into the prediction."""
+        return self.encode(batch)
+
     def forward(self, batch: GraphBatch) -> torch.Tensor:
         x = self.encode(batch)
         pooled = x.new_zeros(batch.num_graphs, x.shape[1]).index_add_(0, batch.batch, x)

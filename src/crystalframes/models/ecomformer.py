@@ -166,7 +166,15 @@ class EComFormer(nn.Module):
         self.head = nn.Sequential(nn.Linear(c.hidden, head), nn.SiLU(), nn.Linear(head, c.num_targets))
 
     def forward(self, batch: GraphBatch) -> torch.Tensor:
-        return self._forward(batch)
+        f = self.encode(batch)
+        pooled = f.new_zeros(batch.num_graphs, f.shape[1]).index_add_(0, batch.batch, f)
+        pooled = pooled / batch.num_atoms.to(f.dtype).unsqueeze(-1)
+        return self.head(pooled)
+
+    @torch.no_grad()
+    def node_features(self, batch: GraphBatch) -> torch.Tensor:
+        """Diagnostics: the per-atom features (N, C) that are mean-pooled into the prediction."""
+        return self.encode(batch)
 
     @torch.no_grad()
     def frames_of(self, batch: GraphBatch) -> list[torch.Tensor]:
@@ -174,10 +182,12 @@ class EComFormer(nn.Module):
         ``batch`` (empty for frame ``none``). A forward pass like any other: call it in eval
         mode, or BatchNorm uses (and updates) the batch's statistics."""
         record: list[torch.Tensor] = []
-        self._forward(batch, record)
+        self.encode(batch, record)
         return record
 
-    def _forward(self, batch: GraphBatch, record: list | None = None) -> torch.Tensor:
+    def encode(self, batch: GraphBatch, record: list | None = None) -> torch.Tensor:
+        """Per-atom features after the last layer (N, C); the frames built on the way are
+        appended to ``record`` when given."""
         c = self.config
         dtype = self.atom_embedding.weight.dtype
         graph = MessageGraph(batch.edge_index, batch.atomic_numbers.shape[0], dtype)
@@ -202,9 +212,7 @@ class EComFormer(nn.Module):
                 edge_vec = edges_in_frames(batch.edge_vec, frames, graph.center)
                 frame_index += 1
             f = layer(f, edge_vec, edge_feat, graph)
-        pooled = f.new_zeros(batch.num_graphs, f.shape[1]).index_add_(0, batch.batch, f)
-        pooled = pooled / batch.num_atoms.to(dtype).unsqueeze(-1)
-        return self.head(pooled)
+        return f
 
     def _frames(self, index, f, edge_feat, angles, graph, batch, global_frames) -> torch.Tensor:
         """F_i (N, 3, 3) of the frame block before the ``index``-th equivariant layer."""
