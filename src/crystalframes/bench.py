@@ -123,6 +123,8 @@ def bench_accuracy(specs, overrides: list[str], seeds=(0,), output: Path | None 
         pm = (lambda a: f"{a.mean():.4f}" + (f" +- {a.std():.4f}" if len(a) > 1 else ""))
         lines.append(f"| `{spec}` | {pm(val)} | {pm(test)} | {rs[0].get('params', '')} | {np.mean([r['train_wall_seconds'] for r in rs]):.0f} |")
     table = f"Target `{target}`, {len(seeds)} seed(s), same budget for every model.\n\n" + "\n".join(lines) + "\n"
-    base.mkdir(parents=True, exist_ok=True)
-    (base / "accuracy.md").write_text(table)
+    from crystalframes.atomic import atomic_write
+
+    with atomic_write(base / "accuracy.md", "w") as fh:
+        fh.write(table)
     return table, results

@@ -49,3 +49,16 @@ def test_schedules():
     assert f(0) == pytest.approx(1.0) and f(100) == pytest.approx(1e-5 / 5e-4) and f(50) == pytest.approx(0.5 + 0.5 * 0.02)
     inv = lr_lambda(load_config(None, ["optim.scheduler=inverse_sqrt"]).optim, 10**6)
     assert inv(0) == 1.0 and inv(12000) == pytest.approx(0.5)  # sqrt(4000 / 16000)
+
+
+def test_default_run_is_spframe_on_the_embedded_demo_with_the_cpu_preset():
+    """`crystalframes train` with no arguments: SPFrame on eComFormer, mp_2018_demo formation
+    energy, the `cpu` preset's model (k = 16) and its 18-epoch OneCycle schedule."""
+    cfg = config_with_preset_training(load_config(None), explicit_keys(None, []))
+    assert cfg.model.spec == "ecomformer:spframe_quaternion@cpu"
+    assert (cfg.data.source, cfg.data.target, cfg.data.split) == ("mp_2018_demo", "mp2018_e_form", "field")
+    assert (cfg.trainer.epochs, cfg.trainer.batch_size, cfg.optim.scheduler, cfg.optim.loss) == (18, 32, "onecycle", "l1")
+    from crystalframes.models import build_model
+
+    model = build_model(cfg.model.spec)
+    assert model.config.k == 16 and model.config.hidden == 64 and model.config.frame == "spframe_quaternion"

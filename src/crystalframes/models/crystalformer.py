@@ -308,6 +308,15 @@ CRYSTALFORMER_PRESETS: dict[str, CrystalformerPreset] = {
             _training(500, 128),
         ),
         CrystalformerPreset(
+            "cpu",
+            "this machine's size for 10-minute runs: 4 layers, C=64, 4 heads, FFN 256, K=32, D=16; "
+            "the CPU OneCycle recipe of eComFormer's `cpu` preset, for equal-budget comparisons",
+            {"num_layers": 4, "model_dim": 64, "num_heads": 4, "ff_dim": 256, "distance_bases": 32, "angle_bases": 16, "head_hidden": 64},
+            {"loss": "l1", "optimizer": "adamw", "lr": 5e-4, "betas": (0.9, 0.98), "weight_decay": 1e-5, "grad_clip_norm": 1.0,
+             "scheduler": {"name": "onecycle", "pct_start": 0.3, "interval": "step"}, "standardise_targets": True,
+             "epochs": 18, "batch_size": 32},
+        ),
+        CrystalformerPreset(
             "cpu_small",
             "small model for tests and CPU runs: 2 layers, C=32, 2 heads, FFN 64, K=16, D=8",
             {"num_layers": 2, "model_dim": 32, "num_heads": 2, "ff_dim": 64, "distance_bases": 16, "angle_bases": 8, "head_hidden": 32},

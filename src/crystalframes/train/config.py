@@ -37,7 +37,7 @@ class DataConfig(_Strict):
 
 
 class ModelConfig(_Strict):
-    spec: str = Field("ecomformer:spframe_quaternion@cpu_small", description="backbone:frame[+global]@preset")
+    spec: str = Field("ecomformer:spframe_quaternion@cpu", description="backbone:frame[+global]@preset")
     options: dict[str, Any] = Field(default_factory=dict, description="overrides of the preset's model settings")
 
 

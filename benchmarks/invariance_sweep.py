@@ -1,0 +1,120 @@
+"""Invariance of every model/frame combination on a whole dataset (printed figures, not a test).
+
+    python3 benchmarks/invariance_sweep.py                      # shared JARVIS sample, all specs
+    python3 benchmarks/invariance_sweep.py --checks rotation supercell --json sweep.json
+    python3 benchmarks/invariance_sweep.py --limit 200 --specs ecomformer:none crystalformer:max \
+        --trials 3 --supercells 2,1,1 2,2,2
+
+For each model spec (a freshly initialised model, seed 0, float64, eval mode) and every
+structure: the largest change of the output under ``--trials`` random rotations, a random
+translation, a random atom permutation, the supercells ``--supercells`` and a mirror
+reflection (which SO(3)-invariant models need not be invariant to). The same transformations
+as ``crystalframes check`` (:mod:`crystalframes.testing`), batched ``--batch-size`` structures at a
+time. Prints one Markdown row per spec: the largest change over all structures per check, and
+the structure with the largest rotation error; "output spread" is the standard deviation of the output over the
+structures, the scale the errors are to be read against.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+SHARED_JARVIS = Path(__file__).resolve().parents[2] / "shared" / "data" / "jarvis_dft_3d_sample.jsonl.gz"
+SPECS = (
+    "ecomformer:none@cpu_small",
+    "ecomformer:spframe_quaternion+qr@cpu_small",
+    "ecomformer:spframe_quaternion+polar@cpu_small",
+    "ecomformer:spframe_quaternion+lattice_pca@cpu_small",
+    "ecomformer:spframe_quaternion+identity@cpu_small",
+    "ecomformer:spframe_gram_schmidt+qr@cpu_small",
+    "ecomformer:equivariant_gram_schmidt+qr@cpu_small",
+    "crystalformer:none@cpu_small",
+    "crystalformer:max@cpu_small",
+    "crystalformer:weighted_pca@cpu_small",
+    "crystalformer:pca@cpu_small",
+    "crystalformer:lattice@cpu_small",
+    "crystalformer:static@cpu_small",
+)
+CHECKS = ("rotation", "translation", "permutation", "supercell", "mirror")
+
+
+def sweep(spec: str, crystals: list, trials: int, supercells: list, batch_size: int, seed: int, checks=CHECKS) -> dict:
+    import torch
+
+    from crystalframes.models import build_model
+    from crystalframes.testing import mirrored, permuted, predict, random_rotation, rotated, supercell, translated
+
+    torch.manual_seed(seed)
+    model = build_model(spec).to(torch.float64).eval()
+    rng = np.random.default_rng(seed)
+    worst = {key: np.full(len(crystals), np.nan) for key in CHECKS}
+
+    def outputs(items):
+        return torch.cat([predict(model, items[i : i + batch_size]) for i in range(0, len(items), batch_size)]).numpy()
+
+    ref = outputs(crystals)
+    variants = {
+        "rotation": [lambda c: rotated(c, random_rotation(rng)) for _ in range(trials)],
+        "translation": [lambda c: translated(c, rng.uniform(-1, 1, 3))],
+        "permutation": [lambda c: permuted(c, rng.permutation(c.num_atoms))],
+        "supercell": [lambda c, r=tuple(r): supercell(c, r) for r in supercells],
+        "mirror": [mirrored],
+    }
+    for key in checks:
+        for make in variants[key]:
+            change = np.abs(outputs([make(c) for c in crystals]) - ref).max(axis=1)
+            worst[key] = np.fmax(worst[key], change)
+    row = {"spec": model.spec, "structures": len(crystals)}
+    for key in checks:
+        row[f"max_{key}"] = float(worst[key].max())
+        row[f"median_{key}"] = float(np.median(worst[key]))
+    row["worst_rotation_id"] = crystals[int(np.nanargmax(worst["rotation"]))].id if "rotation" in checks else ""
+    # What the errors compare against: how much the output varies from structure to structure.
+    row["output_spread"] = float(ref.std(axis=0).max())
+    return row
+
+
+def main(argv=None) -> None:
+    import torch
+
+    from crystalframes.atomic import atomic_write
+    from crystalframes.io import read_dataset
+
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--data", default=str(SHARED_JARVIS))
+    p.add_argument("--specs", nargs="+", default=list(SPECS))
+    p.add_argument("--limit", type=int, default=None, help="first N structures only")
+    p.add_argument("--trials", type=int, default=1, help="random rotations per structure")
+    p.add_argument("--supercells", nargs="+", default=["2,1,1"])
+    p.add_argument("--checks", nargs="+", default=list(CHECKS), choices=CHECKS)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", type=Path, help="also write the rows as JSON")
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    crystals = read_dataset(args.data).crystals[: args.limit]
+    supercells = [tuple(int(x) for x in s.split(",")) for s in args.supercells]
+    print(f"{args.data}: {len(crystals)} structures; float64; {args.trials} rotations, supercells {args.supercells}", flush=True)
+    print("| spec | output spread | " + " | ".join(f"max {key}" for key in args.checks) + " | worst rotation | s |")
+    print("|---|---:|" + "---:|" * len(args.checks) + "---|---:|", flush=True)
+    rows = []
+    for spec in args.specs:
+        start = time.perf_counter()
+        r = sweep(spec, crystals, args.trials, supercells, args.batch_size, args.seed, args.checks)
+        r["seconds"] = round(time.perf_counter() - start, 1)
+        rows.append(r)
+        errors = " | ".join(f"{r['max_' + key]:.1e}" for key in args.checks)
+        print(f"| `{r['spec']}` | {r['output_spread']:.1e} | {errors} | {r['worst_rotation_id']} | {r['seconds']:.0f} |", flush=True)
+        if args.json:
+            with atomic_write(args.json, "w") as fh:
+                json.dump(rows, fh, indent=2)
+
+
+if __name__ == "__main__":
+    main()
