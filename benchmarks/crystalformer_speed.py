@@ -23,7 +23,6 @@ import argparse
 import multiprocessing as mp
 import os
 import resource
-import time
 from pathlib import Path
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -39,6 +38,7 @@ def _run(job: dict) -> dict:
     import numpy as np
     import torch
 
+    from crystalframes.bench import fastest_total_seconds
     from crystalframes.data.batch import collate
     from crystalframes.data.graph import build_graph
     from crystalframes.io import read_dataset
@@ -71,15 +71,7 @@ def _run(job: dict) -> dict:
 
     def timed(step, repeats):
         step(batches[0])  # warm-up
-        total = 0.0
-        for b in batches:
-            best = float("inf")
-            for _ in range(repeats):
-                t0 = time.perf_counter()
-                step(b)
-                best = min(best, time.perf_counter() - t0)
-            total += best
-        return 1e3 * total / len(sample)
+        return 1e3 * fastest_total_seconds(step, batches, repeats) / len(sample)
 
     repeats = job["repeats"] if job["cell"] <= 320 else 1
     with torch.no_grad():

@@ -26,7 +26,6 @@ import os
 import resource
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 DEFAULT_FRAMES = ("none", "spframe_quaternion", "spframe_gram_schmidt", "equivariant_gram_schmidt")
@@ -42,6 +41,7 @@ def measure(spec: str, overrides: dict, data: str, structures: int, batch_size: 
     import numpy as np
     import torch
 
+    from crystalframes.bench import fastest_total_seconds
     from crystalframes.data import load_dataset
     from crystalframes.data.batch import collate
     from crystalframes.data.graph import build_graph
@@ -60,17 +60,8 @@ def measure(spec: str, overrides: dict, data: str, structures: int, batch_size: 
     n = len(crystals)
 
     def timed(step, items) -> float:
-        """ms per structure: for every batch the fastest of ``repeats`` runs, summed (on a
-        shared machine other jobs only add time, and they come and go faster than a pass)."""
-        total = 0.0
-        for item in items:
-            best = float("inf")
-            for _ in range(repeats):
-                start = time.perf_counter()
-                step(item)
-                best = min(best, time.perf_counter() - start)
-            total += best
-        return total * 1000.0 / n
+        """ms per structure, every batch timed ``repeats`` times (the fastest kept)."""
+        return fastest_total_seconds(step, items, repeats) * 1000.0 / n
 
     model.eval()
     with torch.no_grad():

@@ -35,10 +35,6 @@ _register()
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: bad input ends in one clear line and exit code 2, not a traceback."""
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s", stream=sys.stderr)
-    # Lightning's INFO lines (accelerators found, tips) reach stderr twice through its own
-    # handlers and ours; the commands print their own summaries, so keep its warnings only.
-    for name in ("lightning", "lightning.pytorch", "lightning.fabric", "pytorch_lightning"):
-        logging.getLogger(name).setLevel(logging.WARNING)
     try:
         app(args=argv, prog_name="crystalframes", standalone_mode=False)
     except UserError as exc:

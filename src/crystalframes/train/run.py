@@ -107,6 +107,11 @@ def train(cfg: RunConfig, output: str | Path | None = None, resume: bool = False
     from crystalframes.train.data import ResumeDataPosition, loader, prepare_data
     from crystalframes.train.module import PropertyModule
 
+    # Importing Lightning sets its loggers to INFO with a console handler of their own, so its
+    # INFO lines (accelerators found, tips) reach stderr twice; we print our own summary.
+    for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
     folder = Path(output) if output else default_run_folder(cfg)
     last_ckpt = folder / CHECKPOINTS / "last.ckpt"
     if resume:
