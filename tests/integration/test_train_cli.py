@@ -161,3 +161,13 @@ def test_default_train_command_learns_formation_energy_from_structure(tmp_path):
     assert m["spec"] == "ecomformer:spframe_quaternion@cpu" and m["target"] == "mp2018_e_form"
     assert m["val"]["mean_baseline_mae"] > 0.8 and m["test"]["mean_baseline_mae"] > 0.8
     assert m["val"]["mae"] <= 0.20 and m["test"]["mae"] <= 0.20, m
+
+
+def test_train_without_the_training_extra_says_what_to_install(run, monkeypatch):
+    """`crystalframes train` on a core-only install: one line naming the extra, exit code 2."""
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "lightning" else real(name, *a))
+    code, out, err = run("train", "--set", "trainer.epochs=1")
+    assert code == 2 and "lightning" in err and "crystalframes[train]" in err

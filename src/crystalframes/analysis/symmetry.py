@@ -201,7 +201,12 @@ def _node_features(model, batch):
 def plot_frames(crystal, frames, path: Path, orbits=None) -> None:
     """Unit cell, atoms coloured by Wyckoff orbit, and each atom's frame axes (red, green, blue
     = e1, e2, e3); written atomically as PNG."""
-    import matplotlib
+    try:
+        import matplotlib
+    except ImportError:
+        from crystalframes.io.errors import UserError
+
+        raise UserError(f"{path}: plots need matplotlib (pip install 'crystalframes[train]')") from None
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

@@ -7,6 +7,17 @@ from typing import List, Optional
 
 import typer
 
+from crystalframes.io.errors import UserError
+
+
+def require_training_stack() -> None:
+    """Training needs the ``train`` extra; say so instead of an ImportError traceback."""
+    import importlib.util
+
+    missing = [name for name in ("lightning", "pydantic", "yaml", "matplotlib") if importlib.util.find_spec(name) is None]
+    if missing:
+        raise UserError(f"training needs {', '.join(missing)}: pip install 'crystalframes[train]'")
+
 
 def train_command(
     config: Optional[Path] = typer.Argument(None, help="YAML config (default: SPFrame on eComFormer, mp_2018_demo formation energy, CPU preset)."),
@@ -15,6 +26,7 @@ def train_command(
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --output from its last checkpoint."),
 ):
     """Train a model; prints validation and test MAE beside the mean-predictor baseline."""
+    require_training_stack()
     from crystalframes.train.config import config_with_preset_training, explicit_keys, load_config
     from crystalframes.train.run import train
 

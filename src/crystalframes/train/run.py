@@ -74,7 +74,7 @@ def parity_plot(path: Path, true: np.ndarray, pred: np.ndarray, target: str, uni
     plt.close(fig)
 
 
-def learning_curve(path: Path, metrics_csv: Path) -> None:
+def learning_curve(path: Path, metrics_csv: Path, units: str = "") -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -87,7 +87,7 @@ def learning_curve(path: Path, metrics_csv: Path) -> None:
     if train:
         ax.plot(*zip(*train), label="train loss (standardised)")
     if val:
-        ax.plot(*zip(*val), label="val MAE")
+        ax.plot(*zip(*val), label=f"val MAE ({units})" if units else "val MAE")
     ax.set_xlabel("epoch")
     ax.set_yscale("log")
     ax.legend()
@@ -182,6 +182,9 @@ def train(cfg: RunConfig, output: str | Path | None = None, resume: bool = False
     )
     # ResumableSampler + ResumeDataPosition make mid-epoch resumption exact; Lightning cannot see that.
     warnings.filterwarnings("ignore", message=".*resuming from a checkpoint that ended before the epoch ended.*")
+    # Lightning's own internals and a logging cadence that short runs cannot meet: not the user's concern.
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)` is deprecated.*")
+    warnings.filterwarnings("ignore", message=".*smaller than the logging interval.*")
     start = time.perf_counter()
     trainer.fit(module, train_loader, val_loader, ckpt_path=str(last_ckpt) if resume else None)
     wall = time.perf_counter() - start
@@ -215,6 +218,6 @@ def train(cfg: RunConfig, output: str | Path | None = None, resume: bool = False
         write_predictions(folder / f"predictions_{split}.csv", crystals, pred, data.target, units)
         if split == "test":
             parity_plot(folder / "parity.png", true, pred, data.target, units, metrics[split]["mae"])
-    learning_curve(folder / "learning_curve.png", folder / "logs" / "metrics.csv")
+    learning_curve(folder / "learning_curve.png", folder / "logs" / "metrics.csv", units)
     write_json(folder / "metrics.json", metrics)
     return RunResult(folder, metrics)
