@@ -38,6 +38,11 @@ class GraphBatch:
     def edge_batch(self) -> torch.Tensor:
         return self.batch[self.edge_index[0]]
 
+    def mean_over_atoms(self, x: torch.Tensor) -> torch.Tensor:
+        """Per-structure mean (B, C) of per-atom values ``x`` (N, C)."""
+        total = x.new_zeros(self.num_graphs, x.shape[1]).index_add_(0, self.batch, x)
+        return total / self.num_atoms.to(x.dtype).unsqueeze(-1)
+
     def to(self, device=None, dtype: torch.dtype | None = None) -> "GraphBatch":
         """Move to ``device``; cast floating tensors to ``dtype`` (integer tensors keep theirs)."""
         out = {}

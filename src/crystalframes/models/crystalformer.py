@@ -232,9 +232,7 @@ class Crystalformer(nn.Module):
 
     def forward(self, batch: GraphBatch) -> torch.Tensor:
         x = self.encode(batch)
-        pooled = x.new_zeros(batch.num_graphs, x.shape[1]).index_add_(0, batch.batch, x)
-        pooled = pooled / batch.num_atoms.to(x.dtype).unsqueeze(-1)
-        return self.head(pooled)
+        return self.head(batch.mean_over_atoms(x))
 
 
 def num_parameters(model: nn.Module, trainable_only: bool = False) -> int:

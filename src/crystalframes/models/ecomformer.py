@@ -167,9 +167,7 @@ class EComFormer(nn.Module):
 
     def forward(self, batch: GraphBatch) -> torch.Tensor:
         f = self.encode(batch)
-        pooled = f.new_zeros(batch.num_graphs, f.shape[1]).index_add_(0, batch.batch, f)
-        pooled = pooled / batch.num_atoms.to(f.dtype).unsqueeze(-1)
-        return self.head(pooled)
+        return self.head(batch.mean_over_atoms(f))
 
     @torch.no_grad()
     def node_features(self, batch: GraphBatch) -> torch.Tensor:

@@ -671,7 +671,8 @@ class PeriodicAttention(nn.Module):
 
     def angle_basis_coefficients(self, like: torch.Tensor) -> torch.Tensor:
         """Chebyshev coefficients (r, D) of the angle Gaussians at ``like``'s working precision."""
-        key = ("float64" if like.dtype == torch.float64 else "float32", like.dtype, like.device)
+        key = (like.dtype, like.device)
         if key not in self._angle_coefficients:
-            self._angle_coefficients[key] = self._angle_coefficients[key[0]].to(device=like.device, dtype=like.dtype)
+            precision = "float64" if like.dtype == torch.float64 else "float32"
+            self._angle_coefficients[key] = self._angle_coefficients[precision].to(device=like.device, dtype=like.dtype)
         return self._angle_coefficients[key]
