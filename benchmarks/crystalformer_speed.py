@@ -11,7 +11,9 @@ Inference: eval mode under ``torch.no_grad`` (rho statistics first set by one tr
 pass). Training: forward + backward + AdamW step per batch, training mode. Both exclude graph
 building (Crystalformer's input is the cell itself). Each batch is timed ``--repeats`` times after
 a warm-up and the fastest run is kept: on a machine shared with other jobs this measures the
-code rather than the contention (the load average is printed).
+code rather than the contention (the load average is printed). Like the ``crystalframes``
+command, every row first calls :func:`crystalframes.runtime.keep_freed_memory`;
+``--default-malloc`` measures without it.
 For reference (REFERENCE.md, 2 CPU cores): the reference Crystalformer's CPU path takes 27 ms
 per 8-atom structure and 1.84 s for one 64-atom cell; the reference CrystalFramer cannot run on
 a CPU. Target: CrystalFramer inference on the MP sample <= 15 ms/structure.
@@ -43,8 +45,11 @@ def _run(job: dict) -> dict:
     from crystalframes.data.graph import build_graph
     from crystalframes.io import read_dataset
     from crystalframes.models.crystalformer import build_crystalformer, num_parameters
+    from crystalframes.runtime import keep_freed_memory
     from crystalframes.testing import supercell
 
+    if not job["default_malloc"]:
+        keep_freed_memory()
     torch.set_num_threads(job["threads"])
     frame, preset = job["spec"].split("@")
     torch.manual_seed(0)
@@ -112,17 +117,20 @@ def main() -> None:
     parser.add_argument("--cell-specs", nargs="*", default=None, help="specs for the single cells (default: --specs)")
     parser.add_argument("--repeats", type=int, default=3, help="timings per batch (the fastest is kept)")
     parser.add_argument("--no-train", action="store_true")
+    parser.add_argument("--default-malloc", action="store_true", help="leave glibc's malloc settings alone (see crystalframes.runtime)")
     args = parser.parse_args()
     jobs = [
-        {"spec": s, "cell": 0, "structures": args.structures, "batch_size": args.batch_size, "threads": args.threads, "train": not args.no_train, "repeats": args.repeats}
+        {"spec": s, "cell": 0, "structures": args.structures, "batch_size": args.batch_size, "threads": args.threads, "train": not args.no_train, "repeats": args.repeats,
+         "default_malloc": args.default_malloc}
         for s in args.specs
     ]
     jobs += [
-        {"spec": s, "cell": n, "structures": 0, "batch_size": 1, "threads": args.threads, "train": not args.no_train, "repeats": args.repeats}
+        {"spec": s, "cell": n, "structures": 0, "batch_size": 1, "threads": args.threads, "train": not args.no_train, "repeats": args.repeats,
+         "default_malloc": args.default_malloc}
         for n in args.cells
         for s in (args.cell_specs or args.specs)
     ]
-    print(f"torch threads: {args.threads}; load average before start: {os.getloadavg()[0]:.2f} (other jobs on the machine slow everything)")
+    print(f"torch threads: {args.threads}; {'default malloc' if args.default_malloc else 'keep_freed_memory'}; load average before start: {os.getloadavg()[0]:.2f} (other jobs on the machine slow everything)")
     print(f"{'input':44s} {'spec':34s} {'params':>8s} {'infer ms/str':>12s} {'train ms/str':>12s} {'peak MB infer':>13s} {'peak MB train':>13s}")
     ctx = mp.get_context("spawn")
     for job in jobs:

@@ -12,7 +12,9 @@ float32, ``torch.set_num_threads(2)`` by default.
 Each spec runs in its own fresh process (so the memory figure is its own); every batch is timed
 ``--repeats`` times and the fastest run kept (on a shared machine other jobs only ever add time);
 with ``--rounds`` > 1 the specs run round-robin in fresh processes and the fastest round is kept.
-The load average is printed with every result.
+The load average is printed with every result. Like the ``crystalframes`` command, each process
+first calls :func:`crystalframes.runtime.keep_freed_memory` (glibc keeps freed memory instead of
+page-faulting it back in on every pass); ``--default-malloc`` measures without it.
 Two untimed passes come first: in a fresh process the first passes are far slower and would
 say nothing about the model. With 2 threads on a shared 2-core machine every parallel region
 waits whenever another process holds a core; compare ``--threads 1`` when the load is high.
@@ -26,6 +28,7 @@ import os
 import resource
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 DEFAULT_FRAMES = ("none", "spframe_quaternion", "spframe_gram_schmidt", "equivariant_gram_schmidt")
@@ -36,11 +39,16 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux: kilobytes
 
 
-def measure(spec: str, overrides: dict, data: str, structures: int, batch_size: int, threads: int, repeats: int, seed: int) -> dict:
+def measure(spec: str, overrides: dict, data: str, structures: int, batch_size: int, threads: int, repeats: int, seed: int,
+            default_malloc: bool = False) -> dict:
     """All figures of one spec, in this process."""
     import numpy as np
     import torch
 
+    from crystalframes.runtime import keep_freed_memory
+
+    if not default_malloc:
+        keep_freed_memory()
     from crystalframes.bench import fastest_total_seconds
     from crystalframes.data import load_dataset
     from crystalframes.data.batch import collate
@@ -100,12 +108,56 @@ def measure(spec: str, overrides: dict, data: str, structures: int, batch_size: 
     }
 
 
+def interleaved_ratios(specs: list[str], data: str, structures: int, batch_size: int, threads: int, rounds: int, seed: int,
+                       default_malloc: bool = False) -> dict:
+    """Model-only inference time of every spec relative to the first, measured in one process
+    with the specs interleaved batch by batch for ``rounds`` rounds: the machine's slow drift
+    (+-30% between runs minutes apart on the development VM) then hits all specs alike.
+    Returns spec -> (median, lowest, highest) of the per-round ratios."""
+    import numpy as np
+    import torch
+
+    from crystalframes.data import load_dataset
+    from crystalframes.data.batch import collate
+    from crystalframes.data.graph import build_graph
+    from crystalframes.models import build_model
+    from crystalframes.runtime import keep_freed_memory
+
+    if not default_malloc:
+        keep_freed_memory()
+    torch.set_num_threads(threads)
+    crystals = load_dataset(data).crystals
+    pick = np.random.default_rng(seed).choice(len(crystals), size=min(structures, len(crystals)), replace=False)
+    crystals = [crystals[i] for i in sorted(pick)]
+    models, batches = [], []
+    for spec in specs:
+        torch.manual_seed(seed)
+        model = build_model(spec).eval()
+        models.append(model)
+        batches.append([collate([build_graph(c, model.graph_settings) for c in crystals[i : i + batch_size]])
+                        for i in range(0, len(crystals), batch_size)])
+    seconds = np.zeros((rounds, len(specs)))
+    with torch.no_grad():
+        for model, bs in zip(models, batches):  # warm-up
+            for _ in range(2):
+                [model(b) for b in bs]
+        for r in range(rounds):
+            for k in range(len(batches[0])):
+                for s, model in enumerate(models):
+                    start = time.perf_counter()
+                    model(batches[s][k])
+                    seconds[r, s] += time.perf_counter() - start
+    ratios = seconds / seconds[:, :1]
+    return {spec: (float(np.median(ratios[:, s])), float(ratios[:, s].min()), float(ratios[:, s].max()))
+            for s, spec in enumerate(specs)}
+
+
 def run_child(args, spec: str, overrides: dict) -> dict:
     cmd = [
         sys.executable, __file__, "--child", spec, "--overrides", json.dumps(overrides),
         "--data", args.data, "--structures", str(args.structures), "--batch-size", str(args.batch_size),
         "--threads", str(args.threads), "--repeats", str(args.repeats), "--seed", str(args.seed),
-    ]
+    ] + (["--default-malloc"] if args.default_malloc else [])
     out = subprocess.run(cmd, check=True, capture_output=True, text=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -122,12 +174,16 @@ def main(argv=None) -> None:
     p.add_argument("--repeats", type=int, default=4, help="timed runs of every batch (the fastest is kept)")
     p.add_argument("--rounds", type=int, default=1, help="fresh processes per spec, round-robin")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--ratio-rounds", type=int, default=10,
+                   help="rounds of the interleaved ratio measurement (0: skip it)")
+    p.add_argument("--default-malloc", action="store_true", help="leave glibc's malloc settings alone (see crystalframes.runtime)")
     p.add_argument("--child", help=argparse.SUPPRESS)
     p.add_argument("--overrides", default="{}", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
 
     if args.child:
-        result = measure(args.child, json.loads(args.overrides), args.data, args.structures, args.batch_size, args.threads, args.repeats, args.seed)
+        result = measure(args.child, json.loads(args.overrides), args.data, args.structures, args.batch_size, args.threads, args.repeats, args.seed,
+                         args.default_malloc)
         print(json.dumps(result))
         return
 
@@ -135,7 +191,7 @@ def main(argv=None) -> None:
     if args.literal:
         jobs += [(f"ecomformer:{frame}@{args.preset}", {"tensor_product": "e3nn"}) for frame in ("none", "spframe_quaternion")]
     print(f"data {args.data}: {args.structures} structures, batch {args.batch_size}, {args.threads} threads, float32; "
-          f"load average before: {os.getloadavg()[0]:.2f}", flush=True)
+          f"{'default malloc' if args.default_malloc else 'keep_freed_memory'}; load average before: {os.getloadavg()[0]:.2f}", flush=True)
     best: dict[int, dict] = {}
     for _ in range(args.rounds):
         for k, (spec, overrides) in enumerate(jobs):
@@ -167,6 +223,14 @@ def main(argv=None) -> None:
         )
     print("infer ms: per structure incl. graph construction + collate; model ms: forward only; "
           "vs none: model-only inference time relative to frame 'none' with the same tensor products")
+    if args.ratio_rounds > 0:
+        specs = [spec for spec, overrides in jobs if not overrides]
+        ratios = interleaved_ratios(specs, args.data, args.structures, args.batch_size, args.threads, args.ratio_rounds,
+                                    args.seed, args.default_malloc)
+        print(f"\nmodel-only inference relative to {specs[0]}, one process, specs interleaved batch by batch, "
+              f"{args.ratio_rounds} rounds: median [lowest, highest] of the per-round ratios (load {os.getloadavg()[0]:.2f})")
+        for spec, (median, low, high) in ratios.items():
+            print(f"  {spec:<62} {median:.3f}x [{low:.3f}, {high:.3f}]")
 
 
 if __name__ == "__main__":

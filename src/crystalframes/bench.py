@@ -33,7 +33,9 @@ def _measure(spec: str, source: str, n: int, batch_size: int, threads: int, dtyp
     from crystalframes.data.datasets import load_dataset
     from crystalframes.data.graph import build_graph
     from crystalframes.models.specs import build_model
+    from crystalframes.runtime import keep_freed_memory
 
+    keep_freed_memory()  # a spawned process: the command's setting does not carry over
     torch.set_num_threads(threads)
     torch.manual_seed(0)
     dt = getattr(torch, dtype)

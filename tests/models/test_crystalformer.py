@@ -256,6 +256,41 @@ def test_attention_layer_matches_the_direct_formula(frame, crystals):
         assert (got - expected).abs().max() < 1e-11 * (1 + expected.abs().max())
 
 
+def test_distinct_frames_group_the_heads_of_each_centre():
+    """The angle encoding computes its moments once per distinct (centre, frame); every
+    (centre, head) must get back its own frame, and only equal frames of one centre merge."""
+    torch.manual_seed(0)
+    base = torch.linalg.qr(torch.randn(4, 3, 3, dtype=torch.float64))[0]
+    choice = torch.tensor([[0, 0, 1], [1, 1, 1], [2, 3, 2], [0, 0, 0]])  # centre 3 reuses centre 0's frame
+    frames = base[choice]  # (4 centres, 3 heads, 3, 3)
+    group, centre, distinct = pa._distinct_frames_per_centre(frames)
+    assert distinct.shape[0] == 2 + 1 + 2 + 1  # centre 3's frame equals centre 0's, yet is its own group
+    assert torch.equal(distinct[group], frames)
+    assert torch.equal(centre[group], torch.arange(4).unsqueeze(1).expand(4, 3))
+
+
+def test_heads_with_different_max_frames_are_covered(crystals):
+    """The direct-formula comparison above exercises centres whose heads use different max
+    frames (several groups per centre), not just the common case of one shared frame."""
+    seen = []
+    for crystal in (crystals[0], crystals[5], crystals[9]):
+        model = small_model("max", [crystal], seed=1)
+        b = batch_of([crystal])
+        att, geometry = model.layers[0].attention, model.geometry(b)
+        original = att.frames
+
+        def record(*args, original=original):
+            out = original(*args)
+            seen.append(pa._distinct_frames_per_centre(out)[1].shape[0] / out.shape[0])
+            return out
+
+        att.frames = record
+        x = torch.randn(b.pos.shape[0], att.dim, dtype=torch.float64, generator=torch.Generator().manual_seed(2)) * 0.3
+        with torch.no_grad():
+            att(x, geometry)
+    assert seen and max(seen) > 1.0, seen
+
+
 def test_periodic_sum_converged(crystals):
     """Doubling the image range (cutoff_sigmas 6 -> 12) moves outputs by < 1e-6 relative,
     whereas the reference's 3.5 sigma is not converged (~1e-3)."""

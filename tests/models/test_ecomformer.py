@@ -162,7 +162,7 @@ def test_fused_tensor_products_match_e3nn(test_crystals, frame):
     outputs and gradients equal the literal e3nn computation up to float64 rounding (the
     intermediate features reach ~1e3, so the outputs agree to ~1e-11, not 1e-16)."""
     fast = small_model(f"ecomformer:{frame}", amplify=1.0)
-    literal = build_model(f"ecomformer:{frame}@{SMALL}", tensor_product="e3nn", deduplicate_distances=False).double().eval()
+    literal = build_model(f"ecomformer:{frame}@{SMALL}", tensor_product="e3nn", deduplicate=False).double().eval()
     literal.load_state_dict(fast.state_dict())
     batch = collate([build_graph(c, fast.graph_settings) for c in test_crystals[:6]], dtype=torch.float64)
     out_fast, out_literal = fast(batch), literal(batch)
@@ -308,6 +308,54 @@ def test_symmetry_equivalent_atoms_share_the_invariant_local_frame(nacl):
         assert torch.allclose(na, na[:1].expand_as(na), atol=1e-12)
         assert torch.allclose(cl, cl[:1].expand_as(cl), atol=1e-12)
         assert not torch.allclose(na[0], cl[0], atol=1e-6)
+
+
+def test_edge_groups_merge_exactly_the_edges_with_equal_inputs():
+    """Pairs group the edges by (centre, neighbour), triples by (centre, neighbour, distance
+    row); every edge's group carries its own atoms and row, and the group count is the number
+    of distinct keys."""
+    from crystalframes.nn import EdgeTable, MessageGraph
+
+    torch.manual_seed(0)
+    edge_index = torch.randint(0, 6, (2, 300))  # 6 atoms: many repeated pairs
+    distances = torch.randint(0, 4, (300,)).double()  # 4 distinct distances
+    graph = MessageGraph(edge_index, 6, torch.float64)
+    table = EdgeTable.of_distances(distances)
+    pairs, triples = graph.groups(None), graph.groups(table)
+    assert pairs.center.shape[0] == len({(int(a), int(b)) for a, b in edge_index.T})
+    assert triples.center.shape[0] == len({(int(a), int(b), float(d)) for (a, b), d in zip(edge_index.T, distances)})
+    assert torch.equal(pairs.expand(pairs.center), edge_index[0]) and torch.equal(pairs.expand(pairs.neighbour), edge_index[1])
+    assert torch.equal(triples.expand(triples.center), edge_index[0]) and torch.equal(triples.expand(triples.neighbour), edge_index[1])
+    assert torch.equal(table.values[triples.expand(triples.row)], distances)
+    assert graph.groups(table.map(lambda x: 2 * x)) is triples  # one grouping per forward pass
+    literal = MessageGraph(edge_index, 6, torch.float64, group_edges=False).groups(table)
+    assert literal.index is None and literal.center.shape[0] == 300
+
+
+@pytest.mark.parametrize("train", [False, True])
+def test_grouped_attention_equals_per_edge_attention(train):
+    """The backbone's attention layer and the frame block's message give the same outputs
+    and gradients with and without edge grouping, also in training mode (BatchNorm statistics
+    over the edges)."""
+    from crystalframes.nn import EdgeTable, InvariantMessage, MessageGraph, NodeTransformerLayer
+
+    torch.manual_seed(0)
+    edge_index = torch.randint(0, 10, (2, 400))
+    table = EdgeTable.of_distances(torch.randint(0, 7, (400,)).double())
+    table = table.map(lambda d: torch.sin(d.unsqueeze(-1) * torch.arange(1, 17, dtype=d.dtype)))
+    f = torch.randn(10, 16, dtype=torch.float64)
+    for layer in (NodeTransformerLayer(16).double(), InvariantMessage(16).double()):
+        layer.train(train)
+        outs = []
+        for group_edges in (True, False):
+            layer.zero_grad()
+            out = layer(f, table, MessageGraph(edge_index, 10, torch.float64, group_edges=group_edges))
+            out.square().sum().backward()
+            outs.append((out.detach(), [p.grad.clone() for p in layer.parameters()]))
+        (grouped, g1), (literal, g2) = outs
+        assert torch.allclose(grouped, literal, rtol=0, atol=1e-12)
+        for a, b in zip(g1, g2):
+            assert torch.allclose(a, b, rtol=1e-10, atol=1e-10)
 
 
 def test_quaternion_head_positive_by_default():

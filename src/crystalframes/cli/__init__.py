@@ -35,6 +35,9 @@ _register()
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: bad input ends in one clear line and exit code 2, not a traceback."""
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s", stream=sys.stderr)
+    from crystalframes.runtime import keep_freed_memory
+
+    keep_freed_memory()  # every command runs models: no page-fault storm between passes
     try:
         app(args=argv, prog_name="crystalframes", standalone_mode=False)
     except UserError as exc:

@@ -94,8 +94,10 @@ class EComFormerConfig:
     frame, global_frame: see the module docstring. positive_quaternion: the seed's softplus head.
     angle_bins: Gaussians per lattice cosine (``spframe_gram_schmidt`` only).
     tensor_product: "fused" (default) or "e3nn" (literal, slower; same numbers).
-    deduplicate_distances: run distance-only maps once per distinct distance (exact; see
-    :class:`~crystalframes.nn.comformer_layers.EdgeTable`).
+    deduplicate: run distance-only maps once per distinct distance and the attention MLPs once
+    per distinct atom pair / (pair, distance) (exact; see
+    :class:`~crystalframes.nn.comformer_layers.EdgeTable` and ``EdgeGroups``). False: the
+    literal per-edge computation.
     """
 
     hidden: int = 256
@@ -111,7 +113,7 @@ class EComFormerConfig:
     num_targets: int = 1
     k: int = 25
     tensor_product: str = "fused"
-    deduplicate_distances: bool = True
+    deduplicate: bool = True
 
     def __post_init__(self):
         object.__setattr__(self, "layer_order", parse_layer_order(self.layer_order))
@@ -188,9 +190,9 @@ class EComFormer(nn.Module):
         appended to ``record`` when given."""
         c = self.config
         dtype = self.atom_embedding.weight.dtype
-        graph = MessageGraph(batch.edge_index, batch.atomic_numbers.shape[0], dtype)
+        graph = MessageGraph(batch.edge_index, batch.atomic_numbers.shape[0], dtype, group_edges=c.deduplicate)
         f = self.atom_embedding(self.atom_features(batch.atomic_numbers).to(dtype))
-        distances = EdgeTable.of_distances(batch.edge_vec.norm(dim=-1), c.deduplicate_distances)
+        distances = EdgeTable.of_distances(batch.edge_vec.norm(dim=-1), c.deduplicate)
         edge_feat = distances.map(lambda d: self.edge_embedding(self.rbf(inverse_distance(d))))
         global_frames = GLOBAL_FRAMES[c.global_frame](batch.lattice) if c.frame in USES_GLOBAL_FRAME else None
         angles = None

@@ -3,6 +3,7 @@ SPFrame frame-construction blocks. Models (``crystalframes.models``) assemble th
 
 from crystalframes.nn.atom_features import CGCNN_FEATURE_DIM, AtomFeatureTable, cgcnn_table
 from crystalframes.nn.comformer_layers import (
+    EdgeGroups,
     EdgeTable,
     EquivariantUpdateLayer,
     GramSchmidtFrame,
@@ -24,6 +25,7 @@ __all__ = [
     "inverse_distance",
     "lattice_cosines",
     "MessageGraph",
+    "EdgeGroups",
     "EdgeTable",
     "linear_of_concat",
     "NodeTransformerLayer",

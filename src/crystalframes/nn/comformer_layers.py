@@ -14,6 +14,11 @@ that can be rearranged exactly:
   so the node parts are projected once per atom and gathered (:func:`linear_of_concat`).
 - The edge features depend on the distance alone; a batch has far fewer distinct distances than
   edges, so distance-only maps run once per distinct distance (:class:`EdgeTable`).
+- The k-NN multigraph of a small cell links the same two atoms through several lattice
+  translations, often at the same distance: the attention MLPs, whose inputs are (f_i, f_j) or
+  (f_i, f_j, e_ij), run once per distinct (i, j) pair or (i, j, distance) triple and are gathered
+  to the edges afterwards (:class:`EdgeGroups`; 2.3x fewer pairs and 1.3x fewer triples than
+  edges on the MP sample).
 - The tensor products use per-edge weights ``W_e = A z_e + b`` (z_e the hidden layer of the
   weight network). For the paths whose per-edge factor is a scalar, sum_u W_e[u, w] x_j[u] =
   z_e . (A x_j)[w] + (b x_j)[w]: A is contracted with the node features once per atom, and each
@@ -53,16 +58,42 @@ class MessageGraph:
 
     ``center`` (E,) and ``neighbour`` (E,) from ``edge_index``; ``inv_count`` (N, 1) holds
     1 / |N_i| (the number of edges whose centre is i), 0 for an atom without edges.
+    ``group_edges=False`` makes :meth:`groups` return one group per edge (the literal computation).
     """
 
-    def __init__(self, edge_index: torch.Tensor, num_nodes: int, dtype: torch.dtype):
+    def __init__(self, edge_index: torch.Tensor, num_nodes: int, dtype: torch.dtype, group_edges: bool = True):
         self.center = edge_index[0]
         self.neighbour = edge_index[1]
         self.num_nodes = int(num_nodes)
         self.num_edges = int(edge_index.shape[1])
         count = torch.bincount(self.center, minlength=self.num_nodes).to(dtype)
         self.inv_count = torch.where(count > 0, 1.0 / count.clamp_min(1.0), torch.zeros_like(count)).unsqueeze(-1)
+        self.group_edges = group_edges
         self._slots: tuple[torch.Tensor, int] | None = None
+        self._pairs: EdgeGroups | None = None
+        self._triples: tuple[torch.Tensor, EdgeGroups] | None = None
+
+    def groups(self, edge: "EdgeTable | None" = None) -> "EdgeGroups":
+        """The edges grouped by (centre, neighbour) when ``edge`` is None, else by (centre,
+        neighbour, row of ``edge``): the members of a group carry the same node features and
+        (bitwise) the same edge features, so a map of those inputs needs one evaluation per
+        group. An edge table with one row per edge gives one group per edge. Cached: every
+        layer of a forward pass shares the grouping (the tables of one pass share their index)."""
+        if not self.group_edges:
+            return EdgeGroups(None, self.center, self.neighbour, None if edge is None else edge.index)
+        if edge is None:
+            if self._pairs is None:
+                self._pairs = EdgeGroups.of_keys(self.center * self.num_nodes + self.neighbour, self.center, self.neighbour, None)
+            return self._pairs
+        if edge.index is None:
+            return EdgeGroups(None, self.center, self.neighbour, None)
+        if self._triples is None or self._triples[0] is not edge.index:
+            pairs = self.groups(None)
+            pair_of_edge = pairs.index if pairs.index is not None else torch.arange(self.num_edges, device=self.center.device)
+            num_rows = int(edge.index.max()) + 1 if self.num_edges else 1
+            keys = pair_of_edge * num_rows + edge.index
+            self._triples = (edge.index, EdgeGroups.of_keys(keys, self.center, self.neighbour, edge.index))
+        return self._triples[1]
 
     def sum_at_center(self, values: torch.Tensor) -> torch.Tensor:
         """sum_{j in N(i)} values_ij: (E, ...) -> (N, ...)."""
@@ -141,6 +172,39 @@ class EdgeTable:
         return EdgeTable(self.per_edge() + other, None)
 
 
+class EdgeGroups:
+    """Edges merged into groups with identical inputs (see :meth:`MessageGraph.groups`).
+
+    ``index`` (E,): the group of every edge (None: one group per edge); ``center``,
+    ``neighbour`` (G,): the atoms of every group; ``row`` (G,): its row of the edge table
+    (None: the edge table has one row per group already).
+    """
+
+    def __init__(self, index: torch.Tensor | None, center: torch.Tensor, neighbour: torch.Tensor, row: torch.Tensor | None):
+        self.index = index
+        self.center = center
+        self.neighbour = neighbour
+        self.row = row
+
+    @classmethod
+    def of_keys(cls, keys: torch.Tensor, center: torch.Tensor, neighbour: torch.Tensor, row: torch.Tensor | None) -> "EdgeGroups":
+        """Group the edges by an integer key (E,) that is equal exactly for edges with the same
+        inputs; ``center``, ``neighbour`` and ``row`` are per edge."""
+        distinct, index = torch.unique(keys, return_inverse=True)
+        # One member per group (which one does not matter: they agree on everything kept).
+        member = torch.empty(distinct.shape[0], dtype=index.dtype, device=index.device)
+        member.scatter_(0, index, torch.arange(keys.shape[0], device=keys.device))
+        return cls(index, rows(center, member), rows(neighbour, member), None if row is None else rows(row, member))
+
+    def edge_part(self, edge: EdgeTable) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The edge table as a part of :func:`linear_of_concat` with one output row per group."""
+        return edge.values, self.row
+
+    def expand(self, values: torch.Tensor) -> torch.Tensor:
+        """Per-group values (G, ...) -> per-edge values (E, ...)."""
+        return values if self.index is None else rows(values, self.index)
+
+
 def linear_of_concat(linear: nn.Linear, parts: Sequence[tuple[torch.Tensor, torch.Tensor | None]]) -> torch.Tensor:
     """``linear(cat([x[index] for x, index in parts], -1))`` (index None: x has one row per
     output row already), computed by projecting each part with its block of the weight matrix
@@ -207,12 +271,13 @@ class NodeTransformerLayer(nn.Module):
         self.bn = nn.BatchNorm1d(dim)
 
     def forward(self, f: torch.Tensor, edge: EdgeTable, graph: MessageGraph) -> torch.Tensor:
-        i, j = graph.center, graph.neighbour
+        g = graph.groups(edge)  # key and value see (f_i, f_j, e_ij): one evaluation per group
+        i, j = g.center, g.neighbour
         q, k, v = self.lin_query(f), self.lin_key(f), self.lin_value(f)
-        e = edge.map(self.lin_edge).part()
-        key = self.key_update([(k, i), (k, j), e])
-        alpha = rows(q / math.sqrt(self.dim), i) * key
-        msg = self.msg_update([(v, i), (v, j), e]) * torch.sigmoid(self.bn_alpha(alpha))
+        e = g.edge_part(edge.map(self.lin_edge))
+        alpha = g.expand(rows(q / math.sqrt(self.dim), i) * self.key_update([(k, i), (k, j), e]))
+        # BatchNorm on the edges: its training-mode statistics are over edges, not groups.
+        msg = g.expand(self.msg_update([(v, i), (v, j), e])) * torch.sigmoid(self.bn_alpha(alpha))
         return F.softplus(f + self.bn(self.lin_concat(graph.sum_at_center(msg))))
 
 
@@ -445,11 +510,14 @@ class InvariantMessage(nn.Module):
         self.bn_alpha = nn.BatchNorm1d(dim)
 
     def forward(self, f: torch.Tensor, edge: EdgeTable, graph: MessageGraph) -> torch.Tensor:
-        i, j = graph.center, graph.neighbour
+        # The key sees (f_i, f_j) only: one evaluation per atom pair; the value also sees e_ij:
+        # one per (pair, edge-table row). BatchNorm runs on the edges (training statistics).
+        pairs, groups = graph.groups(None), graph.groups(edge)
         q, k, v = self.lin_query(f), self.lin_key(f), self.lin_value(f)
-        alpha = rows(q / math.sqrt(self.dim), i) * self.key_update([(k, i), (k, j)])
-        value = self.msg_update([(v, i), (v, j), edge.map(self.lin_edge).part()])
-        return torch.sigmoid(self.bn_alpha(alpha)) * value
+        key = self.key_update([(k, pairs.center), (k, pairs.neighbour)])
+        alpha = pairs.expand(rows(q / math.sqrt(self.dim), pairs.center) * key)
+        value = self.msg_update([(v, groups.center), (v, groups.neighbour), groups.edge_part(edge.map(self.lin_edge))])
+        return torch.sigmoid(self.bn_alpha(alpha)) * groups.expand(value)
 
 
 class QuaternionFrame(nn.Module):

@@ -136,7 +136,10 @@ class ChebyshevMoments(torch.autograd.Function):
     its first ``lengths[r]`` columns (w is zero beyond them); rows must come sorted by length.
     Evaluated with the recurrence T_n = 2c T_(n-1) - T_(n-2) and one batched matmul per degree,
     in chunks of rows of at most ``budget`` elements of c; the backward pass,
-    g_w = sum_(a,n) g_S T_n(c), reruns the recurrence instead of storing anything.
+    g_w = sum_(a,n) g_S T_n(c), reruns the recurrence instead of storing anything. The recurrence
+    runs on c transposed, (rows, A, M): MKL's batched (H x M)(M x A) product is 2.5x faster with
+    the M x A operand as a transposed view of a contiguous (A x M) block than as (M x A) itself,
+    and the backward's (H x A)(A x M) product takes that block directly.
     """
 
     @staticmethod
@@ -173,10 +176,11 @@ class ChebyshevMoments(torch.autograd.Function):
         out = w.new_empty(rows, heads, c.shape[-1], terms)
         chunks = ChebyshevMoments._chunks(lengths, c.shape[-1], budget)
         for s, e, width in chunks:
-            ws, series = w[s:e, :, :width].contiguous(), ChebyshevMoments._recurrence(c[s:e, :width].contiguous())
+            ws = w[s:e, :, :width].contiguous()
+            series = ChebyshevMoments._recurrence(c[s:e, :width].transpose(1, 2).contiguous())  # (rows, A, M)
             part = w.new_empty(terms, e - s, heads, c.shape[-1])
             for n in range(terms):
-                torch.bmm(ws, next(series), out=part[n])
+                torch.bmm(ws, next(series).transpose(1, 2), out=part[n])
             out[s:e] = part.permute(1, 2, 3, 0)
         ctx.save_for_backward(c)
         ctx.chunks = chunks
@@ -191,11 +195,27 @@ class ChebyshevMoments(torch.autograd.Function):
             # contiguous operands: baddbmm_ on strided views falls back to a loop over the batch
             gs = grad[s:e].permute(3, 0, 1, 2).contiguous()  # (terms, rows, H, A)
             acc = grad.new_zeros(e - s, heads, width)
-            series = ChebyshevMoments._recurrence(c[s:e, :width].contiguous())
+            series = ChebyshevMoments._recurrence(c[s:e, :width].transpose(1, 2).contiguous())  # (rows, A, M)
             for n in range(terms):
-                acc.baddbmm_(gs[n], next(series).transpose(1, 2))
+                acc.baddbmm_(gs[n], next(series))
             gw[s:e, :, :width] = acc
         return gw, None, None, None, None
+
+
+def _distinct_frames_per_centre(frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-head frames (n, H, 3, 3) -> (group (n, H), centre (G,), frame (G, 3, 3)): the distinct
+    frames of every centre (bitwise equality; frames of different centres never merge) and which
+    one every (centre, head) uses. Groups are numbered by centre, then by first head."""
+    n, h = frames.shape[:2]
+    flat = frames.reshape(n, h, 9)
+    heads = torch.arange(h, device=frames.device)
+    same = (flat.unsqueeze(2) == flat.unsqueeze(1)).all(dim=-1) | torch.eye(h, dtype=torch.bool, device=frames.device)
+    leader = torch.where(same, heads, h).amin(dim=-1)  # (n, H): first head with the same frame
+    is_leader = (leader == heads).reshape(-1)
+    number = torch.cumsum(is_leader, 0) - 1  # group number of every leading (centre, head)
+    group = take(number, (torch.arange(n, device=frames.device).unsqueeze(1) * h + leader).reshape(-1)).view(n, h)
+    members = torch.nonzero(is_leader).squeeze(-1)
+    return group, torch.div(members, h, rounding_mode="floor"), take(flat.reshape(n * h, 9), members).view(-1, 3, 3)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -651,22 +671,32 @@ class PeriodicAttention(nn.Module):
     def _angle_encoding(self, w, lengths, bucket: Bucket, ent: PeriodicEntries, unit, geometry) -> torch.Tensor:
         """sum_k Wk sum_(j,n) w b_angl(e_k . r_hat) with e_k the rows of each centre's (and head's)
         frame; the atom itself has no direction and contributes no angle feature. ``lengths``
-        (n, H): entries of each head (a prefix of the row)."""
+        (n, H): entries of each head (a prefix of the row).
+
+        The moments are computed once per distinct (centre, frame): the heads of a centre that
+        share a frame share the cosines, so their weights go through one (H x M)(M x 3) product
+        per degree instead of H products of one row each. Per-head max frames mostly coincide
+        (1.1 distinct frames per centre among 8 heads on the MP sample: the heaviest entries are
+        the nearest neighbours in every head); per-atom frames are one group per centre.
+        """
         frames = self.frames(w, bucket, ent, geometry).to(w.dtype)
-        u = take(unit, bucket.index)  # (n, M, 3); padding repeats an entry, but with weight 0
         w = w * (take(ent.dist, bucket.index) > MIN_DISTANCE).unsqueeze(1).to(w.dtype)
         n, h, m = w.shape
+        if frames.dim() == 4:  # per head: group the (centre, head) rows by their frame
+            group, centre, frames = _distinct_frames_per_centre(frames)
+        else:
+            group, centre = torch.arange(n, device=w.device).unsqueeze(1).expand(n, h), torch.arange(n, device=w.device)
+        u = take(take(unit, bucket.index), centre)  # (G, M, 3); padding repeats an entry, but with weight 0
+        cos = torch.einsum("gmc,gkc->gmk", u, frames).clamp_(-1.0, 1.0)
+        lengths = take(lengths.amax(dim=-1), centre)
         coef = self.angle_basis_coefficients(w)
         terms = coef.shape[0]
-        if frames.dim() == 4:  # per head: one row per (centre, head)
-            cos = torch.einsum("nmc,nhkc->nhmk", u, frames).clamp_(-1.0, 1.0).reshape(n * h, m, 3)
-            w, lengths = w.reshape(n * h, 1, m), lengths.reshape(-1)
-        else:  # per atom: one row per centre, the heads share the cosines
-            cos = torch.einsum("nmc,nkc->nmk", u, frames).clamp_(-1.0, 1.0)
-            lengths = lengths.amax(dim=-1)
         order = torch.argsort(lengths, stable=True)
-        moments = ChebyshevMoments.apply(take(w, order), take(cos, order), take(lengths, order), terms, self.memory_budget)
-        moments = take(moments, torch.argsort(order)).reshape(n, h, 3, terms)
+        rows = take(centre, order)
+        moments = ChebyshevMoments.apply(take(w, rows), take(cos, order), take(lengths, order), terms, self.memory_budget)
+        moments = take(moments, torch.argsort(order))  # (G, H, 3, terms)
+        # each (centre, head) takes its head's moments from its frame's group
+        moments = take(moments.reshape(-1, 3, terms), group * h + torch.arange(h, device=w.device))  # (n, H, 3, terms)
         return torch.einsum("nhkr,rm,khcm->nhc", moments, coef, self.angle_proj)
 
     def angle_basis_coefficients(self, like: torch.Tensor) -> torch.Tensor:

@@ -104,6 +104,7 @@ def train(cfg: RunConfig, output: str | Path | None = None, resume: bool = False
     from crystalframes.api import save_model_file
     from crystalframes.data.datasets import target_units
     from crystalframes.models.specs import build_model
+    from crystalframes.runtime import keep_freed_memory
     from crystalframes.train.data import ResumeDataPosition, loader, prepare_data
     from crystalframes.train.module import PropertyModule
 
@@ -120,6 +121,7 @@ def train(cfg: RunConfig, output: str | Path | None = None, resume: bool = False
         cfg = RunConfig.model_validate(yaml.safe_load((folder / "config.yaml").read_text()))
     elif last_ckpt.exists():
         raise UserError(f"{folder} already holds a run; use --resume to continue it or choose another --output")
+    keep_freed_memory()  # also for DDP workers and library callers; see crystalframes.runtime
     if cfg.trainer.threads:
         torch.set_num_threads(cfg.trainer.threads)
     L.seed_everything(cfg.trainer.seed, workers=True, verbose=False)
