@@ -6,13 +6,14 @@
         --trials 3 --supercells 2,1,1 2,2,2
 
 For each model spec (a freshly initialised model, seed 0, float64, eval mode) and every
-structure: the largest change of the output under ``--trials`` random rotations, a random
-translation, a random atom permutation, the supercells ``--supercells`` and a mirror
-reflection (which SO(3)-invariant models need not be invariant to). The same transformations
-as ``crystalframes check`` (:mod:`crystalframes.testing`), batched ``--batch-size`` structures at a
-time. Prints one Markdown row per spec: the largest change over all structures per check, and
-the structure with the largest rotation error; "output spread" is the standard deviation of the output over the
-structures, the scale the errors are to be read against.
+structure: the largest change of the output under ``--trials`` random rotations, translations
+and atom permutations, the supercells ``--supercells`` and a mirror reflection (which
+SO(3)-invariant models need not be invariant to). This is
+``crystalframes.testing.invariance_report``, the report of ``crystalframes check``, with
+``--batch-size`` structures per batch. Prints one Markdown row per spec: the largest change over
+all structures per check, and the structure with the largest rotation error; "output spread" is
+the standard deviation of the output over the structures, the scale the errors are to be read
+against.
 """
 
 from __future__ import annotations
@@ -47,35 +48,19 @@ def sweep(spec: str, crystals: list, trials: int, supercells: list, batch_size: 
     import torch
 
     from crystalframes.models import build_model
-    from crystalframes.testing import mirrored, permuted, predict, random_rotation, rotated, supercell, translated
+    from crystalframes.testing import invariance_report, predict_in_batches
 
     torch.manual_seed(seed)
     model = build_model(spec).to(torch.float64).eval()
-    rng = np.random.default_rng(seed)
-    worst = {key: np.full(len(crystals), np.nan) for key in CHECKS}
-
-    def outputs(items):
-        return torch.cat([predict(model, items[i : i + batch_size]) for i in range(0, len(items), batch_size)]).numpy()
-
-    ref = outputs(crystals)
-    variants = {
-        "rotation": [lambda c: rotated(c, random_rotation(rng)) for _ in range(trials)],
-        "translation": [lambda c: translated(c, rng.uniform(-1, 1, 3))],
-        "permutation": [lambda c: permuted(c, rng.permutation(c.num_atoms))],
-        "supercell": [lambda c, r=tuple(r): supercell(c, r) for r in supercells],
-        "mirror": [mirrored],
-    }
-    for key in checks:
-        for make in variants[key]:
-            change = np.abs(outputs([make(c) for c in crystals]) - ref).max(axis=1)
-            worst[key] = np.fmax(worst[key], change)
+    rows = invariance_report(model, crystals, trials=trials, seed=seed, supercells=supercells, checks=checks, batch_size=batch_size)
     row = {"spec": model.spec, "structures": len(crystals)}
     for key in checks:
-        row[f"max_{key}"] = float(worst[key].max())
-        row[f"median_{key}"] = float(np.median(worst[key]))
-    row["worst_rotation_id"] = crystals[int(np.nanargmax(worst["rotation"]))].id if "rotation" in checks else ""
+        values = np.array([r[key] for r in rows])
+        row[f"max_{key}"] = float(values.max())
+        row[f"median_{key}"] = float(np.median(values))
+    row["worst_rotation_id"] = max(rows, key=lambda r: r["rotation"])["id"] if "rotation" in checks else ""
     # What the errors compare against: how much the output varies from structure to structure.
-    row["output_spread"] = float(ref.std(axis=0).max())
+    row["output_spread"] = float(predict_in_batches(model, crystals, batch_size).numpy().std(axis=0).max())
     return row
 
 

@@ -184,6 +184,25 @@ def test_fused_tensor_products_match_e3nn(test_crystals, frame):
 NO_SUPERCELL = ((1, 1, 1),)
 
 
+def test_invariance_report_runs_the_checks_asked_for(test_crystals):
+    """A subset of checks gives exactly those keys; batching the variants does not change the
+    figures (batch sizes 1 and 32 agree); an unknown check is an error naming the choices."""
+    from crystalframes.testing import invariance_report
+
+    model = small_model("ecomformer:spframe_quaternion")
+    crystals = test_crystals[:4]
+    one = invariance_report(model, crystals, trials=1, checks=("rotation", "mirror"), batch_size=1)
+    many = invariance_report(model, crystals, trials=1, checks=("rotation", "mirror"), batch_size=32)
+    assert [set(r) for r in one] == [{"id", "rotation", "mirror"}] * 4
+    for a, b in zip(one, many):
+        assert a["rotation"] <= 1e-9 and b["rotation"] <= 1e-9
+        # (a centrosymmetric crystal's mirror image is a rotated copy: its difference may be 0)
+        assert a["mirror"] == pytest.approx(b["mirror"], rel=1e-6, abs=1e-12)
+    assert max(r["mirror"] for r in one) > 1e-6  # the frames do break mirror symmetry here
+    with pytest.raises(ValueError, match="unknown checks"):
+        invariance_report(model, crystals, checks=("rotations",))
+
+
 @pytest.mark.parametrize("spec", INVARIANT_SPECS)
 def test_invariance(test_crystals, spec):
     """Rotation, translation, permutation, batch-vs-single and supercell invariance <= 1e-9.
