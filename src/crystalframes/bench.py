@@ -25,7 +25,7 @@ def fastest_total_seconds(step, items, repeats: int) -> float:
     return total
 
 
-def _measure(spec: str, source: str, n: int, batch_size: int, threads: int, dtype: str, queue) -> None:
+def _measure(spec: str, source: str, n: int, batch_size: int, threads: int, dtype: str, repeats: int, queue) -> None:
     """Runs in a fresh process so that its peak RSS belongs to this spec alone."""
     import torch
 
@@ -45,29 +45,28 @@ def _measure(spec: str, source: str, n: int, batch_size: int, threads: int, dtyp
     chunks = [crystals[i : i + batch_size] for i in range(0, len(crystals), batch_size)]
     rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 
-    # inference, including graph construction and batching
+    # Timed like the speed scripts: every batch `repeats` times, the fastest kept (other jobs
+    # on a shared machine only ever add time).
+    def build(chunk):
+        return collate([build_graph(c, model.graph_settings) for c in chunk], dtype=dt)
+
     model.eval()
     with torch.no_grad():
-        model(collate([build_graph(c, model.graph_settings) for c in chunks[0]], dtype=dt))  # warm-up
-        t0 = time.perf_counter()
-        graph_time = 0.0
-        for chunk in chunks:
-            g0 = time.perf_counter()
-            batch = collate([build_graph(c, model.graph_settings) for c in chunk], dtype=dt)
-            graph_time += time.perf_counter() - g0
-            model(batch)
-        infer = time.perf_counter() - t0
+        model(build(chunks[0]))  # warm-up
+        graph_time = fastest_total_seconds(build, chunks, repeats)
+        infer = fastest_total_seconds(lambda chunk: model(build(chunk)), chunks, repeats)  # incl. graphs
     # training: forward + backward + optimiser step on pre-built batches
-    batches = [collate([build_graph(c, model.graph_settings) for c in chunk], dtype=dt) for chunk in chunks]
+    batches = [build(chunk) for chunk in chunks]
     model.train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    t0 = time.perf_counter()
-    for batch in batches:
+
+    def train_step(batch):
         opt.zero_grad()
-        loss = model(batch).abs().mean()
-        loss.backward()
+        model(batch).abs().mean().backward()
         opt.step()
-    train = time.perf_counter() - t0
+
+    train_step(batches[0])  # warm-up (optimiser state)
+    train = fastest_total_seconds(train_step, batches, repeats)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     queue.put(
         {
@@ -83,9 +82,11 @@ def _measure(spec: str, source: str, n: int, batch_size: int, threads: int, dtyp
     )
 
 
-def bench_models(specs, source="mp_2018_demo", n=256, batch_size=64, threads=2, dtype="float32", train_size=None) -> list[dict]:
-    """Efficiency of each model spec on the first ``n`` structures of ``source``; ``s_per_epoch``
-    extrapolates training time to ``train_size`` structures (default: the dataset size)."""
+def bench_models(specs, source="mp_2018_demo", n=256, batch_size=64, threads=2, dtype="float32", train_size=None,
+                 repeats: int = 2) -> list[dict]:
+    """Efficiency of each model spec on the first ``n`` structures of ``source``, every batch
+    timed ``repeats`` times (the fastest kept); ``s_per_epoch`` extrapolates training time to
+    ``train_size`` structures (default: the dataset size)."""
     from crystalframes.data.datasets import load_dataset
 
     total = train_size or len(load_dataset(source).crystals)
@@ -93,7 +94,7 @@ def bench_models(specs, source="mp_2018_demo", n=256, batch_size=64, threads=2, 
     rows = []
     for spec in specs:
         queue = ctx.Queue()
-        proc = ctx.Process(target=_measure, args=(spec, str(source), n, batch_size, threads, dtype, queue))
+        proc = ctx.Process(target=_measure, args=(spec, str(source), n, batch_size, threads, dtype, repeats, queue))
         proc.start()
         row = queue.get()
         proc.join()

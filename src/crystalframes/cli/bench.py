@@ -19,12 +19,13 @@ def models(
     batch_size: int = typer.Option(64, help="Batch size."),
     threads: int = typer.Option(2, help="torch CPU threads."),
     dtype: str = typer.Option("float32", help="float32 or float64."),
+    repeats: int = typer.Option(2, help="Timings per batch (the fastest is kept)."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON rows."),
 ):
     """Parameters, training ms/structure and s/epoch, inference ms/structure, peak memory."""
     from crystalframes.bench import bench_models, models_table
 
-    rows = bench_models(specs, data, n=n, batch_size=batch_size, threads=threads, dtype=dtype)
+    rows = bench_models(specs, data, n=n, batch_size=batch_size, threads=threads, dtype=dtype, repeats=repeats)
     typer.echo(json.dumps(rows, indent=2) if as_json else models_table(rows))
 
 
