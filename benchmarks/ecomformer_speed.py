@@ -39,27 +39,55 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux: kilobytes
 
 
+def sample_crystals(data: str, structures: int, seed: int) -> list:
+    """``structures`` random crystals of ``data`` (in dataset order), the same for every spec."""
+    import numpy as np
+
+    from crystalframes.data import load_dataset
+
+    crystals = load_dataset(data).crystals
+    pick = np.random.default_rng(seed).choice(len(crystals), size=min(structures, len(crystals)), replace=False)
+    return [crystals[i] for i in sorted(pick)]
+
+
+def setup_process(threads: int, default_malloc: bool) -> None:
+    import torch
+
+    if not default_malloc:
+        from crystalframes.runtime import keep_freed_memory
+
+        keep_freed_memory()
+    torch.set_num_threads(threads)
+
+
+def edge_groups(batches) -> dict:
+    """Edges, distinct atom pairs and distinct (pair, distance) groups per structure, as the
+    model's attention layers see them (MessageGraph.groups)."""
+    from crystalframes.nn import EdgeTable, MessageGraph
+
+    counts = {"edges": 0, "pairs": 0, "pair_distance_groups": 0}
+    for b in batches:
+        graph = MessageGraph(b.edge_index, b.atomic_numbers.shape[0], b.edge_vec.dtype)
+        counts["edges"] += graph.num_edges
+        counts["pairs"] += graph.groups(None).center.shape[0]
+        counts["pair_distance_groups"] += graph.groups(EdgeTable.of_distances(b.edge_vec.norm(dim=-1))).center.shape[0]
+    return counts
+
+
 def measure(spec: str, overrides: dict, data: str, structures: int, batch_size: int, threads: int, repeats: int, seed: int,
             default_malloc: bool = False) -> dict:
     """All figures of one spec, in this process."""
     import numpy as np
     import torch
 
-    from crystalframes.runtime import keep_freed_memory
-
-    if not default_malloc:
-        keep_freed_memory()
     from crystalframes.bench import fastest_total_seconds
-    from crystalframes.data import load_dataset
     from crystalframes.data.batch import collate
     from crystalframes.data.graph import build_graph
     from crystalframes.models import build_model, num_parameters
 
-    torch.set_num_threads(threads)
+    setup_process(threads, default_malloc)
     torch.manual_seed(seed)
-    crystals = load_dataset(data).crystals
-    pick = np.random.default_rng(seed).choice(len(crystals), size=min(structures, len(crystals)), replace=False)
-    crystals = [crystals[i] for i in sorted(pick)]
+    crystals = sample_crystals(data, structures, seed)
     model = build_model(spec, **overrides)
     chunks = [crystals[i : i + batch_size] for i in range(0, len(crystals), batch_size)]
     graphs = [[build_graph(c, model.graph_settings) for c in chunk] for chunk in chunks]
@@ -77,7 +105,9 @@ def measure(spec: str, overrides: dict, data: str, structures: int, batch_size: 
         # initialised kernels); not counted.
         for _ in range(2):
             [model(b) for b in batches]
+        before = resource.getrusage(resource.RUSAGE_SELF)
         model_only = timed(model, batches)
+        after = resource.getrusage(resource.RUSAGE_SELF)
         with_graphs = timed(lambda chunk: model(collate([build_graph(c, model.graph_settings) for c in chunk])), chunks)
     infer_rss = peak_rss_mb()
 
@@ -101,6 +131,10 @@ def measure(spec: str, overrides: dict, data: str, structures: int, batch_size: 
         "mean_edges": float(np.mean([sum(g.num_edges for g in gs) for gs in graphs]) / batch_size),
         "infer_ms": with_graphs,
         "infer_model_ms": model_only,
+        # over the timed model-only passes (repeats x every batch): the allocator's cost
+        "infer_faults_per_structure": (after.ru_minflt - before.ru_minflt) / (repeats * n),
+        "infer_sys_share": (after.ru_stime - before.ru_stime) / max(1e-9, (after.ru_stime - before.ru_stime) + (after.ru_utime - before.ru_utime)),
+        **edge_groups(batches),
         "train_ms": train,
         "base_rss_mb": base_rss,
         "infer_rss_mb": infer_rss,
@@ -117,18 +151,12 @@ def interleaved_ratios(specs: list[str], data: str, structures: int, batch_size:
     import numpy as np
     import torch
 
-    from crystalframes.data import load_dataset
     from crystalframes.data.batch import collate
     from crystalframes.data.graph import build_graph
     from crystalframes.models import build_model
-    from crystalframes.runtime import keep_freed_memory
 
-    if not default_malloc:
-        keep_freed_memory()
-    torch.set_num_threads(threads)
-    crystals = load_dataset(data).crystals
-    pick = np.random.default_rng(seed).choice(len(crystals), size=min(structures, len(crystals)), replace=False)
-    crystals = [crystals[i] for i in sorted(pick)]
+    setup_process(threads, default_malloc)
+    crystals = sample_crystals(data, structures, seed)
     models, batches = [], []
     for spec in specs:
         torch.manual_seed(seed)
@@ -196,8 +224,9 @@ def main(argv=None) -> None:
     for _ in range(args.rounds):
         for k, (spec, overrides) in enumerate(jobs):
             r = run_child(args, spec, overrides)
-            print(f"  {r['spec']}: infer {r['infer_ms']:.2f}, model {r['infer_model_ms']:.2f}, train {r['train_ms']:.2f} ms/structure "
-                  f"(load {os.getloadavg()[0]:.2f})", flush=True)
+            print(f"  {r['spec']}: infer {r['infer_ms']:.2f}, model {r['infer_model_ms']:.2f}, train {r['train_ms']:.2f} ms/structure; "
+                  f"model-only passes: {r['infer_faults_per_structure']:.0f} page faults per structure, "
+                  f"{100 * r['infer_sys_share']:.0f}% system time (load {os.getloadavg()[0]:.2f})", flush=True)
             old = best.get(k)
             if old is None:
                 best[k] = r
@@ -208,7 +237,9 @@ def main(argv=None) -> None:
                     old[key] = max(old[key], r[key])
     rows = [best[k] for k in range(len(jobs))]
     first = rows[0]
-    print(f"structures: mean {first['mean_atoms']:.1f} atoms, {first['mean_edges']:.0f} edges; load average after: {os.getloadavg()[0]:.2f}")
+    print(f"structures: mean {first['mean_atoms']:.1f} atoms, {first['mean_edges']:.0f} edges; per batch of {args.batch_size}: "
+          f"{first['edges'] / first['pairs']:.2f}x fewer distinct atom pairs and {first['edges'] / first['pair_distance_groups']:.2f}x "
+          f"fewer distinct (pair, distance) groups than edges; load average after: {os.getloadavg()[0]:.2f}")
     header = f"{'spec':<62} {'params':>10} {'infer ms':>9} {'model ms':>9} {'train ms':>9} {'vs none':>8} {'RSS MB':>7} {'train RSS':>9}"
     print(header)
     print("-" * len(header))

@@ -140,17 +140,19 @@ def invariance_report(model, crystals, trials: int = 3, seed: int = 0, supercell
         "basis_change": [niggli_reduced, lambda c: basis_changed(c, SHEAR_BASIS_CHANGE)],
         "mirror": [mirrored],
     }
+    import torch
+
     rows = [{"id": c.id} for c in crystals]
     for key in checks:
         if key == "batch":  # every structure alone
-            outputs = [predict(model, [c]) for c in crystals]
-            changes = [float((out - ref[i]).abs().max()) for i, out in enumerate(outputs)]
+            outputs = torch.cat([predict(model, [c]) for c in crystals])
+            changes = (outputs - ref).abs().amax(dim=1)
         else:
-            changes = [0.0] * len(crystals)
+            changes = torch.zeros(len(crystals), dtype=ref.dtype)
             for transform in variants[key]:
                 change = (predict_in_batches(model, [transform(c) for c in crystals], batch_size) - ref).abs().amax(dim=1)
-                changes = [max(a, float(b)) for a, b in zip(changes, change)]
-        for row, change in zip(rows, changes):
+                changes = torch.maximum(changes, change)  # propagates NaN (a broken output must show)
+        for row, change in zip(rows, changes.tolist()):
             row[key] = change
     return rows
 

@@ -88,10 +88,8 @@ class MessageGraph:
         if edge.index is None:
             return EdgeGroups(None, self.center, self.neighbour, None)
         if self._triples is None or self._triples[0] is not edge.index:
-            pairs = self.groups(None)
-            pair_of_edge = pairs.index if pairs.index is not None else torch.arange(self.num_edges, device=self.center.device)
             num_rows = int(edge.index.max()) + 1 if self.num_edges else 1
-            keys = pair_of_edge * num_rows + edge.index
+            keys = self.groups(None).index * num_rows + edge.index
             self._triples = (edge.index, EdgeGroups.of_keys(keys, self.center, self.neighbour, edge.index))
         return self._triples[1]
 
@@ -162,10 +160,6 @@ class EdgeTable:
 
     def per_edge(self) -> torch.Tensor:
         return self.values if self.index is None else rows(self.values, self.index)
-
-    def part(self) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """As a ``(x, index)`` part of :func:`linear_of_concat`."""
-        return self.values, self.index
 
     def __add__(self, other: torch.Tensor) -> "EdgeTable":
         """Add per-edge values (E, C): the result has one row per edge."""
