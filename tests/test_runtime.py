@@ -78,7 +78,18 @@ def test_repeated_model_passes_do_not_page_fault():
     assert faults < 10_000, faults
 
 
-def test_keep_freed_memory_is_idempotent():
-    from crystalframes.runtime import keep_freed_memory
+def test_keep_freed_memory_is_idempotent(monkeypatch):
+    """The settings are applied once per process; later calls return the first answer without
+    touching the C library again."""
+    import ctypes
 
-    assert keep_freed_memory() == keep_freed_memory()
+    from crystalframes import runtime
+
+    loads = []
+    real_cdll = ctypes.CDLL
+    monkeypatch.setattr(runtime, "_applied", None)
+    monkeypatch.setattr(runtime.ctypes, "CDLL", lambda *a, **k: loads.append(a) or real_cdll(*a, **k))
+    monkeypatch.setenv(runtime.OPT_OUT, "1")
+    first = runtime.keep_freed_memory()
+    assert runtime.keep_freed_memory() is first
+    assert len(loads) == (1 if sys.platform.startswith("linux") else 0)

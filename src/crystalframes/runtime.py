@@ -4,9 +4,11 @@ PyTorch's CPU tensors come straight from the C library's ``malloc``. A forward p
 models allocates and frees dozens of tensors of 1-40 MB (per-edge features of a batch), and
 glibc's default policy returns freed memory at the top of the heap to the operating system as
 soon as more than twice the largest recently freed block lies free ("trimming"). The next pass
-then gets fresh pages, and every page is zero-filled by the kernel on first touch: measured on
-the 2-core development VM, one pass of the JARVIS-preset SPFrame model over 256 MP structures
-took 455,000 page faults and 1.6 s of system time out of 5.9 s; with the settings below, none.
+then gets fresh pages, and every page is zero-filled by the kernel on first touch. How often
+depends on glibc's dynamic thresholds and varies from process to process: on the 2-core
+development VM, inference of the JARVIS-preset eComFormer over 256 MP structures took 47 to 1,176
+page faults per structure and up to 24% of its time in the kernel; with the settings below, none
+(``python3 benchmarks/ecomformer_speed.py --threads 1`` with and without ``--default-malloc``).
 (``jemalloc`` or ``tcmalloc`` via ``LD_PRELOAD`` do the same job where they are installed.)
 
 :func:`keep_freed_memory` is called by the ``crystalframes`` command, the trainer and the
