@@ -61,16 +61,18 @@ def setup_process(threads: int, default_malloc: bool) -> None:
 
 
 def edge_groups(batches) -> dict:
-    """Edges, distinct atom pairs and distinct (pair, distance) groups per structure, as the
-    model's attention layers see them (MessageGraph.groups)."""
+    """Edges, distinct distances (EdgeTable rows), distinct atom pairs and distinct (pair,
+    distance) groups, summed over the batches, as the model's layers see them."""
     from crystalframes.nn import EdgeTable, MessageGraph
 
-    counts = {"edges": 0, "pairs": 0, "pair_distance_groups": 0}
+    counts = {"edges": 0, "distances": 0, "pairs": 0, "pair_distance_groups": 0}
     for b in batches:
         graph = MessageGraph(b.edge_index, b.atomic_numbers.shape[0], b.edge_vec.dtype)
         counts["edges"] += graph.num_edges
         counts["pairs"] += graph.groups(None).center.shape[0]
-        counts["pair_distance_groups"] += graph.groups(EdgeTable.of_distances(b.edge_vec.norm(dim=-1))).center.shape[0]
+        distances = EdgeTable.of_distances(b.edge_vec.norm(dim=-1))
+        counts["distances"] += distances.values.shape[0]
+        counts["pair_distance_groups"] += graph.groups(distances).center.shape[0]
     return counts
 
 
@@ -238,7 +240,7 @@ def main(argv=None) -> None:
     rows = [best[k] for k in range(len(jobs))]
     first = rows[0]
     print(f"structures: mean {first['mean_atoms']:.1f} atoms, {first['mean_edges']:.0f} edges; per batch of {args.batch_size}: "
-          f"{first['edges'] / first['pairs']:.2f}x fewer distinct atom pairs and {first['edges'] / first['pair_distance_groups']:.2f}x "
+          f"{first['edges'] / first['distances']:.2f}x fewer distinct distances, {first['edges'] / first['pairs']:.2f}x fewer distinct atom pairs and {first['edges'] / first['pair_distance_groups']:.2f}x "
           f"fewer distinct (pair, distance) groups than edges; load average after: {os.getloadavg()[0]:.2f}")
     header = f"{'spec':<62} {'params':>10} {'infer ms':>9} {'model ms':>9} {'train ms':>9} {'vs none':>8} {'RSS MB':>7} {'train RSS':>9}"
     print(header)
