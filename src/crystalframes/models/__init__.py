@@ -9,6 +9,7 @@ See :mod:`crystalframes.models.specs` for the syntax and the backbone registry, 
 
 from crystalframes.models.ecomformer import PRESETS as ECOMFORMER_PRESETS
 from crystalframes.models.ecomformer import EComFormer, EComFormerConfig, num_parameters
+from crystalframes.models.elements import split_supported, unsupported_elements_error
 from crystalframes.models.specs import (
     BACKBONES,
     Backbone,
@@ -21,6 +22,8 @@ from crystalframes.models.specs import (
 )
 
 __all__ = [
+    "split_supported",
+    "unsupported_elements_error",
     "build_model",
     "parse_spec",
     "preset_training",

@@ -173,6 +173,7 @@ class Crystalformer(nn.Module):
         super().__init__()
         c = self.config = config
         self.graph_settings = GraphSettings(k=None)
+        self.supported_atomic_numbers = frozenset(range(1, NUM_ELEMENTS + 1))
         self.atom_embedding = nn.Linear(NUM_ELEMENTS, c.model_dim, bias=False)
         self.layers = nn.ModuleList(CrystalformerLayer(c) for _ in range(c.num_layers))
         self.head = nn.Sequential(nn.Linear(c.model_dim, c.head_hidden), nn.ReLU(), nn.Linear(c.head_hidden, c.num_targets))

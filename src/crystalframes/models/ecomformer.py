@@ -147,6 +147,7 @@ class EComFormer(nn.Module):
         c = config
         self.graph_settings = GraphSettings(k=c.k, lattice_edges=False)
         self.atom_features = AtomFeatureTable()
+        self.supported_atomic_numbers = self.atom_features.supported_atomic_numbers
         self.atom_embedding = nn.Linear(self.atom_features.dim, c.hidden)
         self.rbf = GaussianBasis(*INVERSE_DISTANCE_RANGE, c.rbf_bins)
         self.edge_embedding = nn.Sequential(nn.Linear(c.rbf_bins, c.hidden), nn.Softplus())

@@ -53,6 +53,11 @@ class AtomFeatureTable(nn.Module):
         self.register_buffer("known", torch.from_numpy(known), persistent=False)
 
     @property
+    def supported_atomic_numbers(self) -> frozenset[int]:
+        """Atomic numbers with features (checked per structure by :mod:`crystalframes.models.elements`)."""
+        return frozenset(int(z) for z in torch.nonzero(self.known).flatten().tolist())
+
+    @property
     def dim(self) -> int:
         return int(self.table.shape[1])
 
