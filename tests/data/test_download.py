@@ -1,4 +1,5 @@
-"""Downloads, tested offline: the registry URL points at a ``file://`` zip built from real records."""
+"""Downloads, tested offline: the registry URL points at a local HTTP server (127.0.0.1, in a thread)
+serving zips built from real records."""
 
 from __future__ import annotations
 
@@ -18,6 +19,12 @@ from crystalframes.io.errors import DatasetError
 
 NAME = "jarvis_dft_3d_2021"
 MEMBER = "jdft_3d-8-18-2021.json"
+
+
+@pytest.fixture(autouse=True)
+def no_retries(monkeypatch):
+    """pooch waits 1 s, 2 s... between retries; only the retry test wants them."""
+    monkeypatch.setattr(download_mod, "DOWNLOAD_RETRIES", 0)
 
 
 @pytest.fixture
@@ -56,8 +63,8 @@ def test_cache_dir_defaults_to_platform_cache(monkeypatch):
     assert download_mod.cache_dir() == download_mod.Path(platformdirs.user_cache_dir("crystalframes")) / "datasets"
 
 
-def test_fetch_then_load(cache, monkeypatch, jarvis_zip, jarvis_sample_records):
-    point_registry(monkeypatch, jarvis_zip.as_uri())
+def test_fetch_then_load(cache, http_server, monkeypatch, jarvis_zip, jarvis_sample_records):
+    point_registry(monkeypatch, http_server.serve("/29204826.zip", jarvis_zip))
     path = fetch_dataset(NAME, progress=False)
     assert path == cache / f"{NAME}.zip"
     assert path.read_bytes() == jarvis_zip.read_bytes()
@@ -77,38 +84,38 @@ def test_fetch_then_load(cache, monkeypatch, jarvis_zip, jarvis_sample_records):
     assert "mbj_bandgap" in no_mbj.targets and math.isnan(no_mbj.targets["mbj_bandgap"])
 
 
-def test_resolve_source_can_download(cache, monkeypatch, jarvis_zip):
-    point_registry(monkeypatch, jarvis_zip.as_uri())
+def test_resolve_source_can_download(cache, http_server, monkeypatch, jarvis_zip):
+    point_registry(monkeypatch, http_server.serve("/29204826.zip", jarvis_zip))
     assert resolve_source(NAME, download=True) == cache / f"{NAME}.zip"
 
 
-def test_far_record_count_warns(cache, monkeypatch, jarvis_zip):
-    point_registry(monkeypatch, jarvis_zip.as_uri(), n_records=55713)
+def test_far_record_count_warns(cache, http_server, monkeypatch, jarvis_zip):
+    point_registry(monkeypatch, http_server.serve("/29204826.zip", jarvis_zip), n_records=55713)
     with pytest.warns(UserWarning, match="1325 records, far from the ~55713 expected"):
         fetch_dataset(NAME, progress=False)
 
 
-def test_wrong_sha256_is_rejected_and_nothing_is_kept(cache, monkeypatch, jarvis_zip):
-    point_registry(monkeypatch, jarvis_zip.as_uri())
+def test_wrong_sha256_is_rejected_and_nothing_is_kept(cache, http_server, monkeypatch, jarvis_zip):
+    point_registry(monkeypatch, http_server.serve("/29204826.zip", jarvis_zip))
     with pytest.raises(DatasetError, match="sha256 mismatch: expected 0000"):
         fetch_dataset(NAME, sha256="0" * 64, progress=False)
     assert leftovers(cache) == []
 
 
-def test_pinned_registry_sha256_is_checked(cache, monkeypatch, jarvis_zip):
-    point_registry(monkeypatch, jarvis_zip.as_uri(), sha256="f" * 64)
+def test_pinned_registry_sha256_is_checked(cache, http_server, monkeypatch, jarvis_zip):
+    point_registry(monkeypatch, http_server.serve("/29204826.zip", jarvis_zip), sha256="f" * 64)
     with pytest.raises(DatasetError, match="sha256 mismatch"):
         fetch_dataset(NAME, progress=False)
     assert leftovers(cache) == []
-    point_registry(monkeypatch, jarvis_zip.as_uri(), sha256=sha256_of(jarvis_zip))
+    point_registry(monkeypatch, http_server.serve("/29204826.zip", jarvis_zip), sha256=sha256_of(jarvis_zip))
     assert fetch_dataset(NAME, progress=False).is_file()
 
 
-def test_truncated_zip_is_rejected_and_nothing_is_kept(cache, monkeypatch, jarvis_zip, tmp_path):
+def test_truncated_zip_is_rejected_and_nothing_is_kept(cache, http_server, monkeypatch, jarvis_zip, tmp_path):
     data = jarvis_zip.read_bytes()
     truncated = tmp_path / "truncated.zip"
     truncated.write_bytes(data[: len(data) // 2])
-    point_registry(monkeypatch, truncated.as_uri())
+    point_registry(monkeypatch, http_server.serve("/truncated.zip", truncated))
     with pytest.raises(DatasetError, match=r"download is not a valid zip archive \(truncated\?\)"):
         fetch_dataset(NAME, progress=False)
     assert leftovers(cache) == []
@@ -116,7 +123,7 @@ def test_truncated_zip_is_rejected_and_nothing_is_kept(cache, monkeypatch, jarvi
         resolve_source(NAME)
 
 
-def test_corrupt_member_is_rejected(cache, monkeypatch, jarvis_figshare_records, tmp_path):
+def test_corrupt_member_is_rejected(cache, http_server, monkeypatch, jarvis_figshare_records, tmp_path):
     payload = json.dumps(jarvis_figshare_records[:50]).encode()
     path = tmp_path / "corrupt.zip"
     with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_STORED) as zf:
@@ -125,15 +132,15 @@ def test_corrupt_member_is_rejected(cache, monkeypatch, jarvis_figshare_records,
     at = raw.index(payload[:200]) + 100  # flip a byte inside the stored JSON: the CRC no longer matches
     raw[at] ^= 0x01
     path.write_bytes(bytes(raw))
-    point_registry(monkeypatch, path.as_uri())
+    point_registry(monkeypatch, http_server.serve("/archive.zip", path))
     with pytest.raises(DatasetError, match=f"corrupt zip archive: member {MEMBER} fails its CRC check"):
         fetch_dataset(NAME, progress=False)
     assert leftovers(cache) == []
 
 
-def test_zip_without_the_member_is_rejected(cache, monkeypatch, jarvis_figshare_records, tmp_path, write_zip):
+def test_zip_without_the_member_is_rejected(cache, http_server, monkeypatch, jarvis_figshare_records, tmp_path, write_zip):
     path = write_zip(tmp_path / "other.zip", "something_else.json", json.dumps(jarvis_figshare_records[:5]))
-    point_registry(monkeypatch, path.as_uri())
+    point_registry(monkeypatch, http_server.serve("/archive.zip", path))
     with pytest.raises(DatasetError, match=f"does not contain {MEMBER} \\(it holds: something_else.json\\)"):
         fetch_dataset(NAME, progress=False)
     assert leftovers(cache) == []
@@ -152,23 +159,23 @@ def test_zip_without_the_member_is_rejected(cache, monkeypatch, jarvis_figshare_
         ('[{"jid": "JVASP-1"}, 3]', "2 of 2 records are not JARVIS-format crystals"),
     ],
 )
-def test_bad_json_member_is_rejected(cache, monkeypatch, tmp_path, write_zip, payload, message):
+def test_bad_json_member_is_rejected(cache, http_server, monkeypatch, tmp_path, write_zip, payload, message):
     path = write_zip(tmp_path / "bad.zip", MEMBER, payload)
-    point_registry(monkeypatch, path.as_uri())
+    point_registry(monkeypatch, http_server.serve("/archive.zip", path))
     with pytest.raises(DatasetError, match=message):
         fetch_dataset(NAME, progress=False)
     assert leftovers(cache) == []
 
 
 def test_unreachable_url_is_a_clear_error(cache, monkeypatch, tmp_path):
-    point_registry(monkeypatch, (tmp_path / "nowhere.zip").as_uri())
+    point_registry(monkeypatch, "http://127.0.0.1:1/nowhere.zip")
     with pytest.raises(DatasetError, match="download failed: cannot reach .*--file LOCAL"):
         fetch_dataset(NAME, progress=False)
     assert leftovers(cache) == []
 
 
 def test_local_file_is_validated_and_copied(cache, monkeypatch, jarvis_zip, tmp_path):
-    point_registry(monkeypatch, (tmp_path / "nowhere.zip").as_uri())  # any download attempt would fail
+    point_registry(monkeypatch, "http://127.0.0.1:1/nowhere.zip")  # any download attempt would fail
     path = fetch_dataset(NAME, file=jarvis_zip, progress=False)
     assert path == cache / f"{NAME}.zip"
     assert sha256_of(path) == sha256_of(jarvis_zip)
@@ -187,11 +194,11 @@ def test_bad_local_file_is_rejected(cache, monkeypatch, tmp_path):
         fetch_dataset(NAME, file=tmp_path / "missing.zip", progress=False)
 
 
-def test_cached_file_is_reused(cache, monkeypatch, jarvis_zip, tmp_path):
-    point_registry(monkeypatch, jarvis_zip.as_uri())
+def test_cached_file_is_reused(cache, http_server, monkeypatch, jarvis_zip, tmp_path):
+    point_registry(monkeypatch, http_server.serve("/29204826.zip", jarvis_zip))
     first = fetch_dataset(NAME, progress=False)
     stamp = first.stat().st_mtime_ns
-    point_registry(monkeypatch, (tmp_path / "gone.zip").as_uri())
+    point_registry(monkeypatch, http_server.url("/gone.zip"))
     assert fetch_dataset(NAME, progress=False) == first  # no download attempted
     assert first.stat().st_mtime_ns == stamp
     # force=True does try again; its failure leaves the good cached copy in place
@@ -201,8 +208,8 @@ def test_cached_file_is_reused(cache, monkeypatch, jarvis_zip, tmp_path):
     assert leftovers(cache) == [f"{NAME}.sha256", f"{NAME}.zip"]
 
 
-def test_tampered_cache_is_not_trusted(cache, monkeypatch, jarvis_zip):
-    point_registry(monkeypatch, jarvis_zip.as_uri())
+def test_tampered_cache_is_not_trusted(cache, http_server, monkeypatch, jarvis_zip):
+    point_registry(monkeypatch, http_server.serve("/29204826.zip", jarvis_zip))
     path = fetch_dataset(NAME, progress=False)
     path.write_bytes(path.read_bytes()[:1000])  # e.g. an interrupted manual copy over it
     with pytest.raises(DatasetError, match="does not match the hash recorded"):
@@ -223,8 +230,8 @@ def test_unknown_dataset(cache):
         fetch_dataset("dft_4d")
 
 
-def test_progress_only_on_a_terminal(cache, monkeypatch, jarvis_zip, capsys):
-    point_registry(monkeypatch, jarvis_zip.as_uri())
+def test_progress_only_on_a_terminal(cache, http_server, monkeypatch, jarvis_zip, capsys):
+    point_registry(monkeypatch, http_server.serve("/29204826.zip", jarvis_zip))
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         fetch_dataset(NAME, progress=True)  # stderr is captured (not a TTY): nothing printed
