@@ -236,3 +236,227 @@ def test_progress_only_on_a_terminal(cache, http_server, monkeypatch, jarvis_zip
         warnings.simplefilter("error")
         fetch_dataset(NAME, progress=True)  # stderr is captured (not a TTY): nothing printed
     assert capsys.readouterr().err == ""
+
+
+# --------------------------------------------------------------------------------------------
+# pooch: HTTP errors, retries, dropped connections, progress
+
+
+def test_http_404_is_a_clear_error(cache, http_server, monkeypatch):
+    point_registry(monkeypatch, http_server.url("/missing.zip"))
+    with pytest.raises(DatasetError, match=r"download failed: HTTP 404 .* from http://127\.0\.0\.1:\d+/missing\.zip.*--file LOCAL"):
+        fetch_dataset(NAME, progress=False)
+    assert leftovers(cache) == []
+
+
+def test_failed_download_is_retried(cache, http_server, monkeypatch, jarvis_zip):
+    monkeypatch.setattr(download_mod, "DOWNLOAD_RETRIES", 1)
+    point_registry(monkeypatch, http_server.serve("/29204826.zip", jarvis_zip))
+    http_server.fail_first["/29204826.zip"] = 1  # a flaky server: HTTP 500 once, then the file
+    path = fetch_dataset(NAME, progress=False)
+    assert sha256_of(path) == sha256_of(jarvis_zip)
+    assert http_server.hits == ["/29204826.zip", "/29204826.zip"]
+
+
+def test_dropped_connection_keeps_nothing(cache, http_server, monkeypatch, jarvis_zip):
+    point_registry(monkeypatch, http_server.serve("/29204826.zip", jarvis_zip))
+    http_server.short["/29204826.zip"] = 5000  # Content-Length says more than is sent
+    with pytest.raises(DatasetError, match="download failed"):
+        fetch_dataset(NAME, progress=False)
+    assert leftovers(cache) == []
+
+
+def test_user_agent_is_ours(cache, monkeypatch, jarvis_zip, http_server):
+    import pooch
+
+    seen = {}
+    real = pooch.HTTPDownloader.__init__
+
+    def spy(self, *args, **kwargs):
+        seen.update(kwargs)
+        real(self, *args, **kwargs)
+
+    monkeypatch.setattr(pooch.HTTPDownloader, "__init__", spy)
+    point_registry(monkeypatch, http_server.serve("/29204826.zip", jarvis_zip))
+    fetch_dataset(NAME, progress=False)
+    assert seen["headers"]["User-Agent"].startswith("crystalframes/") and seen["progressbar"] is False
+
+
+class FakeTerminal(__import__("io").StringIO):
+    def isatty(self):
+        return True
+
+
+def test_progress_bar_on_a_terminal(cache, http_server, monkeypatch, jarvis_zip):
+    point_registry(monkeypatch, http_server.serve("/29204826.zip", jarvis_zip))
+    terminal = FakeTerminal()
+    monkeypatch.setattr("sys.stderr", terminal)
+    fetch_dataset(NAME, progress=True)
+    assert "100%" in terminal.getvalue()  # tqdm's bar, through pooch
+
+
+def test_sha256_argument_is_checked_before_downloading(cache, http_server, monkeypatch, jarvis_zip):
+    point_registry(monkeypatch, http_server.serve("/29204826.zip", jarvis_zip))
+    with pytest.raises(DatasetError, match=r"--sha256: 'abc' is not a sha256 \(64 hexadecimal digits\)"):
+        fetch_dataset(NAME, sha256="abc", progress=False)
+    assert http_server.hits == [] and leftovers(cache) == []
+    # the pooch-style prefix and upper case are accepted
+    path = fetch_dataset(NAME, sha256="SHA256:" + sha256_of(jarvis_zip).upper(), progress=False)
+    assert sha256_of(path) == sha256_of(jarvis_zip)
+
+
+# --------------------------------------------------------------------------------------------
+# a failed fetch never touches a valid cached archive
+
+
+@pytest.mark.parametrize("failure", ["404", "corrupt", "wrong_sha256", "dropped", "extra_member"])
+def test_failed_fetch_keeps_the_valid_cached_archive(
+    cache, http_server, monkeypatch, jarvis_zip, jarvis_figshare_records, tmp_path, failure
+):
+    point_registry(monkeypatch, http_server.serve("/29204826.zip", jarvis_zip))
+    good = fetch_dataset(NAME, progress=False)
+    before = {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in cache.iterdir()}
+    sha256 = None
+    if failure == "404":
+        point_registry(monkeypatch, http_server.url("/gone.zip"))
+    elif failure == "corrupt":
+        point_registry(monkeypatch, http_server.serve("/bad.zip", jarvis_zip.read_bytes()[:-100]))
+    elif failure == "wrong_sha256":
+        sha256 = "0" * 64
+    elif failure == "dropped":
+        http_server.short["/29204826.zip"] = 1000
+    else:
+        evil = tmp_path / "evil.zip"
+        with zipfile.ZipFile(evil, "w") as zf:
+            zf.writestr(MEMBER, json.dumps(jarvis_figshare_records[:20]))
+            zf.writestr("more.json", json.dumps(jarvis_figshare_records[:20]))
+        point_registry(monkeypatch, http_server.serve("/evil.zip", evil))
+    with pytest.raises(DatasetError):
+        fetch_dataset(NAME, force=True, sha256=sha256, progress=False)
+    assert {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in cache.iterdir()} == before
+    assert resolve_source(NAME) == good
+
+
+# --------------------------------------------------------------------------------------------
+# defect 5: only the expected member, no unsafe member names
+
+
+def evil_zip(path, records, *extra_names):
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr(MEMBER, json.dumps(records))
+        for name in extra_names:
+            zf.writestr(name, json.dumps(records))
+    return path
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (("../../evil.json", "/abs/evil.json"), r"unsafe member names \(absolute or '\.\.'\): '\.\./\.\./evil\.json', '/abs/evil\.json'"),
+        (("data/../../evil.json",), "unsafe member names"),
+        (("C:\\evil.json",), "unsafe member names"),
+        (("extra.json",), f"holds data members besides {MEMBER}: 'extra.json'; only the expected member is accepted"),
+        (("sub/records.jsonl.gz",), "holds data members besides"),
+        ((f"copy/{MEMBER}",), "holds data members besides"),
+        ((MEMBER,), f"holds data members besides {MEMBER}: '{MEMBER}'"),  # a duplicated name
+    ],
+)
+def test_archive_with_other_members_is_rejected(
+    cache, http_server, monkeypatch, jarvis_figshare_records, tmp_path, extra, message
+):
+    import warnings as w
+
+    with w.catch_warnings():
+        w.simplefilter("ignore")  # zipfile warns about the duplicated name
+        path = evil_zip(tmp_path / "evil.zip", jarvis_figshare_records, *extra)
+    point_registry(monkeypatch, http_server.serve("/evil.zip", path))
+    with pytest.raises(DatasetError, match=message):
+        fetch_dataset(NAME, progress=False)
+    assert leftovers(cache) == []
+    with pytest.raises(DatasetError, match=message):
+        fetch_dataset(NAME, file=path, progress=False)
+    assert leftovers(cache) == []
+
+
+def test_harmless_extra_members_are_accepted(cache, http_server, monkeypatch, jarvis_zip, tmp_path):
+    """A README, a folder entry and macOS metadata (which the reader skips) are not records."""
+    path = tmp_path / "with_readme.zip"
+    with zipfile.ZipFile(jarvis_zip) as src, zipfile.ZipFile(path, "w") as zf:
+        zf.writestr("jarvis/", b"")
+        zf.writestr(f"jarvis/{MEMBER}", src.read(MEMBER))
+        zf.writestr("jarvis/README.txt", "JARVIS-DFT 3D")
+        zf.writestr(f"__MACOSX/jarvis/._{MEMBER}", b"\0\5\26\7")
+    point_registry(monkeypatch, http_server.serve("/with_readme.zip", path))
+    assert len(load_dataset(fetch_dataset(NAME, progress=False)).crystals) == 1325
+
+
+def test_data_info_never_counts_extra_members(cache, http_server, monkeypatch, jarvis_figshare_records, tmp_path, run_cli):
+    records = jarvis_figshare_records[:40]
+    path = evil_zip(tmp_path / "evil.zip", records, "../../evil.json", "/abs/evil.json")
+    point_registry(monkeypatch, http_server.serve("/evil.zip", path), n_records=40)
+    code, _, err = run_cli("data", "fetch", NAME)
+    assert code == 2 and "unsafe member names" in err and "Traceback" not in err
+    assert leftovers(cache) == []
+    code, _, err = run_cli("data", "info", NAME)
+    assert code == 2 and "not downloaded yet" in err
+    # An archive cached by a release that checked only the expected member (its sidecar hash
+    # matches) is refused when read, not read as three times the records.
+    cache.mkdir(parents=True, exist_ok=True)
+    (cache / f"{NAME}.zip").write_bytes(path.read_bytes())
+    (cache / f"{NAME}.sha256").write_text(f"{sha256_of(path)}  {NAME}.zip\n")
+    code, out, err = run_cli("data", "info", NAME, "--json")
+    assert code == 2 and "unsafe member names" in err and "--force" in err and out == ""
+    # fetching again replaces it with a valid copy; data info then counts each record once
+    good = write_zip_bytes(records)
+    point_registry(monkeypatch, http_server.serve("/good.zip", good), n_records=40)
+    code, _, err = run_cli("data", "fetch", NAME)
+    assert code == 0, err
+    code, out, _ = run_cli("data", "info", NAME, "--json")
+    assert code == 0 and json.loads(out)["num_structures"] == 40
+
+
+def write_zip_bytes(records):
+    import io
+
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        zf.writestr(MEMBER, json.dumps(records))
+    return buf.getvalue()
+
+
+# --------------------------------------------------------------------------------------------
+# defect 8: a read-only cache folder
+
+
+def make_read_only(folder, monkeypatch):
+    """chmod 0o555; as root (where chmod does not stop writes) the writes are made to fail."""
+    import os
+
+    folder.mkdir(parents=True, exist_ok=True)
+    folder.chmod(0o555)
+    if os.access(folder, os.W_OK):  # root: temporary files and folders there are refused instead
+        import tempfile
+
+        for name in ("mkdtemp", "mkstemp"):
+            real = getattr(tempfile, name)
+
+            def refuse(*args, dir=None, _real=real, **kwargs):
+                if dir is not None and os.path.realpath(dir) == os.path.realpath(folder):
+                    raise PermissionError(13, "Permission denied", str(folder))
+                return _real(*args, dir=dir, **kwargs)
+
+            monkeypatch.setattr(tempfile, name, refuse)
+
+
+def test_fetch_into_a_read_only_cache_is_a_clean_error(cache, http_server, monkeypatch, jarvis_zip, run_cli):
+    point_registry(monkeypatch, http_server.serve("/29204826.zip", jarvis_zip))
+    make_read_only(cache, monkeypatch)
+    try:
+        with pytest.raises(DatasetError, match=rf"{cache}: cannot write to the dataset cache folder .*CRYSTALFRAMES_CACHE_DIR"):
+            fetch_dataset(NAME, progress=False)
+        assert http_server.hits == []  # found before downloading anything
+        code, out, err = run_cli("data", "fetch", NAME, "--file", jarvis_zip)
+        assert code == 2 and str(cache) in err and "Traceback" not in err and out == ""
+    finally:
+        cache.chmod(0o755)
+    assert leftovers(cache) == []
