@@ -460,3 +460,29 @@ def test_fetch_into_a_read_only_cache_is_a_clean_error(cache, http_server, monke
     finally:
         cache.chmod(0o755)
     assert leftovers(cache) == []
+
+
+def test_disk_full_during_download_is_not_blamed_on_the_network(cache, http_server, monkeypatch, jarvis_zip):
+    import pooch
+
+    def full(self, url, output_file, pooch_obj, check_only=False):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(pooch.HTTPDownloader, "__call__", full)
+    point_registry(monkeypatch, http_server.serve("/29204826.zip", jarvis_zip))
+    with pytest.raises(DatasetError, match=rf"{cache}: cannot write to the dataset cache folder \(No space left on device\)"):
+        fetch_dataset(NAME, progress=False)
+    assert leftovers(cache) == []
+
+
+def test_staging_left_by_a_killed_fetch_is_removed(cache, http_server, monkeypatch, jarvis_zip):
+    import os
+
+    stale = cache / ".incoming-killed"
+    (stale / "x").mkdir(parents=True)
+    os.utime(stale, (0, 0))
+    recent = cache / ".incoming-running"
+    recent.mkdir()
+    point_registry(monkeypatch, http_server.serve("/29204826.zip", jarvis_zip))
+    fetch_dataset(NAME, progress=False)
+    assert leftovers(cache) == [".incoming-running", f"{NAME}.sha256", f"{NAME}.zip"]

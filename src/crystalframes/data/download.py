@@ -27,6 +27,7 @@ import re
 import shutil
 import sys
 import tempfile
+import time
 import warnings
 import zipfile
 import zlib
@@ -53,6 +54,9 @@ CHUNK_SIZE = 1 << 20
 TIMEOUT_SECONDS = 60.0
 # pooch retries a failed or corrupted download this many times (waiting 1 s, 2 s, ... between).
 DOWNLOAD_RETRIES = 2
+STAGING_PREFIX = ".incoming-"
+# A staging folder untouched this long belongs to a fetch that was killed, not a running one.
+STALE_STAGING_SECONDS = 24 * 3600
 # A record count outside [expected / FACTOR, expected * FACTOR] is suspicious enough to warn about.
 COUNT_WARNING_FACTOR = 2.0
 # Share of records allowed to lack the required structure keys before the archive is rejected.
@@ -369,13 +373,25 @@ def _staging_folder(folder: Path) -> Iterator[Path]:
     read-only cache before anything is downloaded."""
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(dir=folder, prefix=".incoming-"))
+        staging = Path(tempfile.mkdtemp(dir=folder, prefix=STAGING_PREFIX))
     except OSError as exc:
         raise _unwritable(folder, exc) from None
+    _remove_stale_staging(folder)
     try:
         yield staging
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def _remove_stale_staging(folder: Path) -> None:
+    """Staging folders of fetches killed before they could clean up (kill -9, power loss)."""
+    now = time.time()
+    for old in folder.glob(f"{STAGING_PREFIX}*"):
+        try:
+            if now - old.stat().st_mtime > STALE_STAGING_SECONDS:
+                shutil.rmtree(old, ignore_errors=True)
+        except OSError:
+            pass
 
 
 def _unwritable(folder: Path, exc: OSError) -> DatasetError:
@@ -438,13 +454,13 @@ def _download(url: str, staging: Path, info: DatasetInfo, pinned: str | None, *,
                 "(corrupted, truncated or changed upstream)",
             ) from None
         raise DatasetError(info.name, f"download failed: {exc}{hint}") from None
-    except OSError as exc:  # requests' errors are OSErrors: HTTP status, connection, timeout
-        response = getattr(exc, "response", None)
+    except OSError as exc:
+        if not hasattr(exc, "request"):  # a local write (disk full, quota), not requests' error
+            raise _unwritable(staging.parent, exc) from None
+        response = getattr(exc, "response", None)  # requests' errors are OSErrors
         if response is not None:
             reason = f"HTTP {response.status_code} {response.reason or ''}".rstrip()
             raise DatasetError(info.name, f"download failed: {reason} from {url}{hint}") from None
-        if staging.exists() and not os.access(staging, os.W_OK):
-            raise _unwritable(staging.parent, exc) from None
         raise DatasetError(info.name, f"download failed: cannot reach {url} ({_short(exc)}){hint}") from None
 
 
