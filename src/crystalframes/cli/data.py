@@ -11,6 +11,10 @@ import typer
 
 app = typer.Typer(help="Inspect, download and build graphs of datasets.", no_args_is_help=True)
 
+# More neighbours than this per atom is no ComFormer graph (it uses 25) and would make the
+# neighbour search run for minutes and exhaust memory.
+MAX_K = 1000
+
 
 def dataset_summary(result) -> dict:
     """Counts, per-target statistics, atoms-per-cell range and bad records of a ReadResult."""
@@ -82,7 +86,7 @@ def info(
 def fetch(
     name: str = typer.Argument(..., help="Registered dataset name (see `crystalframes data list`)."),
     file: Optional[Path] = typer.Option(None, "--file", help="Use this already-downloaded archive instead of downloading."),
-    sha256: Optional[str] = typer.Option(None, help="Expected sha256 of the archive."),
+    sha256: Optional[str] = typer.Option(None, help="Expected sha256 of the archive (64 hex digits); the download must match it."),
     force: bool = typer.Option(False, help="Download again even if a valid copy is cached."),
 ):
     """Download (or import with --file) a benchmark dataset into the cache, validated."""
@@ -104,7 +108,9 @@ def list_cmd():
 @app.command("graph")
 def graph(
     file: Path = typer.Argument(..., help="Structure file (CIF, POSCAR, extxyz, JSON record)."),
-    k: int = typer.Option(25, "--k", help="Neighbours per atom (ties at the k-th distance are kept)."),
+    k: int = typer.Option(
+        25, "--k", min=1, max=MAX_K, help="Neighbours per atom, 1 to 1000 (ties at the k-th distance are kept)."
+    ),
     lattice_edges: bool = typer.Option(False, "--lattice-edges", help="Add the 6 lattice self-edges per atom."),
     as_json: bool = typer.Option(False, "--json", help="Print the graph as JSON."),
 ):

@@ -2,8 +2,13 @@
 
 The key hashes the raw crystals (ids, lattices, species, coordinates, targets), the graph
 settings, the cache format and the package version. A file is used only if its stored key and
-payload checksum both match; a stale, truncated or corrupted file is reported and rebuilt, never
-trusted because it exists (a stale cache once silently changed a published ComFormer result).
+checksum both match, the checksum covering everything the file holds (arrays, ids, target names,
+key); a stale, truncated or corrupted file is reported and rebuilt, never trusted because it
+exists (a stale cache once silently changed a published ComFormer result; two swapped bytes in
+a target name once swapped the labels of two targets unnoticed).
+
+Writing the cache is best effort: a read-only or full cache folder costs one warning and a
+rebuild on the next run, never the run itself.
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import sys
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -25,7 +31,8 @@ from crystalframes.io.crystal import Crystal
 
 log = logging.getLogger("crystalframes.data")
 
-CACHE_FORMAT = 1
+# 2: the checksum covers ids, target names and key too (format 1 files are rebuilt).
+CACHE_FORMAT = 2
 _ARRAYS = ("atomic_numbers", "frac_coords", "pos", "edge_index", "edge_shift", "edge_vec", "edge_is_lattice")
 
 
@@ -60,21 +67,23 @@ def _pack(graphs: Sequence[CrystalGraph], key: str) -> dict:
     payload["targets"] = torch.tensor(
         [[float(g.targets.get(t, np.nan)) for t in target_names] for g in graphs], dtype=torch.float64
     ).reshape(len(graphs), len(target_names))
-    return {
-        "format": CACHE_FORMAT,
-        "key": key,
-        "ids": [g.id for g in graphs],
-        "target_names": target_names,
-        "checksum": _checksum(payload),
-        **payload,
-    }
+    data = {"format": CACHE_FORMAT, "key": key, "ids": [g.id for g in graphs], "target_names": target_names, **payload}
+    data["checksum"] = _checksum(data)
+    return data
 
 
-def _checksum(payload: dict) -> str:
+def _checksum(data: dict) -> str:
+    """sha256 of every entry of ``data`` but the checksum itself: names, tensor dtypes, shapes and
+    bytes, and the JSON of everything else (ids, target names, key, format)."""
     h = hashlib.sha256()
-    for name in sorted(payload):
-        h.update(name.encode())
-        h.update(payload[name].contiguous().numpy().tobytes())
+    for name in sorted(k for k in data if k != "checksum"):
+        value = data[name]
+        h.update(json.dumps(name).encode())
+        if isinstance(value, torch.Tensor):
+            h.update(f"{value.dtype}{tuple(value.shape)}".encode())
+            h.update(value.contiguous().numpy().tobytes())
+        else:
+            h.update(json.dumps(value).encode())
     return h.hexdigest()
 
 
@@ -119,14 +128,54 @@ def _load_valid(path: Path, key: str, n: int) -> list[CrystalGraph] | None:
             problem = "stale (built from other data or settings)"
         elif len(data["ids"]) != n:
             problem = f"holds {len(data['ids'])} graphs, expected {n}"
-        elif data["checksum"] != _checksum({k: data[k] for k in (*_ARRAYS, "lattice", "num_atoms", "num_edges", "targets")}):
-            problem = "checksum mismatch (corrupted)"
+        elif data.get("checksum") != _checksum(data):
+            problem = "checksum mismatch (corrupted or edited)"
     except Exception as exc:  # truncated / not a torch file / unpickling refused
         problem = f"unreadable ({type(exc).__name__}: {str(exc)[:120]})"
     if problem:
         log.warning("graph cache %s is %s; rebuilding it", path, problem)
         return None
     return _unpack(data)
+
+
+def _save(graphs: Sequence[CrystalGraph], key: str, path: Path) -> None:
+    """Write the cache file, best effort: a folder that cannot be written (read-only, full,
+    quota) costs a warning, not the graphs already built."""
+    try:
+        with atomic_write(path) as fh:
+            torch.save(_pack(graphs, key), fh)
+    # torch.save reports a failed write on a file object as RuntimeError
+    except (OSError, RuntimeError) as exc:
+        folder = path.parent
+        if folder not in _unwritable_folders:  # one warning per folder, not one per split
+            _unwritable_folders.add(folder)
+            log.warning(
+                "cannot write the graph cache in %s (%s); going on without it (graphs are rebuilt "
+                "on every run: set CRYSTALFRAMES_CACHE_DIR to a writable folder, or data.graph_cache=false)",
+                folder,
+                getattr(exc, "strerror", None) or exc,
+            )
+
+
+_unwritable_folders: set[Path] = set()
+
+
+def _build_all(crystals: Sequence[Crystal], settings: GraphSettings, progress: Callable[[int, int], None] | None) -> list[CrystalGraph]:
+    """Build every graph; a tqdm bar on stderr when it is a terminal (none in a pipe or a log)."""
+    from tqdm import tqdm
+
+    stream = sys.stderr
+    graphs = []
+    with tqdm(
+        total=len(crystals), desc="building graphs", unit="crystal", file=stream,
+        disable=not stream.isatty(), leave=False,
+    ) as bar:
+        for c in crystals:
+            graphs.append(build_graph(c, settings))
+            bar.update()
+            if progress is not None:
+                progress(len(graphs), len(crystals))
+    return graphs
 
 
 def build_graphs(
@@ -139,22 +188,18 @@ def build_graphs(
     """Graphs of ``crystals`` (same order), from the cache when it holds exactly them.
 
     ``cache_dir`` defaults to ``cache_root() / "graphs"``; ``use_cache=False`` neither reads nor
-    writes it.
+    writes it. A cache that cannot be written is warned about once and skipped. ``progress`` is
+    called with ``(done, total)`` after each graph built; a progress bar shows on a terminal.
     """
     if not use_cache:
-        return [build_graph(c, settings) for c in crystals]
+        return _build_all(crystals, settings, progress)
     key = cache_key(crystals, settings)
     folder = Path(cache_dir) if cache_dir is not None else cache_root() / "graphs"
     path = folder / f"graphs-{key[:32]}.pt"
     cached = _load_valid(path, key, len(crystals))
     if cached is not None:
         return cached
-    graphs = []
-    for n, c in enumerate(crystals):
-        graphs.append(build_graph(c, settings))
-        if progress is not None:
-            progress(n + 1, len(crystals))
+    graphs = _build_all(crystals, settings, progress)
     if graphs:
-        with atomic_write(path) as fh:
-            torch.save(_pack(graphs, key), fh)
+        _save(graphs, key, path)
     return graphs

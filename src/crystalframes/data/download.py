@@ -1,11 +1,15 @@
 """Downloading the registered datasets into a local cache, safely.
 
-A file only ever enters the cache after it has been checked: it is streamed into a temporary
-file next to its final place, hashed while streaming, validated (pinned sha256 if any, zip
-integrity, the expected JSON member, a JSON list of JARVIS-format records), and only then
-moved into place with an atomic :func:`os.replace`. On any failure the temporary file is
-deleted, so a truncated download can never poison the cache (the classic ``BadZipFile`` trap
-of re-reading a half-written archive on every later run).
+A file only ever enters the cache after it has been checked. ``pooch`` downloads it (retries,
+a progress bar on a terminal, the pinned sha256 if the user gave one) into a private staging
+folder inside the cache folder; there it is validated (zip integrity, exactly the expected JSON
+member and no unsafe member names, a JSON list of JARVIS-format records) and only then moved
+into place with an atomic :func:`os.replace`. On any failure the staging folder is deleted, so a
+failed or truncated download never replaces or poisons a valid cached archive (the classic
+``BadZipFile`` trap of re-reading a half-written archive on every later run).
+
+No archive hash is pinned in the registry (the upstream files carry none we could verify once
+for all); ``--sha256`` pins one when the user has it.
 
 Cache folder: ``$CRYSTALFRAMES_CACHE_DIR/datasets`` if that variable is set, otherwise
 ``platformdirs.user_cache_dir("crystalframes")/datasets``. Folders are created on first write,
@@ -17,15 +21,18 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import logging
 import os
+import re
+import shutil
 import sys
+import tempfile
 import time
-import urllib.error
-import urllib.request
 import warnings
 import zipfile
 import zlib
-from pathlib import Path
+from contextlib import contextmanager
+from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import IO, Iterator
 
 from crystalframes.atomic import atomic_write
@@ -45,6 +52,11 @@ __all__ = [
 
 CHUNK_SIZE = 1 << 20
 TIMEOUT_SECONDS = 60.0
+# pooch retries a failed or corrupted download this many times (waiting 1 s, 2 s, ... between).
+DOWNLOAD_RETRIES = 2
+STAGING_PREFIX = ".incoming-"
+# A staging folder untouched this long belongs to a fetch that was killed, not a running one.
+STALE_STAGING_SECONDS = 24 * 3600
 # A record count outside [expected / FACTOR, expected * FACTOR] is suspicious enough to warn about.
 COUNT_WARNING_FACTOR = 2.0
 # Share of records allowed to lack the required structure keys before the archive is rejected.
@@ -52,12 +64,15 @@ MAX_BAD_RECORD_FRACTION = 0.01
 # A single JSON record larger than this means the file is not the record list we expect.
 MAX_RECORD_CHARS = 64 << 20
 REQUIRED_ATOMS_KEYS = ("lattice_mat", "coords", "elements")
+# Archive members the dataset reader would read as records (it reads every one of them).
+DATA_SUFFIXES = (".json", ".json.gz", ".jsonl", ".jsonl.gz", ".ndjson", ".ndjson.gz")
+_SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
 def _user_agent() -> str:
     from crystalframes import __version__
 
-    return f"crystalframes/{__version__} (dataset download; Python urllib)"
+    return f"crystalframes/{__version__} (dataset download; pooch)"
 
 
 def cache_dir() -> Path:
@@ -109,7 +124,26 @@ def cached_dataset(name: str) -> Path | None:
             "cached file does not match the hash recorded when it was validated (changed or corrupted): "
             f"run `crystalframes data fetch {info.name} --force`",
         )
+    problem = _members_problem(path, info)
+    if problem is not None:
+        raise DatasetError(str(path), f"{problem}: run `crystalframes data fetch {info.name} --force`")
     return path
+
+
+def _members_problem(path: Path, info: DatasetInfo) -> str | None:
+    """Why the archive at ``path`` would be read as other records than its validated member
+    (e.g. one cached by a release that checked only that member), or ``None``. Reads only the
+    zip's directory, so it is cheap enough for every use of the cache."""
+    if info.member is None:
+        return None
+    try:
+        with zipfile.ZipFile(path) as zf:
+            _dataset_member(zf, info, "cached")
+    except DatasetError as err:
+        return err.problem
+    except (zipfile.BadZipFile, OSError, EOFError) as exc:
+        return f"cached archive is not a readable zip ({_short(exc)})"
+    return None
 
 
 # --------------------------------------------------------------------------------------------
@@ -198,15 +232,61 @@ def _record_problem(record: object) -> str | None:
     return None
 
 
-def _find_member(zf: zipfile.ZipFile, member: str) -> str | None:
+def _unsafe_member_name(name: str) -> bool:
+    """An absolute name, a drive letter or a ``..`` step: extracting it would write outside the
+    target folder, and no genuine dataset archive holds one."""
+    posix, windows = PurePosixPath(name), PureWindowsPath(name)
+    return (
+        posix.is_absolute()
+        or bool(windows.drive)
+        or windows.root != ""
+        or ".." in posix.parts
+        or ".." in windows.parts
+    )
+
+
+def _is_data_member(name: str) -> bool:
+    """A member the dataset reader reads as records. Folder entries and macOS metadata
+    (``__MACOSX/``, ``._*``), which the reader skips, are not."""
+    if name.endswith("/") or name.startswith("__MACOSX/") or PurePosixPath(name).name.startswith("._"):
+        return False
+    return name.lower().endswith(DATA_SUFFIXES)
+
+
+def _dataset_member(zf: zipfile.ZipFile, info: DatasetInfo, what: str) -> str:
+    """The one member holding the records of ``info``, after checking the archive holds nothing
+    else the reader would read: validating one member while reading all of them would let
+    extra members add records (duplicates that cross splits) unvalidated."""
     names = zf.namelist()
-    if member in names:
-        return member
-    # Tolerate the JSON sitting in a folder inside the archive.
-    for candidate in names:
-        if candidate.rsplit("/", 1)[-1] == member:
-            return candidate
-    return None
+    unsafe = [n for n in names if _unsafe_member_name(n)]
+    if unsafe:
+        shown = ", ".join(repr(n) for n in unsafe[:3])
+        raise DatasetError(info.name, f"{what} archive has unsafe member names (absolute or '..'): {shown}; refused")
+    data = [n for n in names if _is_data_member(n)]
+    # The JSON may sit in a folder inside the archive.
+    expected = [n for n in data if PurePosixPath(n).name == info.member]
+    if not expected:
+        held = ", ".join(names[:5]) or "nothing"
+        raise DatasetError(info.name, f"{what} archive does not contain {info.member} (it holds: {held})")
+    extra = [n for n in data if n != expected[0]] + expected[1:]
+    if extra:
+        shown = ", ".join(repr(n) for n in extra[:3]) + (f" and {len(extra) - 3} more" if len(extra) > 3 else "")
+        raise DatasetError(
+            info.name,
+            f"{what} archive holds data members besides {expected[0]}: {shown}; "
+            "only the expected member is accepted",
+        )
+    return expected[0]
+
+
+def _check_sha256(value: str | None) -> str | None:
+    """A user-supplied sha256, normalised; a clear error before any download if it cannot be one."""
+    if value is None or not value.strip():
+        return None
+    digest = value.strip().lower().removeprefix("sha256:")
+    if not _SHA256.fullmatch(digest):
+        raise DatasetError("--sha256", f"{value!r} is not a sha256 (64 hexadecimal digits)")
+    return digest
 
 
 def validate_archive(
@@ -220,7 +300,8 @@ def validate_archive(
     """Check ``path`` is a usable archive of dataset ``info``; return its sha256.
 
     Raises :class:`DatasetError` when the hash differs from a pinned one (``sha256`` argument,
-    else ``info.sha256``), the file is not an intact zip, lacks ``info.member``, the member is not
+    else ``info.sha256``), the file is not an intact zip, has an absolute or ``..`` member name,
+    lacks ``info.member`` or holds other JSON members the reader would read, the member is not
     a JSON list of JARVIS-format records (``atoms`` with ``lattice_mat``, ``coords``, ``elements``),
     or holds no records. Warns when the record count is far from ``info.n_records``.
     ``digest`` is the file's sha256 if already computed (while downloading).
@@ -229,7 +310,7 @@ def validate_archive(
     name = info.name
     if digest is None:
         digest = file_sha256(path)
-    pinned = (sha256 or info.sha256 or "").strip().lower() or None
+    pinned = _check_sha256(sha256) or _check_sha256(info.sha256)
     if pinned is not None and digest != pinned:
         raise DatasetError(
             name, f"{what} sha256 mismatch: expected {pinned}, got {digest} (corrupted, truncated or changed upstream)"
@@ -238,13 +319,10 @@ def validate_archive(
         return digest
     try:
         with zipfile.ZipFile(path) as zf:
+            member = _dataset_member(zf, info, what)
             bad = zf.testzip()
             if bad is not None:
                 raise DatasetError(name, f"{what} is a corrupt zip archive: member {bad} fails its CRC check")
-            member = _find_member(zf, info.member)
-            if member is None:
-                held = ", ".join(zf.namelist()[:5]) or "nothing"
-                raise DatasetError(name, f"{what} archive does not contain {info.member} (it holds: {held})")
             where = f"{name}: {member}"
             n_records = n_bad = 0
             first_problem = None
@@ -288,56 +366,123 @@ def validate_archive(
 # fetching
 
 
-def _progress(name: str, done: int, total: int | None, start: float) -> None:
-    mb = done / 1e6
-    rate = mb / max(time.monotonic() - start, 1e-6)
-    if total:
-        text = f"\r{name}: {mb:8.1f} / {total / 1e6:.1f} MB ({100 * done / total:5.1f}%) {rate:6.1f} MB/s"
-    else:
-        text = f"\r{name}: {mb:8.1f} MB {rate:6.1f} MB/s"
-    sys.stderr.write(text)
-    sys.stderr.flush()
-
-
-def _copy_hashing(src: IO[bytes], dest: IO[bytes]) -> str:
-    hasher = hashlib.sha256()
-    while chunk := src.read(CHUNK_SIZE):
-        hasher.update(chunk)
-        dest.write(chunk)
-    return hasher.hexdigest()
-
-
-def _download(url: str, dest: IO[bytes], name: str, *, progress: bool, timeout: float) -> str:
-    """Stream ``url`` into ``dest``; return the sha256 of what was written."""
-    request = urllib.request.Request(url, headers={"User-Agent": _user_agent()})
-    show = progress and sys.stderr.isatty()
-    hint = f"; if you already have the archive, use `crystalframes data fetch {name} --file LOCAL`"
+@contextmanager
+def _staging_folder(folder: Path) -> Iterator[Path]:
+    """A private folder inside the cache folder (same file system, so the final rename is atomic),
+    removed with whatever it holds when the block ends. Creating it up front also finds a
+    read-only cache before anything is downloaded."""
     try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
-            length = response.headers.get("Content-Length")
-            total = int(length) if length and length.isdigit() else None
-            done = 0
-            hasher = hashlib.sha256()
-            start = time.monotonic()
-            while chunk := response.read(CHUNK_SIZE):
-                hasher.update(chunk)
-                dest.write(chunk)
-                done += len(chunk)
-                if show:
-                    _progress(name, done, total, start)
-            if show:
-                sys.stderr.write("\n")
-    except urllib.error.HTTPError as exc:
-        raise DatasetError(name, f"download failed: HTTP {exc.code} {exc.reason} from {url}{hint}") from None
-    except urllib.error.URLError as exc:
-        raise DatasetError(name, f"download failed: cannot reach {url} ({exc.reason}){hint}") from None
-    except TimeoutError:
-        raise DatasetError(name, f"download failed: no data from {url} for {timeout:.0f} s{hint}") from None
-    except OSError as exc:  # connection reset, disk full...
-        raise DatasetError(name, f"download failed: {exc}{hint}") from None
-    if total is not None and done < total:
-        raise DatasetError(name, f"download incomplete: got {done} of {total} bytes (connection dropped?){hint}")
-    return hasher.hexdigest()
+        folder.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(dir=folder, prefix=STAGING_PREFIX))
+    except OSError as exc:
+        raise _unwritable(folder, exc) from None
+    _remove_stale_staging(folder)
+    try:
+        yield staging
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _remove_stale_staging(folder: Path) -> None:
+    """Staging folders of fetches killed before they could clean up (kill -9, power loss)."""
+    now = time.time()
+    for old in folder.glob(f"{STAGING_PREFIX}*"):
+        try:
+            if now - old.stat().st_mtime > STALE_STAGING_SECONDS:
+                shutil.rmtree(old, ignore_errors=True)
+        except OSError:
+            pass
+
+
+def _unwritable(folder: Path, exc: OSError) -> DatasetError:
+    return DatasetError(
+        str(folder),
+        f"cannot write to the dataset cache folder ({exc.strerror or exc}); make it writable "
+        f"or set {CACHE_ENV_VAR} to a writable folder",
+    )
+
+
+@contextmanager
+def _quiet_pooch() -> Iterator[None]:
+    """pooch logs every download at INFO on stderr; ours says what it fetched (path on stdout,
+    a progress bar on a terminal), so a pipe or a log stays clean."""
+    import pooch
+
+    logger = pooch.get_logger()
+    level = logger.level
+    logger.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+def _download(url: str, staging: Path, info: DatasetInfo, pinned: str | None, *, progress: bool, timeout: float) -> Path:
+    """Download ``url`` with pooch into ``staging``; return the downloaded file.
+
+    pooch streams into a temporary file, checks the pinned hash (if any), moves it into
+    ``staging`` and retries failed or corrupted downloads.
+    """
+    import pooch
+
+    show = progress and sys.stderr.isatty()
+    if url.lower().startswith(("http://", "https://")):
+        downloader = pooch.HTTPDownloader(progressbar=show, timeout=timeout, headers={"User-Agent": _user_agent()})
+    else:
+        try:
+            downloader = pooch.choose_downloader(url, progressbar=show)  # ftp, sftp, doi
+        except ValueError as exc:
+            raise DatasetError(info.name, f"cannot download {url}: {exc}") from None
+    fetcher = pooch.create(
+        path=staging,
+        base_url="",
+        registry={info.filename: f"sha256:{pinned}" if pinned else None},
+        urls={info.filename: url},
+        retry_if_failed=DOWNLOAD_RETRIES,
+    )
+    hint = f"; if you already have the archive, use `crystalframes data fetch {info.name} --file LOCAL`"
+    try:
+        with _quiet_pooch():
+            return Path(fetcher.fetch(info.filename, downloader=downloader))
+    except ValueError as exc:  # pooch's hash mismatch
+        got = re.search(r"\(([0-9a-f]{64})\)", str(exc))
+        if pinned is not None and "hash" in str(exc).lower():
+            actual = got.group(1) if got else "another hash"
+            raise DatasetError(
+                info.name,
+                f"download sha256 mismatch: expected {pinned}, got {actual} "
+                "(corrupted, truncated or changed upstream)",
+            ) from None
+        raise DatasetError(info.name, f"download failed: {exc}{hint}") from None
+    except OSError as exc:
+        if not hasattr(exc, "request"):  # a local write (disk full, quota), not requests' error
+            raise _unwritable(staging.parent, exc) from None
+        response = getattr(exc, "response", None)  # requests' errors are OSErrors
+        if response is not None:
+            reason = f"HTTP {response.status_code} {response.reason or ''}".rstrip()
+            raise DatasetError(info.name, f"download failed: {reason} from {url}{hint}") from None
+        raise DatasetError(info.name, f"download failed: cannot reach {url} ({_short(exc)}){hint}") from None
+
+
+def _short(exc: BaseException) -> str:
+    text = str(exc)
+    return text if len(text) <= 200 else text[:197] + "..."
+
+
+def _copy_local(file: str | os.PathLike, staging: Path, info: DatasetInfo) -> Path:
+    local = Path(os.path.expanduser(os.fspath(file)))
+    if not local.is_file():
+        raise DatasetError(str(local), "no such file")
+    incoming = staging / info.filename
+    try:
+        with open(local, "rb") as src:
+            with open(incoming, "wb") as dest:
+                shutil.copyfileobj(src, dest, CHUNK_SIZE)
+    except OSError as exc:
+        if not os.access(local, os.R_OK):
+            raise DatasetError(str(local), f"cannot read file: {exc.strerror or exc}") from None
+        raise _unwritable(staging.parent, exc) from None
+    return incoming
 
 
 def fetch_dataset(
@@ -360,48 +505,54 @@ def fetch_dataset(
         A local copy of the archive (e.g. downloaded by a browser) to validate and copy into the
         cache instead of downloading.
     sha256
-        Expected sha256 of the archive; overrides the registry's pinned value.
+        Expected sha256 of the archive (64 hex digits, optionally prefixed ``sha256:``);
+        overrides the registry's pinned value.
     force
         Download (or copy) again even if a valid cached copy exists.
     progress
         Show download progress on stderr (only when stderr is a terminal).
     timeout
-        Seconds without data before the download is abandoned.
+        Seconds without data before a download attempt is abandoned.
     """
     info = get_dataset_info(name)
     if info.is_embedded:
         return embedded_path(info)
+    sha256 = _check_sha256(sha256)
     folder = cache_dir()
     final = folder / info.filename
-    pinned = (sha256 or info.sha256 or "").strip().lower() or None
+    pinned = sha256 or _check_sha256(info.sha256)
 
     if final.is_file() and not force and file is None:
-        digest = _read_sidecar(final)
         current = file_sha256(final)
-        if digest is not None and digest == current and (pinned is None or pinned == current):
-            return final
-        # Unknown provenance (no/mismatched sidecar): keep it only if it validates.
-        try:
-            _write_sidecar(final, validate_archive(final, info, sha256=sha256, what="cached file"))
-            return final
-        except DatasetError:
-            final.unlink(missing_ok=True)
-            _sidecar(final).unlink(missing_ok=True)
+        if pinned is None or pinned == current:
+            if _read_sidecar(final) == current and _members_problem(final, info) is None:
+                return final
+            # Unknown provenance (no or mismatched sidecar): keep it only if it validates.
+            try:
+                digest = validate_archive(final, info, sha256=sha256, what="cached file", digest=current)
+            except DatasetError:
+                pass  # fetched again below; replaced only once a valid copy has arrived
+            else:
+                try:
+                    _write_sidecar(final, digest)
+                except OSError as exc:
+                    raise _unwritable(folder, exc) from None
+                return final
 
     if info.url is None and file is None:
         raise DatasetError(info.name, "has no download URL; pass a local archive with --file")
-    with atomic_write(final) as dest:
+    with _staging_folder(folder) as staging:
         if file is not None:
-            local = Path(os.path.expanduser(os.fspath(file)))
-            if not local.is_file():
-                raise DatasetError(str(local), "no such file")
-            with open(local, "rb") as src:
-                streamed = _copy_hashing(src, dest)
+            incoming = _copy_local(file, staging, info)
+            what = f"file {file}"
         else:
-            streamed = _download(info.url, dest, info.name, progress=progress, timeout=timeout)
-        dest.flush()
-        what = f"file {file}" if file is not None else "download"
+            incoming = _download(info.url, staging, info, pinned, progress=progress, timeout=timeout)
+            what = "download"
         # Validated before the rename: a broken archive never reaches the cache.
-        digest = validate_archive(Path(dest.name), info, sha256=sha256, what=what, digest=streamed)
-    _write_sidecar(final, digest)
+        digest = validate_archive(incoming, info, sha256=sha256, what=what)
+        try:
+            os.replace(incoming, final)
+            _write_sidecar(final, digest)
+        except OSError as exc:
+            raise _unwritable(folder, exc) from None
     return final

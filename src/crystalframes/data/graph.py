@@ -37,8 +37,8 @@ class GraphSettings:
     tie_tolerance: float = DEFAULT_TIE_TOLERANCE
 
     def __post_init__(self):
-        if self.k is not None and self.k < 1:
-            raise ValueError(f"k must be a positive integer or None, got {self.k}")
+        if self.k is not None and (isinstance(self.k, bool) or not isinstance(self.k, (int, np.integer)) or self.k < 1):
+            raise ValueError(f"k must be a positive integer or None, got {self.k!r}")
         if self.tie_tolerance < 0:
             raise ValueError("tie_tolerance must be >= 0")
 
