@@ -12,9 +12,14 @@ import numpy as np
 import typer
 
 
-def _collect(inputs: List[str]):
-    """Crystals and errors from files, folders and datasets; bad inputs are listed, not fatal."""
+def _collect(inputs: List[str], model=None):
+    """Crystals and errors from files, folders and datasets; bad inputs are listed, not fatal.
+    With ``model``, structures holding elements it cannot encode are errors too (found here,
+    before batching, so they never cost the good structures of their batch)."""
+    import stat
+
     from crystalframes.io import InputError, iter_records, read_structure
+    from crystalframes.models.elements import split_supported
 
     crystals, errors = [], []
     for item in inputs:
@@ -24,9 +29,19 @@ def _collect(inputs: List[str]):
                 for rec in iter_records(path):
                     (errors if isinstance(rec, InputError) else crystals).append(rec)
             else:
+                try:
+                    mode = path.stat().st_mode
+                except OSError:
+                    mode = None  # missing or unreadable: the reader says which
+                if mode is not None and not stat.S_ISREG(mode):
+                    # a named pipe or device would block the read forever (or never end)
+                    raise InputError(item, "not a regular file (a named pipe, socket or device); give a structure file")
                 crystals.append(read_structure(path))
         except InputError as exc:
             errors.append(exc)
+    if model is not None:
+        crystals, unsupported = split_supported(model, crystals)
+        errors.extend(unsupported)
     return crystals, errors
 
 
