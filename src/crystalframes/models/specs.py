@@ -104,7 +104,7 @@ def parse_spec(spec: str | ModelSpec) -> ModelSpec:
         raise SpecError(f"bad model spec {spec!r}; expected backbone[:frame[+global_frame]][@preset], e.g. 'ecomformer:spframe_quaternion@jarvis_formation_energy'")
     name = m["backbone"]
     if name not in BACKBONES:
-        raise _unknown("model", name, sorted(BACKBONES), f" in spec {spec!r}")
+        raise _unknown("backbone", name, sorted(BACKBONES), f" in spec {spec!r}")
     b = BACKBONES[name]
     frame = m["frame"] or b.default_frame
     if frame not in b.frames:
