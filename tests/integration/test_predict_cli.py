@@ -309,3 +309,14 @@ def test_eval_on_own_labelled_data_with_another_target_name(run, model_file, tmp
         assert metrics["n"] == 3 and metrics["target"] == TARGET and metrics["target_column"] == column
         rows = rows_of(tmp_path / out / "predictions.csv")
         assert [float(r[f"true {TARGET} (eV/atom)"]) for r in rows] == [-1.0, -1.1, -1.2]
+
+
+def test_symmetry_and_check_on_a_named_pipe_do_not_hang(tmp_path):
+    fifo = tmp_path / "pipe.cif"
+    os.mkfifo(fifo)
+    proc = cli("symmetry", fifo, timeout=120)
+    assert_clean(proc, 2)
+    assert "regular file" in proc.stderr
+    proc = cli("check", SPEC, fifo, timeout=120)
+    assert_clean(proc, 2)
+    assert "no readable structures" in proc.stderr and "regular file" in proc.stderr

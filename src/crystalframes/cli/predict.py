@@ -14,12 +14,26 @@ import typer
 from crystalframes.cli.options import device_option
 
 
+def require_regular_file(path: Path) -> None:
+    """Raise :class:`InputError` if ``path`` exists but is no regular file: reading a named pipe
+    or a device would block forever (or never end). A missing or unreadable path is left to
+    the reader, which says which."""
+    import stat
+
+    from crystalframes.io import InputError
+
+    try:
+        mode = path.stat().st_mode
+    except OSError:
+        return
+    if not stat.S_ISREG(mode) and not stat.S_ISDIR(mode):
+        raise InputError(str(path), "not a regular file (a named pipe, socket or device); give a structure file")
+
+
 def _collect(inputs: List[str], model=None):
     """Crystals and errors from files, folders and datasets; bad inputs are listed, not fatal.
     With ``model``, structures holding elements it cannot encode are errors too (found here,
     before batching, so they never cost the good structures of their batch)."""
-    import stat
-
     from crystalframes.io import InputError, iter_records, read_structure
     from crystalframes.models.elements import split_supported
 
@@ -31,13 +45,7 @@ def _collect(inputs: List[str], model=None):
                 for rec in iter_records(path):
                     (errors if isinstance(rec, InputError) else crystals).append(rec)
             else:
-                try:
-                    mode = path.stat().st_mode
-                except OSError:
-                    mode = None  # missing or unreadable: the reader says which
-                if mode is not None and not stat.S_ISREG(mode):
-                    # a named pipe or device would block the read forever (or never end)
-                    raise InputError(item, "not a regular file (a named pipe, socket or device); give a structure file")
+                require_regular_file(path)
                 crystals.append(read_structure(path))
         except InputError as exc:
             errors.append(exc)

@@ -23,6 +23,9 @@ def symmetry_command(
 
     if model is None:
         check_frame(frame)  # before reading: a typo is reported without any slow work
+    from crystalframes.cli.predict import require_regular_file
+
+    require_regular_file(structure)
     crystal = read_structure(structure)
     net = None
     if model is not None:
