@@ -63,25 +63,50 @@ class Predictor:
         self.model.to(device)
         return self
 
-    def predict_crystals(self, crystals: Sequence, batch_size: int = 64) -> np.ndarray:
-        """Predictions (n, n_targets) in physical units for validated crystals."""
+    def predict_each(self, crystals: Sequence, batch_size: int = 64) -> tuple[list, np.ndarray, list[InputError]]:
+        """``(predicted crystals, predictions (n, n_targets), errors)``: a structure the model
+        cannot take (an element it cannot encode, a graph that cannot be built, a non-finite
+        output) becomes an :class:`InputError` naming it, and the others are still predicted."""
         from crystalframes.data.batch import collate
         from crystalframes.data.graph import build_graph
+        from crystalframes.models.elements import split_supported
 
+        if int(batch_size) < 1:
+            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        crystals, errors = split_supported(self.model, crystals)
         param = next(self.model.parameters())
         self.model.eval()
-        out = []
+        kept, out = [], []
         with torch.no_grad():
             for start in range(0, len(crystals), batch_size):
-                graphs = [build_graph(c, self.graph_settings) for c in crystals[start : start + batch_size]]
+                graphs, chunk = [], []
+                for c in crystals[start : start + batch_size]:
+                    try:
+                        graphs.append(build_graph(c, self.graph_settings))
+                        chunk.append(c)
+                    except InputError as exc:
+                        errors.append(exc)
+                if not graphs:
+                    continue
                 batch = collate(graphs, dtype=param.dtype).to(param.device)
-                pred = self.normaliser.inverse(self.model(batch))
-                out.append(pred.cpu().numpy().astype(np.float64))
+                pred = self.normaliser.inverse(self.model(batch)).cpu().numpy().astype(np.float64)
+                finite = np.isfinite(pred).all(axis=1)
+                errors.extend(InputError(c.where, "the model's prediction is not finite (NaN or infinity)")
+                              for c, ok in zip(chunk, finite) if not ok)
+                kept.extend(c for c, ok in zip(chunk, finite) if ok)
+                out.append(pred[finite])
         result = np.concatenate(out) if out else np.zeros((0, len(self.targets)))
-        bad = ~np.isfinite(result).all(axis=1)
-        if bad.any():
-            names = [crystals[i].id for i in np.flatnonzero(bad)[:10]]
-            raise FloatingPointError(f"model produced non-finite predictions for {names}")
+        return kept, result, errors
+
+    def predict_crystals(self, crystals: Sequence, batch_size: int = 64) -> np.ndarray:
+        """Predictions (n, n_targets) in physical units for validated crystals, in their order;
+        the first structure the model cannot take raises its :class:`InputError`
+        (:meth:`predict_each` keeps going instead)."""
+        kept, result, errors = self.predict_each(crystals, batch_size)
+        if errors:
+            first = errors[0]
+            more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+            raise InputError(first.source, first.problem + more)
         return result
 
     def predict(self, structures: Iterable, batch_size: int = 64) -> np.ndarray:
@@ -102,20 +127,40 @@ def _resolve_model_path(path_or_name) -> Path:
     return path
 
 
+def _load_problem(exc: Exception) -> str:
+    """torch's reason a file did not load, without its advice to load it with
+    ``weights_only=False``: that would run whatever code the file holds."""
+    paragraphs = [p.strip() for p in str(exc).split("\n\n") if p.strip()]
+    kept = [p for p in paragraphs if "weights_only" not in p and "weights only" not in p.lower()]
+    text = " ".join(" ".join(kept).split()) or "it holds objects other than tensors and plain data"
+    if len(text) > 300:
+        text = text[:297] + "..."
+    return f"{type(exc).__name__}: {text}"
+
+
 def load_model(path_or_name, device: str | torch.device = "cpu") -> Predictor:
-    """Load a portable model file (or a run folder holding ``model.pt``)."""
-    from crystalframes.models.specs import build_model
+    """Load a portable model file (or a run folder holding ``model.pt``).
+
+    The file is read with ``torch.load(weights_only=True)``: a file that holds code (a pickle
+    with a ``__reduce__`` payload) is refused and the code never runs."""
+    from crystalframes.models.specs import SpecError, build_model
 
     path = _resolve_model_path(path_or_name)
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise InputError(str(path), f"not a readable crystalframes model file ({type(exc).__name__}: {str(exc)[:200]})") from None
+        raise InputError(str(path), f"not a readable crystalframes model file ({_load_problem(exc)})") from None
     if not isinstance(payload, dict) or payload.get("format") != MODEL_FORMAT:
         raise InputError(str(path), "not a crystalframes model file")
     if payload.get("format_version", 0) > MODEL_FORMAT_VERSION:
-        raise InputError(str(path), f"written by a newer crystalframes ({payload['versions']}); upgrade to load it")
-    model = build_model(payload["spec"], **payload["options"])
+        raise InputError(str(path), f"written by a newer crystalframes ({payload.get('versions')}); upgrade to load it")
+    missing = [k for k in ("spec", "options", "state_dict", "normaliser", "targets", "units") if k not in payload]
+    if missing:
+        raise InputError(str(path), f"incomplete crystalframes model file (no {', '.join(missing)})")
+    try:
+        model = build_model(payload["spec"], **payload["options"])
+    except SpecError as exc:
+        raise InputError(str(path), f"holds a model this crystalframes cannot build: {exc}") from None
     model.to(getattr(torch, payload.get("dtype", "float32")))
     try:
         model.load_state_dict(payload["state_dict"])
@@ -124,5 +169,3 @@ def load_model(path_or_name, device: str | torch.device = "cpu") -> Predictor:
     model.to(device).eval()
     normaliser = TargetNormaliser.from_state_dict(payload["normaliser"])
     return Predictor(model, normaliser, list(payload["targets"]), list(payload["units"]), payload["spec"], str(path))
-
-

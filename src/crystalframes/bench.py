@@ -26,7 +26,22 @@ def fastest_total_seconds(step, items, repeats: int) -> float:
 
 
 def _measure(spec: str, source: str, n: int, batch_size: int, threads: int, dtype: str, repeats: int, queue) -> None:
-    """Runs in a fresh process so that its peak RSS belongs to this spec alone."""
+    """Runs in a fresh process so that its peak RSS belongs to this spec alone; puts
+    ``("ok", row)`` or ``("error", message, is_user_error)`` on ``queue``, so the parent never
+    waits for a row that will not come."""
+    try:
+        queue.put(("ok", _measure_row(spec, source, n, batch_size, threads, dtype, repeats)))
+    except BaseException as exc:  # noqa: BLE001 - reported to the parent, which decides
+        import traceback
+
+        from crystalframes.io.errors import UserError
+
+        user = isinstance(exc, UserError)
+        queue.put(("error", str(exc) if user else traceback.format_exc(), user))
+
+
+def _measure_row(spec: str, source: str, n: int, batch_size: int, threads: int, dtype: str, repeats: int) -> dict:
+    """The figures of one spec (keys as :func:`models_table` reads them)."""
     import torch
 
     from crystalframes.data.batch import collate
@@ -68,7 +83,7 @@ def _measure(spec: str, source: str, n: int, batch_size: int, threads: int, dtyp
     train_step(batches[0])  # warm-up (optimiser state)
     train = fastest_total_seconds(train_step, batches, repeats)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    queue.put(
+    return (
         {
             "spec": spec,
             "params": int(params),
@@ -82,13 +97,55 @@ def _measure(spec: str, source: str, n: int, batch_size: int, threads: int, dtyp
     )
 
 
+DTYPES = ("float32", "float64")
+
+
+def _wait_for_child(proc, queue, spec: str, poll_seconds: float = 1.0) -> dict:
+    """The row the child process measured for ``spec``. Waits in short slices and checks the
+    child between them, so a child that raised or died (killed, out of memory) ends the wait
+    with its error instead of hanging the command forever."""
+    import queue as queue_module
+
+    from crystalframes.io.errors import UserError
+
+    message = None
+    while message is None:
+        try:
+            message = queue.get(timeout=poll_seconds)
+        except queue_module.Empty:
+            if not proc.is_alive():
+                try:  # it may have put its message just before exiting
+                    message = queue.get(timeout=poll_seconds)
+                except queue_module.Empty:
+                    proc.join()
+                    raise UserError(f"bench models {spec}: the measuring process ended without a result "
+                                    f"(exit code {proc.exitcode}; killed or out of memory?)") from None
+    proc.join()
+    if message[0] == "ok":
+        return message[1]
+    _, text, user = message
+    if user:
+        raise UserError(f"bench models {spec}: {text}")
+    raise RuntimeError(f"bench models {spec}: the measuring process failed:\n{text}")
+
+
 def bench_models(specs, source="mp_2018_demo", n=256, batch_size=64, threads=2, dtype="float32", train_size=None,
                  repeats: int = 2) -> list[dict]:
     """Efficiency of each model spec on the first ``n`` structures of ``source``, every batch
     timed ``repeats`` times (the fastest kept); ``s_per_epoch`` extrapolates training time to
     ``train_size`` structures (default: the dataset size)."""
     from crystalframes.data.datasets import load_dataset
+    from crystalframes.io.errors import UserError
+    from crystalframes.models.specs import parse_spec
 
+    # everything a child would only find out after a slow start is checked here, once
+    for spec in specs:
+        parse_spec(spec)
+    for name, value in (("n", n), ("batch_size", batch_size), ("threads", threads), ("repeats", repeats)):
+        if int(value) < 1:
+            raise UserError(f"bench models: {name} must be at least 1, got {value}")
+    if dtype not in DTYPES:
+        raise UserError(f"bench models: dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
     total = train_size or len(load_dataset(source).crystals)
     ctx = mp.get_context("spawn")
     rows = []
@@ -96,8 +153,12 @@ def bench_models(specs, source="mp_2018_demo", n=256, batch_size=64, threads=2, 
         queue = ctx.Queue()
         proc = ctx.Process(target=_measure, args=(spec, str(source), n, batch_size, threads, dtype, repeats, queue))
         proc.start()
-        row = queue.get()
-        proc.join()
+        try:
+            row = _wait_for_child(proc, queue, spec)
+        finally:
+            if proc.is_alive():  # interrupted (Ctrl-C) or failed: no orphan left measuring
+                proc.kill()
+                proc.join()
         row["s_per_epoch"] = row["train_ms_per_structure"] * total / 1e3
         rows.append(row)
     return rows
@@ -119,6 +180,10 @@ def bench_accuracy(specs, overrides: list[str], seeds=(0,), output: Path | None 
     from crystalframes.train.config import config_with_preset_training, explicit_keys, load_config
     from crystalframes.train.run import train
 
+    from crystalframes.models.specs import parse_spec
+
+    for spec in specs:  # before the first (long) training, not after it
+        parse_spec(spec)
     results = []
     base = Path(output) if output else Path("runs") / f"bench-{time.strftime('%Y%m%d-%H%M%S')}"
     for spec in specs:

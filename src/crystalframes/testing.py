@@ -95,12 +95,32 @@ def basis_changed(crystal, matrix):
     return replace(crystal, lattice=m @ crystal.lattice, frac_coords=crystal.frac_coords @ np.linalg.inv(m))
 
 
+class BasisChangeSkipped(ValueError):
+    """A basis-change trial that cannot be made for this cell (the reason is the message);
+    :func:`invariance_report` notes it and goes on with the other trials."""
+
+
 def niggli_reduced(crystal):
-    """The crystal on its Niggli-reduced basis (pymatgen), as a basis change of the same lattice."""
+    """The crystal on its Niggli-reduced basis (pymatgen), as a basis change of the same lattice.
+
+    The reduction runs on the lattice scaled to unit volume: pymatgen's tolerances are absolute
+    (Angstrom), so a 1e5 A cell came back half-reduced with a non-integer change of basis, a
+    1e7 A one made it allocate a matrix of 135 TiB and a 1e12 A one never finished. A basis
+    change does not depend on the scale, so the integer matrix found on the scaled lattice is
+    the one of the real lattice. Raises :class:`BasisChangeSkipped` when no integer matrix with
+    determinant +-1 comes out (a degenerate cell)."""
     from pymatgen.core import Lattice
 
-    reduced = Lattice(crystal.lattice).get_niggli_reduced_lattice().matrix
-    m = np.round(reduced @ np.linalg.inv(crystal.lattice))
+    lattice = np.asarray(crystal.lattice, dtype=float)
+    volume = abs(np.linalg.det(lattice))
+    if not np.isfinite(volume) or volume <= 0:
+        raise BasisChangeSkipped(f"the cell volume is {volume:.3g}")
+    scaled = lattice / np.cbrt(volume)
+    reduced = Lattice(scaled).get_niggli_reduced_lattice().matrix
+    exact = reduced @ np.linalg.inv(scaled)
+    m = np.round(exact)
+    if not np.allclose(exact, m, atol=1e-6) or round(abs(np.linalg.det(m))) != 1:
+        raise BasisChangeSkipped("the Niggli reduction gave no integer change of basis with determinant +-1")
     return basis_changed(crystal, m)
 
 
@@ -124,8 +144,13 @@ def invariance_report(model, crystals, trials: int = 3, seed: int = 0, supercell
     compares the output in a batch with the output of the structure alone; ``mirror`` is the
     change under a reflection, which SO(3)-invariant models need not be invariant to;
     ``basis_change`` uses the Niggli basis and a shear of the basis (the same crystal, another
-    unit-cell description). Every variant of every structure is predicted in batches of
-    ``batch_size`` (eval mode: the outputs do not depend on the batch, which ``batch`` checks)."""
+    unit-cell description); a basis change that cannot be made for a cell
+    (:class:`BasisChangeSkipped`) is left out for that structure and named in its row's
+    ``notes`` (a list of strings, empty when nothing was skipped). Every variant of every
+    structure is predicted in batches of ``batch_size`` (eval mode: the outputs do not depend on
+    the batch, which ``batch`` checks)."""
+    if int(trials) < 1 or int(batch_size) < 1:
+        raise ValueError(f"trials and batch_size must be at least 1, got {trials} and {batch_size}")
     unknown = set(checks) - set(INVARIANCE_KEYS)
     if unknown:
         raise ValueError(f"unknown checks {sorted(unknown)}; choose from {INVARIANCE_KEYS}")
@@ -142,7 +167,15 @@ def invariance_report(model, crystals, trials: int = 3, seed: int = 0, supercell
     }
     import torch
 
-    rows = [{"id": c.id} for c in crystals]
+    rows = [{"id": c.id, "notes": []} for c in crystals]
+
+    def or_unchanged(transform, c, row):
+        try:
+            return transform(c)
+        except BasisChangeSkipped as exc:
+            row["notes"].append(f"{getattr(transform, '__name__', 'basis change')} trial skipped: {exc}")
+            return c  # the unchanged structure: its change is 0, the note says why
+
     for key in checks:
         if key == "batch":  # every structure alone
             outputs = torch.cat([predict(model, [c]) for c in crystals])
@@ -150,7 +183,8 @@ def invariance_report(model, crystals, trials: int = 3, seed: int = 0, supercell
         else:
             changes = torch.zeros(len(crystals), dtype=ref.dtype)
             for transform in variants[key]:
-                change = (predict_in_batches(model, [transform(c) for c in crystals], batch_size) - ref).abs().amax(dim=1)
+                changed = [or_unchanged(transform, c, row) for c, row in zip(crystals, rows)]
+                change = (predict_in_batches(model, changed, batch_size) - ref).abs().amax(dim=1)
                 changes = torch.maximum(changes, change)  # propagates NaN (a broken output must show)
         for row, change in zip(rows, changes.tolist()):
             row[key] = change

@@ -19,7 +19,7 @@ import torch
 
 from crystalframes.data.batch import collate
 from crystalframes.data.graph import build_graph
-from crystalframes.models import build_model, num_parameters, parse_spec
+from crystalframes.models import SpecError, build_model, num_parameters, parse_spec
 from crystalframes.models.ecomformer import FRAMES, PRESETS, EComFormer
 from crystalframes.testing import (
     DEFAULT_TOLERANCES,
@@ -193,7 +193,7 @@ def test_invariance_report_runs_the_checks_asked_for(test_crystals):
     crystals = test_crystals[:4]
     one = invariance_report(model, crystals, trials=1, checks=("rotation", "mirror"), batch_size=1)
     many = invariance_report(model, crystals, trials=1, checks=("rotation", "mirror"), batch_size=32)
-    assert [set(r) for r in one] == [{"id", "rotation", "mirror"}] * 4
+    assert [set(r) for r in one] == [{"id", "notes", "rotation", "mirror"}] * 4  # notes: skipped trials
     for a, b in zip(one, many):
         assert a["rotation"] <= 1e-9 and b["rotation"] <= 1e-9
         # (a centrosymmetric crystal's mirror image is a rotated copy: its difference may be 0)
@@ -468,7 +468,7 @@ def test_overrides():
     assert model.config.layer_order == ("att", "equi") and len(model.frames) == 1
     batch = collate([build_graph(_cubic(), model.graph_settings)])
     assert model.eval()(batch).shape == (1, 3)
-    with pytest.raises(ValueError, match="unknown eComFormer option"):
+    with pytest.raises(SpecError, match="unknown ecomformer model option .hiden. .did you mean .hidden"):
         build_model("ecomformer:none@cpu_small", hiden=3)
     with pytest.raises(ValueError, match="part of the spec"):
         build_model("ecomformer:none@cpu_small", frame="spframe_quaternion")

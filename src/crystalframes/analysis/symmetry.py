@@ -10,6 +10,7 @@ frame-transformed neighbourhoods of two atoms of the orbit; 0 means collapsed.
 
 from __future__ import annotations
 
+import difflib
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +27,9 @@ from crystalframes.frames import (
     qr_frame,
     static_local_frame,
 )
+from crystalframes.io.errors import InputError
+from crystalframes.models.elements import unsupported_elements_error
+from crystalframes.models.specs import SpecError
 
 # Distinguishability below this (Angstrom) counts as collapsed: DFT-relaxed files are
 # symmetric to ~1e-5 A, far below any real difference between neighbourhoods.
@@ -85,6 +89,14 @@ STRUCTURE_FRAMES = {
 }
 
 
+def check_frame(frame: str) -> None:
+    """Raise :class:`SpecError` unless ``frame`` is one of :data:`STRUCTURE_FRAMES`."""
+    if frame not in STRUCTURE_FRAMES:
+        close = difflib.get_close_matches(str(frame), list(STRUCTURE_FRAMES), n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise SpecError(f"unknown frame {frame!r}{hint}; choose one of: {', '.join(sorted(STRUCTURE_FRAMES))}")
+
+
 def _neighbourhoods(batch, frames):
     local = edges_in_frames(batch.edge_vec, frames, batch.edge_index[0]).numpy()
     species = batch.atomic_numbers[batch.edge_index[1]].numpy()
@@ -131,13 +143,18 @@ def symmetry_analysis(crystal, frame: str = "spframe", model=None, k: int = 12, 
     exactly symmetric within ``symprec`` (:func:`idealised`)."""
     import spglib
 
+    check_frame(frame)
+    if model is not None:
+        error = unsupported_elements_error(model, crystal)
+        if error is not None:
+            raise error
     moved = 0.0
     if idealise:
         crystal, moved = idealised(crystal, symprec)
 
     ds = spglib.get_symmetry_dataset((crystal.lattice, crystal.frac_coords, crystal.atomic_numbers), symprec=symprec)
     if ds is None:
-        raise ValueError(f"{crystal.where}: spglib found no symmetry dataset")
+        raise InputError(crystal.where, f"spglib found no symmetry dataset (symprec {symprec})")
     features = None
     if model is not None:
         # The model's own frames where it builds per-atom frames (eComFormer's frame blocks,
@@ -151,8 +168,6 @@ def symmetry_analysis(crystal, frame: str = "spframe", model=None, k: int = 12, 
         batch, frames = model_batch.to(dtype=T), model_frames[0].to(T)
         frame_name = getattr(model, "spec", "model")
     else:
-        if frame not in STRUCTURE_FRAMES:
-            raise ValueError(f"unknown frame {frame!r}; choose one of {sorted(STRUCTURE_FRAMES)}")
         batch = collate([build_graph(crystal, GraphSettings(k=k))], dtype=T)
         frames = STRUCTURE_FRAMES[frame](batch)
         frame_name = frame

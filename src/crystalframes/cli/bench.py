@@ -8,6 +8,8 @@ from typing import List, Optional
 
 import typer
 
+from crystalframes.cli.options import choice_option
+
 app = typer.Typer(help="Benchmarks: model efficiency and accuracy tables.", no_args_is_help=True)
 
 
@@ -15,11 +17,11 @@ app = typer.Typer(help="Benchmarks: model efficiency and accuracy tables.", no_a
 def models(
     specs: List[str] = typer.Argument(..., help="Model specs, e.g. ecomformer:none@jarvis_formation_energy crystalformer:max@reference."),
     data: str = typer.Option("mp_2018_demo", "--data", help="Dataset name or file."),
-    n: int = typer.Option(256, help="Structures to time."),
-    batch_size: int = typer.Option(64, help="Batch size."),
-    threads: int = typer.Option(2, help="torch CPU threads."),
-    dtype: str = typer.Option("float32", help="float32 or float64."),
-    repeats: int = typer.Option(2, help="Timings per batch (the fastest is kept)."),
+    n: int = typer.Option(256, min=1, help="Structures to time."),
+    batch_size: int = typer.Option(64, min=1, help="Batch size."),
+    threads: int = typer.Option(2, min=1, help="torch CPU threads."),
+    dtype: str = typer.Option("float32", callback=choice_option("float32", "float64"), help="float32 or float64."),
+    repeats: int = typer.Option(2, min=1, help="Timings per batch (the fastest is kept)."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON rows."),
 ):
     """Parameters, training ms/structure and s/epoch, inference ms/structure, peak memory."""

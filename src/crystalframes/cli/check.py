@@ -7,6 +7,9 @@ from typing import List
 
 import typer
 
+from crystalframes.cli.options import choice_option
+from crystalframes.testing import DEFAULT_TOLERANCES  # numpy only: the dtypes a check can run in
+
 REPORT_KEYS = {
     "rotation": "max_rotation_error",
     "translation": "max_translation_error",
@@ -19,43 +22,51 @@ REPORT_KEYS = {
 
 
 def model_for_checks(model: str, dtype: str):
-    """A trained model (file or run folder) or a freshly initialised one from a spec (seeded)."""
+    """A trained model (file or run folder) or a freshly initialised one from a spec (seeded).
+
+    A name that is no model file is read as a spec; if it is neither, the error says both
+    (with the spec's own complaint when the name looks like a spec)."""
     import torch
 
     from crystalframes.api import _resolve_model_path, load_model
     from crystalframes.io import InputError
-    from crystalframes.models.specs import build_model
+    from crystalframes.models.specs import SpecError, build_model, parse_spec
 
     try:
         _resolve_model_path(model)
-        net = load_model(model).model
-    except InputError:
-        if ":" not in model and "@" not in model:
-            raise
+    except InputError as not_a_file:
+        try:
+            parse_spec(model)
+        except SpecError as bad_spec:
+            if ":" in model or "@" in model:
+                raise bad_spec from None
+            raise InputError(model, f"{not_a_file.problem}, and not a model spec: {bad_spec}") from None
         torch.manual_seed(0)
         net = build_model(model)
+    else:
+        net = load_model(model).model
     return net.to(getattr(torch, dtype)).eval()
 
 
 def check_command(
     model: str = typer.Argument(..., help="Trained model (model.pt or run folder) or a model spec, e.g. ecomformer:spframe_quaternion."),
     structures: List[str] = typer.Argument(..., help="Structure files, folders or JSONL datasets."),
-    trials: int = typer.Option(3, help="Random rotations/translations/permutations per structure."),
-    dtype: str = typer.Option("float64", help="float64 (exactness) or float32."),
+    trials: int = typer.Option(3, min=1, help="Random rotations/translations/permutations per structure."),
+    dtype: str = typer.Option("float64", callback=choice_option(*DEFAULT_TOLERANCES), help="float64 (exactness) or float32."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ):
     """Largest prediction change under rotations, translations, permutations, supercells,
     basis changes and a mirror reflection, per structure and overall."""
     from crystalframes.cli.predict import _collect
     from crystalframes.io import InputError
-    from crystalframes.testing import DEFAULT_TOLERANCES, invariance_report
+    from crystalframes.testing import invariance_report
 
     net = model_for_checks(model, dtype)
-    crystals, errors = _collect(structures)
+    crystals, errors = _collect(structures, net)
     if not crystals:
         raise InputError(" ".join(structures), "no readable structures" + (f" ({errors[0]})" if errors else ""))
     rows = invariance_report(net, crystals, trials=trials)
-    per = [{"id": r["id"], **{REPORT_KEYS[k]: r[k] for k in REPORT_KEYS}} for r in rows]
+    per = [{"id": r["id"], **{REPORT_KEYS[k]: r[k] for k in REPORT_KEYS}, "notes": r["notes"]} for r in rows]
     overall = {name: max(p[name] for p in per) for name in REPORT_KEYS.values()}
     out = {"model": model, "dtype": dtype, "tolerance": DEFAULT_TOLERANCES[dtype], "structures": per, "overall": overall,
            "bad_inputs": [str(e) for e in errors]}
@@ -68,5 +79,8 @@ def check_command(
     for p in per + [{"id": "OVERALL", **overall}]:
         typer.echo(f"{p['id'][:24]:24s} " + " ".join(f"{p[c]:12.2e}" for c in cols))
     typer.echo(f"tolerance for {dtype}: {DEFAULT_TOLERANCES[dtype]:.0e} (mirror: SO(3) models need not be mirror-invariant)")
+    for p in per:
+        for note in p["notes"]:
+            typer.echo(f"note: {p['id']}: {note}")
     for e in errors:
         typer.echo(f"bad input: {e}", err=True)

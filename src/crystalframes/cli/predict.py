@@ -11,10 +11,31 @@ from typing import List, Optional
 import numpy as np
 import typer
 
+from crystalframes.cli.options import device_option
 
-def _collect(inputs: List[str]):
-    """Crystals and errors from files, folders and datasets; bad inputs are listed, not fatal."""
+
+def require_regular_file(path: Path) -> None:
+    """Raise :class:`InputError` if ``path`` exists but is no regular file: reading a named pipe
+    or a device would block forever (or never end). A missing or unreadable path is left to
+    the reader, which says which."""
+    import stat
+
+    from crystalframes.io import InputError
+
+    try:
+        mode = path.stat().st_mode
+    except OSError:
+        return
+    if not stat.S_ISREG(mode) and not stat.S_ISDIR(mode):
+        raise InputError(str(path), "not a regular file (a named pipe, socket or device); give a structure file")
+
+
+def _collect(inputs: List[str], model=None):
+    """Crystals and errors from files, folders and datasets; bad inputs are listed, not fatal.
+    With ``model``, structures holding elements it cannot encode are errors too (found here,
+    before batching, so they never cost the good structures of their batch)."""
     from crystalframes.io import InputError, iter_records, read_structure
+    from crystalframes.models.elements import split_supported
 
     crystals, errors = [], []
     for item in inputs:
@@ -24,25 +45,71 @@ def _collect(inputs: List[str]):
                 for rec in iter_records(path):
                     (errors if isinstance(rec, InputError) else crystals).append(rec)
             else:
+                require_regular_file(path)
                 crystals.append(read_structure(path))
         except InputError as exc:
             errors.append(exc)
+    if model is not None:
+        crystals, unsupported = split_supported(model, crystals)
+        errors.extend(unsupported)
     return crystals, errors
+
+
+def _target_names(source: str, records: int = 50) -> list[str]:
+    """The target names the first ``records`` good records of ``source`` hold (for a hint)."""
+    from itertools import islice
+
+    from crystalframes.data.datasets import resolve_source
+    from crystalframes.io import Crystal, iter_records
+
+    found = islice((r for r in iter_records(resolve_source(source)) if isinstance(r, Crystal)), records)
+    return sorted({name for crystal in found for name in crystal.targets})
+
+
+def _summary_of_errors(errors, limit: int = 10) -> None:
+    """The first ``limit`` bad inputs on stderr, one per line."""
+    for e in errors[:limit]:
+        typer.echo(f"  bad input: {e}", err=True)
+    if len(errors) > limit:
+        typer.echo(f"  ... and {len(errors) - limit} more", err=True)
+
+
+def _refuse_folder(output: Path, what: str) -> None:
+    if output.is_dir():
+        from crystalframes.io import UserError
+
+        raise UserError(f"{output}: is a folder; give the name of the {what} to write (-o FILE)")
+
+
+def _load(model: str, device: str):
+    from crystalframes.api import load_model
+
+    return load_model(model, device=device)
 
 
 def predict_command(
     model: str = typer.Argument(..., help="Model file (model.pt) or run folder."),
     inputs: List[str] = typer.Argument(..., help="Structure files, folders, JSONL datasets."),
-    output: Path = typer.Option(Path("predictions.csv"), "-o", "--output", help="CSV to write."),
-    batch_size: int = typer.Option(64, help="Structures per batch."),
+    output: Path = typer.Option(Path("predictions.csv"), "-o", "--output", help="CSV to write (replaced if it exists)."),
+    batch_size: int = typer.Option(64, min=1, help="Structures per batch."),
+    device: str = typer.Option("cpu", "--device", callback=device_option, help="Where to run the model: cpu, cuda, cuda:N or mps."),
 ):
-    """Predict properties; bad inputs are listed in an error column while the good ones are predicted."""
-    from crystalframes.api import load_model
-    from crystalframes.atomic import atomic_write
+    """Predict properties; bad inputs are listed in an error column while the good ones are predicted.
 
-    predictor = load_model(model)
+    Exit code 1 when nothing could be predicted (the CSV is then left as it was)."""
+    from crystalframes.atomic import atomic_write
+    from crystalframes.io import UserError
+
+    _refuse_folder(output, "CSV")
+    predictor = _load(model, device)
     crystals, errors = _collect(inputs)
-    pred = predictor.predict_crystals(crystals, batch_size) if crystals else np.zeros((0, len(predictor.targets)))
+    crystals, pred, model_errors = predictor.predict_each(crystals, batch_size)
+    errors += model_errors
+    total = len(crystals) + len(errors)
+    if not crystals:
+        _summary_of_errors(errors)
+        typer.echo(f"predict: nothing predicted: all {total} input(s) failed (listed above); {output} not written", err=True)
+        raise typer.Exit(1)
     buf = io.StringIO()
     w = csv.writer(buf)
     labels = [f"{t} ({u})" if u else t for t, u in zip(predictor.targets, predictor.units)]
@@ -51,35 +118,62 @@ def predict_command(
         w.writerow([c.id, c.source, c.formula, c.num_atoms, *(f"{v:.6g}" for v in p), ""])
     for e in errors:
         w.writerow(["", e.source, "", "", *([""] * len(labels)), e.problem])
-    with atomic_write(output, "w") as fh:
-        fh.write(buf.getvalue())
-    typer.echo(f"predicted {len(crystals)} structures -> {output}" + (f"; {len(errors)} bad inputs listed in its error column" if errors else ""))
-    for e in errors[:10]:
-        typer.echo(f"  bad input: {e}", err=True)
+    try:
+        with atomic_write(output, "w") as fh:
+            fh.write(buf.getvalue())
+    except OSError as exc:
+        raise UserError(f"{output}: cannot write the predictions ({exc.strerror or exc})") from None
+    _summary_of_errors(errors)
+    failed = f"; {len(errors)} failed (see the 'error' column)" if errors else ""
+    typer.echo(f"predict: {len(crystals)} of {total} structure(s) predicted -> {output}{failed}", err=True)
 
 
 def eval_command(
     model: str = typer.Argument(..., help="Model file (model.pt) or run folder."),
-    source: str = typer.Argument(..., help="Dataset name or file with the model's target."),
+    source: str = typer.Argument(..., help="Dataset name or file with the model's target (or --target-column)."),
     split: Optional[str] = typer.Option(None, "--split", help="Only records whose split field is this (train/val/test)."),
+    target_column: Optional[str] = typer.Option(
+        None, "--target-column",
+        help="The dataset's name for the true values when it differs from the model's target "
+             "(e.g. 'target' for an id_prop.csv without header, or your own JSONL key)."),
     output: Path = typer.Option(Path("eval"), "-o", "--output", help="Folder for metrics.json and predictions.csv."),
+    batch_size: int = typer.Option(64, min=1, help="Structures per batch."),
+    device: str = typer.Option("cpu", "--device", callback=device_option, help="Where to run the model: cpu, cuda, cuda:N or mps."),
 ):
     """Metrics (MAE, RMSE, R^2, n) of a model on a dataset, plus a predictions CSV."""
-    from crystalframes.api import load_model
+    from dataclasses import replace
+
     from crystalframes.data.datasets import load_dataset
-    from crystalframes.io import InputError
+    from crystalframes.io import InputError, UserError
     from crystalframes.train.metrics import metrics_of, write_json, write_predictions
 
-    predictor = load_model(model)
+    if output.exists() and not output.is_dir():
+        raise UserError(f"{output}: is a file; eval writes a folder (metrics.json, predictions.csv): give a folder name with -o")
+    predictor = _load(model, device)
     target = predictor.targets[0]
-    result = load_dataset(source, target=target)
+    column = target_column or target
+    result = load_dataset(source, target=column)
     crystals = [c for c in result.crystals if split is None or c.split == split]
     if not crystals:
-        raise InputError(source, f"no records with target '{target}'" + (f" in split '{split}'" if split else ""))
+        hint = ""
+        if target_column is None:
+            names = _target_names(source)
+            hint = "; if the dataset names it otherwise, give --target-column NAME" + (f" (records have: {', '.join(names)})" if names else "")
+        raise InputError(source, f"no records with target '{column}'" + (f" in split '{split}'" if split else "") + hint)
+    if column != target:  # the user's column holds the model's target
+        crystals = [replace(c, targets={**c.targets, target: c.targets[column]}) for c in crystals]
+    crystals, pred, errors = predictor.predict_each(crystals, batch_size)
+    _summary_of_errors(errors)
+    if not crystals:
+        raise InputError(source, f"none of the {len(errors)} records could be predicted (listed above)")
+    pred = pred[:, 0]
     true = np.array([c.target(target) for c in crystals])
-    pred = predictor.predict_crystals(crystals)[:, 0]
-    metrics = {"model": str(model), "source": source, "split": split, "target": target, "units": predictor.units[0], **metrics_of(pred, true)}
+    metrics = {"model": str(model), "source": source, "split": split, "target": target, "target_column": column,
+               "units": predictor.units[0], **metrics_of(pred, true), "failed": len(errors)}
     output.mkdir(parents=True, exist_ok=True)
     write_json(output / "metrics.json", metrics)
     write_predictions(output / "predictions.csv", crystals, pred, target, predictor.units[0])
     typer.echo(json.dumps(metrics, indent=2))
+    if errors:
+        typer.echo(f"eval: {len(crystals)} record(s) evaluated, {len(errors)} failed (listed above)", err=True)
+

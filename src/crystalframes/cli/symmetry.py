@@ -18,9 +18,14 @@ def symmetry_command(
 ):
     """Space group, Wyckoff orbits and, per orbit, whether the frames collapse equivalent atoms
     (distinguishability 0) or keep them apart (seed 000, Section 3.1)."""
-    from crystalframes.analysis.symmetry import plot_frames, symmetry_analysis
+    from crystalframes.analysis.symmetry import check_frame, plot_frames, symmetry_analysis
     from crystalframes.io import read_structure
 
+    if model is None:
+        check_frame(frame)  # before reading: a typo is reported without any slow work
+    from crystalframes.cli.predict import require_regular_file
+
+    require_regular_file(structure)
     crystal = read_structure(structure)
     net = None
     if model is not None:

@@ -14,14 +14,18 @@ from crystalframes.models.specs import (
     BACKBONES,
     Backbone,
     ModelSpec,
+    SpecError,
     available_specs,
     build_model,
+    check_options,
     parse_spec,
     preset_training,
     register_backbone,
 )
 
 __all__ = [
+    "SpecError",
+    "check_options",
     "split_supported",
     "unsupported_elements_error",
     "build_model",

@@ -18,11 +18,29 @@ for a new backbone.
 
 from __future__ import annotations
 
+import difflib
 import re
 from dataclasses import dataclass, field
-from typing import Callable, Mapping
+from typing import Callable, Iterable, Mapping
 
 from torch import nn
+
+from crystalframes.io.errors import UserError
+
+
+class SpecError(UserError, ValueError):
+    """A model spec or model option that names nothing we have: the command line prints it as
+    one ``error:`` line (a :class:`UserError`); code that expects ``ValueError`` still catches it."""
+
+
+def _did_you_mean(word: str, choices: Iterable[str]) -> str:
+    close = difflib.get_close_matches(str(word), list(choices), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _unknown(kind: str, word: str, choices: Iterable[str], where: str = "") -> SpecError:
+    choices = list(choices)
+    return SpecError(f"unknown {kind} {word!r}{where}{_did_you_mean(word, choices)}; choose one of: {', '.join(choices)}")
 
 _SPEC = re.compile(r"^(?P<backbone>[A-Za-z0-9_]+)(?::(?P<frame>[A-Za-z0-9_]+)(?:\+(?P<global_frame>[A-Za-z0-9_]+))?)?(?:@(?P<preset>[A-Za-z0-9_]+))?$")
 
@@ -49,7 +67,8 @@ class Backbone:
     ``global_frames`` the accepted global frames; ``frames_with_global`` the frames for which a
     global frame means something (others reject ``+name``); ``presets`` name -> description;
     ``training`` preset name -> its published training settings (plain data, see
-    :func:`preset_training`).
+    :func:`preset_training`); ``options`` the settings a preset lets overrides replace (empty:
+    the builder checks them itself).
     """
 
     name: str
@@ -62,6 +81,7 @@ class Backbone:
     default_global_frame: str
     default_preset: str
     training: Mapping[str, dict] = field(default_factory=dict)
+    options: tuple[str, ...] = ()
 
 
 BACKBONES: dict[str, Backbone] = {}
@@ -73,37 +93,62 @@ def register_backbone(backbone: Backbone) -> None:
 
 
 def parse_spec(spec: str | ModelSpec) -> ModelSpec:
-    """Validate a spec string and fill in the backbone's defaults."""
+    """Validate a spec string and fill in the backbone's defaults; a bad spec raises
+    :class:`SpecError` naming the part that is wrong and the choices."""
     if isinstance(spec, ModelSpec):
         spec = str(spec)
+    if not isinstance(spec, str):
+        raise SpecError(f"a model spec must be a string, not {type(spec).__name__}")
     m = _SPEC.match(spec.strip())
     if m is None:
-        raise ValueError(f"bad model spec {spec!r}; expected backbone[:frame[+global_frame]][@preset], e.g. 'ecomformer:spframe_quaternion@jarvis_formation_energy'")
+        raise SpecError(f"bad model spec {spec!r}; expected backbone[:frame[+global_frame]][@preset], e.g. 'ecomformer:spframe_quaternion@jarvis_formation_energy'")
     name = m["backbone"]
     if name not in BACKBONES:
-        raise ValueError(f"unknown backbone {name!r} in {spec!r}; available: {sorted(BACKBONES)}")
+        raise _unknown("backbone", name, sorted(BACKBONES), f" in spec {spec!r}")
     b = BACKBONES[name]
     frame = m["frame"] or b.default_frame
     if frame not in b.frames:
-        raise ValueError(f"unknown frame {frame!r} for {name}; choose one of {b.frames}")
+        raise _unknown("frame", frame, b.frames, f" for {name} in spec {spec!r}")
     global_frame = m["global_frame"]
     if frame in b.frames_with_global:
         global_frame = global_frame or b.default_global_frame
         if global_frame not in b.global_frames:
-            raise ValueError(f"unknown global frame {global_frame!r}; choose one of {b.global_frames}")
+            raise _unknown("global frame", global_frame, b.global_frames, f" in spec {spec!r}")
     elif global_frame is not None:
-        raise ValueError(f"frame {frame!r} of {name} uses no global frame, so '+{global_frame}' means nothing")
+        raise SpecError(f"frame {frame!r} of {name} uses no global frame, so '+{global_frame}' in {spec!r} means nothing")
     preset = m["preset"] or b.default_preset
     if preset not in b.presets:
-        raise ValueError(f"unknown preset {preset!r} for {name}; choose one of {tuple(b.presets)}")
+        raise _unknown("preset", preset, tuple(b.presets), f" for {name} in spec {spec!r}")
     return ModelSpec(name, frame, global_frame, preset)
+
+
+def check_options(spec: str | ModelSpec, options: Mapping) -> None:
+    """Raise :class:`SpecError` if ``options`` (``model.options``) names a setting the spec's
+    backbone does not have, with the known settings and a did-you-mean; cheap (builds nothing),
+    so commands can call it before they create any output."""
+    parsed = parse_spec(spec)
+    known = BACKBONES[parsed.backbone].options
+    if not known:
+        return
+    for key in options:
+        if key not in known:
+            raise SpecError(f"unknown {parsed.backbone} model option {key!r}{_did_you_mean(key, known)}; "
+                            f"known options: {', '.join(sorted(known))}")
 
 
 def build_model(spec: str | ModelSpec, **overrides) -> nn.Module:
     """Build the model a spec names; ``overrides`` replace settings of its preset. The model
-    gets a ``spec`` attribute holding the canonical spec string."""
+    gets a ``spec`` attribute holding the canonical spec string. A bad spec, an unknown option
+    or an invalid option value raises :class:`SpecError`."""
     parsed = parse_spec(spec)
-    model = BACKBONES[parsed.backbone].builder(parsed, **overrides)
+    check_options(parsed, overrides)
+    try:
+        model = BACKBONES[parsed.backbone].builder(parsed, **overrides)
+    except SpecError:
+        raise
+    except (TypeError, ValueError) as exc:
+        # the preset configs validate values (sizes >= 1, known layer kinds...) with ValueError
+        raise SpecError(f"model {parsed} with options {overrides}: {exc}") from None
     model.spec = str(parsed)
     return model
 
@@ -133,7 +178,7 @@ def _build_ecomformer(spec: ModelSpec, **overrides) -> nn.Module:
 
     for key, value in (("frame", spec.frame), ("global_frame", spec.global_frame)):
         if key in overrides and overrides[key] != value:
-            raise ValueError(f"{key} is part of the spec ({value!r}); write it there, not as an override")
+            raise SpecError(f"{key} is part of the spec ({value!r}); write it there, not as an override")
         overrides.pop(key, None)
     if spec.global_frame is not None:
         overrides["global_frame"] = spec.global_frame
@@ -144,11 +189,13 @@ def _build_crystalformer(spec: ModelSpec, **overrides) -> nn.Module:
     from crystalframes.models.crystalformer import build_crystalformer
 
     if "frame" in overrides and overrides.pop("frame") != spec.frame:
-        raise ValueError(f"frame is part of the spec ({spec.frame!r}); write it there, not as an override")
+        raise SpecError(f"frame is part of the spec ({spec.frame!r}); write it there, not as an override")
     return build_crystalformer(spec.frame, spec.preset, **overrides)
 
 
 def _register_defaults() -> None:
+    from dataclasses import fields
+
     from crystalframes.frames import GLOBAL_FRAMES
     from crystalframes.models import ecomformer as ec
 
@@ -164,6 +211,7 @@ def _register_defaults() -> None:
             default_global_frame=ec.DEFAULT_GLOBAL_FRAME,
             default_preset=ec.DEFAULT_PRESET,
             training={name: p.training for name, p in ec.PRESETS.items()},
+            options=tuple(f.name for f in fields(ec.EComFormerConfig)),
         )
     )
     from crystalframes.models import crystalformer as cf
@@ -180,6 +228,7 @@ def _register_defaults() -> None:
             default_global_frame="",
             default_preset=cf.DEFAULT_PRESET,
             training={name: p.training for name, p in cf.CRYSTALFORMER_PRESETS.items()},
+            options=tuple(f.name for f in fields(cf.CrystalformerConfig)),
         )
     )
 
