@@ -94,6 +94,8 @@ def stored_config(folder: Path) -> RunConfig:
 
 def resume_config(folder: Path, overrides: list[str]) -> RunConfig:
     """The stored config with ``overrides`` applied, refusing changes a resumed run cannot take."""
+    if not (folder / CHECKPOINTS / "last.ckpt").exists():
+        raise UserError(f"{folder}: nothing to resume (no {CHECKPOINTS}/last.ckpt)")
     stored = stored_config(folder)
     wanted = load_config(folder / "config.yaml", list(overrides)) if overrides else stored
     check_resume_changes(stored, wanted, folder)

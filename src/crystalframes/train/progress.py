@@ -69,7 +69,7 @@ class ProgressLines(L.Callback):
 
 
 def read_log_rows(path: Path, up_to_step: int) -> list[dict]:
-    """Rows of a metrics CSV logged at or before ``up_to_step`` (a resumed run logs the later
+    """Rows of a metrics CSV logged before global step ``up_to_step`` (a resumed run logs the later
     ones again); empty if there is no readable file."""
     try:
         with open(path, newline="") as fh:
@@ -82,7 +82,7 @@ def read_log_rows(path: Path, up_to_step: int) -> list[dict]:
             step = int(float(row.get("step") or "nan"))
         except ValueError:
             continue
-        if step <= up_to_step:
+        if step < up_to_step:  # a row logged at step s is covered by checkpoints after step s
             kept.append({k: v for k, v in row.items() if k is not None and v not in ("", None)})
     return kept
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 import contextlib
 import csv
 import logging
-import os
 import sys
 import time
 import warnings
@@ -179,11 +178,11 @@ def train(cfg: RunConfig | None, output: str | Path | None = None, resume: bool 
         ckpt = run_folder.load_checkpoint(last_ckpt)
     # Everything that can be checked without the data is checked before the folder exists.
     check_tensorboard(cfg)
-    model = build_configured_model(cfg)
     keep_freed_memory()  # also for DDP workers and library callers; see crystalframes.runtime
     if cfg.trainer.threads:
         torch.set_num_threads(cfg.trainer.threads)
-    L.seed_everything(cfg.trainer.seed, workers=True, verbose=False)
+    L.seed_everything(cfg.trainer.seed, workers=True, verbose=False)  # before the model's initial weights
+    model = build_configured_model(cfg)
     dtype = getattr(torch, cfg.trainer.dtype)
     model.to(dtype)
 
