@@ -1,7 +1,6 @@
 """Fixtures of the training tests (helpers in tiny.py)."""
 
 import gzip
-import os
 
 import pytest
 
