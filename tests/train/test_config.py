@@ -62,3 +62,39 @@ def test_default_run_is_spframe_on_the_embedded_demo_with_the_cpu_preset():
 
     model = build_model(cfg.model.spec)
     assert model.config.k == 16 and model.config.hidden == 64 and model.config.frame == "spframe_quaternion"
+
+
+def test_unknown_setting_names_the_closest_one():
+    with pytest.raises(InputError) as err:
+        load_config(None, ["trainer.epoch=1"])
+    assert "unknown setting trainer.epoch; did you mean trainer.epochs?" in str(err.value)
+    with pytest.raises(InputError, match="did you mean data.source"):
+        load_config(None, ["data.sourc=x"])
+    with pytest.raises(InputError, match="did you mean trainer.epochs"):
+        load_config(None, ["epochs=3"])
+
+
+def test_unknown_setting_in_a_config_file_names_the_file(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("trainer:\n  batch_sise: 8\n")
+    with pytest.raises(InputError, match=r"c.yaml: unknown setting trainer.batch_sise; did you mean trainer.batch_size\?"):
+        load_config(path)
+
+
+@pytest.mark.parametrize(
+    "setting",
+    ["trainer.batch_size=0", "trainer.epochs=0", "trainer.epochs=-3", "optim.lr=0", "optim.lr=-1e-3", "optim.lr=.nan",
+     "optim.lr=.inf", "optim.warmup_steps=0", "optim.pct_start=1.5", "optim.betas=[0.9, 1.5]", "optim.grad_clip=0",
+     "trainer.seed=-1", "trainer.threads=0", "trainer.devices=0", "trainer.checkpoint_every_n_steps=0",
+     "trainer.log_every_n_steps=0", "trainer.max_time_minutes=-1", "data.val_ratio=1.5", "data.max_train=0",
+     "trainer.progress_seconds=0", "optim.swa_epochs=-1"],
+)
+def test_every_numeric_setting_is_range_checked(setting):
+    with pytest.raises(InputError) as err:
+        load_config(None, [setting])
+    assert setting.split("=")[0] in str(err.value)
+
+
+def test_a_bad_model_spec_is_a_config_error():
+    with pytest.raises(InputError, match=r"model.spec: .*unknown frame 'nonsense'"):
+        load_config(None, ["model.spec=ecomformer:nonsense"])

@@ -23,18 +23,34 @@ def train_command(
     config: Optional[Path] = typer.Argument(None, help="YAML config (default: SPFrame on eComFormer, mp_2018_demo formation energy, CPU preset)."),
     set_: List[str] = typer.Option([], "--set", help="Override any config key, e.g. --set trainer.epochs=5 --set model.spec=crystalformer:max@cpu_small."),
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Run folder (default runs/<time>-<spec>)."),
-    resume: bool = typer.Option(False, "--resume", help="Continue the run in --output from its last checkpoint."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the run in --output from its last checkpoint (--set may change how it runs, e.g. trainer.epochs for an extendable schedule)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace the run that --output already holds."),
+    print_config: bool = typer.Option(False, "--print-config", help="Print the resolved config (preset values filled in, --set winning) as YAML and exit."),
 ):
     """Train a model; prints validation and test MAE beside the mean-predictor baseline."""
     require_training_stack()
+    import yaml
+
     from crystalframes.train.config import config_with_preset_training, explicit_keys, load_config
-    from crystalframes.train.run import train
+    from crystalframes.train.folder import resume_config
 
     if resume and output is None:
-        raise typer.BadParameter("--resume needs --output RUN_FOLDER")
-    cfg = load_config(config, list(set_))
-    cfg = config_with_preset_training(cfg, explicit_keys(config, list(set_)))
-    result = train(cfg, output, resume=resume)
+        raise typer.BadParameter("--resume needs --output RUN_FOLDER", param_hint="--resume")
+    if resume and overwrite:
+        raise typer.BadParameter("give --resume (continue the run) or --overwrite (replace it), not both", param_hint="--overwrite")
+    if resume and config is not None:
+        raise typer.BadParameter(f"a resumed run keeps the config it was started with ({output}/config.yaml); change what may change with --set", param_hint="CONFIG")
+    if resume:
+        cfg = resume_config(output, list(set_))
+    else:
+        cfg = load_config(config, list(set_))
+        cfg = config_with_preset_training(cfg, explicit_keys(config, list(set_)))
+    if print_config:
+        typer.echo(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False), nl=False)
+        return
+    from crystalframes.train.run import train
+
+    result = train(cfg, output, resume=resume, overwrite=overwrite)
     m = result.metrics
     if not m:
         return  # a non-zero DDP rank

@@ -4,17 +4,19 @@
 from __future__ import annotations
 
 import copy
+import difflib
 from pathlib import Path
 from typing import Any, Literal, Optional
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from crystalframes.io.errors import InputError
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # NaN or infinity is never a meaningful setting (lr=nan would train silently to NaN)
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class DataConfig(_Strict):
@@ -25,14 +27,14 @@ class DataConfig(_Strict):
     )
     split_key: Optional[str] = Field(None, description="benchmark split key for split=ids, e.g. dft_3d_formation_energy_peratom")
     split_file: Optional[str] = Field(None, description="benchmark_splits.json.gz for split=ids")
-    split_seed: int = 123
-    train_ratio: Optional[float] = None
-    val_ratio: float = 0.1
-    test_ratio: float = 0.1
+    split_seed: int = Field(123, ge=0)
+    train_ratio: Optional[float] = Field(None, gt=0, lt=1)
+    val_ratio: float = Field(0.1, ge=0, lt=1)
+    test_ratio: float = Field(0.1, ge=0, lt=1)
     test_from_train: float = Field(
-        0.1, description="if the split leaves no test records (e.g. mp_2018_demo), hold out this fraction of train (seeded)"
+        0.1, ge=0, lt=1, description="if the split leaves no test records (e.g. mp_2018_demo), hold out this fraction of train (seeded)"
     )
-    max_train: Optional[int] = Field(None, description="use only the first N training records (quick runs)")
+    max_train: Optional[int] = Field(None, ge=1, description="use only the first N training records (quick runs)")
     graph_cache: bool = True
 
 
@@ -40,37 +42,56 @@ class ModelConfig(_Strict):
     spec: str = Field("ecomformer:spframe_quaternion@cpu", description="backbone:frame[+global]@preset")
     options: dict[str, Any] = Field(default_factory=dict, description="overrides of the preset's model settings")
 
+    @field_validator("spec")
+    @classmethod
+    def _parsable(cls, spec: str) -> str:
+        # a bad spec must stop the command here, before any run folder exists
+        from crystalframes.models.specs import parse_spec
+
+        parse_spec(spec)
+        return spec
+
 
 class OptimConfig(_Strict):
     loss: Literal["l1", "mse"] = "l1"
     optimizer: Literal["adam", "adamw"] = "adamw"
-    lr: float = 1e-3
-    weight_decay: float = 1e-5
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(1e-5, ge=0)
     betas: tuple[float, float] = (0.9, 0.999)
     scheduler: Literal["onecycle", "polynomial", "inverse_sqrt", "constant"] = "onecycle"
-    pct_start: float = 0.3
-    lr_end: float = 1e-5
-    power: float = 1.0
-    warmup_steps: int = Field(4000, description="inverse_sqrt: lr * sqrt(w / (w + step))")
-    swa_epochs: int = Field(0, description="stochastic weight averaging over the last N epochs (0 = off)")
-    grad_clip: Optional[float] = Field(None, description="gradient-norm clipping")
+    pct_start: float = Field(0.3, gt=0, lt=1)
+    lr_end: float = Field(1e-5, gt=0)
+    power: float = Field(1.0, gt=0)
+    warmup_steps: int = Field(4000, ge=1, description="inverse_sqrt: lr * sqrt(w / (w + step))")
+    swa_epochs: int = Field(0, ge=0, description="stochastic weight averaging over the last N epochs (0 = off)")
+    grad_clip: Optional[float] = Field(None, gt=0, description="gradient-norm clipping")
+
+    @field_validator("betas")
+    @classmethod
+    def _betas_in_range(cls, betas: tuple[float, float]) -> tuple[float, float]:
+        if not all(0 <= b < 1 for b in betas):
+            raise ValueError("each beta must be in [0, 1)")
+        return betas
 
 
 class TrainerConfig(_Strict):
-    epochs: int = 40
-    batch_size: int = 64
-    max_time_minutes: Optional[float] = Field(None, description="stop after this wall time")
-    devices: int = 1
-    num_nodes: int = 1
+    epochs: int = Field(40, ge=1)
+    batch_size: int = Field(64, ge=1)
+    max_time_minutes: Optional[float] = Field(None, gt=0, description="stop after this wall time")
+    devices: int = Field(1, ge=1)
+    num_nodes: int = Field(1, ge=1)
     accelerator: str = Field("auto", description="cpu, gpu or auto")
     dtype: Literal["float32", "float64"] = "float32"
-    seed: int = 0
+    seed: int = Field(0, ge=0, lt=2**32, description="0 <= seed < 2**32 (numpy's range)")
     deterministic: bool = False
-    num_workers: int = 0
-    threads: Optional[int] = Field(None, description="torch CPU threads (default: torch's choice)")
-    checkpoint_every_n_steps: int = Field(50, description="how often the `last` checkpoint is refreshed")
-    log_every_n_steps: int = 20
-    tensorboard: bool = False
+    num_workers: int = Field(0, ge=0)
+    threads: Optional[int] = Field(None, ge=1, description="torch CPU threads (default: torch's choice)")
+    checkpoint_every_n_steps: int = Field(50, ge=1, description="how often the `last` checkpoint is refreshed")
+    log_every_n_steps: int = Field(20, ge=1)
+    tensorboard: bool = Field(False, description="also log to TensorBoard (needs the tensorboard package)")
+    progress_seconds: float = Field(
+        60, gt=0, description="when output is not a terminal: a progress line at most this often within an epoch"
+    )
 
 
 class RunConfig(_Strict):
@@ -90,6 +111,39 @@ def _set_dotted(tree: dict, dotted: str, value: Any, where: str) -> None:
     node[keys[-1]] = value
 
 
+def known_settings() -> list[str]:
+    """Every settable dotted key (``model.options.*`` is free-form, checked when the model is built)."""
+    return [f"{section}.{key}" for section, field in RunConfig.model_fields.items() for key in field.annotation.model_fields]
+
+
+def _unknown_setting(dotted: str) -> str | None:
+    """Why ``dotted`` is not a setting (with the closest known one), or None if it is one."""
+    parts = dotted.split(".")
+    known = known_settings()
+    if parts[0] in RunConfig.model_fields and len(parts) == 1:
+        return None  # a whole section
+    if parts[:2] == ["model", "options"] or dotted in known:
+        return None
+    if ".".join(parts[:2]) in known:
+        return f"{'.'.join(parts[:2])} is a single value, not a section"
+    candidates = known + list(RunConfig.model_fields)
+    close = difflib.get_close_matches(dotted, candidates, n=1, cutoff=0.6)
+    if not close and len(parts) == 2:  # a known key under a wrong or misspelt section
+        close = [k for k in known if k.split(".")[1] == parts[1]][:1]
+    hint = f"did you mean {close[0]}?" if close else f"settings are: {', '.join(known)}"
+    return f"unknown setting {dotted}; {hint}"
+
+
+def _check_settings(tree: dict, where: str, prefix: str = "") -> None:
+    for key, value in tree.items():
+        dotted = f"{prefix}{key}"
+        problem = _unknown_setting(dotted)
+        if problem:
+            raise InputError(where, problem)
+        if isinstance(value, dict) and dotted in RunConfig.model_fields:
+            _check_settings(value, where, dotted + ".")
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> RunConfig:
     """Read a YAML config (or the defaults), apply ``key.sub=value`` overrides (values parsed as
     YAML: numbers, booleans, lists), validate. Errors name the file or the override."""
@@ -104,12 +158,30 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Ru
             raise InputError(where, f"not valid YAML: {exc}") from None
         if not isinstance(tree, dict):
             raise InputError(where, "a config must be a mapping of sections (data, model, optim, trainer)")
+        _check_settings(tree, where)
     tree = copy.deepcopy(tree)
     for item in overrides:
         if "=" not in item:
             raise InputError(f"--set {item}", "expected key=value, e.g. trainer.epochs=5")
         key, raw = item.split("=", 1)
-        _set_dotted(tree, key.strip(), yaml.safe_load(raw) if raw.strip() else None, f"--set {item}")
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else None
+        except yaml.YAMLError as exc:
+            raise InputError(f"--set {item}", f"value is not valid YAML: {str(exc).splitlines()[0]}") from None
+        problem = _unknown_setting(key.strip())
+        if problem:
+            raise InputError(f"--set {item}", problem)
+        single: dict = {}
+        _set_dotted(single, key.strip(), value, f"--set {item}")
+        _check_settings(single, f"--set {item}")  # a whole section given as a mapping
+        _set_dotted(tree, key.strip(), value, f"--set {item}")
+    if overrides and where == "<defaults>":
+        where = "--set"
+    return validate_config(tree, where)
+
+
+def validate_config(tree: dict, where: str) -> RunConfig:
+    """The :class:`RunConfig` of a settings tree; an :class:`InputError` naming every bad value."""
     try:
         return RunConfig.model_validate(tree)
     except ValidationError as exc:

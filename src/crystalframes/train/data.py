@@ -141,16 +141,88 @@ def split_crystals(crystals: list[Crystal], cfg: DataConfig) -> dict[str, list[C
     return splits
 
 
-def prepare_data(cfg: DataConfig, graph_settings: GraphSettings) -> PreparedData:
-    """Read the source (bad records reported and skipped), split, fit the normaliser on train
-    only, and build (cached) graphs for each split."""
+# Larger than any physical property the datasets hold (eV/atom, eV, GPa, K, ...) by orders of
+# magnitude, and small enough that standardising (squares of deviations) cannot overflow.
+MAX_TARGET_MAGNITUDE = 1e6
+
+
+def unusable_target_error(crystal: Crystal, target: str) -> InputError | None:
+    """An :class:`InputError` naming the record if its target is infinite or of non-physical size."""
+    value = crystal.target(target)
+    if not np.isfinite(value) or abs(value) > MAX_TARGET_MAGNITUDE:
+        return InputError(
+            crystal.where, f"target '{target}' = {value:g} is not a physical value (|value| > {MAX_TARGET_MAGNITUDE:g})"
+        )
+    return None
+
+
+def usable_records(crystals: list[Crystal], target: str, model) -> tuple[list[Crystal], list[InputError]]:
+    """``(usable, errors)``: records with elements ``model`` cannot encode or a non-physical
+    target value are errors (reported, skipped), so they never reach a batch."""
+    from crystalframes.models.elements import split_supported
+
+    good, errors = split_supported(model, crystals) if model is not None else (list(crystals), [])
+    usable = []
+    for crystal in good:
+        error = unusable_target_error(crystal, target)
+        (usable if error is None else errors).append(crystal if error is None else error)
+    return usable, errors
+
+
+def _report_skipped(errors: list[InputError], source: str) -> None:
+    if not errors:
+        return
+    shown = "\n".join(f"  {e}" for e in errors[:10])
+    more = f"\n  ... and {len(errors) - 10} more" if len(errors) > 10 else ""
+    log.warning("%s: skipped %d records the model cannot train on:\n%s%s", source, len(errors), shown, more)
+
+
+def _graph_cache_dir():
+    """The graph cache folder if it can be written, else None (with a warning): the cache only
+    saves time, so a read-only or unusable cache folder must not stop training."""
+    import tempfile
+
+    from crystalframes.data.paths import cache_root
+
+    folder = cache_root() / "graphs"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as exc:
+        log.warning("graph cache %s cannot be written (%s); building graphs without it", folder, exc.strerror or exc)
+        return None
+    return folder
+
+
+def _build_split_graphs(splits: dict[str, list[Crystal]], graph_settings: GraphSettings, use_cache: bool) -> dict:
+    folder = _graph_cache_dir() if use_cache else None
+    graphs = {}
+    for name, items in splits.items():
+        if folder is not None:
+            try:
+                graphs[name] = build_graphs(items, graph_settings, cache_dir=folder, use_cache=True)
+                continue
+            except OSError as exc:  # e.g. a full disk while writing the cache
+                log.warning("graph cache %s cannot be written (%s); building graphs without it", folder, exc.strerror or exc)
+                folder = None
+        graphs[name] = build_graphs(items, graph_settings, use_cache=False)
+    return graphs
+
+
+def prepare_data(cfg: DataConfig, graph_settings: GraphSettings, model=None) -> PreparedData:
+    """Read the source, skip (and report) bad records -- unreadable ones, elements ``model``
+    cannot encode, non-physical targets --, split, fit the normaliser on train only, and build
+    (cached) graphs for each split."""
     from crystalframes.data.datasets import load_dataset
 
     result = load_dataset(cfg.source, target=cfg.target)
-    if not result.crystals:
+    crystals, skipped = usable_records(result.crystals, cfg.target, model)
+    _report_skipped(skipped, cfg.source)
+    if not crystals:
         raise InputError(cfg.source, f"no usable records with target '{cfg.target}'")
-    splits = split_crystals(result.crystals, cfg)
+    splits = split_crystals(crystals, cfg)
     values = np.array([c.target(cfg.target) for c in splits["train"]])
     normaliser = TargetNormaliser().fit(values[:, None], names=[cfg.target])
-    graphs = {name: build_graphs(items, graph_settings, use_cache=cfg.graph_cache) for name, items in splits.items()}
-    return PreparedData(splits, graphs, normaliser, cfg.target, len(result.errors))
+    graphs = _build_split_graphs(splits, graph_settings, cfg.graph_cache)
+    return PreparedData(splits, graphs, normaliser, cfg.target, len(result.errors) + len(skipped))

@@ -3,9 +3,9 @@ run folder. Every file is written atomically; a killed run resumes from ``last``
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import logging
-import os
 import sys
 import time
 import warnings
@@ -20,11 +20,10 @@ from crystalframes import __version__
 from crystalframes.atomic import atomic_write
 from crystalframes.io.errors import UserError
 from crystalframes.train.config import RunConfig
+from crystalframes.train.folder import CHECKPOINTS
 from crystalframes.train.metrics import metrics_of, write_json, write_predictions
 
 log = logging.getLogger("crystalframes.train")
-
-CHECKPOINTS = "checkpoints"
 
 
 @dataclass
@@ -42,6 +41,12 @@ def _atomic_checkpoint_io():
         def save_checkpoint(self, checkpoint, path, storage_options=None):
             with atomic_write(path) as fh:
                 torch.save(checkpoint, fh)
+
+        def load_checkpoint(self, path, map_location=None, weights_only=None):
+            # tensors and plain values only, whatever the caller asks: a checkpoint is a pickle
+            from crystalframes.train.folder import load_checkpoint
+
+            return load_checkpoint(Path(path))
 
     return AtomicCheckpointIO()
 
@@ -95,131 +100,228 @@ def learning_curve(path: Path, metrics_csv: Path, units: str = "") -> None:
     plt.close(fig)
 
 
-def train(cfg: RunConfig, output: str | Path | None = None, resume: bool = False) -> RunResult:
-    """Train ``cfg``; write everything into ``output`` (default ``runs/<time>-<spec>``)."""
+def check_tensorboard(cfg: RunConfig) -> None:
+    """trainer.tensorboard needs the tensorboard (or tensorboardX) package: say so before
+    anything is written, not when Lightning creates its logger mid-setup."""
+    import importlib.util
+
+    if cfg.trainer.tensorboard and not any(importlib.util.find_spec(name) for name in ("tensorboard", "tensorboardX")):
+        raise UserError("trainer.tensorboard=true needs the tensorboard package: pip install tensorboard (or set trainer.tensorboard=false)")
+
+
+def build_configured_model(cfg: RunConfig):
+    """The model of ``cfg.model``; unknown or bad options become a clean error naming the known
+    options (with the closest match)."""
+    import dataclasses
+    import difflib
+
+    from crystalframes.models.specs import build_model
+
+    try:
+        return build_model(cfg.model.spec, num_targets=1, **cfg.model.options)
+    except (TypeError, ValueError) as exc:
+        if not cfg.model.options:
+            raise UserError(f"model.spec {cfg.model.spec}: {exc}") from None
+        try:
+            config = build_model(cfg.model.spec, num_targets=1).config
+            known = sorted(f.name for f in dataclasses.fields(config))
+        except Exception:  # the spec itself cannot be built: report the original problem
+            raise UserError(f"model.options: {exc}") from None
+        unknown = [k for k in cfg.model.options if k not in known]
+        if not unknown:
+            raise UserError(f"model.options {cfg.model.options}: {exc}") from None
+        hints = []
+        for key in unknown:
+            close = difflib.get_close_matches(key, known, n=1)
+            hints.append(f"model.options.{key}" + (f" (did you mean {close[0]}?)" if close else ""))
+        raise UserError(f"unknown model option {', '.join(hints)} for {cfg.model.spec}; known options: {', '.join(known)}") from None
+
+
+def train(cfg: RunConfig | None, output: str | Path | None = None, resume: bool = False, overwrite: bool = False) -> RunResult:
+    """Train ``cfg``; write everything into ``output`` (default ``runs/<time>-<spec>``).
+
+    A new run refuses a folder that already holds one unless ``overwrite``. ``resume``
+    continues the run in ``output`` from its last checkpoint; ``cfg`` (default: the run's
+    config.yaml) may differ from the stored config only in what a resumed run can change.
+    """
     import lightning as L
     from lightning.pytorch.callbacks import ModelCheckpoint, StochasticWeightAveraging
-    from lightning.pytorch.loggers import CSVLogger
 
     from crystalframes.api import save_model_file
     from crystalframes.data.datasets import target_units
-    from crystalframes.models.specs import build_model
     from crystalframes.runtime import keep_freed_memory
+    from crystalframes.train import folder as run_folder
     from crystalframes.train.data import ResumeDataPosition, loader, prepare_data
     from crystalframes.train.module import PropertyModule
+    from crystalframes.train.progress import CheckpointExtras, ProgressLines, RunCSVLogger, read_log_rows
 
     # Importing Lightning sets its loggers to INFO with a console handler of their own, so its
     # INFO lines (accelerators found, tips) reach stderr twice; we print our own summary.
     for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
         logging.getLogger(name).setLevel(logging.WARNING)
 
+    if resume and output is None:
+        raise UserError("--resume needs --output RUN_FOLDER (the run to continue)")
+    if resume and overwrite:
+        raise UserError("--resume continues a run and --overwrite replaces it: give one of them")
+    if cfg is None and not resume:
+        raise UserError("a new run needs a config")
     folder = Path(output) if output else default_run_folder(cfg)
     last_ckpt = folder / CHECKPOINTS / "last.ckpt"
+    ckpt = None
     if resume:
         if not last_ckpt.exists():
             raise UserError(f"{folder}: nothing to resume (no {CHECKPOINTS}/last.ckpt)")
-        cfg = RunConfig.model_validate(yaml.safe_load((folder / "config.yaml").read_text()))
-    elif last_ckpt.exists():
-        raise UserError(f"{folder} already holds a run; use --resume to continue it or choose another --output")
+        stored = run_folder.stored_config(folder)
+        cfg = stored if cfg is None else cfg
+        run_folder.check_resume_changes(stored, cfg, folder)
+        ckpt = run_folder.load_checkpoint(last_ckpt)
+    # Everything that can be checked without the data is checked before the folder exists.
+    check_tensorboard(cfg)
     keep_freed_memory()  # also for DDP workers and library callers; see crystalframes.runtime
     if cfg.trainer.threads:
         torch.set_num_threads(cfg.trainer.threads)
-    L.seed_everything(cfg.trainer.seed, workers=True, verbose=False)
+    L.seed_everything(cfg.trainer.seed, workers=True, verbose=False)  # before the model's initial weights
+    model = build_configured_model(cfg)
     dtype = getattr(torch, cfg.trainer.dtype)
-
-    model = build_model(cfg.model.spec, num_targets=1, **cfg.model.options)
     model.to(dtype)
-    data = prepare_data(cfg.data, model.graph_settings)
-    units = target_units(data.target)
-    world = cfg.trainer.devices * cfg.trainer.num_nodes
-    steps_per_epoch = -(-len(data.graphs["train"]) // (cfg.trainer.batch_size * world))
-    module = PropertyModule(model, data.normaliser, cfg.optim, total_steps=steps_per_epoch * cfg.trainer.epochs)
 
-    rank_zero = int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", 0))) == 0
-    if rank_zero and not resume:
-        folder.mkdir(parents=True, exist_ok=True)
-        with atomic_write(folder / "config.yaml", "w") as fh:
-            yaml.safe_dump(cfg.model_dump(mode="json"), fh, sort_keys=False)
-        write_json(folder / "versions.json", {"crystalframes": __version__, "torch": str(torch.__version__), "python": sys.version.split()[0], "lightning": L.__version__})
+    rank_zero = run_folder.is_rank_zero()
+    with contextlib.ExitStack() as stack:
+        created = False
+        if rank_zero:
+            created = not folder.exists()
+            folder.mkdir(parents=True, exist_ok=True)
+            try:
+                stack.enter_context(run_folder.run_lock(folder))
+            except BaseException:
+                if created:
+                    _remove_empty_folder(folder)
+                raise
+        try:
+            if rank_zero and not resume:
+                run_folder.guard_new_run(folder, overwrite)
+            data = prepare_data(cfg.data, model.graph_settings, model)
+        except BaseException:
+            if created:  # a run that never started leaves no folder behind
+                _remove_empty_folder(folder)
+            raise
+        units = target_units(data.target)
+        world = cfg.trainer.devices * cfg.trainer.num_nodes
+        steps_per_epoch = -(-len(data.graphs["train"]) // (cfg.trainer.batch_size * world))
+        module = PropertyModule(model, data.normaliser, cfg.optim, total_steps=steps_per_epoch * cfg.trainer.epochs)
+        if ckpt is not None:
+            run_folder.check_checkpoint_matches(ckpt, module, cfg, last_ckpt)
 
-    mk = dict(batch_size=cfg.trainer.batch_size, dtype=dtype, num_workers=cfg.trainer.num_workers, targets=[data.target])
-    train_loader = loader(data.graphs["train"], shuffle=True, seed=cfg.trainer.seed, **mk)
-    val_loader = loader(data.graphs["val"], shuffle=False, **mk)
-    callbacks = [
-        ModelCheckpoint(dirpath=folder / CHECKPOINTS, filename="best", monitor="val_mae", mode="min", save_top_k=1, enable_version_counter=False),
-        ModelCheckpoint(dirpath=folder / CHECKPOINTS, filename="last", every_n_train_steps=cfg.trainer.checkpoint_every_n_steps, save_on_train_epoch_end=True, save_top_k=1, enable_version_counter=False),
-    ]
-    callbacks.append(ResumeDataPosition(train_loader.sampler, cfg.trainer.batch_size))
-    swa = cfg.optim.swa_epochs > 0 and cfg.trainer.epochs > 1
-    if swa:
-        # average over the last swa_epochs epochs (at least the last one; Lightning counts from 1)
-        start = max(cfg.trainer.epochs - cfg.optim.swa_epochs, 1)
-        callbacks.append(StochasticWeightAveraging(swa_lrs=cfg.optim.lr, swa_epoch_start=start))
-    loggers = [CSVLogger(folder, name="logs", version="")]
-    if cfg.trainer.tensorboard:
-        from lightning.pytorch.loggers import TensorBoardLogger
+        if rank_zero:
+            if overwrite:
+                run_folder.remove_run(folder)
+            with atomic_write(folder / "config.yaml", "w") as fh:
+                yaml.safe_dump(cfg.model_dump(mode="json"), fh, sort_keys=False)
+            if not resume:
+                write_json(folder / "versions.json", {"crystalframes": __version__, "torch": str(torch.__version__), "python": sys.version.split()[0], "lightning": L.__version__})
 
-        loggers.append(TensorBoardLogger(folder, name="tensorboard", version=""))
-    multi = world > 1
-    on_gpu = cfg.trainer.accelerator in ("gpu", "cuda") or (cfg.trainer.accelerator == "auto" and torch.cuda.is_available())
-    trainer = L.Trainer(
-        max_epochs=cfg.trainer.epochs,
-        max_time={"minutes": cfg.trainer.max_time_minutes} if cfg.trainer.max_time_minutes else None,
-        accelerator=cfg.trainer.accelerator,
-        devices=cfg.trainer.devices,
-        num_nodes=cfg.trainer.num_nodes,
-        strategy="ddp" if multi else "auto",
-        use_distributed_sampler=False,  # ResumableSampler shards across ranks itself
-        sync_batchnorm=multi and on_gpu,  # PyTorch's SyncBatchNorm exists for GPU modules only
-        precision="64-true" if dtype == torch.float64 else "32-true",
-        gradient_clip_val=cfg.optim.grad_clip,
-        deterministic=cfg.trainer.deterministic,
-        callbacks=callbacks,
-        logger=loggers,
-        log_every_n_steps=cfg.trainer.log_every_n_steps,
-        enable_progress_bar=sys.stderr.isatty(),
-        enable_model_summary=False,
-        default_root_dir=folder,
-        plugins=[_atomic_checkpoint_io()],
-    )
-    # ResumableSampler + ResumeDataPosition make mid-epoch resumption exact; Lightning cannot see that.
-    warnings.filterwarnings("ignore", message=".*resuming from a checkpoint that ended before the epoch ended.*")
-    # Lightning's own internals and a logging cadence that short runs cannot meet: not the user's concern.
-    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)` is deprecated.*")
-    warnings.filterwarnings("ignore", message=".*smaller than the logging interval.*")
-    start = time.perf_counter()
-    trainer.fit(module, train_loader, val_loader, ckpt_path=str(last_ckpt) if resume else None)
-    wall = time.perf_counter() - start
-    if not trainer.is_global_zero:
-        return RunResult(folder, {})
+        mk = dict(batch_size=cfg.trainer.batch_size, dtype=dtype, num_workers=cfg.trainer.num_workers, targets=[data.target])
+        train_loader = loader(data.graphs["train"], shuffle=True, seed=cfg.trainer.seed, **mk)
+        val_loader = loader(data.graphs["val"], shuffle=False, **mk)
+        checkpoint_dir = folder / CHECKPOINTS
+        callbacks = [
+            ModelCheckpoint(dirpath=checkpoint_dir, filename="best", monitor="val_mae", mode="min", save_top_k=1, enable_version_counter=False),
+            # `last` every N steps and at every epoch end (Lightning takes one trigger per callback),
+            # so even a run shorter than N steps can be resumed
+            ModelCheckpoint(dirpath=checkpoint_dir, filename="last", every_n_train_steps=cfg.trainer.checkpoint_every_n_steps, save_top_k=1, enable_version_counter=False),
+            ModelCheckpoint(dirpath=checkpoint_dir, filename="last", every_n_epochs=1, save_on_train_epoch_end=True, save_top_k=1, enable_version_counter=False),
+            CheckpointExtras(cfg.model_dump(mode="json"), run_folder.CONFIG_KEY),
+            ResumeDataPosition(train_loader.sampler, cfg.trainer.batch_size),
+        ]
+        swa = cfg.optim.swa_epochs > 0 and cfg.trainer.epochs > 1
+        if swa:
+            # average over the last swa_epochs epochs (at least the last one; Lightning counts from 1)
+            start = max(cfg.trainer.epochs - cfg.optim.swa_epochs, 1)
+            callbacks.append(StochasticWeightAveraging(swa_lrs=cfg.optim.lr, swa_epoch_start=start))
+        # a resumed run keeps the log rows up to its checkpoint and logs the rest again
+        kept = read_log_rows(folder / "logs" / "metrics.csv", ckpt["global_step"]) if ckpt is not None else []
+        loggers = [RunCSVLogger(folder, kept)]
+        if cfg.trainer.tensorboard:
+            from lightning.pytorch.loggers import TensorBoardLogger
 
-    best = callbacks[0].best_model_path
-    if best and Path(best).exists() and not swa:  # with SWA the averaged weights are the result
-        state = torch.load(best, map_location="cpu", weights_only=True)["state_dict"]
-        module.load_state_dict(state)
-    model = module.model.cpu().eval()
-    model_file = save_model_file(
-        folder / "model.pt", model, cfg.model.spec, {"num_targets": 1, **cfg.model.options}, data.normaliser, [data.target], [units],
-        extra={"config": cfg.model_dump(mode="json")},
-    )
-    from crystalframes.api import load_model
+            loggers.append(TensorBoardLogger(folder, name="tensorboard", version=""))
+        # a progress bar on a terminal; periodic lines where output goes to a file or a pipe
+        progress_bar = sys.stdout.isatty() and sys.stderr.isatty()
+        if not progress_bar:
+            callbacks.append(ProgressLines(cfg.trainer.progress_seconds, units))
+        multi = world > 1
+        on_gpu = cfg.trainer.accelerator in ("gpu", "cuda") or (cfg.trainer.accelerator == "auto" and torch.cuda.is_available())
+        trainer = L.Trainer(
+            max_epochs=cfg.trainer.epochs,
+            max_time={"minutes": cfg.trainer.max_time_minutes} if cfg.trainer.max_time_minutes else None,
+            accelerator=cfg.trainer.accelerator,
+            devices=cfg.trainer.devices,
+            num_nodes=cfg.trainer.num_nodes,
+            strategy="ddp" if multi else "auto",
+            use_distributed_sampler=False,  # ResumableSampler shards across ranks itself
+            sync_batchnorm=multi and on_gpu,  # PyTorch's SyncBatchNorm exists for GPU modules only
+            precision="64-true" if dtype == torch.float64 else "32-true",
+            gradient_clip_val=cfg.optim.grad_clip,
+            deterministic=cfg.trainer.deterministic,
+            callbacks=callbacks,
+            logger=loggers,
+            log_every_n_steps=cfg.trainer.log_every_n_steps,
+            enable_progress_bar=progress_bar,
+            enable_model_summary=False,
+            default_root_dir=folder,
+            plugins=[_atomic_checkpoint_io()],
+        )
+        # ResumableSampler + ResumeDataPosition make mid-epoch resumption exact; Lightning cannot see that.
+        warnings.filterwarnings("ignore", message=".*resuming from a checkpoint that ended before the epoch ended.*")
+        # Lightning's own internals and a logging cadence that short runs cannot meet: not the user's concern.
+        warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)` is deprecated.*")
+        warnings.filterwarnings("ignore", message=".*smaller than the logging interval.*")
+        # two callbacks write `last` (by step and by epoch); Lightning warns that they share the folder
+        warnings.filterwarnings("ignore", message=".*Checkpoint directory .* exists and is not empty.*")
+        start = time.perf_counter()
+        trainer.fit(module, train_loader, val_loader, ckpt_path=str(last_ckpt) if resume else None, weights_only=True)
+        wall = time.perf_counter() - start
+        if not trainer.is_global_zero:
+            return RunResult(folder, {})
 
-    predictor = load_model(model_file)
-    metrics = {"spec": cfg.model.spec, "target": data.target, "units": units, "epochs_completed": trainer.current_epoch,
-               "global_step": trainer.global_step, "train_wall_seconds": round(wall, 1), "num_bad_records": data.num_bad_records,
-               "num_train": len(data.splits["train"]), "params": int(sum(p.numel() for p in model.parameters()))}
-    train_mean = float(data.normaliser.mean[0])
-    for split in ("val", "test"):
-        crystals = data.splits[split]
-        if not crystals:
-            continue
-        true = np.array([c.target(data.target) for c in crystals])
-        pred = predictor.predict_crystals(crystals)[:, 0]
-        metrics[split] = metrics_of(pred, true)
-        metrics[split]["mean_baseline_mae"] = float(np.abs(true - train_mean).mean())
-        write_predictions(folder / f"predictions_{split}.csv", crystals, pred, data.target, units)
-        if split == "test":
-            parity_plot(folder / "parity.png", true, pred, data.target, units, metrics[split]["mae"])
-    learning_curve(folder / "learning_curve.png", folder / "logs" / "metrics.csv", units)
-    write_json(folder / "metrics.json", metrics)
-    return RunResult(folder, metrics)
+        best = callbacks[0].best_model_path
+        if best and Path(best).exists() and not swa:  # with SWA the averaged weights are the result
+            state = run_folder.load_checkpoint(Path(best))["state_dict"]
+            module.load_state_dict(state)
+        model = module.model.cpu().eval()
+        model_file = save_model_file(
+            folder / "model.pt", model, cfg.model.spec, {"num_targets": 1, **cfg.model.options}, data.normaliser, [data.target], [units],
+            extra={"config": cfg.model_dump(mode="json")},
+        )
+        from crystalframes.api import load_model
+
+        predictor = load_model(model_file)
+        metrics = {"spec": cfg.model.spec, "target": data.target, "units": units, "epochs_completed": trainer.current_epoch,
+                   "global_step": trainer.global_step, "train_wall_seconds": round(wall, 1), "num_bad_records": data.num_bad_records,
+                   "num_train": len(data.splits["train"]), "params": int(sum(p.numel() for p in model.parameters()))}
+        train_mean = float(data.normaliser.mean[0])
+        for split in ("val", "test"):
+            crystals = data.splits[split]
+            if not crystals:
+                continue
+            true = np.array([c.target(data.target) for c in crystals])
+            pred = predictor.predict_crystals(crystals)[:, 0]
+            metrics[split] = metrics_of(pred, true)
+            metrics[split]["mean_baseline_mae"] = float(np.abs(true - train_mean).mean())
+            write_predictions(folder / f"predictions_{split}.csv", crystals, pred, data.target, units)
+            if split == "test":
+                parity_plot(folder / "parity.png", true, pred, data.target, units, metrics[split]["mae"])
+        learning_curve(folder / "learning_curve.png", folder / "logs" / "metrics.csv", units)
+        write_json(folder / "metrics.json", metrics)
+        return RunResult(folder, metrics)
+
+
+def _remove_empty_folder(folder: Path) -> None:
+    """Remove a run folder this call created, if it holds nothing but our lock file."""
+    try:
+        if {p.name for p in folder.iterdir()} <= {".lock"}:
+            (folder / ".lock").unlink(missing_ok=True)
+            folder.rmdir()
+    except OSError:
+        pass
