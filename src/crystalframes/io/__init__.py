@@ -2,14 +2,9 @@
 
 from crystalframes.io.crystal import Crystal
 from crystalframes.io.errors import DatasetError, InputError, UserError
-from crystalframes.io.readers import (
-    ReadResult,
-    crystal_from_jarvis,
-    crystal_from_record,
-    iter_records,
-    read_dataset,
-    read_structure,
-)
+from crystalframes.io.coercion import crystal_from_jarvis, crystal_from_record
+from crystalframes.io.datasets import ReadResult, iter_records, read_dataset
+from crystalframes.io.structures import read_structure
 
 __all__ = [
     "Crystal",
