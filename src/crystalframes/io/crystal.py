@@ -96,7 +96,21 @@ class Crystal:
             raise InputError(
                 where, f"singular lattice (volume {abs(det):.3g} A^3): lattice vectors are (nearly) coplanar"
             )
-        d_min = min_interatomic_distance(self.lattice, self.frac_coords, MIN_INTERATOMIC_DISTANCE)
+        # An atom meets its own periodic image at the shortest lattice vector, whatever the other
+        # atoms do: checking it first rejects a 0.001 A cell in microseconds, where a neighbour
+        # search would enumerate ~1e8 images per atom (tens of GB) before finding the overlap.
+        reduced = reduced_lattice(self.lattice, where)
+        shortest = float(np.linalg.norm(reduced, axis=1).min())
+        if shortest < MIN_INTERATOMIC_DISTANCE:
+            raise InputError(
+                where,
+                f"atoms closer than {MIN_INTERATOMIC_DISTANCE} A (closest pair {shortest:.3g} A: every atom and its "
+                f"own periodic image, the shortest lattice vector): lattice far too small",
+            )
+        # The same crystal in the reduced basis: its planes are far apart, so the neighbour search
+        # below looks at a handful of images even when the given basis is very skewed.
+        frac = np.linalg.solve(reduced.T, self.cart_coords.T).T
+        d_min = min_interatomic_distance(reduced, frac, MIN_INTERATOMIC_DISTANCE)
         if d_min < MIN_INTERATOMIC_DISTANCE:
             raise InputError(
                 where, f"atoms closer than {MIN_INTERATOMIC_DISTANCE} A (closest pair {d_min:.3f} A): overlapping sites"
@@ -122,6 +136,19 @@ def location(source: str, id: str | None) -> str:
     if name == id or name.startswith(id + "."):
         return source
     return f"{source} [{id}]"
+
+
+def reduced_lattice(lattice: np.ndarray, where: str) -> np.ndarray:
+    """The Minkowski-reduced basis of ``lattice`` (ASE): the same lattice, and in 3D its first
+    vector is a shortest lattice vector, also when a skewed cell hides it in a combination such
+    as ``c - a - b``."""
+    from ase.geometry import minkowski_reduce
+
+    try:
+        reduced, _ = minkowski_reduce(np.asarray(lattice, dtype=np.float64))
+    except RuntimeError:  # ASE gives up after 1e5 steps; only absurdly skewed bases get there
+        raise InputError(where, "lattice vectors too skewed to reduce to a usable cell") from None
+    return np.asarray(reduced, dtype=np.float64)
 
 
 def min_interatomic_distance(lattice: np.ndarray, frac_coords: np.ndarray, cutoff: float) -> float:
