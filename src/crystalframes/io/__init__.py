@@ -1,7 +1,7 @@
 """Reading crystal structures and datasets, with clear errors."""
 
 from crystalframes.io.crystal import Crystal
-from crystalframes.io.errors import DatasetError, InputError, UserError
+from crystalframes.io.errors import DatasetError, InputError, SkippedInput, UserError
 from crystalframes.io.coercion import crystal_from_jarvis, crystal_from_record
 from crystalframes.io.datasets import ReadResult, iter_records, read_dataset
 from crystalframes.io.structures import read_structure
@@ -11,6 +11,7 @@ __all__ = [
     "InputError",
     "UserError",
     "DatasetError",
+    "SkippedInput",
     "ReadResult",
     "crystal_from_jarvis",
     "crystal_from_record",

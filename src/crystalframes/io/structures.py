@@ -12,8 +12,10 @@ import gzip
 import io
 import json
 import logging
+import stat
 import warnings
 import zlib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -31,10 +33,11 @@ from crystalframes.io.coercion import (
 )
 from crystalframes.io.crystal import MAX_ATOMIC_NUMBER, Crystal
 from crystalframes.io.errors import InputError
+from crystalframes.io.files import checked_stat, decode_text, printable, read_regular_file
 
 logger = logging.getLogger("crystalframes.io")
 
-__all__ = ["read_structure"]
+__all__ = ["frame_targets", "iter_frames", "read_structure"]
 
 # Structure file formats recognised by name (the ".gz" suffix is stripped first).
 _CIF_SUFFIXES = (".cif",)
@@ -42,7 +45,10 @@ _POSCAR_SUFFIXES = (".vasp", ".poscar")
 _POSCAR_PREFIXES = ("poscar", "contcar")
 _XYZ_SUFFIXES = (".xyz", ".extxyz")
 _JSON_SUFFIXES = (".json",)
-_FORMAT_NAMES = {"cif": "CIF", "poscar": "POSCAR", "extxyz": "extended XYZ", "json": "JSON"}
+_TRAJ_SUFFIXES = (".traj",)
+_FORMAT_NAMES = {"cif": "CIF", "poscar": "POSCAR", "extxyz": "extended XYZ", "json": "JSON", "traj": "ASE trajectory"}
+# Formats whose files may hold many structures (frames), read one record per frame by the datasets.
+MULTI_FRAME_FORMATS = ("extxyz", "traj")
 
 
 def _crystal_from_any_record(rec: Any, where: str) -> Crystal:
@@ -150,7 +156,7 @@ def _crystal_from_ase(atoms, id: str | None, source: str, targets: dict | None =
 
 
 def _structure_format(name: str) -> str | None:
-    """'cif' / 'poscar' / 'extxyz' / 'json' for a recognised structure file name, else None."""
+    """'cif' / 'poscar' / 'extxyz' / 'json' / 'traj' for a recognised structure file name, else None."""
     n = name.lower()
     if n.endswith(".gz"):
         n = n[:-3]
@@ -160,31 +166,29 @@ def _structure_format(name: str) -> str | None:
         return "extxyz"
     if n.endswith(_JSON_SUFFIXES):
         return "json"
+    if n.endswith(_TRAJ_SUFFIXES):
+        return "traj"
     if n.endswith(_POSCAR_SUFFIXES) or n.startswith(_POSCAR_PREFIXES):
         return "poscar"
     return None
 
 
 def _default_id(path: Path) -> str:
-    name = path.name
+    name = printable(path.name)
     if name.lower().endswith(".gz"):
         name = name[:-3]
     stem, dot, ext = name.rpartition(".")
-    if dot and stem and ("." + ext.lower()) in _CIF_SUFFIXES + _POSCAR_SUFFIXES + _XYZ_SUFFIXES + _JSON_SUFFIXES:
+    if dot and stem and ("." + ext.lower()) in _CIF_SUFFIXES + _POSCAR_SUFFIXES + _XYZ_SUFFIXES + _JSON_SUFFIXES + _TRAJ_SUFFIXES:
         return stem
     return name
 
 
 def _read_text(path: Path, where: str) -> str:
-    """The file's text (gunzipped if needed); InputError for missing / empty / corrupt files."""
-    if not path.exists():
-        raise InputError(where, "file not found")
-    if path.is_dir():
+    """The file's text (gunzipped if needed); InputError for missing / empty / corrupt / special files."""
+    st = checked_stat(path, where)
+    if stat.S_ISDIR(st.st_mode):
         raise InputError(where, "is a directory, not a structure file (use read_dataset for folders)")
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise InputError(where, f"cannot read file: {_short_exc(exc)}") from None
+    data = read_regular_file(path, where)
     if path.name.lower().endswith(".gz"):
         if not data:
             raise InputError(where, "file is empty")
@@ -192,7 +196,7 @@ def _read_text(path: Path, where: str) -> str:
             data = gzip.decompress(data)
         except (OSError, EOFError, zlib.error) as exc:
             raise InputError(where, f"file is truncated / corrupt gzip ({_short_exc(exc)})") from None
-    text = data.decode("utf-8", errors="replace")
+    text = decode_text(data, where)
     if not text.strip():
         raise InputError(where, "file is empty")
     return text
@@ -254,7 +258,9 @@ def _parse_ase(text: str | None, fmt: str | None, where: str, path: Path | None 
     if not images:
         raise ValueError("no structure found")
     if len(images) > 1:
-        raise InputError(where, f"file holds {len(images)} structures; expected one")
+        raise InputError(
+            where, f"file holds {len(images)} structures; expected one (read it as a dataset: one record per frame)"
+        )
     return images[0]
 
 
@@ -263,10 +269,20 @@ _ASE_FORMATS = {"cif": "cif", "poscar": "vasp", "extxyz": "extxyz"}
 
 def _read_structure_file(path: Path, where: str, id: str | None, targets: dict | None) -> Crystal:
     fmt = _structure_format(path.name)
-    text = _read_text(path, where)
     explicit_id = id
     if id is None:
         id = _default_id(path)
+    if fmt == "traj":  # binary: ASE reads it from the path
+        if stat.S_ISDIR(checked_stat(path, where).st_mode):
+            raise InputError(where, "is a directory, not a structure file (use read_dataset for folders)")
+        try:
+            atoms = _parse_ase(None, "traj", where, path=path)
+        except InputError:
+            raise
+        except Exception as exc:
+            raise InputError(where, f"cannot parse as {_FORMAT_NAMES[fmt]}: {_short_exc(exc)}") from None
+        return _crystal_from_ase(atoms, id, where, targets)
+    text = _read_text(path, where)
 
     if fmt == "json":
         try:
@@ -333,6 +349,82 @@ def _read_structure_file(path: Path, where: str, id: str | None, targets: dict |
     return _crystal_from_ase(atoms, id, where, targets)
 
 
+def frame_targets(atoms) -> dict[str, float]:
+    """The numbers a frame carries as properties: scalar ``atoms.info`` values (extended XYZ
+    ``key=value`` pairs) and the calculator's scalar results (``energy`` of an extxyz comment line
+    or an ASE trajectory)."""
+    found: dict[str, Any] = {}
+    calc = getattr(atoms, "calc", None)
+    results = getattr(calc, "results", None) or {}
+    for source in (results, atoms.info):
+        for key, value in source.items():
+            if isinstance(value, np.generic):
+                value = value.item()
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                found[str(key)] = value
+    return found
+
+
+def iter_frames(path: Path, where: str) -> Iterator[Crystal | InputError]:
+    """Every structure of a multi-frame file (extended XYZ, ASE trajectory), read lazily with
+    ``ase.io.iread``: one validated :class:`Crystal` (or the :class:`InputError` saying why not) per
+    frame, with id ``<stem>@<index>`` and the frame's numbers (:func:`frame_targets`) as targets.
+    A file holding a single frame reads as :func:`read_structure` reads it (id ``<stem>``). A file
+    that breaks off ends with one error naming the frame."""
+    import ase.io
+
+    fmt = _structure_format(path.name)
+    stem = _default_id(path)
+    try:
+        if fmt not in MULTI_FRAME_FORMATS:
+            raise InputError(where, "not a multi-frame structure file (.xyz, .extxyz, .traj)")
+        if fmt == "traj":
+            if stat.S_ISDIR(checked_stat(path, where).st_mode):
+                raise InputError(where, "is a directory, not a structure file")
+            source: Any = str(path)
+        else:  # text: decoded by our reader (gzip, byte-order marks), parsed by ASE
+            source = io.StringIO(_read_text(path, where))
+    except InputError as err:
+        yield err
+        return
+
+    def crystal(atoms, index: int | None) -> Crystal | InputError:
+        frame_id = stem if index is None else f"{stem}@{index}"
+        try:
+            return _crystal_from_ase(atoms, frame_id, where, frame_targets(atoms)).validate()
+        except InputError as err:
+            return err
+        except Exception as exc:  # a converter bug must not stop the other frames
+            return InputError(_label(where, frame_id), f"cannot read frame: {_short_exc(exc)}")
+
+    frames = ase.io.iread(source, index=":", format=fmt)
+    first = None
+    index = 0
+    while True:
+        try:
+            with warnings.catch_warnings():  # only around ASE: this generator yields to the caller
+                warnings.simplefilter("ignore")
+                atoms = next(frames)
+        except StopIteration:
+            break
+        except Exception as exc:  # a frame that breaks off ends the file
+            if index == 1:
+                yield crystal(first, 0)
+            yield InputError(_label(where, f"{stem}@{index}"), f"cannot parse as {_FORMAT_NAMES[fmt]}: {_short_exc(exc)}")
+            return
+        if index == 0:
+            first = atoms  # its id depends on whether a second frame follows
+        else:
+            if index == 1:
+                yield crystal(first, 0)
+            yield crystal(atoms, index)
+        index += 1
+    if index == 1:
+        yield crystal(first, None)
+    elif index == 0:
+        yield InputError(where, "no structure found")
+
+
 def read_structure(obj: Any, id: str | None = None, targets: dict | None = None) -> Crystal:
     """One validated :class:`Crystal` from a structure file or object.
 
@@ -342,7 +434,7 @@ def read_structure(obj: Any, id: str | None = None, targets: dict | None = None)
     attached to the crystal. Raises :class:`InputError` naming the file and the problem.
     """
     if isinstance(obj, (str, Path)):
-        where = str(obj)
+        where = printable(obj)
     else:
         where = f"{type(obj).__module__.split('.')[0]} {type(obj).__name__}"
     try:
@@ -355,7 +447,7 @@ def read_structure(obj: Any, id: str | None = None, targets: dict | None = None)
 
 def _read_structure(obj: Any, id: str | None, targets: dict | None) -> Crystal:
     if isinstance(obj, (str, Path)):
-        return _read_structure_file(Path(obj), str(obj), id, targets)
+        return _read_structure_file(Path(obj), printable(obj), id, targets)
 
     if isinstance(obj, Crystal):
         crystal = Crystal(
