@@ -308,3 +308,12 @@ def test_plain_folder_of_structures(tmp_path):
     assert sorted(c.id for c in result.crystals) == ["POSCAR", "b"]
     assert all(c.targets == {} for c in result.crystals)
     assert [e.source for e in result.errors] == [str(tmp_path / "c.cif")]
+
+
+def test_readers_module_still_re_exports_the_api():
+    """readers.py was split into coercion / structures / datasets; code importing it keeps working."""
+    import crystalframes.io as public
+    from crystalframes.io import readers
+
+    assert set(readers.__all__) <= set(public.__all__)
+    assert all(getattr(readers, name) is getattr(public, name) for name in readers.__all__)

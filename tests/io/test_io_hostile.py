@@ -48,7 +48,7 @@ else:
 
 
 def _in_child(fn: str, path) -> str:
-    proc = subprocess.run([sys.executable, "-c", _CHILD, fn, str(path)], capture_output=True, text=True, timeout=60)
+    proc = subprocess.run([sys.executable, "-c", _CHILD, fn, str(path)], capture_output=True, text=True, timeout=30)
     assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
     return proc.stdout.strip()
 
