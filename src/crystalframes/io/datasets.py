@@ -374,9 +374,9 @@ def _scan_folder(folder: Path, where: str) -> tuple[list[Path], list[SkippedInpu
         if stat.S_ISDIR(st.st_mode):
             skipped.append(SkippedInput(shown, "a sub-folder (sub-folders are not searched)"))
         elif fmt not in _FOLDER_FORMATS:
-            hint = "JSON: pass a JSON dataset or record by its own name; " if fmt == "json" else ""
+            hint = "; a JSON dataset or record is read when given by its own name" if fmt == "json" else ""
             skipped.append(SkippedInput(
-                shown, f"not a structure file ({hint}a folder is searched for {_FOLDER_FORMATS_TEXT})"
+                shown, f"not a structure file: a folder is searched for {_FOLDER_FORMATS_TEXT}{hint}"
             ))
         else:
             files.append(path)
@@ -417,7 +417,7 @@ def iter_records(source: str | Path, member: str | None = None) -> Iterator[Crys
     """
     where = printable(source)
     path = Path(source)
-    st = checked_stat(path, where, DatasetError)
+    st = checked_stat(path, where, DatasetError, missing="dataset not found (no such file or folder)")
     if stat.S_ISDIR(st.st_mode):
         if (path / _ID_PROP).is_file():
             return _iter_id_prop(path, where)
@@ -496,7 +496,7 @@ class ReadResult:
 
     def skipped_text(self) -> str:
         """One line naming every skipped file (up to a limit) and why."""
-        named = [f"{Path(e.source).name} ({e.problem})" for e in self.skipped[:_MAX_SKIPPED_NAMED]]
+        named = [f"{Path(e.source).name} [{e.problem}]" for e in self.skipped[:_MAX_SKIPPED_NAMED]]
         more = len(self.skipped) - len(named)
         return f"{self.source}: {len(self.skipped)} files skipped (not read): " + "; ".join(named) + (
             f"; and {more} more" if more else ""

@@ -59,16 +59,19 @@ def special_file_kind(mode: int) -> str | None:
     return "special file"
 
 
-def checked_stat(path: Path, where: str, error: type[InputError] = InputError) -> os.stat_result:
+def checked_stat(
+    path: Path, where: str, error: type[InputError] = InputError, missing: str = "file not found"
+) -> os.stat_result:
     """``os.stat(path)`` (following links) or ``error`` saying why the path cannot be used: not
     found, a broken or looping symbolic link, no permission, or a special file (FIFO, device,
-    socket). Directories are returned; callers decide whether they accept one."""
+    socket). Directories are returned; callers decide whether they accept one. ``missing`` is the
+    problem reported for a path that does not exist."""
     try:
         st = os.stat(path)
     except FileNotFoundError:
         if os.path.islink(path):
             raise error(where, f"broken symbolic link (points to {printable(os.readlink(path))})") from None
-        raise error(where, "file not found") from None
+        raise error(where, missing) from None
     except OSError as exc:
         if exc.errno == errno.ELOOP:
             raise error(where, "symlink loop: the symbolic link leads back to itself") from None
