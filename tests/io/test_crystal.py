@@ -75,3 +75,27 @@ def test_tiny_lattice_rejected_before_neighbour_search(tmp_path, a, skewed):
     seconds, _, message = proc.stdout.strip().partition(" ")
     assert "closer than 0.5 A" in message and str(path) in message, proc.stdout
     assert float(seconds) < 1.0, proc.stdout
+
+
+def test_validate_in_reduced_basis_agrees_with_vesin_on_the_given_basis():
+    """Thin or skewed cells are checked in their Minkowski-reduced basis: same verdict as a
+    neighbour search over the cell as given."""
+    from crystalframes.io import Crystal, InputError
+
+    rng = np.random.default_rng(1)
+    verdicts = set()
+    for _ in range(200):
+        lattice = rng.normal(size=(3, 3)) * rng.uniform(0.4, 3)
+        if abs(np.linalg.det(lattice)) / np.prod(np.linalg.norm(lattice, axis=1)) < 1e-3:
+            continue
+        frac = rng.uniform(size=(rng.integers(1, 5), 3))
+        crystal = Crystal(id="x", lattice=lattice, atomic_numbers=[6] * len(frac), frac_coords=frac)
+        try:
+            crystal.validate()
+            accepted = True
+        except InputError as err:
+            assert "closer than 0.5 A" in err.problem, err
+            accepted = False
+        assert accepted == (vesin_min_distance(lattice, frac, 0.5) == math.inf)
+        verdicts.add(accepted)
+    assert verdicts == {True, False}

@@ -99,18 +99,23 @@ class Crystal:
         # An atom meets its own periodic image at the shortest lattice vector, whatever the other
         # atoms do: checking it first rejects a 0.001 A cell in microseconds, where a neighbour
         # search would enumerate ~1e8 images per atom (tens of GB) before finding the overlap.
-        reduced = reduced_lattice(self.lattice, where)
-        shortest = float(np.linalg.norm(reduced, axis=1).min())
-        if shortest < MIN_INTERATOMIC_DISTANCE:
-            raise InputError(
-                where,
-                f"atoms closer than {MIN_INTERATOMIC_DISTANCE} A (closest pair {shortest:.3g} A: every atom and its "
-                f"own periodic image, the shortest lattice vector): lattice far too small",
-            )
-        # The same crystal in the reduced basis: its planes are far apart, so the neighbour search
-        # below looks at a handful of images even when the given basis is very skewed.
-        frac = np.linalg.solve(reduced.T, self.cart_coords.T).T
-        d_min = min_interatomic_distance(reduced, frac, MIN_INTERATOMIC_DISTANCE)
+        # No lattice vector is shorter than the smallest plane spacing (v . b_k = n_k for the
+        # reciprocal vectors b_k), so cells with wide planes (nearly every real crystal) need no
+        # reduction.
+        lattice, frac = self.lattice, self.frac_coords
+        if plane_spacings(lattice).min() <= 2 * MIN_INTERATOMIC_DISTANCE:
+            lattice = reduced_lattice(self.lattice, where)
+            shortest = float(np.linalg.norm(lattice, axis=1).min())
+            if shortest < MIN_INTERATOMIC_DISTANCE:
+                raise InputError(
+                    where,
+                    f"atoms closer than {MIN_INTERATOMIC_DISTANCE} A (closest pair {shortest:.3g} A: every atom and "
+                    f"its own periodic image, the shortest lattice vector): lattice far too small",
+                )
+            # The same crystal in the reduced basis: its planes are far apart, so the neighbour
+            # search below looks at a handful of images even when the given basis is very skewed.
+            frac = np.linalg.solve(lattice.T, self.cart_coords.T).T
+        d_min = min_interatomic_distance(lattice, frac, MIN_INTERATOMIC_DISTANCE)
         if d_min < MIN_INTERATOMIC_DISTANCE:
             raise InputError(
                 where, f"atoms closer than {MIN_INTERATOMIC_DISTANCE} A (closest pair {d_min:.3f} A): overlapping sites"
@@ -136,6 +141,11 @@ def location(source: str, id: str | None) -> str:
     if name == id or name.startswith(id + "."):
         return source
     return f"{source} [{id}]"
+
+
+def plane_spacings(lattice: np.ndarray) -> np.ndarray:
+    """Distances between neighbouring lattice planes of the three families (a, b, c), 1 / |b_k|."""
+    return 1.0 / np.linalg.norm(np.linalg.inv(lattice), axis=0)
 
 
 def reduced_lattice(lattice: np.ndarray, where: str) -> np.ndarray:
@@ -164,8 +174,7 @@ def min_interatomic_distance(lattice: np.ndarray, frac_coords: np.ndarray, cutof
     lattice = np.asarray(lattice, dtype=np.float64)
     frac = np.asarray(frac_coords, dtype=np.float64).reshape(-1, 3)
     n = frac.shape[0]
-    plane_spacing = 1.0 / np.linalg.norm(np.linalg.inv(lattice), axis=0)  # d_k = 1 / |b_k|
-    if n <= MINIMUM_IMAGE_MAX_ATOMS and plane_spacing.min() > 2 * cutoff:
+    if n <= MINIMUM_IMAGE_MAX_ATOMS and plane_spacings(lattice).min() > 2 * cutoff:
         if n < 2:
             return math.inf
         offset = frac[None, :, :] - frac[:, None, :]
