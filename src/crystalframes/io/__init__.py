@@ -1,4 +1,10 @@
-"""Reading crystal structures and datasets, with clear errors."""
+"""Reading crystal structures and datasets, with clear errors.
+
+The code is split by concern: :mod:`~crystalframes.io.coercion` (values and record dicts),
+:mod:`~crystalframes.io.structures` (structure files and objects), :mod:`~crystalframes.io.datasets`
+(dataset containers), :mod:`~crystalframes.io.files` (what a path is, its encoding, printable
+names); :mod:`~crystalframes.io.readers` re-exports the old names.
+"""
 
 from crystalframes.io.crystal import Crystal
 from crystalframes.io.errors import DatasetError, InputError, SkippedInput, UserError
