@@ -110,8 +110,8 @@ def test_embedded_files_are_package_data():
 
 def test_load_embedded_demo(demo_e_form):
     assert len(demo_e_form.crystals) == 5915  # 40 records lack the mp.2018.6.1 label
-    assert len(demo_e_form.errors) == 40
-    assert all("missing target 'mp2018_e_form'" in str(e) for e in demo_e_form.errors)
+    assert len(demo_e_form.missing_target) == 40 and demo_e_form.errors == []
+    assert all("missing target 'mp2018_e_form'" in str(e) for e in demo_e_form.missing_target)
     first = demo_e_form.crystals[0]
     assert first.id == "mp-10003" and first.num_atoms == 12
     assert first.targets["mp2018_e_form"] == pytest.approx(-0.34317810666666776)

@@ -73,9 +73,9 @@ def test_every_record_of_the_samples_reads(shared_data, name, count):
 
 def test_sample_target_filter(shared_data):
     result = read_dataset(shared_data / MP_SAMPLE, target="mp2018_e_form")
-    assert len(result.crystals) + len(result.errors) == 5955
+    assert len(result.crystals) + len(result.missing_target) == 5955 and result.errors == []
     assert all(not math.isnan(c.targets["mp2018_e_form"]) for c in result.crystals)
-    assert all("missing target 'mp2018_e_form'" in e.problem for e in result.errors)
+    assert all("missing target 'mp2018_e_form'" in e.problem for e in result.missing_target)
 
 
 @pytest.mark.benchmark
@@ -244,9 +244,10 @@ def test_zip_of_jarvis_and_megnet_json(tmp_path, jarvis_records, mp_records):
     assert math.isnan(items[4].targets["optb88vdw_bandgap"])
     by_gap = read_dataset(jzip, target="optb88vdw_bandgap")
     assert len(by_gap.crystals) == len(jarvis_records) - 1
-    assert by_gap.errors[0].source == f"{jzip}:jdft_3d-8-18-2021.json[4] [{jarvis_records[4]['id']}]"
+    assert by_gap.errors == []
+    assert by_gap.missing_target[0].source == f"{jzip}:jdft_3d-8-18-2021.json[4] [{jarvis_records[4]['id']}]"
 
     mp = read_dataset(mzip, target="e_form")
-    assert mp.errors == [] or all("missing target 'e_form'" in e.problem for e in mp.errors)
+    assert mp.errors == [] and all("missing target 'e_form'" in e.problem for e in mp.missing_target)
     assert [c.id for c in mp.crystals] == [r["id"] for r in mp_records if "mp2018_e_form" in r["targets"]]
     assert all(set(c.targets) == {"e_form", "gap pbe"} for c in mp.crystals)

@@ -96,7 +96,26 @@ class Crystal:
             raise InputError(
                 where, f"singular lattice (volume {abs(det):.3g} A^3): lattice vectors are (nearly) coplanar"
             )
-        d_min = min_interatomic_distance(self.lattice, self.frac_coords, MIN_INTERATOMIC_DISTANCE)
+        # An atom meets its own periodic image at the shortest lattice vector, whatever the other
+        # atoms do: checking it first rejects a 0.001 A cell in microseconds, where a neighbour
+        # search would enumerate ~1e8 images per atom (tens of GB) before finding the overlap.
+        # No lattice vector is shorter than the smallest plane spacing (v . b_k = n_k for the
+        # reciprocal vectors b_k), so cells with wide planes (nearly every real crystal) need no
+        # reduction.
+        lattice, frac = self.lattice, self.frac_coords
+        if plane_spacings(lattice).min() <= 2 * MIN_INTERATOMIC_DISTANCE:
+            lattice = reduced_lattice(self.lattice, where)
+            shortest = float(np.linalg.norm(lattice, axis=1).min())
+            if shortest < MIN_INTERATOMIC_DISTANCE:
+                raise InputError(
+                    where,
+                    f"atoms closer than {MIN_INTERATOMIC_DISTANCE} A (closest pair {shortest:.3g} A: every atom and "
+                    f"its own periodic image, the shortest lattice vector): lattice far too small",
+                )
+            # The same crystal in the reduced basis: its planes are far apart, so the neighbour
+            # search below looks at a handful of images even when the given basis is very skewed.
+            frac = np.linalg.solve(lattice.T, self.cart_coords.T).T
+        d_min = min_interatomic_distance(lattice, frac, MIN_INTERATOMIC_DISTANCE)
         if d_min < MIN_INTERATOMIC_DISTANCE:
             raise InputError(
                 where, f"atoms closer than {MIN_INTERATOMIC_DISTANCE} A (closest pair {d_min:.3f} A): overlapping sites"
@@ -124,6 +143,24 @@ def location(source: str, id: str | None) -> str:
     return f"{source} [{id}]"
 
 
+def plane_spacings(lattice: np.ndarray) -> np.ndarray:
+    """Distances between neighbouring lattice planes of the three families (a, b, c), 1 / |b_k|."""
+    return 1.0 / np.linalg.norm(np.linalg.inv(lattice), axis=0)
+
+
+def reduced_lattice(lattice: np.ndarray, where: str) -> np.ndarray:
+    """The Minkowski-reduced basis of ``lattice`` (ASE): the same lattice, and in 3D its first
+    vector is a shortest lattice vector, also when a skewed cell hides it in a combination such
+    as ``c - a - b``."""
+    from ase.geometry import minkowski_reduce
+
+    try:
+        reduced, _ = minkowski_reduce(np.asarray(lattice, dtype=np.float64))
+    except RuntimeError:  # ASE gives up after 1e5 steps; only absurdly skewed bases get there
+        raise InputError(where, "lattice vectors too skewed to reduce to a usable cell") from None
+    return np.asarray(reduced, dtype=np.float64)
+
+
 def min_interatomic_distance(lattice: np.ndarray, frac_coords: np.ndarray, cutoff: float) -> float:
     """Shortest distance between two atoms (including an atom and its own periodic image),
     or ``inf`` if none is within ``cutoff``.
@@ -137,8 +174,7 @@ def min_interatomic_distance(lattice: np.ndarray, frac_coords: np.ndarray, cutof
     lattice = np.asarray(lattice, dtype=np.float64)
     frac = np.asarray(frac_coords, dtype=np.float64).reshape(-1, 3)
     n = frac.shape[0]
-    plane_spacing = 1.0 / np.linalg.norm(np.linalg.inv(lattice), axis=0)  # d_k = 1 / |b_k|
-    if n <= MINIMUM_IMAGE_MAX_ATOMS and plane_spacing.min() > 2 * cutoff:
+    if n <= MINIMUM_IMAGE_MAX_ATOMS and plane_spacings(lattice).min() > 2 * cutoff:
         if n < 2:
             return math.inf
         offset = frac[None, :, :] - frac[:, None, :]

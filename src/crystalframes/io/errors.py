@@ -27,3 +27,9 @@ class InputError(UserError, ValueError):
 
 class DatasetError(InputError):
     """A whole dataset (download, archive, folder) is unusable."""
+
+
+class SkippedInput(InputError):
+    """A file a dataset folder holds but that is not read: not a structure file, a symlink loop,
+    a named pipe. Not a bad record: it is listed (``ReadResult.skipped``, the summary, one log
+    line), never dropped silently."""

@@ -1,0 +1,576 @@
+"""Dataset containers: every record of a JSONL(.gz) file, a JSON list (or JARVIS figshare JSON),
+a matbench-style JSON table (pandas ``orient="split"`` with pymatgen ``Structure`` dicts), a zip
+archive of JSON, a multi-frame structure file (extended XYZ, ASE trajectory), a folder with
+``id_prop.csv`` (cgcnn / ALIGNN convention) or a plain folder of structure files.
+
+* :func:`iter_records` -- the good :class:`Crystal` or the :class:`InputError` of every record.
+* :func:`read_dataset` -- all of them, good ones and errors separated in a :class:`ReadResult`.
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import io
+import json
+import logging
+import math
+import re
+import zipfile
+import os
+import stat
+import zlib
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from crystalframes.io.coercion import _MISSING_STRINGS, _coerce_target, _label, _short_exc
+from crystalframes.io.crystal import Crystal
+from crystalframes.io.errors import DatasetError, InputError, SkippedInput
+from crystalframes.io.files import checked_stat, decode_text, printable, read_regular_file, text_encoding
+from crystalframes.io.structures import (
+    MULTI_FRAME_FORMATS,
+    _crystal_from_any_record,
+    _default_id,
+    _structure_format,
+    iter_frames,
+    read_structure,
+)
+
+logger = logging.getLogger("crystalframes.io")
+
+__all__ = ["ReadResult", "iter_records", "read_dataset"]
+
+# --------------------------------------------------------------------------------------------------
+# Datasets
+# --------------------------------------------------------------------------------------------------
+
+
+def _safe(where: str, make) -> Crystal | InputError:
+    """``make()``'s Crystal, or the InputError describing why the record is bad (never raises)."""
+    try:
+        return make()
+    except InputError as err:
+        return err
+    except Exception as exc:  # a parser bug must not stop the whole dataset
+        return InputError(where, f"unexpected error: {type(exc).__name__}: {_short_exc(exc)}")
+
+
+def _iter_json_lines(lines: Iterator[bytes], where: str) -> Iterator[Crystal | InputError]:
+    """Records of a JSONL byte stream; a truncated / corrupt gzip stream ends with one InputError."""
+    lineno = 0
+    pending: tuple[int, bytes] | None = None  # a last line without newline: maybe cut off
+    while True:
+        try:
+            raw = next(lines)
+        except StopIteration:
+            break
+        except (OSError, EOFError, zlib.error) as exc:
+            note = f" after line {lineno}" if lineno else ""
+            yield InputError(where, f"file is truncated / corrupt gzip{note} ({_short_exc(exc)})")
+            return
+        lineno += 1
+        if not raw.endswith(b"\n"):
+            pending = (lineno, raw)
+            continue
+        if raw.strip():
+            yield _parse_json_line(raw, f"{where}:{lineno}")
+    if pending is not None and pending[1].strip():
+        yield _parse_json_line(pending[1], f"{where}:{pending[0]}")
+
+
+def _parse_json_line(raw: bytes, where: str) -> Crystal | InputError:
+    try:
+        rec = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        return InputError(where, f"not valid JSON: {_short_exc(exc)}")
+    return _safe(where, lambda: _crystal_from_any_record(rec, where))
+
+
+def _iter_jsonl(path: Path, where: str) -> Iterator[Crystal | InputError]:
+    opener = gzip.open if path.name.lower().endswith(".gz") else open
+    with opener(path, "rb") as fh:
+        try:
+            found = text_encoding(fh.peek(4096))
+        except (OSError, EOFError, zlib.error) as exc:
+            yield InputError(where, f"file is truncated / corrupt gzip ({_short_exc(exc)})")
+            return
+        if found is None or found[0] == "utf-8-sig":  # json.loads skips a UTF-8 byte-order mark itself
+            yield from _iter_json_lines(iter(fh), where)
+            return
+        try:  # UTF-16 / UTF-32: lines are not split at b"\n", so decode the whole text first
+            text = decode_text(fh.read(), where)
+        except (OSError, EOFError, zlib.error) as exc:
+            yield InputError(where, f"file is truncated / corrupt gzip ({_short_exc(exc)})")
+            return
+        except InputError as err:
+            yield err
+            return
+    yield from _iter_json_lines(iter(io.BytesIO(text.encode("utf-8"))), where)
+
+
+def _load_json(data: bytes, where: str) -> Any:
+    try:
+        return json.loads(data)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise DatasetError(where, f"not valid JSON: {_short_exc(exc)}") from None
+
+
+def _json_records(data: Any, where: str) -> list:
+    if isinstance(data, dict):
+        # One record, or a {"id": record} mapping is not a format we know: treat dict as one record.
+        return [data]
+    if isinstance(data, list):
+        return data
+    raise DatasetError(where, f"JSON must hold a list of records or one record, got {type(data).__name__}")
+
+
+def _is_split_table(data: Any) -> bool:
+    """A pandas ``DataFrame.to_json(orient="split")`` table, as matbench ships its datasets."""
+    return isinstance(data, dict) and "columns" in data and "data" in data and "atoms" not in data
+
+
+def _iter_json(data: Any, where: str) -> Iterator[Crystal | InputError]:
+    """Records of a parsed JSON document: a split table, a list of records or one record."""
+    if _is_split_table(data):
+        return _iter_split_table(data, where)
+    return _iter_json_list(_json_records(data, where), where)
+
+
+def _iter_json_list(records: list, where: str) -> Iterator[Crystal | InputError]:
+    for i, rec in enumerate(records):
+        rec_where = f"{where}[{i}]"
+        yield _safe(rec_where, lambda: _crystal_from_any_record(rec, rec_where))
+
+
+_STRUCTURE_COLUMN = "structure"
+
+
+def _iter_split_table(table: dict, where: str) -> Iterator[Crystal | InputError]:
+    """Rows of a matbench-style table ``{"index": [ids], "columns": ["structure", <target>...],
+    "data": [[Structure dict, value...], ...]}``: the row's index is the id, every other column a
+    target (a boolean class label becomes 0 / 1). No pandas needed: the layout is plain JSON."""
+    columns, rows, index = table["columns"], table["data"], table.get("index")
+    if not isinstance(columns, list) or not all(isinstance(c, str) for c in columns):
+        raise DatasetError(where, "table 'columns' must be a list of names")
+    if _STRUCTURE_COLUMN not in columns:
+        raise DatasetError(where, f"table has no '{_STRUCTURE_COLUMN}' column (columns: {', '.join(columns)})")
+    if not isinstance(rows, list):
+        raise DatasetError(where, f"table 'data' must be a list of rows, got {type(rows).__name__}")
+    if index is not None and (not isinstance(index, list) or len(index) != len(rows)):
+        raise DatasetError(where, "table 'index' must list one id per row of 'data'")
+    column = columns.index(_STRUCTURE_COLUMN)
+    target_names = [(j, c) for j, c in enumerate(columns) if j != column]
+
+    def row_crystal(row: Any, row_where: str, row_id: str | None) -> Crystal:
+        label = _label(row_where, row_id)
+        if not isinstance(row, list) or len(row) != len(columns):
+            raise InputError(label, f"row must be a list of {len(columns)} values ({', '.join(columns)})")
+        structure = row[column]
+        if not isinstance(structure, dict) or structure.get("@class") not in ("Structure", "IStructure"):
+            raise InputError(label, f"'{_STRUCTURE_COLUMN}' is not a pymatgen Structure dict")
+        crystal = _crystal_from_any_record(structure, label)
+        values = {name: float(row[j]) if isinstance(row[j], bool) else row[j] for j, name in target_names}
+        crystal.targets = {name: _coerce_target(name, value, label) for name, value in values.items()}
+        crystal.id = row_id or crystal.id
+        crystal.source = row_where
+        return crystal.validate()
+
+    for i, row in enumerate(rows):
+        row_where = f"{where}[{i}]"
+        row_id = None if index is None or index[i] in (None, "") else str(index[i])
+        yield _safe(_label(row_where, row_id), lambda: row_crystal(row, row_where, row_id))
+
+
+def _read_bytes_for_dataset(path: Path, where: str) -> bytes:
+    data = read_regular_file(path, where, DatasetError)
+    if path.name.lower().endswith(".gz"):
+        try:
+            data = gzip.decompress(data)
+        except (OSError, EOFError, zlib.error) as exc:
+            raise DatasetError(where, f"file is truncated / corrupt gzip ({_short_exc(exc)})") from None
+    if not data.strip():
+        raise DatasetError(where, "file is empty")
+    return data
+
+
+def _escapes(member: str) -> bool:
+    """True for a member name that is absolute or climbs out of the archive (``..``): no honest
+    dataset archive has one, and extracting it anywhere would write outside the target folder."""
+    name = member.replace("\\", "/")
+    return name.startswith("/") or (len(name) > 1 and name[1] == ":") or ".." in name.split("/")
+
+
+def _zip_members(path: Path, where: str, member: str | None) -> tuple[zipfile.ZipFile, list[str]]:
+    """The open archive and the member(s) to read: ``member`` (by full name or file name) when
+    given, else every JSON / JSONL member. The whole archive is refused when a member name is
+    absolute, climbs with ``..`` or appears twice (records that would be read twice)."""
+    try:
+        archive = zipfile.ZipFile(path)
+    except (zipfile.BadZipFile, OSError, EOFError) as exc:
+        raise DatasetError(where, f"not a readable zip archive ({_short_exc(exc)})") from None
+    names = archive.namelist()
+    problem = None
+    escaping = [n for n in names if _escapes(n)]
+    twice = [n for n, count in Counter(names).items() if count > 1]
+    if escaping:
+        problem = f"archive member {escaping[0]!r} has an absolute or '..' path; the archive is refused"
+    elif twice:
+        problem = f"archive member {twice[0]!r} appears more than once; the archive is refused"
+    elif member is not None:
+        members = [n for n in names if n == member or n.rsplit("/", 1)[-1] == member]
+        if not members:
+            held = ", ".join(names[:5]) + (", ..." if len(names) > 5 else "")
+            problem = f"archive does not contain {member} (it holds: {held or 'nothing'})"
+        elif len(members) > 1:
+            problem = f"archive holds {member} more than once ({', '.join(members)})"
+    else:
+        members = [
+            n for n in names
+            if not n.endswith("/") and not n.startswith("__MACOSX/") and not Path(n).name.startswith("._")
+            and n.lower().endswith((".json", ".json.gz", ".jsonl", ".jsonl.gz"))
+        ]
+        if not members:
+            problem = "zip archive holds no .json / .jsonl file"
+    if problem is not None:
+        archive.close()
+        raise DatasetError(where, problem)
+    return archive, members
+
+
+def _iter_zip(path: Path, where: str, archive: zipfile.ZipFile, members: list[str]) -> Iterator[Crystal | InputError]:
+    with archive:
+        for member in members:
+            member_where = f"{where}:{member}"
+            try:
+                data = archive.read(member)
+                if member.lower().endswith(".gz"):
+                    data = gzip.decompress(data)
+            except (zipfile.BadZipFile, OSError, EOFError, zlib.error, KeyError) as exc:
+                yield InputError(member_where, f"cannot extract from archive: {_short_exc(exc)}")
+                continue
+            if member.lower().endswith((".jsonl", ".jsonl.gz")):
+                yield from _iter_json_lines(iter(io.BytesIO(data)), member_where)
+                continue
+            try:
+                records = _iter_json(_load_json(data, member_where), member_where)
+            except DatasetError as err:
+                yield err
+                continue
+            yield from records
+
+
+_ID_PROP = "id_prop.csv"
+
+
+def _structure_candidates(folder: Path, name: str) -> list[Path]:
+    names = [name]
+    for ext in (".cif", ".vasp", ".poscar", ".cif.gz", ".vasp.gz", ".xyz", ".extxyz", ".json"):
+        names.append(name + ext)
+    for prefix in ("POSCAR-", "POSCAR_", "CONTCAR-", "CONTCAR_"):
+        names += [prefix + name, prefix + name + ".vasp"]
+    return [folder / n for n in names]
+
+
+def _id_from_name(name: str) -> str:
+    return _default_id(Path(name)) if _structure_format(name) else name
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return text.strip().lower() in _MISSING_STRINGS - {""}
+    return True
+
+
+def _iter_id_prop(folder: Path, where: str) -> Iterator[Crystal | InputError]:
+    csv_path = folder / _ID_PROP
+    csv_where = str(Path(where) / _ID_PROP) if Path(where).name != _ID_PROP else where
+    text = decode_text(read_regular_file(csv_path, csv_where, DatasetError), csv_where, DatasetError)
+    try:
+        rows = [(n, row) for n, row in enumerate(csv.reader(io.StringIO(text, newline="")), start=1)]
+    except csv.Error as exc:
+        raise DatasetError(csv_where, f"cannot read: {_short_exc(exc)}") from None
+    rows = [(n, [c.strip() for c in row]) for n, row in rows if any(c.strip() for c in row)]
+    if not rows:
+        raise DatasetError(csv_where, "id_prop.csv has no rows")
+
+    names: list[str] | None = None
+    first = rows[0][1]
+    if (
+        len(first) > 1
+        and not any(_is_number(c) for c in first[1:])
+        and not any(p.is_file() for p in _structure_candidates(folder, first[0]))
+    ):
+        names = first[1:]  # a header row (the cgcnn/ALIGNN convention has none, but people add one)
+        rows = rows[1:]
+        if not rows:
+            raise DatasetError(csv_where, "id_prop.csv has a header but no data rows")
+    n_targets = len(names) if names is not None else len(rows[0][1]) - 1
+    if names is None:
+        names = ["target"] if n_targets == 1 else [f"target_{i}" for i in range(n_targets)]
+    return _iter_id_prop_rows(folder, csv_where, rows, names)
+
+
+def _iter_id_prop_rows(folder: Path, csv_where: str, rows, names: list[str]) -> Iterator[Crystal | InputError]:
+    for lineno, row in rows:
+        name, values = row[0], row[1:]
+        record_id = _id_from_name(name)
+        row_where = _label(f"{csv_where}:{lineno}", record_id)
+        if len(values) != len(names):
+            yield InputError(row_where, f"row has {len(values)} target values, expected {len(names)}")
+            continue
+        try:
+            targets = {t: _coerce_target(t, v, row_where) for t, v in zip(names, values)}
+        except InputError as err:
+            yield err
+            continue
+        candidates = _structure_candidates(folder, name)
+        found = next((p for p in candidates if p.is_file()), None)
+        if found is None:
+            tried = ", ".join(repr(p.name) for p in candidates[:4])
+            yield InputError(row_where, f"structure file not found in {folder} (tried {tried}, ...)")
+            continue
+        yield _safe(printable(found), lambda: read_structure(found, id=record_id, targets=targets))
+
+
+# Structure formats a plain folder is searched for (a .json there may be anything: a record, a
+# dataset, metadata; it is listed as skipped rather than guessed at).
+_FOLDER_FORMATS = ("cif", "poscar") + MULTI_FRAME_FORMATS
+_FOLDER_FORMATS_TEXT = ".cif, POSCAR/CONTCAR, .vasp, .xyz/.extxyz, .traj"
+
+
+def _iter_structure_file(path: Path, where: str) -> Iterator[Crystal | InputError]:
+    """The crystal(s) of one structure file: every frame of a multi-frame format, else one."""
+    if _structure_format(path.name) in MULTI_FRAME_FORMATS:
+        return iter_frames(path, where)
+    return iter([_safe(where, lambda: read_structure(path))])
+
+
+def _scan_folder(folder: Path, where: str) -> tuple[list[Path], list[SkippedInput]]:
+    """The structure files of a plain folder (sorted by name) and every other entry, each with
+    why it is not read. Nothing is opened here: special files are recognised by ``stat``."""
+    files: list[Path] = []
+    skipped: list[SkippedInput] = []
+    try:
+        names = sorted(os.listdir(folder))
+    except OSError as exc:
+        raise DatasetError(where, f"cannot list folder: {exc.strerror or exc}") from None
+    for name in names:
+        path = folder / name
+        shown = printable(path)
+        if name.startswith("."):
+            skipped.append(SkippedInput(shown, "hidden file"))
+            continue
+        try:
+            st = checked_stat(path, shown, SkippedInput)
+        except SkippedInput as err:
+            skipped.append(err)
+            continue
+        fmt = _structure_format(name)
+        if stat.S_ISDIR(st.st_mode):
+            skipped.append(SkippedInput(shown, "a sub-folder (sub-folders are not searched)"))
+        elif fmt not in _FOLDER_FORMATS:
+            hint = "; a JSON dataset or record is read when given by its own name" if fmt == "json" else ""
+            skipped.append(SkippedInput(
+                shown, f"not a structure file: a folder is searched for {_FOLDER_FORMATS_TEXT}{hint}"
+            ))
+        else:
+            files.append(path)
+    return files, skipped
+
+
+def _iter_folder(folder: Path, where: str) -> Iterator[Crystal | InputError]:
+    files, skipped = _scan_folder(folder, where)
+    if not files:
+        held = ", ".join(printable(e.source).rsplit("/", 1)[-1] for e in skipped[:5])
+        raise DatasetError(
+            where,
+            f"folder holds neither id_prop.csv nor structure files ({_FOLDER_FORMATS_TEXT})"
+            + (f"; it holds: {held}{', ...' if len(skipped) > 5 else ''}" if held else "; it is empty"),
+        )
+    return _chain_folder(files, skipped)
+
+
+def _chain_folder(files: list[Path], skipped: list[SkippedInput]) -> Iterator[Crystal | InputError]:
+    yield from skipped
+    for path in files:
+        yield from _iter_structure_file(path, printable(path))
+
+
+def iter_records(source: str | Path, member: str | None = None) -> Iterator[Crystal | InputError]:
+    """Every record of a dataset: the good :class:`Crystal` or the :class:`InputError` saying why
+    that record is bad. Never raises for a single bad record.
+
+    ``source`` is a ``.jsonl`` / ``.jsonl.gz`` file, a ``.json`` / ``.json.gz`` file holding a list
+    of JARVIS records (or one record, or a matbench-style ``orient="split"`` table), a ``.zip``
+    holding such JSON (figshare archives; ``member`` names the one JSON to read), a multi-frame
+    ``.xyz`` / ``.extxyz`` / ``.traj`` file (one record per frame, id ``<stem>@<index>``), a folder
+    with ``id_prop.csv`` (cgcnn / ALIGNN convention) or a plain folder of structure files. In a
+    plain folder every entry that is not read is yielded as a :class:`SkippedInput` first.
+
+    Raises :class:`DatasetError` (immediately) when the source does not exist, is not a regular
+    file or folder, is of an unrecognised type or is unusable as a whole.
+    """
+    where = printable(source)
+    path = Path(source)
+    st = checked_stat(path, where, DatasetError, missing="dataset not found (no such file or folder)")
+    if stat.S_ISDIR(st.st_mode):
+        if (path / _ID_PROP).is_file():
+            return _iter_id_prop(path, where)
+        return _iter_folder(path, where)
+
+    name = path.name.lower()
+    if name.endswith((".jsonl", ".jsonl.gz", ".ndjson", ".ndjson.gz")):
+        return _iter_jsonl(path, where)
+    if name.endswith((".json", ".json.gz")):
+        return _iter_json(_load_json(_read_bytes_for_dataset(path, where), where), where)
+    if name.endswith(".zip"):
+        archive, members = _zip_members(path, where, member)
+        return _iter_zip(path, where, archive, members)
+    if name == _ID_PROP:
+        return _iter_id_prop(path.parent, where)
+    if _structure_format(name) in _FOLDER_FORMATS:
+        return _iter_structure_file(path, where)
+    raise DatasetError(
+        where,
+        "unrecognised dataset type (expected .jsonl[.gz], .json[.gz], .zip, .xyz/.extxyz/.traj, a folder with "
+        "id_prop.csv or a folder of structure files)",
+    )
+
+
+# --------------------------------------------------------------------------------------------------
+# read_dataset
+# --------------------------------------------------------------------------------------------------
+
+
+def _problem_kind(problem: str) -> str:
+    """``problem`` without its record-specific details, for grouping errors in a summary."""
+    kind = re.sub(r"\s*\([^)]*\)", "", problem)
+    kind = kind.split(": ", 1)[0]
+    kind = re.sub(r"(?<![\w.'])\d+(?![\w.'])", "N", kind)
+    return kind.strip()
+
+
+# Files named in a summary's "skipped" line before it says "and N more".
+_MAX_SKIPPED_NAMED = 20
+
+
+@dataclass
+class ReadResult:
+    """The good crystals of a dataset and the errors of its bad records.
+
+    ``missing_target`` holds the records that are fine but have no value for the requested
+    ``target`` (not bad records: many datasets label only some records), ``skipped`` the files of
+    a folder that were not read (:class:`SkippedInput`).
+    """
+
+    crystals: list[Crystal] = field(default_factory=list)
+    errors: list[InputError] = field(default_factory=list)
+    source: str = ""
+    target: str | None = None
+    missing_target: list[InputError] = field(default_factory=list)
+    skipped: list[SkippedInput] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.crystals)
+
+    def errors_text(self) -> str:
+        """Counts read and the bad records grouped by problem (with one example each)."""
+        head = f"{self.source}: {len(self.crystals)} crystals read, {len(self.errors)} bad records"
+        if not self.errors:
+            return head
+        groups: dict[str, list[InputError]] = {}
+        for err in self.errors:
+            groups.setdefault(_problem_kind(err.problem), []).append(err)
+        lines = [head + ":"]
+        for kind, errs in sorted(groups.items(), key=lambda kv: -len(kv[1])):
+            lines.append(f"  {len(errs):>6} x {kind}  (e.g. {errs[0]})")
+        return "\n".join(lines)
+
+    def missing_target_text(self) -> str:
+        return f"{len(self.missing_target)} records have no {self.target} value; skipped"
+
+    def skipped_text(self) -> str:
+        """One line naming every skipped file (up to a limit) and why."""
+        named = [f"{Path(e.source).name} [{e.problem}]" for e in self.skipped[:_MAX_SKIPPED_NAMED]]
+        more = len(self.skipped) - len(named)
+        return f"{self.source}: {len(self.skipped)} files skipped (not read): " + "; ".join(named) + (
+            f"; and {more} more" if more else ""
+        )
+
+    def summary(self) -> str:
+        """A short text: counts read, the errors grouped by problem, the records without the
+        target and the files skipped."""
+        lines = [self.errors_text()]
+        if self.missing_target:
+            lines.append("  " + self.missing_target_text())
+        if self.skipped:
+            lines.append("  " + self.skipped_text())
+        return "\n".join(lines)
+
+
+def _missing_target_error(crystal: Crystal, target: str) -> InputError | None:
+    if target not in crystal.targets:
+        have = ", ".join(sorted(crystal.targets)) or "none"
+        if len(have) > 120:
+            have = have[:117] + "..."
+        return InputError(crystal.where, f"missing target '{target}' (record has: {have})")
+    value = crystal.targets[target]
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return InputError(crystal.where, f"missing target '{target}' (no value)")
+    return None
+
+
+def _progress(items: Iterator, source: str | Path) -> Iterator:
+    """``items`` with a tqdm progress bar on a terminal; ``disable=None`` turns it off when stderr
+    is not a TTY (logs, pipes, tests)."""
+    from tqdm import tqdm
+
+    name = printable(Path(source).name) or printable(source)
+    return tqdm(items, desc=f"reading {name}", unit=" records", disable=None, leave=False, mininterval=0.5)
+
+
+def read_dataset(
+    source: str | Path, target: str | None = None, strict: bool = False, member: str | None = None
+) -> ReadResult:
+    """All records of ``source`` (see :func:`iter_records`), good ones and errors separated.
+
+    With ``target``, records without a value for it are set aside in ``missing_target`` (counted
+    in one INFO line) rather than reported as bad. ``strict=True`` raises the first
+    :class:`InputError` of a bad record instead of collecting it. Every bad record is kept in
+    ``errors`` (``crystalframes data info`` lists them) and logged at DEBUG; one WARNING line on the
+    ``crystalframes.io`` logger summarises them by problem, another names the files a folder
+    holds that were skipped. Shows a progress bar on a terminal.
+    """
+    result = ReadResult(source=printable(source), target=target)
+    for item in _progress(iter_records(source, member=member), source):
+        if isinstance(item, SkippedInput):
+            result.skipped.append(item)
+            continue
+        if isinstance(item, Crystal) and target is not None:
+            missing = _missing_target_error(item, target)
+            if missing is not None:
+                result.missing_target.append(missing)
+                continue
+        if isinstance(item, InputError):
+            if strict:
+                raise item
+            logger.debug("skipping bad record: %s", item)
+            result.errors.append(item)
+        else:
+            result.crystals.append(item)
+    if result.errors:
+        logger.warning("%s", result.errors_text())
+    if result.missing_target:
+        if result.crystals:
+            logger.info("%s: %s", result.source, result.missing_target_text())
+        else:  # not one record has it: most likely a misspelt target name
+            logger.warning("%s: no record has a value for target '%s' (e.g. %s)",
+                           result.source, target, result.missing_target[0])
+    if result.skipped:
+        logger.warning("%s", result.skipped_text())
+    return result
