@@ -76,3 +76,21 @@ def test_console_script_runs_in_a_subprocess(nacl_cif):
     )
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["num_edges"] == 144
+
+
+def test_info_lists_what_a_folder_skipped(run, tmp_path, nacl_cif):
+    """A folder's non-structure entries are listed by name in the table and the JSON, never
+    dropped silently; the structure beside them is counted."""
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    (folder / "NaCl.cif").write_bytes(nacl_cif.read_bytes())
+    (folder / "notes.json").write_text("{}")
+    (folder / "README.txt").write_text("hello")
+    (folder / "loop.cif").symlink_to(folder / "loop.cif")
+    code, out, err = run("data", "info", str(folder))
+    assert code == 0, err
+    assert "structures:    1" in out and "skipped:       3" in out
+    assert "notes.json" in out and "README.txt" in out and "loop.cif" in out
+    code, out, _ = run("data", "info", str(folder), "--json")
+    summary = json.loads(out)
+    assert summary["num_structures"] == 1 and len(summary["skipped"]) == 3

@@ -320,3 +320,24 @@ def test_symmetry_and_check_on_a_named_pipe_do_not_hang(tmp_path):
     proc = cli("check", SPEC, fifo, timeout=120)
     assert_clean(proc, 2)
     assert "no readable structures" in proc.stderr and "regular file" in proc.stderr
+
+
+def test_multi_frame_file_gives_one_prediction_per_frame(run, model_file, good, tmp_path):
+    """An extxyz with three frames, one of them bad (atoms 0.1 A apart): two rows predicted from
+    it, the bad frame named as file@index, the CIF beside it predicted too."""
+    import ase.io
+    from ase import Atoms
+
+    frames = [Atoms("NaCl", positions=[[0, 0, 0], [2.8, 2.8, 2.8]], cell=[5.6] * 3, pbc=True) for _ in range(3)]
+    frames[1].positions[1] = [0.1, 0, 0]
+    frames[2].cell = [6.0] * 3
+    traj = tmp_path / "md.extxyz"
+    ase.io.write(traj, frames, format="extxyz")
+    out = tmp_path / "p.csv"
+    code, _, err = run("predict", str(model_file), str(traj), good, "-o", str(out))
+    assert code == 0, err
+    rows = rows_of(out)
+    predicted = {r["id"] for r in rows if r[f"{TARGET} (eV/atom)"]}
+    assert predicted == {"md@0", "md@2", "NaCl"}, rows
+    (failed,) = [r for r in rows if r["error"]]
+    assert "md@1" in failed["source"] and "closer than 0.5" in failed["error"]

@@ -49,6 +49,8 @@ def dataset_summary(result) -> dict:
         "splits": splits,
         "targets": targets,
         "bad_records": [str(e) for e in result.errors],
+        # folder entries that are not structure files (or not readable as files): listed, not bad
+        "skipped": [str(e) for e in result.skipped],
     }
 
 
@@ -80,6 +82,12 @@ def info(
         typer.echo(f"  {line}")
     if summary["num_bad_records"] > 20:
         typer.echo(f"  ... and {summary['num_bad_records'] - 20} more (use --json for all)")
+    if summary["skipped"]:
+        typer.echo(f"skipped:       {len(summary['skipped'])} (not structure files)")
+        for line in summary["skipped"][:20]:
+            typer.echo(f"  {line}")
+        if len(summary["skipped"]) > 20:
+            typer.echo(f"  ... and {len(summary['skipped']) - 20} more (use --json for all)")
 
 
 @app.command("fetch")

@@ -30,6 +30,9 @@ def require_regular_file(path: Path) -> None:
         raise InputError(str(path), "not a regular file (a named pipe, socket or device); give a structure file")
 
 
+_MANY_STRUCTURES = (".jsonl", ".jsonl.gz", ".ndjson", ".ndjson.gz", ".zip", ".xyz", ".extxyz", ".traj")
+
+
 def _collect(inputs: List[str], model=None):
     """Crystals and errors from files, folders and datasets; bad inputs are listed, not fatal.
     With ``model``, structures holding elements it cannot encode are errors too (found here,
@@ -41,7 +44,8 @@ def _collect(inputs: List[str], model=None):
     for item in inputs:
         path = Path(item)
         try:
-            if path.is_dir() or path.name.endswith((".jsonl", ".jsonl.gz", ".zip")) or path.name == "id_prop.csv":
+            # containers and multi-frame files (extxyz, ASE trajectories): one structure per record
+            if path.is_dir() or path.name.lower().endswith(_MANY_STRUCTURES) or path.name == "id_prop.csv":
                 for rec in iter_records(path):
                     (errors if isinstance(rec, InputError) else crystals).append(rec)
             else:

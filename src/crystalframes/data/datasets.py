@@ -322,4 +322,6 @@ def load_dataset(
     :func:`crystalframes.io.read_dataset`."""
     from crystalframes.io import readers
 
-    return readers.read_dataset(resolve_source(source, download=download), target=target, strict=strict)
+    # a registered archive is read through its one expected member, whatever else it holds
+    member = DATASETS[str(source)].member if str(source) in DATASETS else None
+    return readers.read_dataset(resolve_source(source, download=download), target=target, strict=strict, member=member)
