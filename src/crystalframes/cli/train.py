@@ -29,9 +29,7 @@ def train_command(
 ):
     """Train a model; prints validation and test MAE beside the mean-predictor baseline."""
     require_training_stack()
-    import yaml
-
-    from crystalframes.train.config import config_with_preset_training, explicit_keys, load_config
+    from crystalframes.train.config import config_with_preset_training, config_yaml, explicit_keys, load_config
     from crystalframes.train.folder import resume_config
 
     if resume and output is None:
@@ -46,7 +44,7 @@ def train_command(
         cfg = load_config(config, list(set_))
         cfg = config_with_preset_training(cfg, explicit_keys(config, list(set_)))
     if print_config:
-        typer.echo(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False), nl=False)
+        typer.echo(config_yaml(cfg), nl=False)
         return
     from crystalframes.train.run import train
 

@@ -234,3 +234,8 @@ def explicit_keys(path: str | Path | None, overrides: list[str]) -> set[str]:
             if isinstance(values, dict):
                 keys |= {f"{section}.{k}" for k in values}
     return keys
+
+
+def config_yaml(cfg: RunConfig) -> str:
+    """The config as the YAML a run folder keeps and ``train --print-config`` shows."""
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)

@@ -177,37 +177,9 @@ def _report_skipped(errors: list[InputError], source: str) -> None:
     log.warning("%s: skipped %d records the model cannot train on:\n%s%s", source, len(errors), shown, more)
 
 
-def _graph_cache_dir():
-    """The graph cache folder if it can be written, else None (with a warning): the cache only
-    saves time, so a read-only or unusable cache folder must not stop training."""
-    import tempfile
-
-    from crystalframes.data.paths import cache_root
-
-    folder = cache_root() / "graphs"
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=folder):
-            pass
-    except OSError as exc:
-        log.warning("graph cache %s cannot be written (%s); building graphs without it", folder, exc.strerror or exc)
-        return None
-    return folder
-
-
 def _build_split_graphs(splits: dict[str, list[Crystal]], graph_settings: GraphSettings, use_cache: bool) -> dict:
-    folder = _graph_cache_dir() if use_cache else None
-    graphs = {}
-    for name, items in splits.items():
-        if folder is not None:
-            try:
-                graphs[name] = build_graphs(items, graph_settings, cache_dir=folder, use_cache=True)
-                continue
-            except OSError as exc:  # e.g. a full disk while writing the cache
-                log.warning("graph cache %s cannot be written (%s); building graphs without it", folder, exc.strerror or exc)
-                folder = None
-        graphs[name] = build_graphs(items, graph_settings, use_cache=False)
-    return graphs
+    # build_graphs treats the cache as best effort (an unwritable folder costs one warning)
+    return {name: build_graphs(items, graph_settings, use_cache=use_cache) for name, items in splits.items()}
 
 
 def prepare_data(cfg: DataConfig, graph_settings: GraphSettings, model=None) -> PreparedData:

@@ -14,12 +14,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import yaml
 
 from crystalframes import __version__
 from crystalframes.atomic import atomic_write
 from crystalframes.io.errors import UserError
-from crystalframes.train.config import RunConfig
+from crystalframes.train.config import RunConfig, config_yaml
 from crystalframes.train.folder import CHECKPOINTS
 from crystalframes.train.metrics import metrics_of, write_json, write_predictions
 
@@ -217,7 +216,7 @@ def train(cfg: RunConfig | None, output: str | Path | None = None, resume: bool 
             if overwrite:
                 run_folder.remove_run(folder)
             with atomic_write(folder / "config.yaml", "w") as fh:
-                yaml.safe_dump(cfg.model_dump(mode="json"), fh, sort_keys=False)
+                fh.write(config_yaml(cfg))
             if not resume:
                 write_json(folder / "versions.json", {"crystalframes": __version__, "torch": str(torch.__version__), "python": sys.version.split()[0], "lightning": L.__version__})
 
