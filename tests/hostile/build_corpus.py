@@ -14,6 +14,7 @@ Manifest fields per file (one source of truth for the test and the README):
 ``match``    a regex the error message must match when the file is rejected.
 ``max_z``    largest atomic number: the readers accept Z <= 118, but a model rejects elements
              it cannot encode (defect 1), so the expectation depends on the model.
+``may_keep``  a stream cut short: an error naming it, and the records before the cut may be kept.
 ``note``     what the file exercises.
 """
 
@@ -39,7 +40,7 @@ FILES = HERE / "files"
 MANIFEST: list[dict] = []
 
 
-def case(name: str, data: bytes | str, expect="bad", note="", defect="", match="", max_z=None, records=None):
+def case(name: str, data: bytes | str, expect="bad", note="", defect="", match="", max_z=None, records=None, may_keep=False):
     raw = data.encode("utf-8") if isinstance(data, str) else data
     (FILES / name).write_bytes(raw)
     entry = {"file": name, "expect": expect, "defect": defect, "note": note}
@@ -49,7 +50,18 @@ def case(name: str, data: bytes | str, expect="bad", note="", defect="", match="
         entry["max_z"] = max_z
     if records is not None:
         entry["records"] = records
+    if may_keep:
+        entry["may_keep"] = True  # a stream cut short: the records before the cut may be kept
     MANIFEST.append(entry)
+
+
+def zip_bytes(members: dict[str, str]) -> bytes:
+    """A zip archive with a fixed timestamp, so rebuilding the corpus gives the same bytes."""
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        for name, text in members.items():
+            z.writestr(zipfile.ZipInfo(name, date_time=(2024, 1, 1, 0, 0, 0)), text)
+    return buf.getvalue()
 
 
 def record(expect="good", note="", match="", max_z=None):
@@ -149,10 +161,8 @@ def build() -> None:
     case("good_cif_content.dat", cif(GAAS), "good", "CIF text under an unknown extension (format guessed from content)")
     case("good_two.jsonl", "\n".join(json.dumps(jsonl_record(s, i)) for s, i in ((NACL, "jl-nacl"), (SI, "jl-si"))) + "\n",
          "records", "JSONL dataset, two good lines", records=[record(), record()])
-    zbuf = io.BytesIO()
-    with zipfile.ZipFile(zbuf, "w") as z:
-        z.writestr("records.jsonl", "\n".join(json.dumps(jsonl_record(s, i)) for s, i in ((MGO, "z-mgo"), (AL, "z-al"))) + "\n")
-    case("good_dataset.zip", zbuf.getvalue(), "records", "zip holding one JSONL member with two good records",
+    good_zip = {"records.jsonl": "\n".join(json.dumps(jsonl_record(s, i)) for s, i in ((MGO, "z-mgo"), (AL, "z-al"))) + "\n"}
+    case("good_dataset.zip", zip_bytes(good_zip), "records", "zip holding one JSONL member with two good records",
          records=[record(), record()])
     case("good_two_frames.extxyz", extxyz([NACL, SI]), "records",
          "multi-frame extended XYZ: a dataset of two structures (ase.io.iread, issue 'Inputs users have')",
@@ -325,24 +335,17 @@ def build() -> None:
     case("bad_empty.jsonl", b"", "bad", "empty JSONL: must be reported, not silently zero rows", match="empty|no records")
     bad_gz = gzip.compress(("\n".join(json.dumps(jsonl_record(s, f"gz-{i}")) for i, s in enumerate([NACL, SI, CU] * 20)) + "\n").encode(), mtime=0)
     case("bad_truncated.jsonl.gz", bad_gz[: len(bad_gz) // 2], "bad", "gzipped JSONL cut in half: an error naming it (the lines before the cut may be kept)",
-         match="gzip|truncat|corrupt")
+         match="gzip|truncat|corrupt", may_keep=True)
     case("bad_target_1e308.json", json.dumps(jsonl_record(MGO, "t1e308", {"e_form": 1e308})), "either",
          "JSON record with target 1e308 (defect 13)", "13")
 
     # ---- archives (defect 5) ----
-    zbuf = io.BytesIO()
-    with zipfile.ZipFile(zbuf, "w") as z:
-        payload = json.dumps([jarvis_record(SI, "JVASP-1"), jarvis_record(CU, "JVASP-2")])
-        z.writestr("jdft_3d.json", payload)
-        z.writestr("../../evil.json", payload)
-        z.writestr("/abs/evil.json", payload)
-    case("bad_zip_slip.zip", zbuf.getvalue(), "bad", "zip with the expected member plus '../../evil.json' and '/abs/evil.json'",
+    payload = json.dumps([jarvis_record(SI, "JVASP-1"), jarvis_record(CU, "JVASP-2")])
+    slip = {"jdft_3d.json": payload, "../../evil.json": payload, "/abs/evil.json": payload}
+    case("bad_zip_slip.zip", zip_bytes(slip), "bad", "zip with the expected member plus '../../evil.json' and '/abs/evil.json'",
          "5", match=r"\.\.|absolute|member|unsafe")
     case("bad_zip_garbage.zip", b"PK\x03\x04" + bytes(rng.randrange(256) for _ in range(300)), "bad", "zip signature then garbage")
-    zbuf = io.BytesIO()
-    with zipfile.ZipFile(zbuf, "w") as z:
-        z.writestr("readme.txt", "nothing here")
-    case("bad_zip_no_records.zip", zbuf.getvalue(), "bad", "valid zip with no JSON member")
+    case("bad_zip_no_records.zip", zip_bytes({"readme.txt": "nothing here"}), "bad", "valid zip with no JSON member")
 
     write_manifest_and_readme()
 
