@@ -165,31 +165,31 @@ def build() -> None:
     case("good_dataset.zip", zip_bytes(good_zip), "records", "zip holding one JSONL member with two good records",
          records=[record(), record()])
     case("good_two_frames.extxyz", extxyz([NACL, SI]), "records",
-         "multi-frame extended XYZ: a dataset of two structures (ase.io.iread, issue 'Inputs users have')",
+         "multi-frame extended XYZ: a dataset of two structures (ase.io.iread, issue 'Inputs users have')", "inputs",
          records=[record(), record()])
     matbench = {"index": ["mb-1", "mb-2"], "columns": ["structure", "e_form"],
                 "data": [[MGO.as_dict(), -3.0], [CU.as_dict(), 0.0]]}
     case("good_matbench_split.json", json.dumps(matbench), "records",
-         "matbench-style JSON (pandas orient='split', pymatgen Structure dicts): a dataset (issue 'Inputs users have')",
+         "matbench-style JSON (pandas orient='split', pymatgen Structure dicts): a dataset (issue 'Inputs users have')", "inputs",
          records=[record(), record()])
 
     # ---- extreme but valid cells: readers accept them, models stay finite and invariant ----
     vac = Structure(Lattice.from_parameters(3.0, 3.0, 1000.0, 90, 90, 90), ["C", "C"], [[0, 0, 0.5], [0.5, 0.5, 0.5]])
-    case("valid_vacuum_1000A.cif", cif(vac), "good", "2-atom slab with 1000 A of vacuum")
+    case("valid_vacuum_1000A.cif", cif(vac), "good", "2-atom slab with 1000 A of vacuum", "works")
     case("valid_gamma_10deg.cif", cif_text(10, 10, 10, 90, 90, 10, [("Cu1", "Cu", 0, 0, 0, 1)]), "good",
-         "monoclinic cell with gamma = 10 deg (shortest vector 1.74 A)")
+         "monoclinic cell with gamma = 10 deg (shortest vector 1.74 A)", "works")
     case("valid_gamma_170deg.cif", cif_text(10, 10, 10, 90, 90, 170, [("Cu1", "Cu", 0, 0, 0, 1)]), "good",
-         "monoclinic cell with gamma = 170 deg")
+         "monoclinic cell with gamma = 170 deg", "works")
     rh = Lattice.from_parameters(20, 20, 20, 10, 10, 10)
     case("valid_rhombohedral_10deg.vasp", poscar(Structure(rh, ["Ar"], [[0, 0, 0]])), "good",
-         "rhombohedral cell with all angles 10 deg (normalised volume 0.026)")
+         "rhombohedral cell with all angles 10 deg (normalised volume 0.026)", "works")
     left = np.array(CU.lattice.matrix)
     left[2] *= -1
     case("valid_left_handed.vasp", poscar(Structure(Lattice(left), CU.species, CU.frac_coords)), "good",
-         "left-handed lattice (negative determinant)")
+         "left-handed lattice (negative determinant)", "works")
     big = NACL.copy()
     big.make_supercell([5, 5, 2])
-    case("valid_400_atoms.cif", cif(big), "good", "400-atom cell (5x5x2 NaCl supercell)")
+    case("valid_400_atoms.cif", cif(big), "good", "400-atom cell (5x5x2 NaCl supercell)", "works")
     for size, ext, defect in (("1e5", "cif", "7"), ("1e7", "vasp", "7"), ("1e12", "json", "7")):
         s = Structure(Lattice.cubic(float(size)), ["Cu"], [[0, 0, 0]])
         data = {"cif": cif, "vasp": poscar, "json": lambda st: json.dumps(jsonl_record(st, f"huge-{size}"))}[ext](s)
@@ -390,7 +390,13 @@ Expectations: **good** = read and predicted, finite; **bad** = exactly one error
 **either** = the issue does not fix which (read and finite, or a clear error); **dataset** = one
 row per record. *max Z*: the readers accept Z <= 118; a model rejects, per structure, elements it
 cannot encode (eComFormer Z <= 100, Crystalformer Z <= 98; defect 1). The defect column gives the
-issue-12 defect number; empty = a robustness case of the same kind.
+issue-12 defect number; *works* = in the issue's "what already works and must keep working" (models
+finite and invariant on extreme but valid cells); *inputs* = the issue's "Inputs users have";
+empty = a robustness case of the same kind.
+
+`data info FOLDER` reads the structure files of a folder (.cif, .vasp, .poscar, POSCAR*/CONTCAR*,
+.xyz, .extxyz, optionally gzipped); every other file there (.json, .jsonl, .zip, .txt, .dat, the
+FIFO, broken symlinks) must be read or listed as skipped (defect 13), never dropped silently.
 
 | file | expected | defect | what it exercises |
 |---|---|---|---|
