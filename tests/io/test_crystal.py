@@ -99,3 +99,18 @@ def test_validate_in_reduced_basis_agrees_with_vesin_on_the_given_basis():
         assert accepted == (vesin_min_distance(lattice, frac, 0.5) == math.inf)
         verdicts.add(accepted)
     assert verdicts == {True, False}
+
+
+@pytest.mark.parametrize("length", [1e13, 1e200, 1e308])
+def test_astronomical_lattice_is_rejected_before_it_overflows(length):
+    """A 1e308 A cell used to pass validation and end in vesin's 'cutoff must be a finite,
+    positive number' at graph building, a traceback in predict; 1e12 A (huge vacuum) still reads."""
+    import warnings
+
+    from crystalframes.io import Crystal, InputError
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no overflow warning on the way
+        with pytest.raises(InputError, match="longer than 1e\\+12 A"):
+            Crystal("huge", np.eye(3) * length, [11], np.zeros((1, 3)), source="huge.vasp").validate()
+    Crystal("vacuum", np.eye(3) * 1e12, [11], np.zeros((1, 3))).validate()

@@ -317,3 +317,27 @@ def test_json_file_with_pymatgen_structure_dict(tmp_path):
     path.write_text(json.dumps(AseAtomsAdaptor.get_structure(bulk("Cu", "fcc", a=3.6)).as_dict()))
     c = read_structure(path)
     assert c.id == "cu" and c.atomic_numbers.tolist() == [29]
+
+
+@pytest.mark.parametrize("key,value,message", [
+    ("_cell_length_a", "-5", "cell length must be positive"),
+    ("_cell_length_b", "0", "cell length must be positive"),
+    ("_cell_angle_gamma", "180", "strictly between 0 and 180"),
+    ("_cell_angle_alpha", "-90", "strictly between 0 and 180"),
+])
+def test_cif_with_impossible_cell_parameters_is_rejected(tmp_path, key, value, message):
+    """pymatgen turns a = -5 into a valid left-handed cell: the file was read as a crystal it
+    does not describe. The CIF dictionary forbids such values; say which one."""
+    cell = {"_cell_length_a": "5", "_cell_length_b": "5", "_cell_length_c": "5",
+            "_cell_angle_alpha": "90", "_cell_angle_beta": "90", "_cell_angle_gamma": "90", key: value}
+    text = "data_x\n" + "".join(f"{k} {v}\n" for k, v in cell.items()) + (
+        "_symmetry_space_group_name_H-M 'P 1'\nloop_\n_atom_site_label\n_atom_site_type_symbol\n"
+        "_atom_site_fract_x\n_atom_site_fract_y\n_atom_site_fract_z\nNa1 Na 0 0 0\n"
+    )
+    path = tmp_path / "odd.cif"
+    path.write_text(text)
+    with pytest.raises(InputError, match=f"odd.cif.*{key}.*{message}"):
+        read_structure(path)
+    fixed = "90" if "angle" in key else "5.0(2)"  # a value with its standard uncertainty reads
+    path.write_text(text.replace(f"{key} {value}", f"{key} {fixed}"))
+    assert read_structure(path).num_atoms == 1

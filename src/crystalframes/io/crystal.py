@@ -14,6 +14,9 @@ MIN_INTERATOMIC_DISTANCE = 0.5
 # |det L| / (|a||b||c|) below this means the three lattice vectors are (nearly) coplanar.
 MIN_NORMALISED_VOLUME = 1e-6
 MAX_ATOMIC_NUMBER = 118
+# 100 m: far beyond any vacuum padding, and small enough that volumes and squared distances stay
+# finite in float32 (1e36 < 3.4e38); a 1e308 A cell would overflow them to inf.
+MAX_LATTICE_LENGTH = 1e12
 # Up to this many atoms the closest-pair check uses the O(N^2) minimum-image shortcut.
 MINIMUM_IMAGE_MAX_ATOMS = 200
 
@@ -90,7 +93,12 @@ class Crystal:
         bad = (self.atomic_numbers < 1) | (self.atomic_numbers > MAX_ATOMIC_NUMBER)
         if bad.any():
             raise InputError(where, f"unknown element (atomic number {int(self.atomic_numbers[bad][0])})")
-        lengths = np.linalg.norm(self.lattice, axis=1)
+        with np.errstate(over="ignore"):  # a 1e308 A vector has an infinite norm: rejected below
+            lengths = np.linalg.norm(self.lattice, axis=1)
+        if not lengths.max() <= MAX_LATTICE_LENGTH:
+            raise InputError(
+                where, f"lattice vector of {lengths.max():.3g} A: longer than {MAX_LATTICE_LENGTH:g} A, not a crystal cell"
+            )
         det = float(np.linalg.det(self.lattice))
         if lengths.min() <= 0 or abs(det) / float(np.prod(lengths)) < MIN_NORMALISED_VOLUME:
             raise InputError(

@@ -12,6 +12,7 @@ import gzip
 import io
 import json
 import logging
+import re
 import stat
 import warnings
 import zlib
@@ -206,10 +207,30 @@ def _warning_text(caught: list) -> list[str]:
     return [str(w.message).strip() for w in caught if str(w.message).strip()]
 
 
+_CIF_CELL = re.compile(r"^[ \t]*(_cell_(?:length|angle)_(?:a|b|c|alpha|beta|gamma))[ \t]+([^\s#]+)", re.M | re.I)
+
+
+def _check_cif_cell(text: str, where: str) -> None:
+    """Cell parameters the CIF dictionary forbids (lengths <= 0, angles outside (0, 180) degrees).
+    pymatgen builds a lattice from them anyway (a = -5 gives a valid left-handed cell), so the
+    file would be read as a crystal it does not describe."""
+    for name, raw in _CIF_CELL.findall(text):
+        try:
+            value = float(raw.split("(")[0])  # 5.431(2): value with its standard uncertainty
+        except ValueError:
+            continue  # '?' or '.' (unknown): pymatgen reports the missing cell itself
+        if name.lower().startswith("_cell_length") and not value > 0:
+            raise InputError(where, f"{name} = {raw}: a cell length must be positive")
+        if name.lower().startswith("_cell_angle") and not 0 < value < 180:
+            raise InputError(where, f"{name} = {raw}: a cell angle must lie strictly between 0 and 180 degrees")
+
+
 def _parse_cif_pymatgen(text: str, where: str):
     """A pymatgen Structure from CIF text. InputError for problems pymatgen found but parsed
     through (missing atoms, more than one structure); other exceptions propagate."""
     from pymatgen.io.cif import CifParser
+
+    _check_cif_cell(text, where)
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
