@@ -119,7 +119,8 @@ def belongs(source: str, path: str) -> bool:
 
 
 def named(text: str, path: str) -> bool:
-    return any(p in text for p in renderings(path)) or any(p in text for p in renderings(Path(path).name))
+    """True if ``text`` names ``path`` itself (not a longer name such as ``path.gz``)."""
+    return any(re.search(re.escape(p) + r"(?![\w.-])", text) for p in renderings(path))
 
 
 def counts(expected: list[dict]) -> tuple[int, int, int]:
@@ -176,6 +177,11 @@ def test_predict_keeps_every_good_result_and_names_every_bad_input(corpus, tiny_
             if r["expect"] != "good" and r.get("match") and err and not any(
                     re.search(r["match"], x["error"], re.IGNORECASE) for x in err):
                 problems.append(f"{label}: error {err[0]['error']!r} does not say /{r['match']}/")
+    # the one-line summary on stderr gives both counts (issue: "n predicted, n failed, where the errors are")
+    n_pred, n_err = sum(1 for r in rows if not r["error"]), sum(1 for r in rows if r["error"])
+    if not any(re.search(rf"\b{n_pred}\b", line) and re.search(rf"\b{n_err}\b", line) and "predict" in line.lower()
+               for line in proc.err.splitlines()):
+        problems.append(f"no stderr summary line giving {n_pred} predicted and {n_err} failed")
     unclaimed = [rows[i]["source"] for i in range(len(rows)) if i not in used]
     assert not problems and not unclaimed, "\n".join(problems + [f"row naming no input: {s}" for s in unclaimed])
 
