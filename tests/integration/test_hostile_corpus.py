@@ -114,8 +114,9 @@ def renderings(path: str) -> set[str]:
 
 
 def belongs(source: str, path: str) -> bool:
-    """True if an output ``source`` names ``path`` (the file itself, ``path:line`` or ``path [id]``)."""
-    return any(source == p or source.startswith((p + ":", p + " ")) for p in renderings(path))
+    """True if an output ``source`` names ``path`` (the file itself, ``path:line``, ``path [id]``
+    or ``path[i]``, the i-th record of a JSON list or table)."""
+    return any(source == p or source.startswith((p + ":", p + " ", p + "[")) for p in renderings(path))
 
 
 def named(text: str, path: str) -> bool:
@@ -187,6 +188,7 @@ def test_predict_keeps_every_good_result_and_names_every_bad_input(corpus, tiny_
 
 
 def test_check_measures_every_good_structure_and_names_every_bad_one(corpus, tmp_path):
+    from crystalframes.io.files import printable  # a non-UTF-8 name's id is shown with \xNN escapes
     from crystalframes.testing import DEFAULT_TOLERANCES
 
     folder, entries = corpus
@@ -203,12 +205,12 @@ def test_check_measures_every_good_structure_and_names_every_bad_one(corpus, tmp
         path, label = str(folder / e["file"]), f"{e['file']} (defect {e['defect'] or '-'})"
         if bad and not named(bad_text, path):
             problems.append(f"{label}: not named among the bad inputs")
-        if e["expect"] == "good" and good == 1 and record_id(folder, e) not in ids:
+        if e["expect"] == "good" and good == 1 and not {record_id(folder, e), printable(record_id(folder, e))} & set(ids):
             problems.append(f"{label}: no result for id {record_id(folder, e)!r}")
     tolerance = report["tolerance"]
     for s in report["structures"]:
         for key, value in s.items():
-            if key == "id":
+            if key in ("id", "notes"):  # notes: trials check could not run (e.g. no integer basis change)
                 continue
             if value is None or not math.isfinite(value):
                 problems.append(f"{s['id']}: {key} = {value}")
@@ -246,6 +248,9 @@ def test_data_info_counts_the_good_and_names_every_bad_or_skipped_file(corpus, t
         problems.append("skipped without being listed: " + ", ".join(unlisted))
     if not low <= summary["num_structures"] <= high:
         problems.append(f"{summary['num_structures']} structures read; expected {low}..{high}")
-    if summary["num_structures"] + summary["num_bad_records"] < records:
-        problems.append(f"{summary['num_structures']} read + {summary['num_bad_records']} bad < {records} structure records")
+    # a pipe or a looping symlink is listed as skipped (not a structure file), not as a bad record
+    accounted = summary["num_structures"] + summary["num_bad_records"] + len(summary["skipped"])
+    if accounted < records:
+        problems.append(f"{summary['num_structures']} read + {summary['num_bad_records']} bad + "
+                        f"{len(summary['skipped'])} skipped < {records} structure records")
     assert not problems, "\n".join(problems)

@@ -183,3 +183,19 @@ def test_zip_reads_only_the_expected_member(tmp_path, make_record):
     with pytest.raises(DatasetError, match="does not contain missing.json"):
         read_dataset(path, member="missing.json")
 
+
+
+def test_absurdly_nested_json_is_a_clean_error(tmp_path):
+    """'[[[[...' 100,000 deep used to escape the readers as RecursionError (a traceback in
+    predict): a JSON dataset, a JSONL line (the good line beside it kept) and a JSON record."""
+    deep = "[" * 100_000 + "]" * 100_000
+    (tmp_path / "deep.json").write_text(deep)
+    with pytest.raises(DatasetError, match="deep.json.*not valid JSON"):
+        read_dataset(tmp_path / "deep.json")
+    good = json.dumps({"id": "Na", "lattice": [[4, 0, 0], [0, 4, 0], [0, 0, 4]], "species": ["Na"], "frac_coords": [[0, 0, 0]]})
+    (tmp_path / "deep.jsonl").write_text(deep + "\n" + good + "\n")
+    result = read_dataset(tmp_path / "deep.jsonl")
+    assert [c.id for c in result.crystals] == ["Na"] and "deep.jsonl:1" in str(result.errors[0])
+    (tmp_path / "one.json").write_text(deep)
+    with pytest.raises(InputError, match="one.json.*not valid JSON"):
+        read_structure(tmp_path / "one.json")

@@ -14,45 +14,17 @@ import typer
 from crystalframes.cli.options import device_option
 
 
-def require_regular_file(path: Path) -> None:
-    """Raise :class:`InputError` if ``path`` exists but is no regular file: reading a named pipe
-    or a device would block forever (or never end). A missing or unreadable path is left to
-    the reader, which says which."""
-    import stat
-
-    from crystalframes.io import InputError
-
-    try:
-        mode = path.stat().st_mode
-    except OSError:
-        return
-    if not stat.S_ISREG(mode) and not stat.S_ISDIR(mode):
-        raise InputError(str(path), "not a regular file (a named pipe, socket or device); give a structure file")
-
-
-_MANY_STRUCTURES = (".jsonl", ".jsonl.gz", ".ndjson", ".ndjson.gz", ".zip", ".xyz", ".extxyz", ".traj")
-
-
 def _collect(inputs: List[str], model=None):
     """Crystals and errors from files, folders and datasets; bad inputs are listed, not fatal.
     With ``model``, structures holding elements it cannot encode are errors too (found here,
     before batching, so they never cost the good structures of their batch)."""
-    from crystalframes.io import InputError, iter_records, read_structure
+    from crystalframes.io import InputError, iter_structures
     from crystalframes.models.elements import split_supported
 
     crystals, errors = [], []
     for item in inputs:
-        path = Path(item)
-        try:
-            # containers and multi-frame files (extxyz, ASE trajectories): one structure per record
-            if path.is_dir() or path.name.lower().endswith(_MANY_STRUCTURES) or path.name == "id_prop.csv":
-                for rec in iter_records(path):
-                    (errors if isinstance(rec, InputError) else crystals).append(rec)
-            else:
-                require_regular_file(path)
-                crystals.append(read_structure(path))
-        except InputError as exc:
-            errors.append(exc)
+        for rec in iter_structures(item):
+            (errors if isinstance(rec, InputError) else crystals).append(rec)
     if model is not None:
         crystals, unsupported = split_supported(model, crystals)
         errors.extend(unsupported)

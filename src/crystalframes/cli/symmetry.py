@@ -23,10 +23,7 @@ def symmetry_command(
 
     if model is None:
         check_frame(frame)  # before reading: a typo is reported without any slow work
-    from crystalframes.cli.predict import require_regular_file
-
-    require_regular_file(structure)
-    crystal = read_structure(structure)
+    crystal = read_structure(structure)  # refuses pipes and devices by name (never blocks)
     net = None
     if model is not None:
         from crystalframes.cli.check import model_for_checks

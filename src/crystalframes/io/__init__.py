@@ -9,7 +9,7 @@ names); :mod:`~crystalframes.io.readers` re-exports the old names.
 from crystalframes.io.crystal import Crystal
 from crystalframes.io.errors import DatasetError, InputError, SkippedInput, UserError
 from crystalframes.io.coercion import crystal_from_jarvis, crystal_from_record
-from crystalframes.io.datasets import ReadResult, iter_records, read_dataset
+from crystalframes.io.datasets import ReadResult, iter_records, iter_structures, read_dataset
 from crystalframes.io.structures import read_structure
 
 __all__ = [
@@ -22,6 +22,7 @@ __all__ = [
     "crystal_from_jarvis",
     "crystal_from_record",
     "iter_records",
+    "iter_structures",
     "read_dataset",
     "read_structure",
 ]

@@ -84,7 +84,8 @@ def _iter_json_lines(lines: Iterator[bytes], where: str) -> Iterator[Crystal | I
 def _parse_json_line(raw: bytes, where: str) -> Crystal | InputError:
     try:
         rec = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
+    # RecursionError: nesting deeper than the interpreter's stack ("[[[[..." as a hostile line)
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
         return InputError(where, f"not valid JSON: {_short_exc(exc)}")
     return _safe(where, lambda: _crystal_from_any_record(rec, where))
 
@@ -114,7 +115,7 @@ def _iter_jsonl(path: Path, where: str) -> Iterator[Crystal | InputError]:
 def _load_json(data: bytes, where: str) -> Any:
     try:
         return json.loads(data)
-    except (ValueError, UnicodeDecodeError) as exc:
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
         raise DatasetError(where, f"not valid JSON: {_short_exc(exc)}") from None
 
 
@@ -440,6 +441,41 @@ def iter_records(source: str | Path, member: str | None = None) -> Iterator[Crys
         "unrecognised dataset type (expected .jsonl[.gz], .json[.gz], .zip, .xyz/.extxyz/.traj, a folder with "
         "id_prop.csv or a folder of structure files)",
     )
+
+
+_CONTAINER_SUFFIXES = (".jsonl", ".jsonl.gz", ".ndjson", ".ndjson.gz", ".zip", ".xyz", ".extxyz", ".traj")
+
+
+def iter_structures(source: str | os.PathLike) -> Iterator[Crystal | InputError]:
+    """Every structure one input a user names holds, for prediction and checks: a structure file
+    gives its structure (id = file stem), a container (folder, ``id_prop.csv``, JSONL, zip, a JSON
+    list or matbench table, a multi-frame extxyz / trajectory) each of its records. Never raises:
+    an input that is missing, unreadable or holds nothing at all is yielded as an
+    :class:`InputError`, so every input the user named is accounted for."""
+    where = printable(source)
+    path = Path(source)
+    name = path.name.lower()
+    count = 0
+    try:
+        if name.endswith((".json", ".json.gz")) and not path.is_dir():
+            data = _load_json(_read_bytes_for_dataset(path, where), where)
+            if not (_is_split_table(data) or (isinstance(data, list) and len(data) != 1)):
+                yield read_structure(path)  # one record: named like any structure file
+                return
+            records = _iter_json(data, where)
+        elif path.is_dir() or name.endswith(_CONTAINER_SUFFIXES) or name == _ID_PROP:
+            records = iter_records(path)
+        else:
+            yield read_structure(path)
+            return
+        for record in records:
+            count += 1
+            yield record
+    except InputError as exc:
+        count += 1
+        yield exc
+    if count == 0:
+        yield InputError(where, "empty: holds no structures")
 
 
 # --------------------------------------------------------------------------------------------------

@@ -308,7 +308,7 @@ def _read_structure_file(path: Path, where: str, id: str | None, targets: dict |
     if fmt == "json":
         try:
             data = json.loads(text)
-        except ValueError as exc:
+        except (ValueError, RecursionError) as exc:  # RecursionError: absurdly deep nesting
             raise InputError(where, f"not valid JSON: {_short_exc(exc)}") from None
         if isinstance(data, list):
             if len(data) != 1:
