@@ -110,6 +110,12 @@ def _distributions(module: str) -> set[str]:
     return {_canonical(d) for d in _module_owners().get(module, [])}
 
 
+@functools.cache
+def _local_modules() -> frozenset[str]:
+    """Helper modules of tests/ and benchmarks/ that tests import from their own folders."""
+    return frozenset(p.stem for folder in ("tests", "benchmarks") for p in (ROOT / folder).rglob("*.py"))
+
+
 def _shown(path: Path) -> str:
     return str(path.relative_to(ROOT)) if ROOT in path.parents else str(path)
 
@@ -118,7 +124,7 @@ def _undeclared(files: list[Path], allowed_for) -> list[str]:
     problems = []
     for path in files:
         for module, guarded, line in _imports(path):
-            if (ROOT / module).is_dir() or (path.parent / f"{module}.py").exists():
+            if (ROOT / module).is_dir() or module in _local_modules():
                 continue  # the project's own tests/ and benchmarks/ helpers
             dists = _distributions(module)
             allowed = allowed_for(path, guarded)
