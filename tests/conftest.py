@@ -47,3 +47,21 @@ def nacl():
 
     fcc = np.array([[0, 0, 0], [0.5, 0.5, 0], [0.5, 0, 0.5], [0, 0.5, 0.5]])
     return Crystal("NaCl", np.eye(3) * a, [11] * 4 + [17] * 4, np.concatenate([fcc, fcc + [0.5, 0, 0]]))
+
+
+@pytest.fixture
+def run(capsys):
+    """``run(*args) -> (exit_code, stdout, stderr)`` of ``crystalframes *args``, in-process, as a
+    user would type it (subprocess tests use ``python -m crystalframes`` instead)."""
+    from crystalframes.cli import main
+
+    def _run(*args):
+        try:
+            main([str(a) for a in args])
+            code = 0
+        except SystemExit as exc:
+            code = exc.code or 0
+        out = capsys.readouterr()
+        return code, out.out, out.err
+
+    return _run

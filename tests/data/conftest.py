@@ -151,18 +151,3 @@ def http_server():
     server.close()
 
 
-@pytest.fixture
-def run_cli(capsys):
-    """``run_cli(*args) -> (exit_code, stdout, stderr)`` of ``crystalframes *args``, in-process."""
-    from crystalframes.cli import main
-
-    def _run(*args):
-        try:
-            main([str(a) for a in args])
-            code = 0
-        except SystemExit as exc:
-            code = exc.code or 0
-        out = capsys.readouterr()
-        return code, out.out, out.err
-
-    return _run

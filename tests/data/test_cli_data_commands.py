@@ -20,14 +20,14 @@ def nacl_cif(tmp_path, nacl):
 
 
 @pytest.mark.parametrize("k", ["0", "-3", "1001", "100000000", "2.5", "abc", ""])
-def test_bad_k_is_a_usage_error(run_cli, nacl_cif, k):
-    code, out, err = run_cli("data", "graph", nacl_cif, "--k", k)
+def test_bad_k_is_a_usage_error(run, nacl_cif, k):
+    code, out, err = run("data", "graph", nacl_cif, "--k", k)
     assert code == 2 and "--k" in err and "Traceback" not in err and out == ""
 
 
-def test_k_at_the_limits_works(run_cli, nacl_cif):
-    assert run_cli("data", "graph", nacl_cif, "--k", "1")[0] == 0
-    code, out, _ = run_cli("data", "graph", nacl_cif, "--k", "25")
+def test_k_at_the_limits_works(run, nacl_cif):
+    assert run("data", "graph", nacl_cif, "--k", "1")[0] == 0
+    code, out, _ = run("data", "graph", nacl_cif, "--k", "25")
     assert code == 0 and "8 atoms" in out
 
 
@@ -45,14 +45,14 @@ def test_graph_settings_reject_a_bad_k(k):
         GraphSettings(k=k)
 
 
-def test_bad_sha256_option_is_one_line(run_cli, tmp_path, monkeypatch):
+def test_bad_sha256_option_is_one_line(run, tmp_path, monkeypatch):
     monkeypatch.setenv("CRYSTALFRAMES_CACHE_DIR", str(tmp_path / "cache"))
-    code, _, err = run_cli("data", "fetch", "jarvis_dft_3d_2021", "--sha256", "xyz", "--file", tmp_path / "a.zip")
+    code, _, err = run("data", "fetch", "jarvis_dft_3d_2021", "--sha256", "xyz", "--file", tmp_path / "a.zip")
     assert code == 2 and "not a sha256" in err and "Traceback" not in err
     assert not (tmp_path / "cache").exists()
 
 
-def test_missing_local_archive_is_one_line(run_cli, tmp_path, monkeypatch):
+def test_missing_local_archive_is_one_line(run, tmp_path, monkeypatch):
     monkeypatch.setenv("CRYSTALFRAMES_CACHE_DIR", str(tmp_path / "cache"))
-    code, _, err = run_cli("data", "fetch", "jarvis_dft_3d_2021", "--file", tmp_path / "missing.zip")
+    code, _, err = run("data", "fetch", "jarvis_dft_3d_2021", "--file", tmp_path / "missing.zip")
     assert code == 2 and "missing.zip: no such file" in err and "Traceback" not in err

@@ -390,28 +390,28 @@ def test_harmless_extra_members_are_accepted(cache, http_server, monkeypatch, ja
     assert len(load_dataset(fetch_dataset(NAME, progress=False)).crystals) == 1325
 
 
-def test_data_info_never_counts_extra_members(cache, http_server, monkeypatch, jarvis_figshare_records, tmp_path, run_cli):
+def test_data_info_never_counts_extra_members(cache, http_server, monkeypatch, jarvis_figshare_records, tmp_path, run):
     records = jarvis_figshare_records[:40]
     path = evil_zip(tmp_path / "evil.zip", records, "../../evil.json", "/abs/evil.json")
     point_registry(monkeypatch, http_server.serve("/evil.zip", path), n_records=40)
-    code, _, err = run_cli("data", "fetch", NAME)
+    code, _, err = run("data", "fetch", NAME)
     assert code == 2 and "unsafe member names" in err and "Traceback" not in err
     assert leftovers(cache) == []
-    code, _, err = run_cli("data", "info", NAME)
+    code, _, err = run("data", "info", NAME)
     assert code == 2 and "not downloaded yet" in err
     # An archive cached by a release that checked only the expected member (its sidecar hash
     # matches) is refused when read, not read as three times the records.
     cache.mkdir(parents=True, exist_ok=True)
     (cache / f"{NAME}.zip").write_bytes(path.read_bytes())
     (cache / f"{NAME}.sha256").write_text(f"{sha256_of(path)}  {NAME}.zip\n")
-    code, out, err = run_cli("data", "info", NAME, "--json")
+    code, out, err = run("data", "info", NAME, "--json")
     assert code == 2 and "unsafe member names" in err and "--force" in err and out == ""
     # fetching again replaces it with a valid copy; data info then counts each record once
     good = write_zip_bytes(records)
     point_registry(monkeypatch, http_server.serve("/good.zip", good), n_records=40)
-    code, _, err = run_cli("data", "fetch", NAME)
+    code, _, err = run("data", "fetch", NAME)
     assert code == 0, err
-    code, out, _ = run_cli("data", "info", NAME, "--json")
+    code, out, _ = run("data", "info", NAME, "--json")
     assert code == 0 and json.loads(out)["num_structures"] == 40
 
 
@@ -448,14 +448,14 @@ def make_read_only(folder, monkeypatch):
             monkeypatch.setattr(tempfile, name, refuse)
 
 
-def test_fetch_into_a_read_only_cache_is_a_clean_error(cache, http_server, monkeypatch, jarvis_zip, run_cli):
+def test_fetch_into_a_read_only_cache_is_a_clean_error(cache, http_server, monkeypatch, jarvis_zip, run):
     point_registry(monkeypatch, http_server.serve("/29204826.zip", jarvis_zip))
     make_read_only(cache, monkeypatch)
     try:
         with pytest.raises(DatasetError, match=rf"{cache}: cannot write to the dataset cache folder .*CRYSTALFRAMES_CACHE_DIR"):
             fetch_dataset(NAME, progress=False)
         assert http_server.hits == []  # found before downloading anything
-        code, out, err = run_cli("data", "fetch", NAME, "--file", jarvis_zip)
+        code, out, err = run("data", "fetch", NAME, "--file", jarvis_zip)
         assert code == 2 and str(cache) in err and "Traceback" not in err and out == ""
     finally:
         cache.chmod(0o755)

@@ -25,21 +25,6 @@ def _private_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("CRYSTALFRAMES_CACHE_DIR", str(tmp_path / "cache"))
 
 
-@pytest.fixture
-def run(capsys):
-    """``run(*args) -> (exit_code, stdout, stderr)`` of ``crystalframes *args``, in-process."""
-    from crystalframes.cli import main
-
-    def _run(*args):
-        try:
-            main([str(a) for a in args])
-            code = 0
-        except SystemExit as exc:
-            code = exc.code or 0
-        out = capsys.readouterr()
-        return code, out.out, out.err
-
-    return _run
 
 
 @pytest.fixture
