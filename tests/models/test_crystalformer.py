@@ -23,7 +23,6 @@ from crystalframes.frames import max_frame, static_local_frame, weighted_pca_fra
 from crystalframes.io import Crystal
 from crystalframes.models.crystalformer import (
     CRYSTALFORMER_PRESETS,
-    CRYSTALFORMER_TRAINING,
     FRAMES,
     build_crystalformer,
     num_parameters,
@@ -126,12 +125,13 @@ def test_parameter_counts():
 
 
 def test_presets_and_training_settings_are_plain_data():
-    assert set(CRYSTALFORMER_PRESETS) >= {"reference", "lightweight", "cpu_small"}
+    assert set(CRYSTALFORMER_PRESETS) >= {"reference", "lightweight", "cpu_small", "mp_e_form", "jarvis_mbj_bandgap"}
     for preset in CRYSTALFORMER_PRESETS.values():
         build_crystalformer("max", preset.name)
         assert preset.training["optimizer"] == "adamw" and preset.training["lr"] == 5e-4
-    assert CRYSTALFORMER_TRAINING["mp_e_form"]["epochs"] == 500
-    assert CRYSTALFORMER_TRAINING["jarvis_mbj_bandgap"]["epochs"] == 1600
+    assert CRYSTALFORMER_PRESETS["mp_e_form"].training["epochs"] == 500
+    assert CRYSTALFORMER_PRESETS["jarvis_mbj_bandgap"].training["epochs"] == 1600
+    assert CRYSTALFORMER_PRESETS["jarvis_mbj_bandgap"].task == {"dataset": "jarvis_dft_3d_2021", "target": "mbj_bandgap"}
 
 
 def test_build_errors():

@@ -33,13 +33,15 @@ feed-forward weight matrices of every layer are multiplied by 0.67 L^-1/4 (L = n
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass
 
 import torch
 from torch import nn
 
 from crystalframes.data.batch import GraphBatch
 from crystalframes.data.graph import GraphSettings
+from crystalframes.models import presets
+from crystalframes.models.presets import Preset
 from crystalframes.nn.periodic_attention import (
     ANGLE_WIDTH_SCALE,
     DEFAULT_CUTOFF_SIGMAS,
@@ -246,17 +248,6 @@ def num_parameters(model: nn.Module, trainable_only: bool = False) -> int:
 # ---------------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class CrystalformerPreset:
-    """Named settings: ``model`` (fields of :class:`CrystalformerConfig`) and ``training``
-    (plain data for a training loop, see :data:`CRYSTALFORMER_TRAINING`)."""
-
-    name: str
-    description: str
-    model: dict
-    training: dict = field(default_factory=dict)
-
-
 def _training(epochs: int, batch_size: int) -> dict:
     # REFERENCE.md section 3 (the public Crystalformer / CrystalFramer training scripts).
     return {
@@ -274,67 +265,66 @@ def _training(epochs: int, batch_size: int) -> dict:
     }
 
 
+_REFERENCE = {"num_layers": 4, "model_dim": 128, "num_heads": 8, "ff_dim": 512, "distance_bases": 64, "angle_bases": 64}
+_JARVIS = "jarvis_dft_3d_2021"
+
+
+def _task(name: str, dataset: str, target: str, epochs: int, batch_size: int) -> Preset:
+    """A task preset: the reference model with the per-task settings of the public scripts."""
+    return Preset(name, f"Crystalformer (Taniai et al., ICLR 2024) scripts: {dataset} {target}, {epochs} epochs, batch {batch_size}",
+                  dict(_REFERENCE), _training(epochs, batch_size), {"dataset": dataset, "target": target})
+
+
 # Per-task settings of the Crystalformer paper's public scripts: MEGNet (mp.2018.6.1) targets 500
 # epochs at batch 128; JARVIS dft_3d_2021 targets 800 epochs at batch 256, MBJ gap 1600 epochs.
 # (CrystalFramer's own scripts use 800 epochs for MP and 2000 for JARVIS with batch 128 / 256.)
-CRYSTALFORMER_TRAINING: dict[str, dict] = {
-    "mp_e_form": {"dataset": "mp_2018", "target": "e_form", **_training(500, 128)},
-    "mp_gap": {"dataset": "mp_2018", "target": "gap pbe", **_training(500, 128)},
-    "mp_bulk": {"dataset": "mp_2018_demo", "target": "log10_K_VRH", **_training(500, 128)},
-    "mp_shear": {"dataset": "mp_2018_demo", "target": "log10_G_VRH", **_training(500, 128)},
-    "jarvis_formation_energy": {"dataset": "jarvis_dft_3d_2021", "target": "formation_energy_peratom", **_training(800, 256)},
-    "jarvis_total_energy": {"dataset": "jarvis_dft_3d_2021", "target": "optb88vdw_total_energy", **_training(800, 256)},
-    "jarvis_optb88vdw_bandgap": {"dataset": "jarvis_dft_3d_2021", "target": "optb88vdw_bandgap", **_training(800, 256)},
-    "jarvis_mbj_bandgap": {"dataset": "jarvis_dft_3d_2021", "target": "mbj_bandgap", **_training(1600, 256)},
-    "jarvis_ehull": {"dataset": "jarvis_dft_3d_2021", "target": "ehull", **_training(800, 256)},
-}
-
-_REFERENCE = {"num_layers": 4, "model_dim": 128, "num_heads": 8, "ff_dim": 512, "distance_bases": 64, "angle_bases": 64}
-CRYSTALFORMER_PRESETS: dict[str, CrystalformerPreset] = {
-    p.name: p
-    for p in [
-        CrystalformerPreset(
-            "reference",
-            "Crystalformer / CrystalFramer default: 4 layers, C=128, 8 heads, FFN 512, K=64, D=64 "
-            "(853,517 parameters without a frame, 951,821 with one)",
-            dict(_REFERENCE),
-            _training(500, 128),
-        ),
-        CrystalformerPreset(
-            "lightweight",
-            "CrystalFramer lightweight: as reference with D=16 angle Gaussians (878,093 parameters with a frame)",
-            {**_REFERENCE, "angle_bases": 16},
-            _training(500, 128),
-        ),
-        CrystalformerPreset(
-            "cpu",
-            "this machine's size for 10-minute runs: 4 layers, C=64, 4 heads, FFN 256, K=32, D=16; "
-            "the CPU OneCycle recipe of eComFormer's `cpu` preset, for equal-budget comparisons",
-            {"num_layers": 4, "model_dim": 64, "num_heads": 4, "ff_dim": 256, "distance_bases": 32, "angle_bases": 16, "head_hidden": 64},
-            {"loss": "l1", "optimizer": "adamw", "lr": 5e-4, "betas": (0.9, 0.98), "weight_decay": 1e-5, "grad_clip_norm": 1.0,
-             "scheduler": {"name": "onecycle", "pct_start": 0.3, "interval": "step"}, "standardise_targets": True,
-             "epochs": 18, "batch_size": 32},
-        ),
-        CrystalformerPreset(
-            "cpu_small",
-            "small model for tests and CPU runs: 2 layers, C=32, 2 heads, FFN 64, K=16, D=8",
-            {"num_layers": 2, "model_dim": 32, "num_heads": 2, "ff_dim": 64, "distance_bases": 16, "angle_bases": 8, "head_hidden": 32},
-            _training(100, 32),
-        ),
-    ]
-}
+# Every frame runs at every preset: ``crystalformer:max@mp_e_form`` is CrystalFramer on that task.
+CRYSTALFORMER_PRESETS: dict[str, Preset] = presets.presets_by_name(
+    Preset(
+        "reference",
+        "Crystalformer / CrystalFramer default: 4 layers, C=128, 8 heads, FFN 512, K=64, D=64 "
+        "(853,517 parameters without a frame, 951,821 with one)",
+        dict(_REFERENCE),
+        _training(500, 128),
+    ),
+    Preset(
+        "lightweight",
+        "CrystalFramer lightweight: as reference with D=16 angle Gaussians (878,093 parameters with a frame)",
+        {**_REFERENCE, "angle_bases": 16},
+        _training(500, 128),
+    ),
+    _task("mp_e_form", "mp_2018", "e_form", 500, 128),
+    _task("mp_gap", "mp_2018", "gap pbe", 500, 128),
+    _task("mp_bulk", "mp_2018_demo", "log10_K_VRH", 500, 128),
+    _task("mp_shear", "mp_2018_demo", "log10_G_VRH", 500, 128),
+    _task("jarvis_formation_energy", _JARVIS, "formation_energy_peratom", 800, 256),
+    _task("jarvis_total_energy", _JARVIS, "optb88vdw_total_energy", 800, 256),
+    _task("jarvis_optb88vdw_bandgap", _JARVIS, "optb88vdw_bandgap", 800, 256),
+    _task("jarvis_mbj_bandgap", _JARVIS, "mbj_bandgap", 1600, 256),
+    _task("jarvis_ehull", _JARVIS, "ehull", 800, 256),
+    Preset(
+        "cpu",
+        "this machine's size for 10-minute runs: 4 layers, C=64, 4 heads, FFN 256, K=32, D=16; "
+        "the CPU OneCycle recipe of eComFormer's `cpu` preset, for equal-budget comparisons",
+        {"num_layers": 4, "model_dim": 64, "num_heads": 4, "ff_dim": 256, "distance_bases": 32, "angle_bases": 16, "head_hidden": 64},
+        {"loss": "l1", "optimizer": "adamw", "lr": 5e-4, "betas": (0.9, 0.98), "weight_decay": 1e-5, "grad_clip_norm": 1.0,
+         "scheduler": {"name": "onecycle", "pct_start": 0.3, "interval": "step"}, "standardise_targets": True,
+         "epochs": 18, "batch_size": 32},
+        {"dataset": "mp_2018_demo", "target": "mp2018_e_form"},
+    ),
+    Preset(
+        "cpu_small",
+        "small model for tests and CPU runs: 2 layers, C=32, 2 heads, FFN 64, K=16, D=8",
+        {"num_layers": 2, "model_dim": 32, "num_heads": 2, "ff_dim": 64, "distance_bases": 16, "angle_bases": 8, "head_hidden": 32},
+        _training(100, 32),
+    ),
+)
 DEFAULT_PRESET = "reference"
 
 
 def crystalformer_config(frame: str = DEFAULT_FRAME, preset: str = DEFAULT_PRESET, **overrides) -> CrystalformerConfig:
     """The :class:`CrystalformerConfig` of a named preset with a frame and any field overridden."""
-    if preset not in CRYSTALFORMER_PRESETS:
-        raise ValueError(f"unknown Crystalformer preset {preset!r}; choose one of {tuple(CRYSTALFORMER_PRESETS)}")
-    known = {f.name for f in fields(CrystalformerConfig)}
-    bad = sorted(set(overrides) - known)
-    if bad:
-        raise ValueError(f"unknown Crystalformer option(s) {bad}; known: {sorted(known)}")
-    return replace(CrystalformerConfig(**CRYSTALFORMER_PRESETS[preset].model), frame=frame, **overrides)
+    return presets.config_from_preset(CrystalformerConfig, CRYSTALFORMER_PRESETS, preset, "Crystalformer", frame=frame, **overrides)
 
 
 def build_crystalformer(frame: str = DEFAULT_FRAME, preset: str = DEFAULT_PRESET, **overrides) -> Crystalformer:
@@ -348,9 +338,7 @@ __all__ = [
     "FRAMES",
     "CrystalformerConfig",
     "Crystalformer",
-    "CrystalformerPreset",
     "CRYSTALFORMER_PRESETS",
-    "CRYSTALFORMER_TRAINING",
     "build_crystalformer",
     "crystalformer_config",
     "num_parameters",

@@ -25,7 +25,7 @@ F_global is one of :data:`crystalframes.frames.GLOBAL_FRAMES` (``qr`` by default
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass
 
 import torch
 from torch import nn
@@ -33,6 +33,8 @@ from torch import nn
 from crystalframes.data.batch import GraphBatch
 from crystalframes.data.graph import GraphSettings
 from crystalframes.frames import GLOBAL_FRAMES, compose_spframe, edges_in_frames
+from crystalframes.models import presets
+from crystalframes.models.presets import Preset
 from crystalframes.nn.atom_features import AtomFeatureTable
 from crystalframes.nn.comformer_layers import (
     TENSOR_PRODUCT_IMPLEMENTATIONS,
@@ -238,20 +240,8 @@ def num_parameters(model: nn.Module) -> int:
 
 
 # ---------------------------------------------------------------------------------------------
-# Presets: the paper's per-task settings (seed 000 A.5) and the original eComFormer sizes.
+# Presets: the SPFrame paper's per-task settings (Hua & Lin, App. A.5) and the original eComFormer sizes.
 # ---------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Preset:
-    """Named settings: ``model`` (fields of :class:`EComFormerConfig`), ``training`` (plain data
-    for the training loop) and ``task`` (dataset and target the setting was published for)."""
-
-    name: str
-    description: str
-    model: dict
-    training: dict = field(default_factory=dict)
-    task: dict = field(default_factory=dict)
 
 
 def _onecycle(lr=1e-3, epochs=500, batch_size=64, loss="l1", optimizer="adam") -> dict:
@@ -293,74 +283,65 @@ def _cpu_training(epochs: int, batch_size: int) -> dict:
 
 
 def _paper(hidden: int, blocks: int) -> dict:
-    # Seed 000 A.5: C = hidden for node/edge features and the frame blocks; ns, nv, the 92-d atom
+    # SPFrame (Hua & Lin) App. A.5: C = hidden for node/edge features and the frame blocks; ns, nv, the 92-d atom
     # features and the 256 Gaussians stay as in eComFormer; each block = att + frame + equi.
     return {"hidden": hidden, "scalars": 64, "vectors": 8, "rbf_bins": 256, "layer_order": message_passing_blocks(blocks)}
 
 
 _JARVIS = "jarvis_dft_3d_2021"
-PRESETS: dict[str, Preset] = {
-    p.name: p
-    for p in [
-        Preset(
-            "reference",
-            "original eComFormer sizes (C=256, ns=64, nv=8, att-equi-att-att): 5,583,809 parameters without frames",
-            {"hidden": 256, "scalars": 64, "vectors": 8, "rbf_bins": 256, "layer_order": ("att", "equi", "att", "att")},
-            {
-                # ComFormer reference training (REFERENCE.md section 1); its loss is not recorded there.
-                "loss": "mse",
-                "optimizer": "adamw",
-                "lr": 1e-3,
-                "weight_decay": 1e-5,
-                "no_decay_on": ["bias", "batchnorm"],
-                "scheduler": {"name": "onecycle", "pct_start": 0.3, "interval": "step"},
-                "epochs": 500,
-                "batch_size": 64,
-                "standardise_targets": True,
-            },
-        ),
-        Preset("jarvis_formation_energy", "seed 000 A.5: JARVIS formation energy", _paper(128, 3), _onecycle(),
-               {"dataset": _JARVIS, "target": "formation_energy_peratom"}),
-        Preset("jarvis_total_energy", "seed 000 A.5: JARVIS total energy", _paper(128, 2), _onecycle(),
-               {"dataset": _JARVIS, "target": "optb88vdw_total_energy"}),
-        Preset("jarvis_optb88vdw_bandgap", "seed 000 A.5: JARVIS band gap (OPT)", _paper(128, 3),
-               _polynomial(5e-4, 1e-5, 800), {"dataset": _JARVIS, "target": "optb88vdw_bandgap"}),
-        Preset("jarvis_mbj_bandgap", "seed 000 A.5: JARVIS band gap (MBJ)", _paper(128, 2),
-               _polynomial(3e-4, 1e-5, 500), {"dataset": _JARVIS, "target": "mbj_bandgap"}),
-        Preset("jarvis_ehull", "seed 000 A.5: JARVIS energy above hull", _paper(128, 2), _onecycle(),
-               {"dataset": _JARVIS, "target": "ehull"}),
-        Preset("mp_e_form", "seed 000 A.5: MP formation energy", _paper(196, 2), _onecycle(batch_size=32),
-               {"dataset": "mp_2018", "target": "e_form"}),
-        Preset("mp_gap", "seed 000 A.5: MP band gap (PBE)", _paper(128, 3), _onecycle(batch_size=32),
-               {"dataset": "mp_2018", "target": "gap pbe"}),
-        Preset("mp_bulk", "seed 000 A.5: MP bulk modulus (log10 GPa)", _paper(512, 4), _onecycle(),
-               {"dataset": "mp_2018_demo", "target": "log10_K_VRH"}),
-        Preset("mp_shear", "seed 000 A.5: MP shear modulus (log10 GPa), MSE loss", _paper(128, 4), _onecycle(loss="mse"),
-               {"dataset": "mp_2018_demo", "target": "log10_G_VRH"}),
-        Preset(
-            "cpu_small",
-            "tiny model for tests (C=32, ns=16, nv=4, 64 Gaussians, 2 blocks)",
-            {"hidden": 32, "scalars": 16, "vectors": 4, "rbf_bins": 64, "layer_order": message_passing_blocks(2)},
-            _cpu_training(epochs=40, batch_size=32),
-        ),
-        Preset(
-            "cpu",
-            "this machine's default: C=64, ns=32, nv=4, 128 Gaussians, k=16, 2 blocks; ~10 min on 2 CPU cores for mp_2018_demo",
-            {"hidden": 64, "scalars": 32, "vectors": 4, "rbf_bins": 128, "k": 16, "layer_order": message_passing_blocks(2)},
-            _cpu_training(epochs=18, batch_size=32),
-            {"dataset": "mp_2018_demo", "target": "mp2018_e_form"},
-        ),
-    ]
-}
+PRESETS: dict[str, Preset] = presets.presets_by_name(
+    Preset(
+        "reference",
+        "original eComFormer sizes (C=256, ns=64, nv=8, att-equi-att-att): 5,583,809 parameters without frames",
+        {"hidden": 256, "scalars": 64, "vectors": 8, "rbf_bins": 256, "layer_order": ("att", "equi", "att", "att")},
+        {
+            # ComFormer reference training (REFERENCE.md section 1); its loss is not recorded there.
+            "loss": "mse",
+            "optimizer": "adamw",
+            "lr": 1e-3,
+            "weight_decay": 1e-5,
+            "no_decay_on": ["bias", "batchnorm"],
+            "scheduler": {"name": "onecycle", "pct_start": 0.3, "interval": "step"},
+            "epochs": 500,
+            "batch_size": 64,
+            "standardise_targets": True,
+        },
+    ),
+    Preset("jarvis_formation_energy", "SPFrame (Hua & Lin) A.5: JARVIS formation energy", _paper(128, 3), _onecycle(),
+           {"dataset": _JARVIS, "target": "formation_energy_peratom"}),
+    Preset("jarvis_total_energy", "SPFrame (Hua & Lin) A.5: JARVIS total energy", _paper(128, 2), _onecycle(),
+           {"dataset": _JARVIS, "target": "optb88vdw_total_energy"}),
+    Preset("jarvis_optb88vdw_bandgap", "SPFrame (Hua & Lin) A.5: JARVIS band gap (OPT)", _paper(128, 3),
+           _polynomial(5e-4, 1e-5, 800), {"dataset": _JARVIS, "target": "optb88vdw_bandgap"}),
+    Preset("jarvis_mbj_bandgap", "SPFrame (Hua & Lin) A.5: JARVIS band gap (MBJ)", _paper(128, 2),
+           _polynomial(3e-4, 1e-5, 500), {"dataset": _JARVIS, "target": "mbj_bandgap"}),
+    Preset("jarvis_ehull", "SPFrame (Hua & Lin) A.5: JARVIS energy above hull", _paper(128, 2), _onecycle(),
+           {"dataset": _JARVIS, "target": "ehull"}),
+    Preset("mp_e_form", "SPFrame (Hua & Lin) A.5: MP formation energy", _paper(196, 2), _onecycle(batch_size=32),
+           {"dataset": "mp_2018", "target": "e_form"}),
+    Preset("mp_gap", "SPFrame (Hua & Lin) A.5: MP band gap (PBE)", _paper(128, 3), _onecycle(batch_size=32),
+           {"dataset": "mp_2018", "target": "gap pbe"}),
+    Preset("mp_bulk", "SPFrame (Hua & Lin) A.5: MP bulk modulus (log10 GPa)", _paper(512, 4), _onecycle(),
+           {"dataset": "mp_2018_demo", "target": "log10_K_VRH"}),
+    Preset("mp_shear", "SPFrame (Hua & Lin) A.5: MP shear modulus (log10 GPa), MSE loss", _paper(128, 4), _onecycle(loss="mse"),
+           {"dataset": "mp_2018_demo", "target": "log10_G_VRH"}),
+    Preset(
+        "cpu_small",
+        "tiny model for tests (C=32, ns=16, nv=4, 64 Gaussians, 2 blocks)",
+        {"hidden": 32, "scalars": 16, "vectors": 4, "rbf_bins": 64, "layer_order": message_passing_blocks(2)},
+        _cpu_training(epochs=40, batch_size=32),
+    ),
+    Preset(
+        "cpu",
+        "this machine's default: C=64, ns=32, nv=4, 128 Gaussians, k=16, 2 blocks; ~10 min on 2 CPU cores for mp_2018_demo",
+        {"hidden": 64, "scalars": 32, "vectors": 4, "rbf_bins": 128, "k": 16, "layer_order": message_passing_blocks(2)},
+        _cpu_training(epochs=18, batch_size=32),
+        {"dataset": "mp_2018_demo", "target": "mp2018_e_form"},
+    ),
+)
 DEFAULT_PRESET = "jarvis_formation_energy"
 
 
 def config_from_preset(preset: str, frame: str = DEFAULT_FRAME, global_frame: str = DEFAULT_GLOBAL_FRAME, **overrides) -> EComFormerConfig:
     """The :class:`EComFormerConfig` of a named preset with a frame and any field overridden."""
-    if preset not in PRESETS:
-        raise ValueError(f"unknown eComFormer preset {preset!r}; choose one of {tuple(PRESETS)}")
-    known = {f.name for f in fields(EComFormerConfig)}
-    bad = sorted(set(overrides) - known)
-    if bad:
-        raise ValueError(f"unknown eComFormer option(s) {bad}; known: {sorted(known)}")
-    return replace(EComFormerConfig(**PRESETS[preset].model), frame=frame, global_frame=global_frame, **overrides)
+    return presets.config_from_preset(EComFormerConfig, PRESETS, preset, "eComFormer", frame=frame, global_frame=global_frame, **overrides)

@@ -190,37 +190,19 @@ def validate_config(tree: dict, where: str) -> RunConfig:
 
 
 def config_with_preset_training(config: RunConfig, explicit: set[str]) -> RunConfig:
-    """Fill optimiser/trainer settings the user did not set explicitly from the model preset's
-    published training settings (loss, optimiser, lr, scheduler, epochs, batch size)."""
+    """Fill the run settings the user did not set explicitly from the model preset's published
+    training settings; which key fills which setting is declared once, in
+    :data:`crystalframes.models.presets.USED_TRAINING_KEYS`."""
+    from crystalframes.models.presets import USED_TRAINING_KEYS, flat_training_keys
     from crystalframes.models.specs import preset_training
 
     training = preset_training(config.model.spec)
-    if not training:
-        return config
-    mapping = {
-        "optim.loss": training.get("loss"),
-        "optim.optimizer": training.get("optimizer"),
-        "optim.lr": training.get("lr"),
-        "optim.weight_decay": training.get("weight_decay"),
-        "optim.betas": training.get("betas"),
-        "optim.grad_clip": training.get("grad_clip", training.get("grad_clip_norm")),
-        "optim.swa_epochs": training.get("swa_epochs"),
-        "trainer.epochs": training.get("epochs"),
-        "trainer.batch_size": training.get("batch_size"),
-    }
-    sched = training.get("scheduler") or {}
-    mapping.update(
-        {
-            "optim.scheduler": sched.get("name"),
-            "optim.pct_start": sched.get("pct_start"),
-            "optim.lr_end": sched.get("lr_end"),
-            "optim.power": sched.get("power"),
-            "optim.warmup_steps": sched.get("warmup_steps", sched.get("T")),
-        }
-    )
     tree = config.model_dump()
-    for dotted, value in mapping.items():
-        if value is not None and dotted not in explicit:
+    for key in flat_training_keys(training):
+        dotted = USED_TRAINING_KEYS.get(key)
+        section, _, sub = key.partition(".")
+        value = training[section][sub] if sub else training[section]
+        if dotted is not None and value is not None and dotted not in explicit:
             _set_dotted(tree, dotted, value, "preset")
     return RunConfig.model_validate(tree)
 

@@ -1,0 +1,65 @@
+"""Presets belong to a backbone: every frame runs at every preset, and every training key a preset
+publishes is either used by the trainer or declared informational (never dropped silently)."""
+
+from __future__ import annotations
+
+import pytest
+
+from crystalframes.models.presets import (
+    INFORMATIONAL_TRAINING_KEYS,
+    USED_TRAINING_KEYS,
+    Preset,
+    flat_training_keys,
+)
+from crystalframes.models.specs import BACKBONES, parse_spec, preset_training
+
+
+def test_every_frame_parses_at_every_preset_of_its_backbone():
+    for backbone in BACKBONES.values():
+        for frame in backbone.frames:
+            for preset in backbone.presets:
+                assert parse_spec(f"{backbone.name}:{frame}@{preset}").preset == preset
+
+
+def test_crystalframer_at_a_task_preset_gets_the_published_settings():
+    """``crystalformer:max@mp_e_form`` was rejected although its settings existed."""
+    from crystalframes.train.config import config_with_preset_training, explicit_keys, load_config
+
+    sets = ["model.spec=crystalformer:max@mp_e_form"]
+    cfg = config_with_preset_training(load_config(None, sets), explicit_keys(None, sets))
+    assert (cfg.trainer.epochs, cfg.trainer.batch_size) == (500, 128)
+    assert (cfg.optim.scheduler, cfg.optim.warmup_steps, cfg.optim.lr) == ("inverse_sqrt", 4000, 5e-4)
+    assert (cfg.optim.grad_clip, cfg.optim.swa_epochs, cfg.optim.betas) == (1.0, 50, (0.9, 0.98))
+
+
+def test_every_published_training_key_is_used_or_declared():
+    seen = set()
+    for backbone in BACKBONES.values():
+        for preset in backbone.presets:
+            keys = flat_training_keys(preset_training(f"{backbone.name}@{preset}"))
+            seen.update(keys)
+            assert all(k in USED_TRAINING_KEYS or k in INFORMATIONAL_TRAINING_KEYS for k in keys), (backbone.name, preset, keys)
+    # the keys the issue found dropped are now accounted for, and each used key fills a real setting
+    assert {"no_decay_on", "standardise_targets", "scheduler.interval", "scheduler.formula"} <= seen
+    from crystalframes.train.config import RunConfig
+
+    for dotted in USED_TRAINING_KEYS.values():
+        section, key = dotted.split(".")
+        assert key in RunConfig.model_fields[section].annotation.model_fields, dotted
+
+
+def test_an_unknown_training_key_is_an_error_where_the_preset_is_defined():
+    with pytest.raises(ValueError, match="warmup.*neither used nor declared"):
+        Preset("x", "typo", {}, {"lr": 1e-3, "warmup": 100})
+    with pytest.raises(ValueError, match="scheduler.gamma"):
+        Preset("x", "typo", {}, {"scheduler": {"name": "onecycle", "gamma": 0.5}})
+    with pytest.raises(ValueError, match="unknown task key"):
+        Preset("x", "typo", {}, {}, {"datset": "mp_2018"})
+
+
+@pytest.mark.parametrize("spec", ["crystalformer:max@mp_e_form", "crystalformer:static@jarvis_mbj_bandgap", "ecomformer:none@mp_gap"])
+def test_task_presets_build_with_any_frame(spec):
+    from crystalframes.models import build_model, num_parameters
+
+    model = build_model(spec)
+    assert model.spec == str(parse_spec(spec)) and num_parameters(model) > 100_000
