@@ -45,7 +45,7 @@ def _root(
 
 
 def _register() -> None:
-    from crystalframes.cli import bench, check, data, predict, symmetry, train
+    from crystalframes.cli import bench, check, data, models, predict, symmetry, train
 
     app.add_typer(data.app, name="data")
     app.add_typer(bench.app, name="bench")
@@ -54,6 +54,7 @@ def _register() -> None:
     app.command("eval")(predict.eval_command)
     app.command("check")(check.check_command)
     app.command("symmetry")(symmetry.symmetry_command)
+    app.command("models")(models.models_command)
 
 
 _register()

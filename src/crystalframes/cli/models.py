@@ -1,0 +1,60 @@
+"""``crystalframes models``: every backbone, frame, global frame and preset, with parameter counts."""
+
+from __future__ import annotations
+
+import json
+from typing import List, Optional
+
+import typer
+
+
+def model_rows(preset: Optional[str] = None, backbones: Optional[List[str]] = None) -> list[dict]:
+    """One row per backbone x frame at ``preset`` (default: each backbone's default preset), the
+    model built to count its parameters. A preset a listed backbone lacks is a UserError."""
+    from crystalframes.io.errors import UserError
+    from crystalframes.models import BACKBONES, build_model, num_parameters, parse_spec
+
+    names = backbones or sorted(BACKBONES)
+    unknown = [n for n in names if n not in BACKBONES]
+    if unknown:
+        raise UserError(f"unknown backbone(s) {', '.join(unknown)}; choose from {', '.join(sorted(BACKBONES))}")
+    lacking = [n for n in names if preset is not None and preset not in BACKBONES[n].presets]
+    if lacking:
+        raise UserError(f"backbone(s) {', '.join(lacking)} have no preset {preset!r} (choose --backbone, or see `crystalframes models` for the presets)")
+    rows = []
+    for name in names:
+        backbone = BACKBONES[name]
+        for frame in backbone.frames:
+            spec = parse_spec(f"{name}:{frame}@{preset or backbone.default_preset}")
+            rows.append(
+                {
+                    "spec": str(spec),
+                    "backbone": name,
+                    "frame": frame,
+                    "global_frame": spec.global_frame,
+                    # what may follow '+' in this frame's spec (empty: the frame takes no global frame)
+                    "global_frames": list(backbone.global_frames) if frame in backbone.frames_with_global else [],
+                    "preset": spec.preset,
+                    "presets": list(backbone.presets),
+                    "parameters": num_parameters(build_model(spec)),
+                }
+            )
+    return rows
+
+
+def models_command(
+    preset: Optional[str] = typer.Option(None, "--preset", help="Count parameters at this preset (default: each backbone's default preset)."),
+    backbone: List[str] = typer.Option([], "--backbone", help="Only this backbone (repeatable)."),
+    as_json: bool = typer.Option(False, "--json", help="Print a JSON list of objects with a 'spec' key."),
+):
+    """Every backbone x frame this installation can build, its global frames, presets and size."""
+    rows = model_rows(preset, list(backbone) or None)
+    if as_json:
+        typer.echo(json.dumps(rows, indent=2))
+        return
+    typer.echo(f"{'spec':64s} {'parameters':>11s}  global frames (+name)")
+    for row in rows:
+        typer.echo(f"{row['spec']:64s} {row['parameters']:11,d}  {', '.join(row['global_frames']) or '-'}")
+    for name in dict.fromkeys(r["backbone"] for r in rows):
+        presets = next(r["presets"] for r in rows if r["backbone"] == name)
+        typer.echo(f"\n{name} presets: {', '.join(presets)}")

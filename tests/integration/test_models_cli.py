@@ -1,0 +1,31 @@
+"""``crystalframes models``: what this installation can build, as a table or as JSON."""
+
+from __future__ import annotations
+
+import json
+
+from crystalframes.models import BACKBONES, build_model, num_parameters
+
+
+def test_models_json_lists_every_backbone_frame_pair_with_its_size(run):
+    code, out, err = run("models", "--preset", "cpu_small", "--json")
+    assert code == 0, err
+    rows = json.loads(out)
+    assert isinstance(rows, list) and all("spec" in r for r in rows)
+    expected = {(b.name, f) for b in BACKBONES.values() for f in b.frames}
+    assert {(r["backbone"], r["frame"]) for r in rows} == expected and len(rows) == len(expected)
+    for r in rows:
+        assert r["preset"] == "cpu_small" and r["spec"].endswith("@cpu_small")
+        assert r["parameters"] == num_parameters(build_model(r["spec"]))
+        assert r["parameters"] > 1000
+    spframe = next(r for r in rows if r["frame"] == "spframe_quaternion")
+    assert spframe["global_frame"] == "qr" and "polar" in spframe["global_frames"]
+
+
+def test_models_table_and_mistakes(run):
+    code, out, _ = run("models", "--backbone", "crystalformer", "--preset", "cpu_small")
+    assert code == 0 and "crystalformer:max@cpu_small" in out and "ecomformer" not in out.split("presets")[0]
+    code, _, err = run("models", "--backbone", "nonsense")
+    assert code == 2 and "unknown backbone" in err
+    code, _, err = run("models", "--preset", "no_such_preset")
+    assert code == 2 and "no preset 'no_such_preset'" in err
