@@ -59,7 +59,7 @@ def check_command(
     basis changes and a mirror reflection, per structure and overall."""
     from crystalframes.cli.predict import _collect
     from crystalframes.io import InputError
-    from crystalframes.testing import invariance_report
+    from crystalframes.testing import invariance_report, worst
 
     net = model_for_checks(model, dtype)
     crystals, errors = _collect(structures, net)
@@ -67,9 +67,12 @@ def check_command(
         raise InputError(" ".join(structures), "no readable structures" + (f" ({errors[0]})" if errors else ""))
     rows = invariance_report(net, crystals, trials=trials)
     per = [{"id": r["id"], **{REPORT_KEYS[k]: r[k] for k in REPORT_KEYS}, "notes": r["notes"]} for r in rows]
-    overall = {name: max(p[name] for p in per) for name in REPORT_KEYS.values()}
-    out = {"model": model, "dtype": dtype, "tolerance": DEFAULT_TOLERANCES[dtype], "structures": per, "overall": overall,
-           "bad_inputs": [str(e) for e in errors]}
+    overall = {name: worst(p[name] for p in per) for name in REPORT_KEYS.values()}  # NaN shows
+    tolerance = DEFAULT_TOLERANCES[dtype]
+    # `not error <= tolerance` is true for NaN: a NaN output is a failure, never a pass.
+    failed = [name for key, name in REPORT_KEYS.items() if key != "mirror" and not overall[name] <= tolerance]
+    out = {"model": model, "dtype": dtype, "tolerance": tolerance, "structures": per, "overall": overall,
+           "failed": failed, "bad_inputs": [str(e) for e in errors]}
     if as_json:
         typer.echo(json.dumps(out, indent=2))
         return
@@ -78,7 +81,8 @@ def check_command(
     typer.echo(f"{'structure':24s} " + " ".join(f"{s:>12s}" for s in short))
     for p in per + [{"id": "OVERALL", **overall}]:
         typer.echo(f"{p['id'][:24]:24s} " + " ".join(f"{p[c]:12.2e}" for c in cols))
-    typer.echo(f"tolerance for {dtype}: {DEFAULT_TOLERANCES[dtype]:.0e} (mirror: SO(3) models need not be mirror-invariant)")
+    typer.echo(f"tolerance for {dtype}: {tolerance:.0e} (mirror: SO(3) models need not be mirror-invariant)")
+    typer.echo(f"FAILED (above tolerance or NaN): {', '.join(failed)}" if failed else "all invariances within tolerance")
     for p in per:
         for note in p["notes"]:
             typer.echo(f"note: {p['id']}: {note}")
