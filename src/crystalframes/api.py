@@ -9,7 +9,7 @@ from typing import Iterable, Sequence
 import numpy as np
 import torch
 
-from crystalframes import __version__
+from crystalframes.version import __version__
 from crystalframes.atomic import atomic_write
 from crystalframes.data.normalise import TargetNormaliser
 from crystalframes.io.errors import InputError

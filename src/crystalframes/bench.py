@@ -45,7 +45,7 @@ def _measure_row(spec: str, source: str, n: int, batch_size: int, threads: int, 
     import torch
 
     from crystalframes.data.batch import collate
-    from crystalframes.data.datasets import load_dataset
+    from crystalframes.data.sources import load_dataset
     from crystalframes.data.graph import build_graph
     from crystalframes.models.specs import build_model
     from crystalframes.runtime import keep_freed_memory
@@ -134,7 +134,7 @@ def bench_models(specs, source="mp_2018_demo", n=256, batch_size=64, threads=2, 
     """Efficiency of each model spec on the first ``n`` structures of ``source``, every batch
     timed ``repeats`` times (the fastest kept); ``s_per_epoch`` extrapolates training time to
     ``train_size`` structures (default: the dataset size)."""
-    from crystalframes.data.datasets import load_dataset
+    from crystalframes.data.sources import load_dataset
     from crystalframes.io.errors import UserError
     from crystalframes.models.specs import parse_spec
 

@@ -12,7 +12,7 @@ SPECS = ["ecomformer:spframe_quaternion@cpu_small", "crystalformer:max@cpu_small
 
 
 def test_bench_models_measures_every_spec(tmp_path):
-    from crystalframes.data.datasets import load_dataset
+    from crystalframes.data.sources import load_dataset
     from crystalframes.models import build_model
 
     env = dict(os.environ, PYTHONPATH=str(SRC), CRYSTALFRAMES_CACHE_DIR=str(tmp_path / "cache"))

@@ -35,7 +35,7 @@ def _target_names(source: str, records: int = 50) -> list[str]:
     """The target names the first ``records`` good records of ``source`` hold (for a hint)."""
     from itertools import islice
 
-    from crystalframes.data.datasets import resolve_source
+    from crystalframes.data.sources import resolve_source
     from crystalframes.io import Crystal, iter_records
 
     found = islice((r for r in iter_records(resolve_source(source)) if isinstance(r, Crystal)), records)
@@ -119,7 +119,7 @@ def eval_command(
     """Metrics (MAE, RMSE, R^2, n) of a model on a dataset, plus a predictions CSV."""
     from dataclasses import replace
 
-    from crystalframes.data.datasets import load_dataset
+    from crystalframes.data.sources import load_dataset
     from crystalframes.io import InputError, UserError
     from crystalframes.train.metrics import metrics_of, write_json, write_predictions
 

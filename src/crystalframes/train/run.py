@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from crystalframes import __version__
+from crystalframes.version import __version__
 from crystalframes.atomic import atomic_write
 from crystalframes.io.errors import UserError
 from crystalframes.train.config import RunConfig, config_yaml
