@@ -166,3 +166,40 @@ def test_a_name_taken_from_the_own_package_is_a_cycle_a_submodule_is_not(tmp_pat
              for name, file in (("pkg", "__init__.py"), ("pkg.a", "a.py"), ("pkg.b", "b.py"))}
     assert graph["pkg.b"] == {"pkg.a"}
     assert cycles(graph) == [["pkg", "pkg.a", "pkg"]]
+
+
+def private_imports(path: Path) -> list[str]:
+    """``module._name`` for every private name (one leading underscore) ``path`` imports from
+    another module (dunders such as ``__version__`` are public)."""
+    out = []
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), str(path))):
+        if isinstance(node, ast.ImportFrom):
+            for alias in node.names:
+                if alias.name.startswith("_") and not alias.name.startswith("__"):
+                    out.append(f"{'.' * node.level}{node.module or ''}.{alias.name}")
+    return out
+
+
+def test_commands_share_helpers_through_a_module_of_their_own():
+    """A command module imports no other command's module and no private name from anywhere:
+    what commands share lives in crystalframes.cli.common (helpers) or cli.options (option
+    callbacks), under public names."""
+    modules = module_names()
+    known = set(modules)
+    shared = {"crystalframes.cli.common", "crystalframes.cli.options"}
+    commands = {name for name in modules if name.startswith("crystalframes.cli.") and name not in shared}
+    assert {"crystalframes.cli.check", "crystalframes.cli.predict", "crystalframes.cli.symmetry"} <= commands
+    problems = []
+    for name in sorted(commands | shared | {"crystalframes.cli"}):
+        for other in sorted(imports_of(name, modules[name], known) & commands):
+            if name != "crystalframes.cli":  # the app registers every command
+                problems.append(f"{name} imports the command module {other}")
+        problems += [f"{name} imports the private {p}" for p in private_imports(modules[name])]
+    assert not problems, "\n".join(problems)
+
+
+def test_private_imports_are_found(tmp_path):
+    probe = tmp_path / "probe.py"
+    probe.write_text("from crystalframes.cli.predict import _collect\nfrom crystalframes import __version__\n"
+                     "def f():\n    from ..api import _resolve_model_path\n")
+    assert private_imports(probe) == ["crystalframes.cli.predict._collect", "..api._resolve_model_path"]

@@ -7,6 +7,7 @@ from typing import List
 
 import typer
 
+from crystalframes.cli.common import collect_structures, model_for_checks
 from crystalframes.cli.options import choice_option
 from crystalframes.testing import DEFAULT_TOLERANCES  # numpy only: the dtypes a check can run in
 
@@ -21,33 +22,6 @@ REPORT_KEYS = {
 }
 
 
-def model_for_checks(model: str, dtype: str):
-    """A trained model (file or run folder) or a freshly initialised one from a spec (seeded).
-
-    A name that is no model file is read as a spec; if it is neither, the error says both
-    (with the spec's own complaint when the name looks like a spec)."""
-    import torch
-
-    from crystalframes.api import _resolve_model_path, load_model
-    from crystalframes.io import InputError
-    from crystalframes.models.specs import SpecError, build_model, parse_spec
-
-    try:
-        _resolve_model_path(model)
-    except InputError as not_a_file:
-        try:
-            parse_spec(model)
-        except SpecError as bad_spec:
-            if ":" in model or "@" in model:
-                raise bad_spec from None
-            raise InputError(model, f"{not_a_file.problem}, and not a model spec: {bad_spec}") from None
-        torch.manual_seed(0)
-        net = build_model(model)
-    else:
-        net = load_model(model).model
-    return net.to(getattr(torch, dtype)).eval()
-
-
 def check_command(
     model: str = typer.Argument(..., help="Trained model (model.pt or run folder) or a model spec, e.g. ecomformer:spframe_quaternion."),
     structures: List[str] = typer.Argument(..., help="Structure files, folders or JSONL datasets."),
@@ -57,12 +31,11 @@ def check_command(
 ):
     """Largest prediction change under rotations, translations, permutations, supercells,
     basis changes and a mirror reflection, per structure and overall."""
-    from crystalframes.cli.predict import _collect
     from crystalframes.io import InputError
     from crystalframes.testing import invariance_report, worst
 
     net = model_for_checks(model, dtype)
-    crystals, errors = _collect(structures, net)
+    crystals, errors = collect_structures(structures, net)
     if not crystals:
         raise InputError(" ".join(structures), "no readable structures" + (f" ({errors[0]})" if errors else ""))
     rows = invariance_report(net, crystals, trials=trials)

@@ -11,24 +11,8 @@ from typing import List, Optional
 import numpy as np
 import typer
 
+from crystalframes.cli.common import collect_structures
 from crystalframes.cli.options import device_option
-
-
-def _collect(inputs: List[str], model=None):
-    """Crystals and errors from files, folders and datasets; bad inputs are listed, not fatal.
-    With ``model``, structures holding elements it cannot encode are errors too (found here,
-    before batching, so they never cost the good structures of their batch)."""
-    from crystalframes.io import InputError, iter_structures
-    from crystalframes.models.elements import split_supported
-
-    crystals, errors = [], []
-    for item in inputs:
-        for rec in iter_structures(item):
-            (errors if isinstance(rec, InputError) else crystals).append(rec)
-    if model is not None:
-        crystals, unsupported = split_supported(model, crystals)
-        errors.extend(unsupported)
-    return crystals, errors
 
 
 def _target_names(source: str, records: int = 50) -> list[str]:
@@ -78,7 +62,7 @@ def predict_command(
 
     _refuse_folder(output, "CSV")
     predictor = _load(model, device)
-    crystals, errors = _collect(inputs)
+    crystals, errors = collect_structures(inputs)
     crystals, pred, model_errors = predictor.predict_each(crystals, batch_size)
     errors += model_errors
     total = len(crystals) + len(errors)

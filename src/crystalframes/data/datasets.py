@@ -33,9 +33,8 @@ __all__ = [
     "get_dataset_info",
     "list_datasets",
     "target_units",
-    "resolve_source",
-    "load_dataset",
     "benchmark_split_key",
+    "embedded_path",
 ]
 
 
