@@ -40,6 +40,7 @@ from torch import nn
 
 from crystalframes.data.batch import GraphBatch
 from crystalframes.data.graph import GraphSettings
+from crystalframes.io.elements import element_label
 from crystalframes.nn.periodic_attention import (
     ANGLE_WIDTH_SCALE,
     DEFAULT_CUTOFF_SIGMAS,
@@ -58,15 +59,6 @@ DEFAULT_FRAME = "none"
 NUM_ELEMENTS = 98  # one-hot atom encoding: H (Z = 1) .. Cf (Z = 98)
 # the layer-level frame option of each model-level frame
 _LAYER_FRAME = {"none": "none", "max": "max", "weighted_pca": "weighted_pca", "static": "static", "pca": "given", "lattice": "given"}
-
-
-def _element_symbol(z: int) -> str:
-    from pymatgen.core.periodic_table import Element
-
-    try:
-        return Element.from_Z(z).symbol
-    except (ValueError, KeyError):
-        return "element"
 
 
 def tfixup_scale(num_layers: int) -> float:
@@ -192,7 +184,7 @@ class Crystalformer(nn.Module):
         """Linear(98, C) of the one-hot encoding, i.e. column Z - 1 of its weight."""
         bad = (atomic_numbers < 1) | (atomic_numbers > NUM_ELEMENTS)
         if bool(bad.any()):
-            names = ", ".join(f"{_element_symbol(int(z))} (Z={int(z)})" for z in torch.unique(atomic_numbers[bad]))
+            names = ", ".join(element_label(z) for z in torch.unique(atomic_numbers[bad]).tolist())
             raise ValueError(
                 f"Crystalformer encodes elements H..Cf (Z = 1..{NUM_ELEMENTS}) only; this batch contains {names}"
             )
