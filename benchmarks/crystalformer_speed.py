@@ -44,7 +44,8 @@ def _run(job: dict) -> dict:
     from crystalframes.data.batch import collate
     from crystalframes.data.graph import build_graph
     from crystalframes.io import read_dataset
-    from crystalframes.models.crystalformer import build_crystalformer, num_parameters
+    from crystalframes.models.crystalformer import build_crystalformer
+    from crystalframes.models.parameters import num_parameters
     from crystalframes.runtime import keep_freed_memory
     from crystalframes.testing import supercell
 

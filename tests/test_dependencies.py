@@ -187,3 +187,9 @@ def test_core_modules_import_without_the_train_extra():
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
+
+
+def test_the_package_version_is_the_one_pyproject_declares():
+    from crystalframes import __version__
+
+    assert __version__ == _pyproject()["project"]["version"]

@@ -1,6 +1,8 @@
 """crystalframes: crystal property prediction with frame-based SE(3)-invariant networks."""
 
-__version__ = "0.1.0"
+from crystalframes.version import __version__
+
+__all__ = ["__version__", "load_model"]
 
 
 def load_model(path_or_name, device="cpu"):

@@ -9,7 +9,7 @@ from typing import Iterable, Sequence
 import numpy as np
 import torch
 
-from crystalframes import __version__
+from crystalframes.version import __version__
 from crystalframes.atomic import atomic_write
 from crystalframes.data.normalise import TargetNormaliser
 from crystalframes.io.errors import InputError
@@ -118,7 +118,8 @@ class Predictor:
         return pred[:, 0] if len(self.targets) == 1 else pred
 
 
-def _resolve_model_path(path_or_name) -> Path:
+def resolve_model_path(path_or_name) -> Path:
+    """The ``model.pt`` of a model file or run folder; :class:`InputError` when there is none."""
     path = Path(path_or_name).expanduser()
     if path.is_dir():
         path = path / MODEL_FILENAME
@@ -145,7 +146,7 @@ def load_model(path_or_name, device: str | torch.device = "cpu") -> Predictor:
     with a ``__reduce__`` payload) is refused and the code never runs."""
     from crystalframes.models.specs import SpecError, build_model
 
-    path = _resolve_model_path(path_or_name)
+    path = resolve_model_path(path_or_name)
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:

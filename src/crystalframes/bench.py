@@ -45,8 +45,9 @@ def _measure_row(spec: str, source: str, n: int, batch_size: int, threads: int, 
     import torch
 
     from crystalframes.data.batch import collate
-    from crystalframes.data.datasets import load_dataset
+    from crystalframes.data.sources import load_dataset
     from crystalframes.data.graph import build_graph
+    from crystalframes.models.parameters import num_parameters
     from crystalframes.models.specs import build_model
     from crystalframes.runtime import keep_freed_memory
 
@@ -56,7 +57,7 @@ def _measure_row(spec: str, source: str, n: int, batch_size: int, threads: int, 
     dt = getattr(torch, dtype)
     crystals = load_dataset(source).crystals[:n]
     model = build_model(spec, num_targets=1).to(dt)
-    params = sum(p.numel() for p in model.parameters())
+    params = num_parameters(model)
     chunks = [crystals[i : i + batch_size] for i in range(0, len(crystals), batch_size)]
     rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 
@@ -134,7 +135,7 @@ def bench_models(specs, source="mp_2018_demo", n=256, batch_size=64, threads=2, 
     """Efficiency of each model spec on the first ``n`` structures of ``source``, every batch
     timed ``repeats`` times (the fastest kept); ``s_per_epoch`` extrapolates training time to
     ``train_size`` structures (default: the dataset size)."""
-    from crystalframes.data.datasets import load_dataset
+    from crystalframes.data.sources import load_dataset
     from crystalframes.io.errors import UserError
     from crystalframes.models.specs import parse_spec
 

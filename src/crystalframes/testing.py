@@ -130,6 +130,15 @@ SHEAR_BASIS_CHANGE = np.array([[1, 0, 0], [1, 1, 0], [0, 0, 1]])
 INVARIANCE_KEYS = ("rotation", "translation", "permutation", "supercell", "basis_change", "batch", "mirror")
 
 
+def worst(values) -> float:
+    """The largest of ``values``, NaN when any value is NaN.
+
+    Python's ``max`` drops a NaN unless it comes first (``max([1e-12, nan]) == 1e-12``: every
+    comparison with NaN is false), so a model whose output turns NaN for one structure would
+    pass a tolerance check; :func:`numpy.max` propagates it. Raises ``ValueError`` on no values."""
+    return float(np.max(np.asarray(list(values), dtype=float)))
+
+
 def predict_in_batches(model, crystals, batch_size: int = 32) -> "torch.Tensor":
     """:func:`predict` over ``crystals`` in batches of ``batch_size`` (B, T)."""
     import torch
@@ -194,6 +203,7 @@ def invariance_report(model, crystals, trials: int = 3, seed: int = 0, supercell
 def invariance_errors(model, crystals, trials: int = 3, seed: int = 0, supercells=((2, 1, 1), (2, 2, 2))) -> dict:
     """Largest absolute change of the model's outputs under each transformation over all
     ``crystals`` (like e3nn's ``assert_equivariant``: a dict of errors; compare with
-    :data:`DEFAULT_TOLERANCES` for the model's dtype). Keys as :func:`invariance_report`."""
+    :data:`DEFAULT_TOLERANCES` for the model's dtype). Keys as :func:`invariance_report`; an
+    error is NaN when any structure's is (:func:`worst`), so a NaN output fails a comparison."""
     rows = invariance_report(model, crystals, trials, seed, supercells)
-    return {key: max(r[key] for r in rows) for key in INVARIANCE_KEYS}
+    return {key: worst(r[key] for r in rows) for key in INVARIANCE_KEYS}

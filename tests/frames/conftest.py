@@ -63,11 +63,15 @@ def symmetric_crystals(jarvis_sample, mp_sample):
     return picked["cubic"] + picked["hexagonal"] + picked["other"]
 
 
-def assert_rotations(frames: torch.Tensor, atol=1e-12):
+def assert_rotations(frames: torch.Tensor, atol=1e-12, name: str = "frames"):
+    """Every matrix in ``frames`` is a finite proper rotation to ``atol``; ``name`` (the frame's)
+    leads every failure message."""
     eye = torch.eye(3, dtype=frames.dtype)
-    assert torch.isfinite(frames).all()
-    assert (frames @ frames.transpose(-1, -2) - eye).abs().max() < atol
-    assert (torch.linalg.det(frames) - 1).abs().max() < atol
+    assert torch.isfinite(frames).all(), f"{name}: non-finite entries"
+    orth = float((frames @ frames.transpose(-1, -2) - eye).abs().max())
+    assert orth < atol, f"{name}: F F^T - I up to {orth:.3g} (atol {atol:.0e})"
+    det = float((torch.linalg.det(frames) - 1).abs().max())
+    assert det < atol, f"{name}: det F - 1 up to {det:.3g} (atol {atol:.0e})"
 
 
 def rng():

@@ -12,8 +12,8 @@ SPECS = ["ecomformer:spframe_quaternion@cpu_small", "crystalformer:max@cpu_small
 
 
 def test_bench_models_measures_every_spec(tmp_path):
-    from crystalframes.data.datasets import load_dataset
-    from crystalframes.models import build_model
+    from crystalframes.data.sources import load_dataset
+    from crystalframes.models import build_model, num_parameters
 
     env = dict(os.environ, PYTHONPATH=str(SRC), CRYSTALFRAMES_CACHE_DIR=str(tmp_path / "cache"))
     proc = subprocess.run(
@@ -25,8 +25,8 @@ def test_bench_models_measures_every_spec(tmp_path):
     assert [r["spec"] for r in rows] == SPECS
     demo_size = len(load_dataset("mp_2018_demo").crystals)
     for row in rows:
-        # every registered parameter, as the papers count them (Crystalformer has a few frozen ones)
-        assert row["params"] == sum(p.numel() for p in build_model(row["spec"], num_targets=1).parameters()), row
+        # trainable parameters, as the papers count them (Crystalformer's 12 frozen numbers left out)
+        assert row["params"] == num_parameters(build_model(row["spec"], num_targets=1)), row
         assert row["structures"] == 8
         for key in ("infer_ms_per_structure", "graph_ms_per_structure", "train_ms_per_structure", "peak_mem_mb"):
             assert math.isfinite(row[key]) and row[key] > 0, (key, row)

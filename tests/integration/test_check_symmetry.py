@@ -88,3 +88,25 @@ def test_model_features_of_equivalent_atoms(run, tmp_path, by_id, spec, coincide
         assert max(o["feature_spread"] for o in multi) < 1e-12
     else:
         assert min(o["feature_spread"] for o in multi) > 1e-6
+
+
+def test_check_reports_a_nan_output_of_a_later_structure_as_a_failure(run, tmp_path, monkeypatch):
+    """A model whose output turns NaN under rotation for the second structure only: the overall
+    rotation error is NaN (Python's max kept the first structure's 0) and `failed` names it."""
+    import math
+
+    import crystalframes.cli.check as check
+    from tests.test_testing import NanUnderRotation, cubic
+
+    files = []
+    for crystal in (cubic("good", 4.0), cubic("broken", 5.0)):
+        files.append(write_cif(crystal, tmp_path / f"{crystal.id}.cif"))
+    monkeypatch.setattr(check, "model_for_checks", lambda model, dtype: NanUnderRotation("broken"))
+    code, out, err = run("check", "stub", *files, "--trials", "1", "--json")
+    assert code == 0, err
+    report = json.loads(out)
+    assert [s["id"] for s in report["structures"]] == ["good", "broken"]
+    assert math.isnan(report["overall"]["max_rotation_error"]), report["overall"]
+    assert "max_rotation_error" in report["failed"] and "max_translation_error" not in report["failed"]
+    code, out, err = run("check", "stub", *files, "--trials", "1")
+    assert "FAILED" in out and "max_rotation_error" in out

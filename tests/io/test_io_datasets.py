@@ -103,7 +103,8 @@ def test_target_filter_drops_missing(tmp_path, make_record, caplog):
 def test_demo_set_reads_without_warnings(caplog):
     """The embedded demo set has records without the default target: that is one INFO line, so the
     default `crystalframes train` does not open with a WARNING listing them."""
-    from crystalframes.data.datasets import get_dataset_info, load_dataset
+    from crystalframes.data.datasets import get_dataset_info
+    from crystalframes.data.sources import load_dataset
 
     target = get_dataset_info("mp_2018_demo").default_target
     with caplog.at_level(logging.INFO, logger="crystalframes"):

@@ -27,6 +27,7 @@ from crystalframes.frames import (
     qr_frame,
     static_local_frame,
 )
+from crystalframes.io.elements import element_symbol
 from crystalframes.io.errors import InputError
 from crystalframes.models.elements import unsupported_elements_error
 from crystalframes.models.specs import SpecError
@@ -172,8 +173,6 @@ def symmetry_analysis(crystal, frame: str = "spframe", model=None, k: int = 12, 
         frames = STRUCTURE_FRAMES[frame](batch)
         frame_name = frame
     hoods = _neighbourhoods(batch, frames)
-    from pymatgen.core import Element
-
     orbits = []
     for rep in sorted(set(ds.equivalent_atoms.tolist())):
         atoms = [int(i) for i in np.flatnonzero(ds.equivalent_atoms == rep)]
@@ -181,7 +180,7 @@ def symmetry_analysis(crystal, frame: str = "spframe", model=None, k: int = 12, 
         score = min(scores) if scores else None
         orbit = {
             "atoms": atoms,
-            "element": Element.from_Z(int(crystal.atomic_numbers[atoms[0]])).symbol,
+            "element": element_symbol(crystal.atomic_numbers[atoms[0]]),
             "wyckoff": f"{len(atoms)}{ds.wyckoffs[atoms[0]]}",
             "site_symmetry": ds.site_symmetry_symbols[atoms[0]],
             "distinguishability": score,

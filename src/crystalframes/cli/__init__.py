@@ -29,7 +29,7 @@ app = typer.Typer(
 
 def _print_version(value: bool) -> None:
     if value:
-        from crystalframes import __version__
+        from crystalframes.version import __version__
 
         typer.echo(f"crystalframes {__version__}")
         raise typer.Exit()

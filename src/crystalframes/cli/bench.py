@@ -40,7 +40,7 @@ def accuracy(
 ):
     """Train a grid of models at equal budget and print a Markdown MAE table with the mean baseline."""
     from crystalframes.bench import bench_accuracy
-    from crystalframes.cli.train import require_training_stack
+    from crystalframes.cli.common import require_training_stack
 
     require_training_stack()
     table, _ = bench_accuracy(specs, list(set_), seeds=seeds, output=output)

@@ -7,6 +7,7 @@ from typing import List
 
 import typer
 
+from crystalframes.cli.common import collect_structures, model_for_checks
 from crystalframes.cli.options import choice_option
 from crystalframes.testing import DEFAULT_TOLERANCES  # numpy only: the dtypes a check can run in
 
@@ -21,33 +22,6 @@ REPORT_KEYS = {
 }
 
 
-def model_for_checks(model: str, dtype: str):
-    """A trained model (file or run folder) or a freshly initialised one from a spec (seeded).
-
-    A name that is no model file is read as a spec; if it is neither, the error says both
-    (with the spec's own complaint when the name looks like a spec)."""
-    import torch
-
-    from crystalframes.api import _resolve_model_path, load_model
-    from crystalframes.io import InputError
-    from crystalframes.models.specs import SpecError, build_model, parse_spec
-
-    try:
-        _resolve_model_path(model)
-    except InputError as not_a_file:
-        try:
-            parse_spec(model)
-        except SpecError as bad_spec:
-            if ":" in model or "@" in model:
-                raise bad_spec from None
-            raise InputError(model, f"{not_a_file.problem}, and not a model spec: {bad_spec}") from None
-        torch.manual_seed(0)
-        net = build_model(model)
-    else:
-        net = load_model(model).model
-    return net.to(getattr(torch, dtype)).eval()
-
-
 def check_command(
     model: str = typer.Argument(..., help="Trained model (model.pt or run folder) or a model spec, e.g. ecomformer:spframe_quaternion."),
     structures: List[str] = typer.Argument(..., help="Structure files, folders or JSONL datasets."),
@@ -57,19 +31,21 @@ def check_command(
 ):
     """Largest prediction change under rotations, translations, permutations, supercells,
     basis changes and a mirror reflection, per structure and overall."""
-    from crystalframes.cli.predict import _collect
     from crystalframes.io import InputError
-    from crystalframes.testing import invariance_report
+    from crystalframes.testing import invariance_report, worst
 
     net = model_for_checks(model, dtype)
-    crystals, errors = _collect(structures, net)
+    crystals, errors = collect_structures(structures, net)
     if not crystals:
         raise InputError(" ".join(structures), "no readable structures" + (f" ({errors[0]})" if errors else ""))
     rows = invariance_report(net, crystals, trials=trials)
     per = [{"id": r["id"], **{REPORT_KEYS[k]: r[k] for k in REPORT_KEYS}, "notes": r["notes"]} for r in rows]
-    overall = {name: max(p[name] for p in per) for name in REPORT_KEYS.values()}
-    out = {"model": model, "dtype": dtype, "tolerance": DEFAULT_TOLERANCES[dtype], "structures": per, "overall": overall,
-           "bad_inputs": [str(e) for e in errors]}
+    overall = {name: worst(p[name] for p in per) for name in REPORT_KEYS.values()}  # NaN shows
+    tolerance = DEFAULT_TOLERANCES[dtype]
+    # `not error <= tolerance` is true for NaN: a NaN output is a failure, never a pass.
+    failed = [name for key, name in REPORT_KEYS.items() if key != "mirror" and not overall[name] <= tolerance]
+    out = {"model": model, "dtype": dtype, "tolerance": tolerance, "structures": per, "overall": overall,
+           "failed": failed, "bad_inputs": [str(e) for e in errors]}
     if as_json:
         typer.echo(json.dumps(out, indent=2))
         return
@@ -78,7 +54,8 @@ def check_command(
     typer.echo(f"{'structure':24s} " + " ".join(f"{s:>12s}" for s in short))
     for p in per + [{"id": "OVERALL", **overall}]:
         typer.echo(f"{p['id'][:24]:24s} " + " ".join(f"{p[c]:12.2e}" for c in cols))
-    typer.echo(f"tolerance for {dtype}: {DEFAULT_TOLERANCES[dtype]:.0e} (mirror: SO(3) models need not be mirror-invariant)")
+    typer.echo(f"tolerance for {dtype}: {tolerance:.0e} (mirror: SO(3) models need not be mirror-invariant)")
+    typer.echo(f"FAILED (above tolerance or NaN): {', '.join(failed)}" if failed else "all invariances within tolerance")
     for p in per:
         for note in p["notes"]:
             typer.echo(f"note: {p['id']}: {note}")

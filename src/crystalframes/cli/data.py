@@ -61,7 +61,7 @@ def info(
     strict: bool = typer.Option(False, help="Stop at the first bad record instead of reporting it."),
 ):
     """Counts, targets (count/mean/std), atoms per cell and bad records of a dataset."""
-    from crystalframes.data.datasets import load_dataset
+    from crystalframes.data.sources import load_dataset
 
     summary = dataset_summary(load_dataset(source, strict=strict))
     if as_json:

@@ -11,31 +11,15 @@ from typing import List, Optional
 import numpy as np
 import typer
 
+from crystalframes.cli.common import collect_structures
 from crystalframes.cli.options import device_option
-
-
-def _collect(inputs: List[str], model=None):
-    """Crystals and errors from files, folders and datasets; bad inputs are listed, not fatal.
-    With ``model``, structures holding elements it cannot encode are errors too (found here,
-    before batching, so they never cost the good structures of their batch)."""
-    from crystalframes.io import InputError, iter_structures
-    from crystalframes.models.elements import split_supported
-
-    crystals, errors = [], []
-    for item in inputs:
-        for rec in iter_structures(item):
-            (errors if isinstance(rec, InputError) else crystals).append(rec)
-    if model is not None:
-        crystals, unsupported = split_supported(model, crystals)
-        errors.extend(unsupported)
-    return crystals, errors
 
 
 def _target_names(source: str, records: int = 50) -> list[str]:
     """The target names the first ``records`` good records of ``source`` hold (for a hint)."""
     from itertools import islice
 
-    from crystalframes.data.datasets import resolve_source
+    from crystalframes.data.sources import resolve_source
     from crystalframes.io import Crystal, iter_records
 
     found = islice((r for r in iter_records(resolve_source(source)) if isinstance(r, Crystal)), records)
@@ -78,7 +62,7 @@ def predict_command(
 
     _refuse_folder(output, "CSV")
     predictor = _load(model, device)
-    crystals, errors = _collect(inputs)
+    crystals, errors = collect_structures(inputs)
     crystals, pred, model_errors = predictor.predict_each(crystals, batch_size)
     errors += model_errors
     total = len(crystals) + len(errors)
@@ -119,7 +103,7 @@ def eval_command(
     """Metrics (MAE, RMSE, R^2, n) of a model on a dataset, plus a predictions CSV."""
     from dataclasses import replace
 
-    from crystalframes.data.datasets import load_dataset
+    from crystalframes.data.sources import load_dataset
     from crystalframes.io import InputError, UserError
     from crystalframes.train.metrics import metrics_of, write_json, write_predictions
 

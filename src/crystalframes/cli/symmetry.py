@@ -26,7 +26,7 @@ def symmetry_command(
     crystal = read_structure(structure)  # refuses pipes and devices by name (never blocks)
     net = None
     if model is not None:
-        from crystalframes.cli.check import model_for_checks
+        from crystalframes.cli.common import model_for_checks
 
         net = model_for_checks(model, "float64")
     report = symmetry_analysis(crystal, frame=frame, model=net)

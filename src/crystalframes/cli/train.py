@@ -7,16 +7,7 @@ from typing import List, Optional
 
 import typer
 
-from crystalframes.io.errors import UserError
-
-
-def require_training_stack() -> None:
-    """Training needs the ``train`` extra; say so instead of an ImportError traceback."""
-    import importlib.util
-
-    missing = [name for name in ("lightning", "pydantic", "yaml", "matplotlib") if importlib.util.find_spec(name) is None]
-    if missing:
-        raise UserError(f"training needs {', '.join(missing)}: pip install 'crystalframes[train]'")
+from crystalframes.cli.common import require_training_stack
 
 
 def train_command(

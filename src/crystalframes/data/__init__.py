@@ -6,11 +6,11 @@ from crystalframes.data.datasets import (
     benchmark_split_key,
     get_dataset_info,
     list_datasets,
-    load_dataset,
-    resolve_source,
     target_units,
 )
-from crystalframes.data.download import cache_dir, cached_dataset, fetch_dataset, validate_archive
+from crystalframes.data.download import cached_dataset, fetch_dataset, validate_archive
+from crystalframes.data.paths import cache_dir
+from crystalframes.data.sources import load_dataset, resolve_source
 from crystalframes.data.normalise import TargetNormaliser
 from crystalframes.data.splits import (
     MEGNET_SPLIT_SIZES,

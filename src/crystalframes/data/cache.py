@@ -23,7 +23,7 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
-from crystalframes import __version__
+from crystalframes.version import __version__
 from crystalframes.atomic import atomic_write
 from crystalframes.data.paths import cache_root
 from crystalframes.data.graph import CrystalGraph, GraphSettings, build_graph

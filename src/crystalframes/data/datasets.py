@@ -10,8 +10,9 @@ Three datasets are registered:
 ``mp_2018``
     The MEGNet ``mp.2018.6.1`` Materials Project snapshot (~69k crystals), a figshare zip.
 
-Downloads live in the cache folder of :mod:`crystalframes.data.download`; nothing is created
-at import time.
+Downloads live in :func:`crystalframes.data.paths.cache_dir` (fetched by
+:mod:`crystalframes.data.download`); :mod:`crystalframes.data.sources` turns a name or path into a
+local file. Nothing is created at import time.
 """
 
 from __future__ import annotations
@@ -21,12 +22,9 @@ import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
+from crystalframes.data.paths import cache_dir
 from crystalframes.io.errors import DatasetError
-
-if TYPE_CHECKING:  # the reader module is imported lazily: reading is only needed by load_dataset
-    from crystalframes.io.readers import ReadResult
 
 __all__ = [
     "DatasetInfo",
@@ -35,9 +33,8 @@ __all__ = [
     "get_dataset_info",
     "list_datasets",
     "target_units",
-    "resolve_source",
-    "load_dataset",
     "benchmark_split_key",
+    "embedded_path",
 ]
 
 
@@ -267,8 +264,6 @@ def embedded_path(info: DatasetInfo) -> Path:
         if not resource.is_file():
             raise DatasetError(info.name, f"embedded file {info.embedded} is missing from the installed package")
         return resource
-    from crystalframes.data.download import cache_dir
-
     target = cache_dir() / "embedded" / info.embedded
     if not target.is_file():
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -277,51 +272,3 @@ def embedded_path(info: DatasetInfo) -> Path:
             shutil.copyfile(src, tmp)
         os.replace(tmp, target)
     return target
-
-
-def resolve_source(source: str | os.PathLike, *, download: bool = False) -> Path:
-    """A local file or folder for ``source``.
-
-    - an existing path -> itself;
-    - a registered name -> the embedded file, or the cached download (fetched first when
-      ``download`` is true; otherwise a :class:`DatasetError` saying how to fetch it);
-    - anything else -> a :class:`DatasetError` listing the known datasets.
-
-    A path wins over a registered name, so a local folder called ``mp_2018`` is read as a folder.
-    """
-    path = Path(os.path.expanduser(os.fspath(source)))
-    if path.exists():
-        return path
-    name = _canonical_name(os.fspath(source))
-    if name is None:
-        raise DatasetError(
-            os.fspath(source), f"no such dataset or file; known datasets: {', '.join(DATASETS)}"
-        )
-    info = DATASETS[name]
-    if info.is_embedded:
-        return embedded_path(info)
-
-    from crystalframes.data.download import cached_dataset, fetch_dataset
-
-    cached = cached_dataset(name)
-    if cached is not None:
-        return cached
-    if download:
-        return fetch_dataset(name)
-    raise DatasetError(
-        name,
-        f"not downloaded yet: run `crystalframes data fetch {name}` "
-        f"(or `crystalframes data fetch {name} --file LOCAL` if you already have the archive)",
-    )
-
-
-def load_dataset(
-    source: str | os.PathLike, target: str | None = None, strict: bool = False, *, download: bool = False
-) -> "ReadResult":
-    """Read a named dataset or a local file/folder: :func:`resolve_source` then
-    :func:`crystalframes.io.read_dataset`."""
-    from crystalframes.io import readers
-
-    # a registered archive is read through its one expected member, whatever else it holds
-    member = DATASETS[str(source)].member if str(source) in DATASETS else None
-    return readers.read_dataset(resolve_source(source, download=download), target=target, strict=strict, member=member)

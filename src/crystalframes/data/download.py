@@ -37,7 +37,7 @@ from typing import IO, Iterator
 
 from crystalframes.atomic import atomic_write
 from crystalframes.data.paths import CACHE_ENV as CACHE_ENV_VAR
-from crystalframes.data.paths import cache_root
+from crystalframes.data.paths import cache_dir
 from crystalframes.data.datasets import DatasetInfo, embedded_path, get_dataset_info
 from crystalframes.io.errors import DatasetError
 
@@ -70,14 +70,9 @@ _SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
 def _user_agent() -> str:
-    from crystalframes import __version__
+    from crystalframes.version import __version__
 
     return f"crystalframes/{__version__} (dataset download; pooch)"
-
-
-def cache_dir() -> Path:
-    """Folder holding downloaded datasets (not created here)."""
-    return cache_root() / "datasets"
 
 
 def _sidecar(path: Path) -> Path:

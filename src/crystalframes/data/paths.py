@@ -17,3 +17,9 @@ def cache_root() -> Path:
     import platformdirs
 
     return Path(platformdirs.user_cache_dir("crystalframes"))
+
+
+def cache_dir() -> Path:
+    """Folder holding downloaded datasets (and copies of embedded ones from zipped installs);
+    not created here."""
+    return cache_root() / "datasets"

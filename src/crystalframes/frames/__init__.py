@@ -23,7 +23,7 @@ edges_in_frames              -            seed 000 Eq. 5
 ===========================  ===========  ==============================================
 """
 
-from crystalframes.frames.dynamic import max_frame, weighted_pca_frame
+from crystalframes.frames.dynamic import max_frame, static_local_frame, weighted_pca_frame
 from crystalframes.frames.global_frames import (
     GLOBAL_FRAMES,
     identity_frame,
@@ -33,7 +33,7 @@ from crystalframes.frames.global_frames import (
     positions_pca_frame,
     qr_frame,
 )
-from crystalframes.frames.local import gram_schmidt, static_local_frame
+from crystalframes.frames.local import gram_schmidt
 from crystalframes.frames.spframe import compose_spframe, edges_in_frames, quaternion_to_rotation
 
 __all__ = [

@@ -1,5 +1,6 @@
 """Dynamic local frames of CrystalFramer (seed 001): built per atom (and head) from attention
-weights w over neighbours j and lattice images n. No gradient flows through them.
+weights w over neighbours j and lattice images n. No gradient flows through them. The static
+local frame baseline is the max frame with distance weights, so it lives here too.
 
 Inputs are flat over (centre atom, neighbour, image) entries: ``edge_vec`` (M, 3) displacement
 r_ijn from the centre, ``weights`` (M,) or (M, H) for H heads, ``center`` (M,) the centre atom
@@ -19,7 +20,7 @@ from __future__ import annotations
 import torch
 
 from crystalframes.frames._util import oriented_eigenframe, segment_amax
-
+from crystalframes.frames.local import gram_schmidt
 
 
 def tie_tolerance(dtype: torch.dtype) -> float:
@@ -91,8 +92,6 @@ def max_frame(
     cos = (unit * e1[cen]).sum(-1)
     cand = usable & (cos.abs() < MAX_COLLINEAR_COS)
     i2, has2 = _select(w * (1 - cos.abs()), cand, coords, cen, size)
-    from crystalframes.frames.local import gram_schmidt
-
     v2 = torch.where(has2.unsqueeze(-1), unit[i2], torch.zeros_like(e1))
     frame = gram_schmidt(e1, v2, fallback=tf)  # zero v2 -> least-aligned tie-frame axis
     frame = torch.where(has1[:, None, None], frame, tf)
@@ -131,3 +130,17 @@ def weighted_pca_frame(
         fallback = max_frame(vec, w, cen, size, tf)
         frame = torch.where(degenerate[:, None, None], fallback, frame)
     return frame if heads is None else frame.reshape(num_atoms, heads, 3, 3)
+
+
+def static_local_frame(
+    edge_vec: torch.Tensor, center: torch.Tensor, num_atoms: int, tie_frame: torch.Tensor
+) -> torch.Tensor:
+    """CrystalFramer's static local frame: the max frame driven by distance alone.
+
+    Weights w = 1/|r|^2, so e1 points to the nearest neighbour and e2 to the neighbour that best
+    trades nearness against non-collinearity, (1 - |cos|)/|r|^2. (The reference code maximises
+    +d^2 for e2, which selects the farthest image: a sign bug not copied here.)
+    Ties and degenerate cases as in :func:`max_frame`.
+    """
+    weights = 1.0 / edge_vec.detach().pow(2).sum(-1).clamp_min(1e-12)
+    return max_frame(edge_vec, weights, center, num_atoms, tie_frame)

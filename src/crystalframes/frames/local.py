@@ -1,5 +1,6 @@
-"""Local frames built from vectors: Gram-Schmidt (seed 000 Eqs. 14-16) and the static
-distance-driven max frame (CrystalFramer's static local frame baseline)."""
+"""Local frames built from two vectors: Gram-Schmidt (seed 000 Eqs. 14-16). (The static
+distance-driven max frame, CrystalFramer's baseline, is a max frame: it lives beside
+:func:`~crystalframes.frames.dynamic.max_frame`.)"""
 
 from __future__ import annotations
 
@@ -52,18 +53,3 @@ def gram_schmidt(v1: torch.Tensor, v2: torch.Tensor, fallback: torch.Tensor | No
     frame = right_handed(e1, e2)
     return torch.where(v1_small[..., None, None], fallback, frame)
 
-
-def static_local_frame(
-    edge_vec: torch.Tensor, center: torch.Tensor, num_atoms: int, tie_frame: torch.Tensor
-) -> torch.Tensor:
-    """CrystalFramer's static local frame: the max frame driven by distance alone.
-
-    Weights w = 1/|r|^2, so e1 points to the nearest neighbour and e2 to the neighbour that best
-    trades nearness against non-collinearity, (1 - |cos|)/|r|^2. (The reference code maximises
-    +d^2 for e2, which selects the farthest image: a sign bug not copied here.)
-    Ties and degenerate cases as in :func:`~crystalframes.frames.dynamic.max_frame`.
-    """
-    from crystalframes.frames.dynamic import max_frame
-
-    weights = 1.0 / edge_vec.detach().pow(2).sum(-1).clamp_min(1e-12)
-    return max_frame(edge_vec, weights, center, num_atoms, tie_frame)

@@ -15,7 +15,8 @@ from typing import Any
 
 import numpy as np
 
-from crystalframes.io.crystal import MAX_ATOMIC_NUMBER, Crystal, location
+from crystalframes.io.crystal import Crystal, location
+from crystalframes.io.elements import MAX_ATOMIC_NUMBER, symbol_table
 from crystalframes.io.errors import InputError
 
 __all__ = ["crystal_from_jarvis", "crystal_from_record"]
@@ -32,19 +33,6 @@ _MAX_REPR = 60
 # --------------------------------------------------------------------------------------------------
 # Small helpers
 # --------------------------------------------------------------------------------------------------
-
-_SYMBOL_TO_Z: dict[str, int] | None = None
-
-
-def _symbol_table() -> dict[str, int]:
-    """Element symbol -> atomic number, built once."""
-    global _SYMBOL_TO_Z
-    if _SYMBOL_TO_Z is None:
-        from ase.data import chemical_symbols
-
-        _SYMBOL_TO_Z = {sym: z for z, sym in enumerate(chemical_symbols) if 1 <= z <= MAX_ATOMIC_NUMBER}
-    return _SYMBOL_TO_Z
-
 
 def _short_repr(value: Any) -> str:
     text = repr(value)
@@ -127,7 +115,7 @@ def _atomic_numbers(species: Any, key: str, where: str) -> np.ndarray:
     """Element symbols (or atomic numbers) -> int64 array; InputError for unknown elements."""
     if isinstance(species, (str, bytes)) or not isinstance(species, (list, tuple, np.ndarray)):
         raise InputError(where, f"'{key}' must be a list of element symbols, got {_short_repr(species)}")
-    table = _symbol_table()
+    table = symbol_table()
     try:
         return np.fromiter((table[s] for s in species), dtype=np.int64, count=len(species))
     except (KeyError, TypeError):

@@ -7,13 +7,13 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from crystalframes.io.elements import MAX_ATOMIC_NUMBER, element_symbol
 from crystalframes.io.errors import InputError
 
 # Atoms closer than this (in Angstrom, across periodic images) are almost surely a broken file.
 MIN_INTERATOMIC_DISTANCE = 0.5
 # |det L| / (|a||b||c|) below this means the three lattice vectors are (nearly) coplanar.
 MIN_NORMALISED_VOLUME = 1e-6
-MAX_ATOMIC_NUMBER = 118
 # 100 m: far beyond any vacuum padding, and small enough that volumes and squared distances stay
 # finite in float32 (1e36 < 3.4e38); a 1e308 A cell would overflow them to inf.
 MAX_LATTICE_LENGTH = 1e12
@@ -56,11 +56,11 @@ class Crystal:
 
     @property
     def formula(self) -> str:
-        from pymatgen.core import Composition, Element
+        from pymatgen.core import Composition
 
         counts: dict[str, int] = {}
         for z in self.atomic_numbers:
-            sym = Element.from_Z(int(z)).symbol
+            sym = element_symbol(z)
             counts[sym] = counts.get(sym, 0) + 1
         return Composition(counts).reduced_formula
 

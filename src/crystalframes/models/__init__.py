@@ -8,8 +8,9 @@ See :mod:`crystalframes.models.specs` for the syntax and the backbone registry, 
 """
 
 from crystalframes.models.ecomformer import PRESETS as ECOMFORMER_PRESETS
-from crystalframes.models.ecomformer import EComFormer, EComFormerConfig, num_parameters
+from crystalframes.models.ecomformer import EComFormer, EComFormerConfig
 from crystalframes.models.elements import split_supported, unsupported_elements_error
+from crystalframes.models.parameters import num_parameters
 from crystalframes.models.specs import (
     BACKBONES,
     Backbone,

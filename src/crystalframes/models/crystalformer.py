@@ -40,6 +40,7 @@ from torch import nn
 
 from crystalframes.data.batch import GraphBatch
 from crystalframes.data.graph import GraphSettings
+from crystalframes.io.elements import element_label
 from crystalframes.models import presets
 from crystalframes.models.presets import Preset
 from crystalframes.nn.periodic_attention import (
@@ -60,15 +61,6 @@ DEFAULT_FRAME = "none"
 NUM_ELEMENTS = 98  # one-hot atom encoding: H (Z = 1) .. Cf (Z = 98)
 # the layer-level frame option of each model-level frame
 _LAYER_FRAME = {"none": "none", "max": "max", "weighted_pca": "weighted_pca", "static": "static", "pca": "given", "lattice": "given"}
-
-
-def _element_symbol(z: int) -> str:
-    from pymatgen.core.periodic_table import Element
-
-    try:
-        return Element.from_Z(z).symbol
-    except (ValueError, KeyError):
-        return "element"
 
 
 def tfixup_scale(num_layers: int) -> float:
@@ -194,7 +186,7 @@ class Crystalformer(nn.Module):
         """Linear(98, C) of the one-hot encoding, i.e. column Z - 1 of its weight."""
         bad = (atomic_numbers < 1) | (atomic_numbers > NUM_ELEMENTS)
         if bool(bad.any()):
-            names = ", ".join(f"{_element_symbol(int(z))} (Z={int(z)})" for z in torch.unique(atomic_numbers[bad]))
+            names = ", ".join(element_label(z) for z in torch.unique(atomic_numbers[bad]).tolist())
             raise ValueError(
                 f"Crystalformer encodes elements H..Cf (Z = 1..{NUM_ELEMENTS}) only; this batch contains {names}"
             )
@@ -238,11 +230,6 @@ class Crystalformer(nn.Module):
         return self.head(batch.mean_over_atoms(x))
 
 
-def num_parameters(model: nn.Module, trainable_only: bool = False) -> int:
-    """Number of parameters (all registered ones, as the papers count; or trainable only)."""
-    return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
-
-
 # ---------------------------------------------------------------------------------------------
 # Presets and the published training settings
 # ---------------------------------------------------------------------------------------------
@@ -283,13 +270,13 @@ CRYSTALFORMER_PRESETS: dict[str, Preset] = presets.presets_by_name(
     Preset(
         "reference",
         "Crystalformer / CrystalFramer default: 4 layers, C=128, 8 heads, FFN 512, K=64, D=64 "
-        "(853,517 parameters without a frame, 951,821 with one)",
+        "(853,505 trainable parameters without a frame, 951,809 with one)",
         dict(_REFERENCE),
         _training(500, 128),
     ),
     Preset(
         "lightweight",
-        "CrystalFramer lightweight: as reference with D=16 angle Gaussians (878,093 parameters with a frame)",
+        "CrystalFramer lightweight: as reference with D=16 angle Gaussians (878,081 trainable parameters with a frame)",
         {**_REFERENCE, "angle_bases": 16},
         _training(500, 128),
     ),
@@ -341,6 +328,5 @@ __all__ = [
     "CRYSTALFORMER_PRESETS",
     "build_crystalformer",
     "crystalformer_config",
-    "num_parameters",
     "tfixup_scale",
 ]

@@ -234,11 +234,6 @@ class EComFormer(nn.Module):
         return compose_spframe(local, global_frames, batch.batch)
 
 
-def num_parameters(model: nn.Module) -> int:
-    """Number of trainable parameters."""
-    return sum(p.numel() for p in model.parameters() if p.requires_grad)
-
-
 # ---------------------------------------------------------------------------------------------
 # Presets: the SPFrame paper's per-task settings (Hua & Lin, App. A.5) and the original eComFormer sizes.
 # ---------------------------------------------------------------------------------------------

@@ -12,6 +12,7 @@ from typing import Sequence
 
 import numpy as np
 
+from crystalframes.io.elements import element_label
 from crystalframes.io.errors import InputError
 
 
@@ -20,19 +21,13 @@ def supported_atomic_numbers(model) -> frozenset[int]:
     return frozenset(int(z) for z in model.supported_atomic_numbers)
 
 
-def _symbol(z: int) -> str:
-    from crystalframes.nn.atom_features import _element_symbol
-
-    return _element_symbol(z)
-
-
 def unsupported_elements_error(model, crystal) -> InputError | None:
     """An :class:`InputError` naming the structure and its unsupported elements, or None."""
     supported = supported_atomic_numbers(model)
     bad = sorted({int(z) for z in np.unique(crystal.atomic_numbers)} - supported)
     if not bad:
         return None
-    names = ", ".join(f"{_symbol(z)} (Z={z})" for z in bad)
+    names = ", ".join(element_label(z) for z in bad)
     lo, hi = min(supported), max(supported)
     return InputError(crystal.where, f"the model cannot encode element(s) {names}: it covers Z = {lo}..{hi}")
 

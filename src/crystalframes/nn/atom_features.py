@@ -11,6 +11,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from crystalframes.io.elements import element_label
+
 CGCNN_FEATURE_DIM = 92
 _CGCNN_FILE = "cgcnn_atom_init.json"
 
@@ -27,15 +29,6 @@ def cgcnn_table() -> np.ndarray:
             raise ValueError(f"{_CGCNN_FILE}: element {z} has {len(v)} features, expected {CGCNN_FEATURE_DIM}")
         table[z] = v
     return table
-
-
-def _element_symbol(z: int) -> str:
-    try:
-        from pymatgen.core.periodic_table import Element
-
-        return Element.from_Z(z).symbol
-    except (ValueError, KeyError):
-        return f"Z={z}"
 
 
 class AtomFeatureTable(nn.Module):
@@ -68,7 +61,7 @@ class AtomFeatureTable(nn.Module):
         ok[in_range] = self.known[z[in_range]]
         if not bool(ok.all()):
             bad = sorted({int(v) for v in z[~ok].tolist()})
-            names = ", ".join(_element_symbol(v) for v in bad)
+            names = ", ".join(element_label(v) for v in bad)
             raise ValueError(
                 f"no atom features for element(s) {names} (the CGCNN table covers Z = 1..{len(self.known) - 1})"
             )

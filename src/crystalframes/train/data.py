@@ -186,7 +186,7 @@ def prepare_data(cfg: DataConfig, graph_settings: GraphSettings, model=None) -> 
     """Read the source, skip (and report) bad records -- unreadable ones, elements ``model``
     cannot encode, non-physical targets --, split, fit the normaliser on train only, and build
     (cached) graphs for each split."""
-    from crystalframes.data.datasets import load_dataset
+    from crystalframes.data.sources import load_dataset
 
     result = load_dataset(cfg.source, target=cfg.target)
     crystals, skipped = usable_records(result.crystals, cfg.target, model)

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from crystalframes import __version__
+from crystalframes.version import __version__
 from crystalframes.atomic import atomic_write
 from crystalframes.io.errors import UserError
 from crystalframes.train.config import RunConfig, config_yaml
@@ -148,6 +148,7 @@ def train(cfg: RunConfig | None, output: str | Path | None = None, resume: bool 
 
     from crystalframes.api import save_model_file
     from crystalframes.data.datasets import target_units
+    from crystalframes.models.parameters import num_parameters
     from crystalframes.runtime import keep_freed_memory
     from crystalframes.train import folder as run_folder
     from crystalframes.train.data import ResumeDataPosition, loader, prepare_data
@@ -298,7 +299,7 @@ def train(cfg: RunConfig | None, output: str | Path | None = None, resume: bool 
         predictor = load_model(model_file)
         metrics = {"spec": cfg.model.spec, "target": data.target, "units": units, "epochs_completed": trainer.current_epoch,
                    "global_step": trainer.global_step, "train_wall_seconds": round(wall, 1), "num_bad_records": data.num_bad_records,
-                   "num_train": len(data.splits["train"]), "params": int(sum(p.numel() for p in model.parameters()))}
+                   "num_train": len(data.splits["train"]), "params": num_parameters(model)}
         train_mean = float(data.normaliser.mean[0])
         for split in ("val", "test"):
             crystals = data.splits[split]
