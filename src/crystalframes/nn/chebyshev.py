@@ -77,14 +77,22 @@ def chebyshev_expansion(centres: torch.Tensor, width: float, tolerance: float = 
 class ChebyshevMoments(torch.autograd.Function):
     """S[r, h, a, n] = sum_m w[r, h, m] T_n(c[r, m, a]) for n = 0..terms-1 (Chebyshev moments).
 
-    ``w`` (R, H, M) carries the gradient; ``c`` (R, M, A) in [-1, 1] does not. Row r only uses
-    its first ``lengths[r]`` columns (w is zero beyond them); rows must come sorted by length.
-    Evaluated with the recurrence T_n = 2c T_(n-1) - T_(n-2) and one batched matmul per degree,
-    in chunks of rows of at most ``budget`` elements of c; the backward pass,
-    g_w = sum_(a,n) g_S T_n(c), reruns the recurrence instead of storing anything. The recurrence
-    runs on c transposed, (rows, A, M): MKL's batched (H x M)(M x A) product is ~3x faster with
-    the M x A operand as a transposed view of a contiguous (A x M) block than as (M x A) itself,
-    and the backward's (H x A)(A x M) product takes that block directly.
+    Differentiable in ``w`` (R, H, M) and in ``c`` (R, M, A) in [-1, 1] (the cosines of a learned
+    frame). Row r only uses its first ``lengths[r]`` columns (w is zero beyond them); rows must
+    come sorted by length. Evaluated with the recurrence T_n = 2c T_(n-1) - T_(n-2) and one
+    batched matmul per degree, in chunks of rows of at most ``budget`` elements of c; the
+    backward pass, g_w = sum_(a,n) g_S T_n(c), reruns the recurrence instead of storing
+    anything. The recurrence runs on c transposed, (rows, A, M): MKL's batched (H x M)(M x A)
+    product is ~3x faster with the M x A operand as a transposed view of a contiguous (A x M)
+    block than as (M x A) itself, and the backward's (H x A)(A x M) product takes that block
+    directly.
+
+    The cosine gradient, g_c[r, m, a] = sum_n T_n'(c) sum_h w[r, h, m] g_S[r, h, a, n], uses
+    T_n' = n U_(n-1) with the Chebyshev polynomials of the second kind from their own recurrence
+    U_n = 2c U_(n-1) - U_(n-2) (U_0 = 1, U_1 = 2c): a polynomial, exact at c = +-1
+    (T_n'(+-1) = (+-1)^(n+1) n^2) where the form n sin(n t) / sin(t), t = arccos c, is 0/0. It
+    costs a second batched matmul and recurrence per degree, so it only runs when c requires a
+    gradient (``ctx.needs_input_grad``); the fixed frames of the published models skip it.
     """
 
     @staticmethod
@@ -104,9 +112,10 @@ class ChebyshevMoments(torch.autograd.Function):
         return out
 
     @staticmethod
-    def _recurrence(c):
-        """Yield T_0(c), T_1(c), ... reusing three buffers (each valid until the next yield)."""
-        t0, t1 = torch.ones_like(c), c.clone()
+    def _recurrence(c, second_kind: bool = False):
+        """Yield T_0(c), T_1(c), ... (U_0(c), U_1(c), ... with ``second_kind``) reusing three
+        buffers (each valid until the next yield)."""
+        t0, t1 = torch.ones_like(c), 2 * c if second_kind else c.clone()
         yield t0
         yield t1
         c2, t2 = 2 * c, torch.empty_like(c)
@@ -127,21 +136,35 @@ class ChebyshevMoments(torch.autograd.Function):
             for n in range(terms):
                 torch.bmm(ws, next(series).transpose(1, 2), out=part[n])
             out[s:e] = part.permute(1, 2, 3, 0)
-        ctx.save_for_backward(c)
+        ctx.save_for_backward(w, c)
         ctx.chunks = chunks
         return out
 
     @staticmethod
     def backward(ctx, grad):
-        (c,) = ctx.saved_tensors
+        w, c = ctx.saved_tensors
+        need_w, need_c = ctx.needs_input_grad[:2]
         rows, heads, _, terms = grad.shape
-        gw = grad.new_zeros(rows, heads, c.shape[1])
+        gw = grad.new_zeros(rows, heads, c.shape[1]) if need_w else None
+        gc = torch.zeros_like(c) if need_c else None
         for s, e, width in ctx.chunks:
             # contiguous operands: baddbmm_ on strided views falls back to a loop over the batch
             gs = grad[s:e].permute(3, 0, 1, 2).contiguous()  # (terms, rows, H, A)
-            acc = grad.new_zeros(e - s, heads, width)
-            series = ChebyshevMoments._recurrence(c[s:e, :width].transpose(1, 2).contiguous())  # (rows, A, M)
-            for n in range(terms):
-                acc.baddbmm_(gs[n], next(series))
-            gw[s:e, :, :width] = acc
-        return gw, None, None, None, None
+            ct = c[s:e, :width].transpose(1, 2).contiguous()  # (rows, A, M)
+            if need_w:
+                acc = grad.new_zeros(e - s, heads, width)
+                series = ChebyshevMoments._recurrence(ct)
+                for n in range(terms):
+                    acc.baddbmm_(gs[n], next(series))
+                gw[s:e, :, :width] = acc
+            if need_c:
+                # (rows, A, M): sum_n n U_(n-1)(c) (g_S[n]^T w)
+                ws = w[s:e, :, :width].contiguous()
+                gst = gs.transpose(2, 3).contiguous()  # (terms, rows, A, H)
+                acc, part = torch.zeros_like(ct), torch.empty_like(ct)
+                series = ChebyshevMoments._recurrence(ct, second_kind=True)
+                for n in range(1, terms):
+                    torch.bmm(gst[n], ws, out=part)
+                    acc.addcmul_(next(series), part, value=float(n))
+                gc[s:e, :width] = acc.transpose(1, 2)
+        return gw, gc, None, None, None
