@@ -2,6 +2,13 @@
 
     python benchmarks/crystalformer_speed.py [--threads 2] [--structures 256] [--batch-size 64]
         [--cells 8 64 320 1000] [--specs none@reference max@reference max@lightweight] [--repeats 3]
+    python benchmarks/crystalformer_speed.py --before OLD/src [--specs ...] [--structures 32]
+        [--batch-size 16] [--ratio-rounds 5]
+
+``--before``: this checkout against another commit's package (``git worktree add OLD COMMIT``),
+both loaded in this one process and timed interleaved batch by batch (inference, then training
+steps), so that the machine's drift hits both alike; prints the median and range of the per-round
+after/before ratios of every spec (see docs/models.md on why only interleaved ratios are quoted).
 
 Rows: the shared MP sample (``--structures`` random crystals, seed 0, batches of
 ``--batch-size``) and single cells of 8, 64, 320 and 1000 atoms (supercells of an 8-atom MP
@@ -25,9 +32,11 @@ import argparse
 import multiprocessing as mp
 import os
 import resource
+import sys
+import time
 from pathlib import Path
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+SHARED = Path(os.environ.get("CRYSTALFRAMES_SHARED_DATA") or Path(__file__).resolve().parents[2] / "shared" / "data")
 PAPER = {"none": "Crystalformer", "max": "CrystalFramer (max)", "weighted_pca": "CrystalFramer (weighted PCA)"}
 
 
@@ -108,6 +117,113 @@ def _run(job: dict) -> dict:
     }
 
 
+def _package_modules() -> dict:
+    return {k: m for k, m in sys.modules.items() if k == "crystalframes" or k.startswith("crystalframes.")}
+
+
+def _use_package(modules: dict) -> None:
+    """Make ``modules`` the ``crystalframes`` that imports (also those inside functions) resolve to."""
+    for k in _package_modules():
+        del sys.modules[k]
+    sys.modules.update(modules)
+
+
+def _load_package(src: str | None) -> dict:
+    """Import ``crystalframes`` from ``src`` (None: the normal path) beside any already loaded one."""
+    import importlib
+
+    current = _package_modules()
+    _use_package({})
+    if src:
+        sys.path.insert(0, src)
+    try:
+        for name in ("crystalframes", "crystalframes.models.crystalformer", "crystalframes.frames", "crystalframes.data.batch",
+                     "crystalframes.data.graph", "crystalframes.io", "crystalframes.runtime"):
+            importlib.import_module(name)
+    finally:
+        if src:
+            sys.path.remove(src)
+    loaded = _package_modules()
+    _use_package(current)
+    return loaded
+
+
+def interleaved_before_after(before_src: str, specs: list[str], structures: int, batch_size: int, threads: int,
+                             rounds: int, default_malloc: bool = False) -> dict:
+    """spec -> {"difference": largest prediction difference, "infer" | "train": (median, lowest,
+    highest) of the per-round after/before ratios and the ratio of the sums of every batch's fastest
+    run}. Rounds alternate which version runs first."""
+    import numpy as np
+    import torch
+
+    versions = [_load_package(before_src), _load_package(None)]
+    assert versions[0]["crystalframes"].__file__ != versions[1]["crystalframes"].__file__, "both versions are the same files"
+    _use_package(versions[1])
+    if not default_malloc:
+        versions[1]["crystalframes.runtime"].keep_freed_memory()
+    torch.set_num_threads(threads)
+    crystals = versions[1]["crystalframes.io"].read_dataset(SHARED / "mp_2018_sample.jsonl.gz").crystals
+    idx = np.random.default_rng(0).choice(len(crystals), structures, replace=False)
+    sample = [crystals[i] for i in idx]
+    out = {}
+    for spec in specs:
+        frame, preset = spec.split("@")
+        runs = []
+        for modules in versions:
+            _use_package(modules)
+            torch.manual_seed(0)
+            model = modules["crystalframes.models.crystalformer"].build_crystalformer(frame, preset)
+            batches = [modules["crystalframes.data.batch"].collate(
+                [modules["crystalframes.data.graph"].build_graph(c, model.graph_settings) for c in sample[i : i + batch_size]],
+                target_names=["mp2018_e_form"]) for i in range(0, len(sample), batch_size)]
+            opt = torch.optim.AdamW(model.parameters(), lr=5e-4, betas=(0.9, 0.98), weight_decay=1e-5)
+
+            def infer(b, model=model):
+                model.eval()
+                with torch.no_grad():
+                    model(b)
+
+            def train(b, model=model, opt=opt):
+                model.train()
+                loss = (model(b) - torch.nan_to_num(b.targets)).abs().mean()
+                opt.zero_grad()
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+                opt.step()
+
+            runs.append((modules, model, batches, {"infer": infer, "train": train}))
+        outputs = []
+        for modules, model, batches, _ in runs:  # same seed, same code path: the same predictions
+            _use_package(modules)
+            model.train()
+            with torch.no_grad():
+                model(batches[0])  # sets the rho statistics
+                outputs.append(model.eval()(batches[0]))
+        difference = float((outputs[1] - outputs[0]).abs().max())
+        print(f"crystalformer:{spec:28s} largest |after - before| of the predictions: {difference:.2e}", flush=True)
+        out[spec] = {"difference": difference}
+        for kind in ("infer", "train"):
+            seconds = np.zeros((rounds, len(runs[0][2]), 2))  # (round, batch, version)
+            for r in range(-1, rounds):  # round -1: warm-up
+                for k in range(len(runs[0][2])):
+                    for v in (0, 1) if r % 2 else (1, 0):  # alternate who goes first
+                        modules, _, batches, steps = runs[v]
+                        _use_package(modules)
+                        start = time.perf_counter()
+                        steps[kind](batches[k])
+                        if r >= 0:
+                            seconds[r, k, v] = time.perf_counter() - start
+            per_round = seconds.sum(1)
+            ratio = per_round[:, 1] / per_round[:, 0]
+            fastest = seconds.min(0).sum(0)  # every batch's fastest run: robust to other jobs' bursts
+            out[spec][kind] = (float(np.median(ratio)), float(ratio.min()), float(ratio.max()), float(fastest[1] / fastest[0]))
+            print(f"crystalformer:{spec:28s} {kind:5s} after/before: median of rounds {out[spec][kind][0]:.3f}x "
+                  f"[{out[spec][kind][1]:.3f}, {out[spec][kind][2]:.3f}] over {rounds} rounds; fastest runs {out[spec][kind][3]:.3f}x "
+                  f"(before {1e3 * fastest[0] / structures:.1f} ms/structure)", flush=True)
+    _use_package(versions[1])
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--threads", type=int, default=2)
@@ -119,7 +235,13 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="timings per batch (the fastest is kept)")
     parser.add_argument("--no-train", action="store_true")
     parser.add_argument("--default-malloc", action="store_true", help="leave glibc's malloc settings alone (see crystalframes.runtime)")
+    parser.add_argument("--before", default=None, help="another commit's src folder: interleaved after/before ratios instead of the table")
+    parser.add_argument("--ratio-rounds", type=int, default=5)
     args = parser.parse_args()
+    if args.before:
+        print(f"torch threads: {args.threads}; load average before start: {os.getloadavg()[0]:.2f}")
+        interleaved_before_after(args.before, args.specs, args.structures, args.batch_size, args.threads, args.ratio_rounds, args.default_malloc)
+        return
     jobs = [
         {"spec": s, "cell": 0, "structures": args.structures, "batch_size": args.batch_size, "threads": args.threads, "train": not args.no_train, "repeats": args.repeats,
          "default_malloc": args.default_malloc}

@@ -37,34 +37,45 @@ How this differs from the reference implementation, on purpose:
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-# Crystalformer's constants (REFERENCE.md section 3).
+# Bases, Chebyshev numerics and the entry enumeration live in their own modules; their public
+# names are re-exported here, where the model and the tests have always imported them.
+from crystalframes.nn.chebyshev import (  # noqa: F401
+    ANGLE_BASIS_TOLERANCE,
+    ANGLE_WIDTH_SCALE,
+    DISTANCE_BASES,
+    DISTANCE_MAX,
+    EXP_FLOOR,
+    ChebyshevMoments,
+    angle_centres,
+    chebyshev_expansion,
+    distance_centres,
+    gaussian,
+)
+from crystalframes.nn.periodic_entries import (  # noqa: F401
+    DEFAULT_MEMORY_BUDGET,
+    MIN_DISTANCE,
+    Bucket,
+    PeriodicEntries,
+    entry_buckets,
+    periodic_entries,
+    take,
+)
+
+# Crystalformer's constants (REFERENCE.md section 3; the bases' are in nn/chebyshev.py).
 R0 = 1.4  # Angstrom: Gaussian length scale r0
 RHO_FLOOR = 0.5  # b: rho = (1 - b) ELU(beta x / (1 - b)) + 1 > b
 RHO_BETA = 0.1  # beta
-DISTANCE_BASES = 64  # K Gaussians on (0, 14 A]
-DISTANCE_MAX = 14.0  # = 10 r0
-ANGLE_WIDTH_SCALE = 4.0  # angle Gaussian width / centre spacing (the reference's value_pe_angle_wscale)
 REFERENCE_CUTOFF_SIGMAS = 3.5  # the reference's adaptive image range (not converged; see below)
 # Outside c sigma a 3-D Gaussian keeps a fraction P(chi_3 > c) of its mass: 7e-3 at c = 3.5,
 # 2e-5 at 5, 7e-8 at 6. At 6 sigma, doubling the range moves model outputs by ~1e-8 relative
 # (tests/models/test_crystalformer.py::test_periodic_sum_converged).
 DEFAULT_CUTOFF_SIGMAS = 6.0
-# Largest angle-basis error accepted from the Chebyshev expansion (the Gaussians peak at 1):
-# the working precision of each dtype (46 terms for D = 64 in float32, 63 in float64).
-ANGLE_BASIS_TOLERANCE = {"float64": 1e-12, "float32": 1e-7}
-EXP_FLOOR = -80.0
-# Elements of the largest temporary tensor built at once by an attention layer.
-DEFAULT_MEMORY_BUDGET = 2**21
-# Entries with no direction: the atom itself (j = i, n = 0) has d = 0.
-MIN_DISTANCE = 1e-6
 # The first layer enumerates images this much beyond its cutoff, so that later layers (whose
 # Gaussians are usually about as wide) only filter that list.
 ENUMERATION_HEADROOM = 1.15
@@ -72,134 +83,6 @@ ENUMERATION_HEADROOM = 1.15
 # the atom and head; the result is verified to equal the frame of all entries (see
 # PeriodicAttention._max_frames) and recomputed from all entries where it might not.
 MAX_FRAME_PREFILTER = 1e-3
-
-
-# ---------------------------------------------------------------------------------------------
-# Bases
-# ---------------------------------------------------------------------------------------------
-
-
-def gaussian(x: torch.Tensor, centres: torch.Tensor, width: float) -> torch.Tensor:
-    """exp(-(x - mu_k)^2 / (2 width^2)) for every centre: (...,) -> (..., len(centres)).
-
-    Exponents are floored at ``EXP_FLOOR``: values below exp(-80) = 1.8e-35 are noise to any
-    sum they enter, and exp of float32-underflowing arguments runs ~10x slower on CPUs.
-    """
-    z = torch.sub(x.unsqueeze(-1) * (1.0 / width), centres * (1.0 / width))
-    return z.square_().mul_(-0.5).clamp_min_(EXP_FLOOR).exp_()
-
-
-def distance_centres(num: int = DISTANCE_BASES, max_distance: float = DISTANCE_MAX) -> tuple[torch.Tensor, float]:
-    """Crystalformer's distance bases: mu_k = k r_max / K for k = 1..K (on (0, r_max]),
-    width = spacing = r_max / K."""
-    spacing = max_distance / num
-    return torch.arange(1, num + 1, dtype=torch.float64) * spacing, spacing
-
-
-def angle_centres(num: int, width_scale: float = ANGLE_WIDTH_SCALE) -> tuple[torch.Tensor, float]:
-    """Angle bases on [-1, 1]: mu_m = -1 + 2m/(D-1) for m = 0..D-1, width = width_scale x spacing
-    (D = 64: width 0.127; D = 16: width 0.533)."""
-    if num < 2:
-        raise ValueError(f"the angle encoding needs at least 2 Gaussians, got {num}")
-    spacing = 2.0 / (num - 1)
-    return torch.linspace(-1.0, 1.0, num, dtype=torch.float64), width_scale * spacing
-
-
-@functools.lru_cache(maxsize=None)
-def _chebyshev_series(centres: tuple, width: float, terms: int = 256) -> np.ndarray:
-    """Chebyshev coefficients (terms, D) of the Gaussians, from interpolation at ``terms``
-    Chebyshev nodes (converged to rounding for any width used here)."""
-    k = np.arange(terms)
-    nodes = np.cos(np.pi * (k + 0.5) / terms)
-    values = np.exp(-((nodes[:, None] - np.asarray(centres)) ** 2) / (2 * width**2))
-    coef = (2.0 / terms) * np.cos(np.outer(k, np.pi * (k + 0.5) / terms)) @ values
-    coef[0] *= 0.5
-    return coef
-
-
-def chebyshev_expansion(centres: torch.Tensor, width: float, tolerance: float = 1e-12) -> torch.Tensor:
-    """Coefficients C (r, D) with sum_n C[n, m] T_n(c) = exp(-(c - mu_m)^2 / (2 width^2)) to within
-    ``tolerance`` for every c in [-1, 1]: the shortest truncation of the Chebyshev series whose
-    dropped tail has sum_n |C[n, m]| <= tolerance (|T_n| <= 1 makes that a bound on the error)."""
-    coef = _chebyshev_series(tuple(centres.double().tolist()), float(width))
-    tail = np.cumsum(np.abs(coef)[::-1], axis=0)[::-1].max(axis=1)  # tail[r] = max_m sum_{n >= r} |C|
-    fits = np.nonzero(tail <= tolerance)[0]
-    if len(fits) == 0:
-        raise ValueError(f"the angle Gaussians of width {width} need more than {len(coef)} Chebyshev terms")
-    return torch.from_numpy(coef[: max(2, int(fits[0]))].copy())
-
-
-class ChebyshevMoments(torch.autograd.Function):
-    """S[r, h, a, n] = sum_m w[r, h, m] T_n(c[r, m, a]) for n = 0..terms-1 (Chebyshev moments).
-
-    ``w`` (R, H, M) carries the gradient; ``c`` (R, M, A) in [-1, 1] does not. Row r only uses
-    its first ``lengths[r]`` columns (w is zero beyond them); rows must come sorted by length.
-    Evaluated with the recurrence T_n = 2c T_(n-1) - T_(n-2) and one batched matmul per degree,
-    in chunks of rows of at most ``budget`` elements of c; the backward pass,
-    g_w = sum_(a,n) g_S T_n(c), reruns the recurrence instead of storing anything. The recurrence
-    runs on c transposed, (rows, A, M): MKL's batched (H x M)(M x A) product is ~3x faster with
-    the M x A operand as a transposed view of a contiguous (A x M) block than as (M x A) itself,
-    and the backward's (H x A)(A x M) product takes that block directly.
-    """
-
-    @staticmethod
-    def _chunks(lengths, axes: int, budget: int):
-        """(start, stop, width) row chunks (width = the longest row of the chunk) within the
-        element budget; a chunk of more than budget/16 elements also stops before rows ~15%
-        longer than its first (padding), smaller ones do not (per-op overhead)."""
-        lengths = np.maximum(lengths.cpu().numpy(), 1)
-        out, start = [], 0
-        while start < len(lengths):
-            rest = lengths[start:]
-            size = np.arange(1, len(rest) + 1) * rest * axes
-            fits = (size <= budget) & ((rest <= 1.15 * rest[0] + 8) | (size <= budget // 16))
-            stop = start + max(1, int(np.argmin(fits)) if not fits.all() else len(rest))
-            out.append((start, stop, int(lengths[stop - 1])))
-            start = stop
-        return out
-
-    @staticmethod
-    def _recurrence(c):
-        """Yield T_0(c), T_1(c), ... reusing three buffers (each valid until the next yield)."""
-        t0, t1 = torch.ones_like(c), c.clone()
-        yield t0
-        yield t1
-        c2, t2 = 2 * c, torch.empty_like(c)
-        while True:
-            torch.mul(c2, t1, out=t2).sub_(t0)
-            yield t2
-            t0, t1, t2 = t1, t2, t0
-
-    @staticmethod
-    def forward(ctx, w, c, lengths, terms: int, budget: int):
-        rows, heads, _ = w.shape
-        out = w.new_empty(rows, heads, c.shape[-1], terms)
-        chunks = ChebyshevMoments._chunks(lengths, c.shape[-1], budget)
-        for s, e, width in chunks:
-            ws = w[s:e, :, :width].contiguous()
-            series = ChebyshevMoments._recurrence(c[s:e, :width].transpose(1, 2).contiguous())  # (rows, A, M)
-            part = w.new_empty(terms, e - s, heads, c.shape[-1])
-            for n in range(terms):
-                torch.bmm(ws, next(series).transpose(1, 2), out=part[n])
-            out[s:e] = part.permute(1, 2, 3, 0)
-        ctx.save_for_backward(c)
-        ctx.chunks = chunks
-        return out
-
-    @staticmethod
-    def backward(ctx, grad):
-        (c,) = ctx.saved_tensors
-        rows, heads, _, terms = grad.shape
-        gw = grad.new_zeros(rows, heads, c.shape[1])
-        for s, e, width in ctx.chunks:
-            # contiguous operands: baddbmm_ on strided views falls back to a loop over the batch
-            gs = grad[s:e].permute(3, 0, 1, 2).contiguous()  # (terms, rows, H, A)
-            acc = grad.new_zeros(e - s, heads, width)
-            series = ChebyshevMoments._recurrence(c[s:e, :width].transpose(1, 2).contiguous())  # (rows, A, M)
-            for n in range(terms):
-                acc.baddbmm_(gs[n], next(series))
-            gw[s:e, :, :width] = acc
-        return gw, None, None, None, None
 
 
 def _distinct_frames_per_centre(frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -216,216 +99,6 @@ def _distinct_frames_per_centre(frames: torch.Tensor) -> tuple[torch.Tensor, tor
     group = take(number, (torch.arange(n, device=frames.device).unsqueeze(1) * h + leader).reshape(-1)).view(n, h)
     members = torch.nonzero(is_leader).squeeze(-1)
     return group, torch.div(members, h, rounding_mode="floor"), take(flat.reshape(n * h, 9), members).view(-1, 3, 3)
-
-
-# ---------------------------------------------------------------------------------------------
-# Entries (i, j, n) within a per-atom cutoff
-# ---------------------------------------------------------------------------------------------
-
-
-@dataclass
-class PeriodicEntries:
-    """Every (centre i, neighbour j, translation n) with |r_j + nL - r_i| <= R_i, j in i's crystal.
-
-    Sorted by centre, then distance (ties in (j, n) order), so the atom itself (j = i, n = 0,
-    d = 0, included) comes first.
-    ``pair`` indexes the distinct (i, j) pairs ``pair_center`` / ``pair_neighbor``; ``offset``
-    and ``count`` (N,) delimit each centre's entries.
-    """
-
-    center: torch.Tensor  # (E,) long
-    neighbor: torch.Tensor  # (E,) long
-    shift: torch.Tensor  # (E, 3) long, n
-    vec: torch.Tensor  # (E, 3) r_j + nL - r_i
-    dist: torch.Tensor  # (E,)
-    pair: torch.Tensor  # (E,) long
-    pair_center: torch.Tensor  # (U,) long
-    pair_neighbor: torch.Tensor  # (U,) long
-    offset: torch.Tensor  # (N,) long
-    count: torch.Tensor  # (N,) long
-
-    @property
-    def num_entries(self) -> int:
-        return int(self.center.shape[0])
-
-    @property
-    def num_atoms(self) -> int:
-        return int(self.count.shape[0])
-
-    def unit_vectors(self) -> torch.Tensor:
-        """r / |r|, and 0 for the atom itself (which has no direction)."""
-        d = self.dist.unsqueeze(-1)
-        return torch.where(d > MIN_DISTANCE, self.vec / d.clamp_min(MIN_DISTANCE), torch.zeros_like(self.vec))
-
-    @torch.no_grad()
-    def within(self, cutoff: torch.Tensor) -> "PeriodicEntries":
-        """The entries with d <= cutoff[center] (same order): what :func:`periodic_entries`
-        returns for the smaller cutoff."""
-        keep = torch.nonzero(self.dist <= take(cutoff, self.center)).squeeze(-1)
-        center, old_pair = take(self.center, keep), take(self.pair, keep)
-        used = torch.zeros(self.pair_center.shape[0], dtype=torch.bool, device=center.device)
-        used[old_pair] = True
-        renumber = torch.cumsum(used, 0) - 1
-        used = torch.nonzero(used).squeeze(-1)
-        count = torch.bincount(center, minlength=self.num_atoms)
-        return PeriodicEntries(
-            center=center,
-            neighbor=take(self.neighbor, keep),
-            shift=take(self.shift, keep),
-            vec=take(self.vec, keep),
-            dist=take(self.dist, keep),
-            pair=take(renumber, old_pair),
-            pair_center=take(self.pair_center, used),
-            pair_neighbor=take(self.pair_neighbor, used),
-            offset=_exclusive_cumsum(count),
-            count=count,
-        )
-
-
-def _exclusive_cumsum(x: torch.Tensor) -> torch.Tensor:
-    return torch.cumsum(x, 0) - x
-
-
-def take(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-    """x[index] along the first dimension for an index of any shape (index_select is several
-    times faster than advanced indexing on CPU)."""
-    flat = x.reshape(x.shape[0], -1).index_select(0, index.reshape(-1))
-    return flat.view(*index.shape, *x.shape[1:])
-
-
-def _chunks_by_weight(weights: torch.Tensor, budget: int) -> list[tuple[int, int]]:
-    """Consecutive chunks of range(len(weights)) whose weights sum to <= budget (an item heavier
-    than the budget gets a chunk of its own)."""
-    ends = torch.cumsum(weights, 0).cpu().numpy()
-    out, start, base = [], 0, 0
-    while start < len(ends):
-        stop = max(int(np.searchsorted(ends, base + budget, side="right")), start + 1)
-        out.append((start, stop))
-        base, start = int(ends[stop - 1]), stop
-    return out
-
-
-@torch.no_grad()
-def periodic_entries(
-    pos: torch.Tensor,
-    frac: torch.Tensor,
-    lattice: torch.Tensor,
-    batch: torch.Tensor,
-    num_atoms: torch.Tensor,
-    cutoff: torch.Tensor,
-    budget: int = DEFAULT_MEMORY_BUDGET,
-) -> PeriodicEntries:
-    """Enumerate the entries (i, j, n) with |pos_j + n L - pos_i| <= cutoff_i exactly.
-
-    For a pair with fractional offset f = frac_j - frac_i, a translation n can only reach the
-    cutoff if |(f + n)_a| <= R_i |L^-1[:, a]| on every axis a (the a-th fractional coordinate
-    of r is r . L^-1[:, a]): a small box of candidates per pair. Candidates are generated from
-    these boxes at most ``budget / 16`` at a time and filtered by distance, so work and memory
-    follow the number of entries, not N^2 x a fixed image box.
-
-    ``pos`` (N, 3) Cartesian, ``frac`` (N, 3) fractional (pos = frac @ L), ``lattice`` (B, 3, 3)
-    rows = lattice vectors, ``batch`` (N,), ``num_atoms`` (B,), ``cutoff`` (N,).
-    """
-    device = pos.device
-    start = _exclusive_cumsum(num_atoms)
-    reach = torch.linalg.inv(lattice).norm(dim=-2)  # (B, 3): |L^-1[:, a]|
-    # a small margin keeps the boxes supersets under rounding (the distance test is exact)
-    half = cutoff.unsqueeze(-1) * reach[batch] * (1 + 1e-9) + 1e-9  # (N, 3)
-    pairs_per_centre = num_atoms[batch]
-    parts: list[tuple] = []
-    pair_offset = 0
-    candidate_budget = max(1, budget // 16)  # ~16 numbers per candidate
-    for c0, c1 in _chunks_by_weight(pairs_per_centre, candidate_budget):
-        reps = pairs_per_centre[c0:c1]
-        ci = torch.repeat_interleave(torch.arange(c0, c1, device=device), reps)
-        cj = start[batch[ci]] + torch.arange(ci.shape[0], device=device) - torch.repeat_interleave(_exclusive_cumsum(reps), reps)
-        f = take(frac, cj) - take(frac, ci)
-        lo = torch.ceil(-f - take(half, ci)).long()
-        size = (torch.floor(-f + take(half, ci)).long() - lo + 1).clamp_min(0)
-        count = size.prod(-1)
-        # per-pair quantities, gathered once per candidate below
-        base, cut2 = take(pos, cj) - take(pos, ci), take(cutoff, ci).square()
-        cell = take(lattice, take(batch, ci))
-        inner = torch.stack([size[:, 1] * size[:, 2], size[:, 2]], dim=-1)
-        for p0, p1 in _chunks_by_weight(count, candidate_budget):
-            cnt = count[p0:p1]
-            rep = torch.repeat_interleave(torch.arange(p0, p1, device=device), cnt)
-            t = torch.arange(rep.shape[0], device=device) - torch.repeat_interleave(_exclusive_cumsum(cnt), cnt)
-            st = take(inner, rep)
-            shift = torch.stack([t // st[:, 0], (t // st[:, 1]) % (st[:, 0] // st[:, 1]), t % st[:, 1]], dim=-1) + take(lo, rep)
-            vec = torch.baddbmm(take(base, rep).unsqueeze(1), shift.to(pos.dtype).unsqueeze(1), take(cell, rep)).squeeze(1)
-            keep = torch.nonzero(vec.square().sum(-1) <= take(cut2, rep)).squeeze(-1)
-            rep = take(rep, keep)
-            parts.append((take(ci, rep), take(cj, rep), take(shift, keep), take(vec, keep), rep + pair_offset))
-        pair_offset += int(ci.shape[0])
-    if parts:
-        center, neighbor, shift, vec, pair_id = (torch.cat(x) for x in zip(*parts))
-    else:
-        center = neighbor = pair_id = torch.zeros(0, dtype=torch.long, device=device)
-        shift, vec = torch.zeros(0, 3, dtype=torch.long, device=device), pos.new_zeros(0, 3)
-    # entries come sorted by candidate pair: consecutive runs are the distinct pairs
-    _, pair, runs = torch.unique_consecutive(pair_id, return_inverse=True, return_counts=True)
-    first = _exclusive_cumsum(runs)
-    pair_center, pair_neighbor = take(center, first), take(neighbor, first)
-    # then by distance within each centre (stable sorts: equal distances keep the (j, n)
-    # order), so that the entries of a head with a smaller cutoff are a prefix of its atom's
-    dist = vec.norm(dim=-1)
-    order = torch.argsort(dist, stable=True)
-    order = take(order, torch.argsort(take(center, order), stable=True))
-    count = torch.bincount(center, minlength=pos.shape[0])
-    return PeriodicEntries(
-        center=take(center, order),
-        neighbor=take(neighbor, order),
-        shift=take(shift, order),
-        vec=take(vec, order),
-        dist=take(dist, order),
-        pair=take(pair, order),
-        pair_center=pair_center,
-        pair_neighbor=pair_neighbor,
-        offset=_exclusive_cumsum(count),
-        count=count,
-    )
-
-
-@dataclass
-class Bucket:
-    """Centre atoms whose entries are laid out as padded rows, one row per centre: ``index``
-    (n, M) entry ids (padding repeats a valid id) and ``valid`` (n, M); ``flat`` are the
-    positions of the valid cells in the flattened (n x M) grid and ``entries`` their entry ids."""
-
-    centres: torch.Tensor  # (n,) long
-    index: torch.Tensor  # (n, M) long
-    valid: torch.Tensor  # (n, M) bool
-    flat: torch.Tensor  # (E_b,) long
-    entries: torch.Tensor  # (E_b,) long
-
-    @property
-    def rows(self) -> torch.Tensor:
-        """Row (local centre) of every valid cell: (E_b,)."""
-        return torch.div(self.flat, self.index.shape[1], rounding_mode="floor")
-
-
-def entry_buckets(entries: PeriodicEntries, budget: int) -> tuple[list[Bucket], torch.Tensor]:
-    """Group centre atoms by entry count (ascending, stable) into buckets of at most ``budget``
-    padded entries (a centre with more entries than that gets a bucket of its own); also
-    return the order of the centres over all buckets."""
-    count, offset = entries.count, entries.offset
-    order = torch.argsort(count, stable=True)
-    sorted_counts = count[order].cpu().numpy()
-    buckets, start, n = [], 0, len(sorted_counts)
-    while start < n:
-        # (rows x longest row) grows with every row added, the counts being sorted
-        fits = np.arange(1, n - start + 1) * sorted_counts[start:] <= budget
-        stop = start + max(1, int(fits.sum()))
-        centres = order[start:stop]
-        cols = torch.arange(max(1, int(sorted_counts[stop - 1])), device=count.device)
-        valid = cols < take(count, centres).unsqueeze(-1)
-        index = take(offset, centres).unsqueeze(-1) + torch.where(valid, cols, 0)
-        flat = torch.nonzero(valid.reshape(-1)).squeeze(-1)
-        buckets.append(Bucket(centres, index, valid, flat, take(index.reshape(-1), flat)))
-        start = stop
-    return buckets, order
-
 
 # ---------------------------------------------------------------------------------------------
 # The attention layer

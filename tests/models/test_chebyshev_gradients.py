@@ -1,0 +1,128 @@
+"""Gradients of CrystalFramer's angle encoding with respect to the frame (issue 13): the Chebyshev
+moments are differentiable in the cosines, exactly (also at c = +-1), so a learned frame upstream of
+the angle encoding is trained; fixed frames do not pay for that derivative."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from crystalframes.nn.chebyshev import ChebyshevMoments
+from crystalframes.nn.periodic_attention import PeriodicAttention, PeriodicGeometry
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def moments_inputs(seed=0, terms=9):
+    """Rows sorted by length, w zero beyond each row's length, cosines in [-1, 1] with some at and
+    next to the endpoints (where T_n' = +-n^2 is largest and n sin(n t) / sin(t) is 0/0)."""
+    g = torch.Generator().manual_seed(seed)
+    lengths = torch.tensor([3, 4, 6, 7, 7])
+    mask = (torch.arange(7) < lengths.unsqueeze(-1)).unsqueeze(1)
+    w = torch.rand(5, 2, 7, dtype=torch.float64, generator=g) * mask
+    c = torch.rand(5, 7, 3, dtype=torch.float64, generator=g) * 2 - 1
+    c[0, 0] = torch.tensor([1.0, -1.0, 1.0 - 1e-9], dtype=torch.float64)
+    c[3, 1] = torch.tensor([-1.0 + 1e-12, 1.0, -1.0], dtype=torch.float64)
+    c[4, 6, 0] = 1.0
+    return w, c, lengths, mask, terms
+
+
+def chebyshev_reference(c, terms):
+    """T_0(c) .. T_(terms-1)(c), (..., terms), by the recurrence in plain (differentiable) torch."""
+    t = [torch.ones_like(c), c]
+    while len(t) < terms:
+        t.append(2 * c * t[-1] - t[-2])
+    return torch.stack(t[:terms], dim=-1)
+
+
+@pytest.mark.parametrize("budget", [40, 10_000])  # several row chunks / one chunk
+def test_chebyshev_moments_gradcheck_all_inputs(budget):
+    w, c, lengths, mask, terms = moments_inputs()
+    w.requires_grad_()
+    c.requires_grad_()
+    assert torch.autograd.gradcheck(lambda w, c: ChebyshevMoments.apply(w * mask, c, lengths, terms, budget), (w, c))
+
+
+def test_chebyshev_moments_cosine_gradient_matches_the_polynomial_derivative():
+    """Against autograd through the plain recurrence (the same polynomial), also at c = +-1, and
+    T_n'(+-1) = (+-1)^(n+1) n^2 exactly."""
+    w, c, lengths, mask, terms = moments_inputs(seed=1, terms=40)
+    w.requires_grad_()
+    c.requires_grad_()
+    g = torch.randn(5, 2, 3, terms, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    gw, gc = torch.autograd.grad(ChebyshevMoments.apply(w, c, lengths, terms, 40), (w, c), g)
+    ref = torch.einsum("rhm,rmkn->rhkn", w, chebyshev_reference(c, terms))
+    rw, rc = torch.autograd.grad(ref, (w, c), g)
+    # w is zero beyond the lengths by contract (its gradient there is left undefined)
+    assert torch.allclose(gw * mask, rw * mask, rtol=1e-12, atol=1e-11)
+    assert torch.allclose(gc, rc, rtol=1e-12, atol=1e-9)
+
+    # one entry of weight 1 at c = +-1, gradient one-hot on degree n: T_n'(+-1)
+    for end in (1.0, -1.0):
+        c1 = torch.full((1, 1, 1), end, dtype=torch.float64, requires_grad=True)
+        out = ChebyshevMoments.apply(torch.ones(1, 1, 1, dtype=torch.float64), c1, torch.tensor([1]), terms, 100)
+        for n in range(terms):
+            (d,) = torch.autograd.grad(out[0, 0, 0, n], c1, retain_graph=True)
+            assert d.item() == end ** (n + 1) * n**2, (end, n)
+
+
+def test_cosine_gradient_costs_nothing_when_the_cosines_are_fixed(monkeypatch):
+    """Fixed frames: the second-kind recurrence never runs and the weight gradient is bitwise the
+    one computed alongside the cosine gradient."""
+    w, c, lengths, mask, terms = moments_inputs()
+    g = torch.randn(5, 2, 3, terms, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    calls = []
+    original = ChebyshevMoments._recurrence
+
+    def spy(c, second_kind=False):
+        calls.append(second_kind)
+        return original(c, second_kind)
+
+    monkeypatch.setattr(ChebyshevMoments, "_recurrence", staticmethod(spy))
+    wf = w.clone().requires_grad_()
+    (gw_fixed,) = torch.autograd.grad(ChebyshevMoments.apply(wf, c, lengths, terms, 40), (wf,), g)
+    assert calls and not any(calls[len(calls) // 2 :])  # forward + backward, first kind only
+    wl, cl = w.clone().requires_grad_(), c.clone().requires_grad_()
+    gw_learned, _ = torch.autograd.grad(ChebyshevMoments.apply(wl, cl, lengths, terms, 40), (wl, cl), g)
+    assert any(calls)
+    assert torch.equal(gw_fixed, gw_learned)
+
+
+def rotation(theta: torch.Tensor) -> torch.Tensor:
+    """exp of the skew matrix of theta (3,): a rotation differentiable in theta."""
+    zero = theta.new_zeros(())
+    skew = torch.stack([
+        torch.stack([zero, -theta[2], theta[1]]),
+        torch.stack([theta[2], zero, -theta[0]]),
+        torch.stack([-theta[1], theta[0], zero]),
+    ])
+    return torch.matrix_exp(skew)
+
+
+def test_attention_passes_gradients_to_a_learned_frame():
+    """Finite differences through Crystalformer's attention with per-atom frames that depend on a
+    parameter (frame="given"): the angle encoding's gradient reaches the frame's parameter."""
+    torch.manual_seed(0)
+    att = PeriodicAttention(dim=8, heads=2, frame="given", angle_bases=16, memory_budget=4096).double().eval()
+    lattice = torch.tensor([[[3.1, 0.2, 0.0], [0.4, 2.9, 0.1], [0.0, 0.3, 3.4]]], dtype=torch.float64)
+    frac = torch.tensor([[0.0, 0.0, 0.0], [0.45, 0.52, 0.61], [0.2, 0.7, 0.35]], dtype=torch.float64)
+    x = torch.randn(3, 8, dtype=torch.float64)
+    base = torch.linalg.qr(torch.randn(3, 3, 3, dtype=torch.float64)).Q  # one frame per atom
+
+    def output(theta):
+        geometry = PeriodicGeometry(
+            pos=frac @ lattice[0], frac=frac, lattice=lattice, batch=torch.zeros(3, dtype=torch.long),
+            num_atoms=torch.tensor([3]), frames=base @ rotation(theta),
+        )
+        return att(x, geometry)
+
+    theta = torch.tensor([0.3, -0.2, 0.5], dtype=torch.float64, requires_grad=True)
+    (grad,) = torch.autograd.grad(output(theta).square().sum(), theta)
+    assert grad.abs().max() > 1e-6  # the frame really matters to the output
+    assert torch.autograd.gradcheck(output, (theta,))
