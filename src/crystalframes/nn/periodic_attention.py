@@ -144,7 +144,7 @@ class PeriodicAttention(nn.Module):
 
     Parameters: q/k/v/out projections with biases (4 (C^2 + C)), the width vectors w_h (C), the
     distance projections W0 (H x d x K) and, with a frame, the angle projections W1..3
-    (3 x H x d x D); W0..3 have no biases (853,517 parameters for the reference model).
+    (3 x H x d x D); W0..3 have no biases (853,505 trainable parameters for the reference model).
 
     rho standardisation: x_ih = q_ih . w_h is standardised by one mean and variance over all
     atoms and heads, as in the reference; they come from the batch in training (no gradient
