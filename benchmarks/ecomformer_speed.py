@@ -69,10 +69,10 @@ def edge_groups(batches) -> dict:
     for b in batches:
         graph = MessageGraph(b.edge_index, b.atomic_numbers.shape[0], b.edge_vec.dtype)
         counts["edges"] += graph.num_edges
-        counts["pairs"] += graph.groups(None).center.shape[0]
+        counts["pairs"] += graph.groups(None).centre.shape[0]
         distances = EdgeTable.of_distances(b.edge_vec.norm(dim=-1))
         counts["distances"] += distances.values.shape[0]
-        counts["pair_distance_groups"] += graph.groups(distances).center.shape[0]
+        counts["pair_distance_groups"] += graph.groups(distances).centre.shape[0]
     return counts
 
 

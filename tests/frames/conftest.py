@@ -35,11 +35,11 @@ def all_frames(batch):
     out = {name: GLOBAL_FRAMES[name](batch.lattice) for name in EQUIVARIANT_GLOBAL}
     out["positions_pca"] = positions_pca_frame(batch.frac_coords, batch.lattice, batch.batch)
     tie = qr_frame(batch.lattice)[batch.batch]
-    center, n = batch.edge_index[0], len(batch.batch)
+    centre, n = batch.edge_index[0], len(batch.batch)
     w = invariant_weights(batch)
-    out["max"] = max_frame(batch.edge_vec, w, center, n, tie)
-    out["weighted_pca"] = weighted_pca_frame(batch.edge_vec, w, center, n, tie)
-    out["static_local"] = static_local_frame(batch.edge_vec, center, n, tie)
+    out["max"] = max_frame(batch.edge_vec, w, centre, n, tie)
+    out["weighted_pca"] = weighted_pca_frame(batch.edge_vec, w, centre, n, tie)
+    out["static_local"] = static_local_frame(batch.edge_vec, centre, n, tie)
     return out
 
 

@@ -57,10 +57,10 @@ def test_spframe_edge_transform_is_eq5():
     batch = torch.tensor([0, 0, 1, 1])
     frames = compose_spframe(local, glob, batch)
     vec = torch.randn(7, 3, dtype=T, generator=gen)
-    center = torch.tensor([0, 1, 2, 3, 3, 0, 2])
-    out = edges_in_frames(vec, frames, center)
+    centre = torch.tensor([0, 1, 2, 3, 3, 0, 2])
+    out = edges_in_frames(vec, frames, centre)
     for e in range(7):
-        i = int(center[e])
+        i = int(centre[e])
         expected = vec[e] @ glob[batch[i]].T @ local[i].T
         assert torch.allclose(out[e], expected, atol=1e-12)
 

@@ -182,19 +182,19 @@ def test_periodic_entries_are_exactly_the_images_within_the_cutoff(crystals):
         rng = np.random.default_rng(crystal.num_atoms)
         cutoff = torch.from_numpy(rng.uniform(5.0, 9.0, crystal.num_atoms))
         ent = pa.periodic_entries(b.pos, b.frac_coords, b.lattice, b.batch, b.num_atoms, cutoff, budget=2**10)
-        got = list(zip(ent.center.tolist(), ent.neighbor.tolist(), map(tuple, ent.shift.tolist())))
+        got = list(zip(ent.centre.tolist(), ent.neighbour.tolist(), map(tuple, ent.shift.tolist())))
         assert len(got) == len(set(got)) and set(got) == brute_force_entries(crystal, cutoff.numpy())
         # sorted by centre, then distance; the atom itself first; pairs consistent
-        assert (torch.diff(ent.center) >= 0).all() and (ent.dist[ent.offset] == 0).all()
-        same = torch.diff(ent.center) == 0
+        assert (torch.diff(ent.centre) >= 0).all() and (ent.dist[ent.offset] == 0).all()
+        same = torch.diff(ent.centre) == 0
         assert (torch.diff(ent.dist)[same] >= 0).all()
-        assert torch.equal(ent.pair_center[ent.pair], ent.center) and torch.equal(ent.pair_neighbor[ent.pair], ent.neighbor)
+        assert torch.equal(ent.pair_centre[ent.pair], ent.centre) and torch.equal(ent.pair_neighbour[ent.pair], ent.neighbour)
         # filtering a wider enumeration gives the same entries as enumerating directly
         wide = pa.periodic_entries(b.pos, b.frac_coords, b.lattice, b.batch, b.num_atoms, cutoff * 1.3)
         sub = wide.within(cutoff)
-        for name in ("center", "neighbor", "shift", "pair_center", "pair_neighbor", "offset", "count"):
+        for name in ("centre", "neighbour", "shift", "pair_centre", "pair_neighbour", "offset", "count"):
             assert torch.equal(getattr(sub, name), getattr(ent, name)), name
-        assert torch.equal(sub.pair_center[sub.pair], sub.center)
+        assert torch.equal(sub.pair_centre[sub.pair], sub.centre)
 
 
 def naive_layer(att, x, crystal_batch, tie):

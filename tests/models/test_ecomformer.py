@@ -341,14 +341,14 @@ def test_edge_groups_merge_exactly_the_edges_with_equal_inputs():
     graph = MessageGraph(edge_index, 6, torch.float64)
     table = EdgeTable.of_distances(distances)
     pairs, triples = graph.groups(None), graph.groups(table)
-    assert pairs.center.shape[0] == len({(int(a), int(b)) for a, b in edge_index.T})
-    assert triples.center.shape[0] == len({(int(a), int(b), float(d)) for (a, b), d in zip(edge_index.T, distances)})
-    assert torch.equal(pairs.expand(pairs.center), edge_index[0]) and torch.equal(pairs.expand(pairs.neighbour), edge_index[1])
-    assert torch.equal(triples.expand(triples.center), edge_index[0]) and torch.equal(triples.expand(triples.neighbour), edge_index[1])
+    assert pairs.centre.shape[0] == len({(int(a), int(b)) for a, b in edge_index.T})
+    assert triples.centre.shape[0] == len({(int(a), int(b), float(d)) for (a, b), d in zip(edge_index.T, distances)})
+    assert torch.equal(pairs.expand(pairs.centre), edge_index[0]) and torch.equal(pairs.expand(pairs.neighbour), edge_index[1])
+    assert torch.equal(triples.expand(triples.centre), edge_index[0]) and torch.equal(triples.expand(triples.neighbour), edge_index[1])
     assert torch.equal(table.values[triples.expand(triples.row)], distances)
     assert graph.groups(table.map(lambda x: 2 * x)) is triples  # one grouping per forward pass
     literal = MessageGraph(edge_index, 6, torch.float64, group_edges=False).groups(table)
-    assert literal.index is None and literal.center.shape[0] == 300
+    assert literal.index is None and literal.centre.shape[0] == 300
 
 
 @pytest.mark.parametrize("train", [False, True])

@@ -3,7 +3,7 @@ weights w over neighbours j and lattice images n. No gradient flows through them
 local frame baseline is the max frame with distance weights, so it lives here too.
 
 Inputs are flat over (centre atom, neighbour, image) entries: ``edge_vec`` (M, 3) displacement
-r_ijn from the centre, ``weights`` (M,) or (M, H) for H heads, ``center`` (M,) the centre atom
+r_ijn from the centre, ``weights`` (M,) or (M, H) for H heads, ``centre`` (M,) the centre atom
 index, ``num_atoms`` N, and ``tie_frame`` (N, 3, 3) an equivariant frame per atom (normally the
 QR frame of its structure's lattice) used only to break exact ties and for fallbacks. Output:
 (N, 3, 3) or (N, H, 3, 3) rotations whose rows are the axes; equivariant.
@@ -37,40 +37,40 @@ MAX_COLLINEAR_COS = 0.9999
 MIN_DISTANCE = 1e-6
 
 
-def _flatten_heads(edge_vec, weights, center, num_atoms, tie_frame):
+def _flatten_heads(edge_vec, weights, centre, num_atoms, tie_frame):
     """Treat each (atom, head) pair as its own centre so one code path serves any head count."""
     if weights.dim() == 1:
-        return edge_vec, weights, center, num_atoms, tie_frame, None
+        return edge_vec, weights, centre, num_atoms, tie_frame, None
     heads = weights.shape[1]
     vec = edge_vec.repeat_interleave(heads, dim=0)
-    cen = (center.unsqueeze(1) * heads + torch.arange(heads, device=center.device)).reshape(-1)
+    cen = (centre.unsqueeze(1) * heads + torch.arange(heads, device=centre.device)).reshape(-1)
     tf = tie_frame.repeat_interleave(heads, dim=0)
     return vec, weights.reshape(-1), cen, num_atoms * heads, tf, heads
 
 
-def _select(score: torch.Tensor, valid: torch.Tensor, coords: torch.Tensor, center: torch.Tensor, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _select(score: torch.Tensor, valid: torch.Tensor, coords: torch.Tensor, centre: torch.Tensor, size: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Index (per centre) of the entry with the largest ``score`` among ``valid`` ones, ties
     (within :func:`tie_tolerance`) broken by the largest tie-frame coordinates in turn; plus a
     mask of centres that had any valid entry."""
     tie = tie_tolerance(score.dtype)
     neg = torch.tensor(float("-inf"), dtype=score.dtype, device=score.device)
     s = torch.where(valid, score, neg)
-    best = segment_amax(s, center, size)
+    best = segment_amax(s, centre, size)
     tol = tie * best.abs()
-    keep = valid & (s >= best[center] - tol[center])
+    keep = valid & (s >= best[centre] - tol[centre])
     for c in range(3):
         key = torch.where(keep, coords[:, c], neg)
-        top = segment_amax(key, center, size)
-        keep = keep & (key >= top[center] - tie)
+        top = segment_amax(key, centre, size)
+        keep = keep & (key >= top[centre] - tie)
     idx = torch.arange(len(score), device=score.device)
     big = torch.full((size,), len(score), dtype=torch.long, device=score.device)
-    first = big.scatter_reduce(0, center, torch.where(keep, idx, len(score)), reduce="amin", include_self=True)
+    first = big.scatter_reduce(0, centre, torch.where(keep, idx, len(score)), reduce="amin", include_self=True)
     return first.clamp_max(max(len(score) - 1, 0)), first < len(score)
 
 
 @torch.no_grad()
 def max_frame(
-    edge_vec: torch.Tensor, weights: torch.Tensor, center: torch.Tensor, num_atoms: int, tie_frame: torch.Tensor
+    edge_vec: torch.Tensor, weights: torch.Tensor, centre: torch.Tensor, num_atoms: int, tie_frame: torch.Tensor
 ) -> torch.Tensor:
     """Max frame (seed 001): e1 = direction to the entry of largest weight; e2' = direction
     maximising w (1 - |cos(r, e1)|) among entries with |cos| < 0.9999; e2 = Gram-Schmidt of e2'
@@ -82,7 +82,7 @@ def max_frame(
     - no candidate for e2 (all entries collinear with e1): e2 comes from the tie-frame axis
       least aligned with e1.
     """
-    vec, w, cen, size, tf, heads = _flatten_heads(edge_vec.detach(), weights.detach(), center, num_atoms, tie_frame.detach())
+    vec, w, cen, size, tf, heads = _flatten_heads(edge_vec.detach(), weights.detach(), centre, num_atoms, tie_frame.detach())
     dist = vec.norm(dim=-1)
     unit = vec / dist.clamp_min(MIN_DISTANCE).unsqueeze(-1)
     coords = torch.einsum("mk,mjk->mj", unit, tf[cen])  # invariant coordinates for tie-breaking
@@ -100,7 +100,7 @@ def max_frame(
 
 @torch.no_grad()
 def weighted_pca_frame(
-    edge_vec: torch.Tensor, weights: torch.Tensor, center: torch.Tensor, num_atoms: int, tie_frame: torch.Tensor
+    edge_vec: torch.Tensor, weights: torch.Tensor, centre: torch.Tensor, num_atoms: int, tie_frame: torch.Tensor
 ) -> torch.Tensor:
     """Weighted PCA frame (seed 001): axes = eigenvectors of Sigma_i = sum w r_hat r_hat^T
     (second moment about atom i, not mean-centred), by descending eigenvalue.
@@ -111,7 +111,7 @@ def weighted_pca_frame(
     - (near-)equal eigenvalues (relative gap < 1e-4; e.g. any cubic site, where Sigma ~ I):
       the axes are not unique, so that atom's frame is its :func:`max_frame` for the same weights.
     """
-    vec, w, cen, size, tf, heads = _flatten_heads(edge_vec.detach(), weights.detach(), center, num_atoms, tie_frame.detach())
+    vec, w, cen, size, tf, heads = _flatten_heads(edge_vec.detach(), weights.detach(), centre, num_atoms, tie_frame.detach())
     dist = vec.norm(dim=-1)
     usable = (dist > MIN_DISTANCE).to(vec.dtype)
     unit = vec / dist.clamp_min(MIN_DISTANCE).unsqueeze(-1)
@@ -133,7 +133,7 @@ def weighted_pca_frame(
 
 
 def static_local_frame(
-    edge_vec: torch.Tensor, center: torch.Tensor, num_atoms: int, tie_frame: torch.Tensor
+    edge_vec: torch.Tensor, centre: torch.Tensor, num_atoms: int, tie_frame: torch.Tensor
 ) -> torch.Tensor:
     """CrystalFramer's static local frame: the max frame driven by distance alone.
 
@@ -143,4 +143,4 @@ def static_local_frame(
     Ties and degenerate cases as in :func:`max_frame`.
     """
     weights = 1.0 / edge_vec.detach().pow(2).sum(-1).clamp_min(1e-12)
-    return max_frame(edge_vec, weights, center, num_atoms, tie_frame)
+    return max_frame(edge_vec, weights, centre, num_atoms, tie_frame)

@@ -37,8 +37,8 @@ def compose_spframe(local_frames: torch.Tensor, global_frames: torch.Tensor, bat
     return local_frames @ global_frames[batch]
 
 
-def edges_in_frames(edge_vec: torch.Tensor, frames: torch.Tensor, center: torch.Tensor) -> torch.Tensor:
+def edges_in_frames(edge_vec: torch.Tensor, frames: torch.Tensor, centre: torch.Tensor) -> torch.Tensor:
     """Edge vectors expressed in the frame of their centre atom: e_ij F_i^T
     (= e_ij F_global^T F_INV,i^T, seed 000 Eq. 5). ``edge_vec`` (E, 3), ``frames`` (N, 3, 3),
-    ``center`` (E,) = edge_index[0]."""
-    return torch.einsum("ek,ejk->ej", edge_vec, frames[center])
+    ``centre`` (E,) = edge_index[0]."""
+    return torch.einsum("ek,ejk->ej", edge_vec, frames[centre])

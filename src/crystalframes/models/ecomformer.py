@@ -200,7 +200,7 @@ class EComFormer(nn.Module):
         global_frames = GLOBAL_FRAMES[c.global_frame](batch.lattice) if c.frame in USES_GLOBAL_FRAME else None
         angles = None
         if c.frame == "spframe_gram_schmidt":
-            cos = lattice_cosines(batch.edge_vec, batch.lattice, batch.batch.index_select(0, graph.center))
+            cos = lattice_cosines(batch.edge_vec, batch.lattice, batch.batch.index_select(0, graph.centre))
             angles = self.angle_basis(cos).flatten(1)  # (E, 3 * angle_bins)
         frame_index = 0
         for kind, layer in zip(c.layer_order, self.layers):
@@ -212,7 +212,7 @@ class EComFormer(nn.Module):
                 frames = self._frames(frame_index, f, edge_feat, angles, graph, batch, global_frames)
                 if record is not None:
                     record.append(frames)
-                edge_vec = edges_in_frames(batch.edge_vec, frames, graph.center)
+                edge_vec = edges_in_frames(batch.edge_vec, frames, graph.centre)
                 frame_index += 1
             f = layer(f, edge_vec, edge_feat, graph)
         return f

@@ -56,17 +56,17 @@ def rows(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
 class MessageGraph:
     """Index bookkeeping of one batched graph, shared by every layer of a forward pass.
 
-    ``center`` (E,) and ``neighbour`` (E,) from ``edge_index``; ``inv_count`` (N, 1) holds
+    ``centre`` (E,) and ``neighbour`` (E,) from ``edge_index``; ``inv_count`` (N, 1) holds
     1 / |N_i| (the number of edges whose centre is i), 0 for an atom without edges.
     ``group_edges=False`` makes :meth:`groups` return one group per edge (the literal computation).
     """
 
     def __init__(self, edge_index: torch.Tensor, num_nodes: int, dtype: torch.dtype, group_edges: bool = True):
-        self.center = edge_index[0]
+        self.centre = edge_index[0]
         self.neighbour = edge_index[1]
         self.num_nodes = int(num_nodes)
         self.num_edges = int(edge_index.shape[1])
-        count = torch.bincount(self.center, minlength=self.num_nodes).to(dtype)
+        count = torch.bincount(self.centre, minlength=self.num_nodes).to(dtype)
         self.inv_count = torch.where(count > 0, 1.0 / count.clamp_min(1.0), torch.zeros_like(count)).unsqueeze(-1)
         self.group_edges = group_edges
         self._slots: tuple[torch.Tensor, int] | None = None
@@ -80,27 +80,27 @@ class MessageGraph:
         group. An edge table with one row per edge gives one group per edge. Cached: every
         layer of a forward pass shares the grouping (the tables of one pass share their index)."""
         if not self.group_edges:
-            return EdgeGroups(None, self.center, self.neighbour, None if edge is None else edge.index)
+            return EdgeGroups(None, self.centre, self.neighbour, None if edge is None else edge.index)
         if edge is None:
             if self._pairs is None:
-                self._pairs = EdgeGroups.of_keys(self.center * self.num_nodes + self.neighbour, self.center, self.neighbour, None)
+                self._pairs = EdgeGroups.of_keys(self.centre * self.num_nodes + self.neighbour, self.centre, self.neighbour, None)
             return self._pairs
         if edge.index is None:
-            return EdgeGroups(None, self.center, self.neighbour, None)
+            return EdgeGroups(None, self.centre, self.neighbour, None)
         if self._triples is None or self._triples[0] is not edge.index:
             num_rows = int(edge.index.max()) + 1 if self.num_edges else 1
             keys = self.groups(None).index * num_rows + edge.index
-            self._triples = (edge.index, EdgeGroups.of_keys(keys, self.center, self.neighbour, edge.index))
+            self._triples = (edge.index, EdgeGroups.of_keys(keys, self.centre, self.neighbour, edge.index))
         return self._triples[1]
 
-    def sum_at_center(self, values: torch.Tensor) -> torch.Tensor:
+    def sum_at_centre(self, values: torch.Tensor) -> torch.Tensor:
         """sum_{j in N(i)} values_ij: (E, ...) -> (N, ...)."""
         out = values.new_zeros((self.num_nodes,) + tuple(values.shape[1:]))
-        return out.index_add_(0, self.center, values)
+        return out.index_add_(0, self.centre, values)
 
-    def mean_at_center(self, values: torch.Tensor) -> torch.Tensor:
+    def mean_at_centre(self, values: torch.Tensor) -> torch.Tensor:
         """(1/|N_i|) sum_{j in N(i)} values_ij: (E, C) -> (N, C)."""
-        return self.sum_at_center(values) * self.inv_count
+        return self.sum_at_centre(values) * self.inv_count
 
     def _neighbour_slots(self) -> tuple[torch.Tensor, int]:
         """Position of every edge in a (N, D) table grouped by neighbour atom, D = max count."""
@@ -169,26 +169,26 @@ class EdgeTable:
 class EdgeGroups:
     """Edges merged into groups with identical inputs (see :meth:`MessageGraph.groups`).
 
-    ``index`` (E,): the group of every edge (None: one group per edge); ``center``,
+    ``index`` (E,): the group of every edge (None: one group per edge); ``centre``,
     ``neighbour`` (G,): the atoms of every group; ``row`` (G,): its row of the edge table
     (None: the edge table has one row per group already).
     """
 
-    def __init__(self, index: torch.Tensor | None, center: torch.Tensor, neighbour: torch.Tensor, row: torch.Tensor | None):
+    def __init__(self, index: torch.Tensor | None, centre: torch.Tensor, neighbour: torch.Tensor, row: torch.Tensor | None):
         self.index = index
-        self.center = center
+        self.centre = centre
         self.neighbour = neighbour
         self.row = row
 
     @classmethod
-    def of_keys(cls, keys: torch.Tensor, center: torch.Tensor, neighbour: torch.Tensor, row: torch.Tensor | None) -> "EdgeGroups":
+    def of_keys(cls, keys: torch.Tensor, centre: torch.Tensor, neighbour: torch.Tensor, row: torch.Tensor | None) -> "EdgeGroups":
         """Group the edges by an integer key (E,) that is equal exactly for edges with the same
-        inputs; ``center``, ``neighbour`` and ``row`` are per edge."""
+        inputs; ``centre``, ``neighbour`` and ``row`` are per edge."""
         distinct, index = torch.unique(keys, return_inverse=True)
         # One member per group (which one does not matter: they agree on everything kept).
         member = torch.empty(distinct.shape[0], dtype=index.dtype, device=index.device)
         member.scatter_(0, index, torch.arange(keys.shape[0], device=keys.device))
-        return cls(index, rows(center, member), rows(neighbour, member), None if row is None else rows(row, member))
+        return cls(index, rows(centre, member), rows(neighbour, member), None if row is None else rows(row, member))
 
     def edge_part(self, edge: EdgeTable) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The edge table as a part of :func:`linear_of_concat` with one output row per group."""
@@ -266,13 +266,13 @@ class NodeTransformerLayer(nn.Module):
 
     def forward(self, f: torch.Tensor, edge: EdgeTable, graph: MessageGraph) -> torch.Tensor:
         g = graph.groups(edge)  # key and value see (f_i, f_j, e_ij): one evaluation per group
-        i, j = g.center, g.neighbour
+        i, j = g.centre, g.neighbour
         q, k, v = self.lin_query(f), self.lin_key(f), self.lin_value(f)
         e = g.edge_part(edge.map(self.lin_edge))
         alpha = g.expand(rows(q / math.sqrt(self.dim), i) * self.key_update([(k, i), (k, j), e]))
         # BatchNorm on the edges: its training-mode statistics are over edges, not groups.
         msg = g.expand(self.msg_update([(v, i), (v, j), e])) * torch.sigmoid(self.bn_alpha(alpha))
-        return F.softplus(f + self.bn(self.lin_concat(graph.sum_at_center(msg))))
+        return F.softplus(f + self.bn(self.lin_concat(graph.sum_at_centre(msg))))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -324,7 +324,7 @@ class _TensorProductConv(nn.Module):
 
     def reference(self, x: torch.Tensor, sh: torch.Tensor, edge: EdgeTable, graph: MessageGraph) -> torch.Tensor:
         """The literal computation: materialise every edge's weights, e3nn tensor product, mean."""
-        return graph.mean_at_center(self.tp(rows(x, graph.neighbour), sh, self.fc(edge.per_edge())))
+        return graph.mean_at_centre(self.tp(rows(x, graph.neighbour), sh, self.fc(edge.per_edge())))
 
     def forward(self, x: torch.Tensor, sh: torch.Tensor, edge: EdgeTable, graph: MessageGraph) -> torch.Tensor:
         """x (N, irreps_in) node features, sh (E, irreps_sh) harmonics of the edges, edge the
@@ -382,7 +382,7 @@ class ScalarToIrrepsConv(_TensorProductConv):
         for idx, piece in enumerate(pieces):
             if piece is None:  # an output irrep no path reaches stays zero, as in e3nn
                 pieces[idx] = sh.new_zeros(sh.shape[0], out_slices[idx].stop - out_slices[idx].start)
-        return graph.mean_at_center(torch.cat(pieces, dim=1))
+        return graph.mean_at_centre(torch.cat(pieces, dim=1))
 
 
 class IrrepsToScalarConv(_TensorProductConv):
@@ -435,7 +435,7 @@ class IrrepsToScalarConv(_TensorProductConv):
             bags = row.unsqueeze(1) * units + torch.arange(units, device=s.device)  # (E, U)
             part = F.embedding_bag(bags, table.view(-1, ns), per_sample_weights=s, mode="sum") + s @ b
             out = part if out is None else out + part
-        return graph.mean_at_center(out)
+        return graph.mean_at_centre(out)
 
 
 class EquivariantUpdateLayer(nn.Module):
@@ -508,9 +508,9 @@ class InvariantMessage(nn.Module):
         # one per (pair, edge-table row). BatchNorm runs on the edges (training statistics).
         pairs, groups = graph.groups(None), graph.groups(edge)
         q, k, v = self.lin_query(f), self.lin_key(f), self.lin_value(f)
-        key = self.key_update([(k, pairs.center), (k, pairs.neighbour)])
-        alpha = pairs.expand(rows(q / math.sqrt(self.dim), pairs.center) * key)
-        value = self.msg_update([(v, groups.center), (v, groups.neighbour), groups.edge_part(edge.map(self.lin_edge))])
+        key = self.key_update([(k, pairs.centre), (k, pairs.neighbour)])
+        alpha = pairs.expand(rows(q / math.sqrt(self.dim), pairs.centre) * key)
+        value = self.msg_update([(v, groups.centre), (v, groups.neighbour), groups.edge_part(edge.map(self.lin_edge))])
         return torch.sigmoid(self.bn_alpha(alpha)) * groups.expand(value)
 
 
@@ -533,7 +533,7 @@ class QuaternionFrame(nn.Module):
         self.lin_quaternion = nn.Linear(dim, 4)
 
     def quaternions(self, f: torch.Tensor, edge: EdgeTable, graph: MessageGraph) -> torch.Tensor:
-        msg = graph.sum_at_center(self.message(f, edge, graph))
+        msg = graph.sum_at_centre(self.message(f, edge, graph))
         q = self.lin_quaternion(f + self.bn(msg))
         return F.softplus(q) if self.positive else q
 
@@ -578,7 +578,7 @@ class GramSchmidtFrame(nn.Module):
         for message, readout in zip(self.messages, self.readouts):
             phi = readout(message(f, edge, graph))  # (E, 1) or (E, 3)
             terms = phi * unit if self.equivariant else phi
-            out.append((graph.sum_at_center(terms), graph.sum_at_center(terms.norm(dim=-1))))
+            out.append((graph.sum_at_centre(terms), graph.sum_at_centre(terms.norm(dim=-1))))
         return out
 
     def forward(self, f, edge: EdgeTable, graph: MessageGraph, edge_vec=None, fallback=None) -> torch.Tensor:

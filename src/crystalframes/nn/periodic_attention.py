@@ -247,7 +247,7 @@ class PeriodicAttention(nn.Module):
         a = rho * (-0.5 / self.r0**2)  # (N, H)
         head_cutoff = (self.cutoff_sigmas * self.r0) * torch.rsqrt(rho.detach())  # c sigma_ih
         ent = geometry.entries(head_cutoff.amax(dim=1), self.memory_budget)
-        s = (take(q, ent.pair_center) * take(k, ent.pair_neighbor)).sum(-1) * d**-0.5  # (U, H)
+        s = (take(q, ent.pair_centre) * take(k, ent.pair_neighbour)).sum(-1) * d**-0.5  # (U, H)
 
         unit = ent.unit_vectors() if self.angle_proj is not None else None
         # widest per-entry temporaries of a bucket: distance bases (K), attention rows (H) and
@@ -263,8 +263,8 @@ class PeriodicAttention(nn.Module):
         # position encodings per atom, bucket order -> atom order
         out = take(torch.cat(pe), torch.argsort(order))
         # values: sum_(j,n) w v_j = sum_j (sum_n w) v_j, through the distinct pairs
-        w_pair = x.new_zeros(ent.pair_center.shape[0], h).index_add_(0, torch.cat(pair_ids), torch.cat(pair_w))
-        out = out.index_add(0, ent.pair_center, w_pair.unsqueeze(-1) * take(v, ent.pair_neighbor))
+        w_pair = x.new_zeros(ent.pair_centre.shape[0], h).index_add_(0, torch.cat(pair_ids), torch.cat(pair_w))
+        out = out.index_add(0, ent.pair_centre, w_pair.unsqueeze(-1) * take(v, ent.pair_neighbour))
         return self.out_proj(out.reshape(n, h * d))
 
     def _bucket(self, bucket: Bucket, ent: PeriodicEntries, s, a, head_cutoff, unit, geometry):

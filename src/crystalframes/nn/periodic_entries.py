@@ -25,24 +25,24 @@ class PeriodicEntries:
 
     Sorted by centre, then distance (ties in (j, n) order), so the atom itself (j = i, n = 0,
     d = 0, included) comes first.
-    ``pair`` indexes the distinct (i, j) pairs ``pair_center`` / ``pair_neighbor``; ``offset``
+    ``pair`` indexes the distinct (i, j) pairs ``pair_centre`` / ``pair_neighbour``; ``offset``
     and ``count`` (N,) delimit each centre's entries.
     """
 
-    center: torch.Tensor  # (E,) long
-    neighbor: torch.Tensor  # (E,) long
+    centre: torch.Tensor  # (E,) long
+    neighbour: torch.Tensor  # (E,) long
     shift: torch.Tensor  # (E, 3) long, n
     vec: torch.Tensor  # (E, 3) r_j + nL - r_i
     dist: torch.Tensor  # (E,)
     pair: torch.Tensor  # (E,) long
-    pair_center: torch.Tensor  # (U,) long
-    pair_neighbor: torch.Tensor  # (U,) long
+    pair_centre: torch.Tensor  # (U,) long
+    pair_neighbour: torch.Tensor  # (U,) long
     offset: torch.Tensor  # (N,) long
     count: torch.Tensor  # (N,) long
 
     @property
     def num_entries(self) -> int:
-        return int(self.center.shape[0])
+        return int(self.centre.shape[0])
 
     @property
     def num_atoms(self) -> int:
@@ -55,24 +55,24 @@ class PeriodicEntries:
 
     @torch.no_grad()
     def within(self, cutoff: torch.Tensor) -> "PeriodicEntries":
-        """The entries with d <= cutoff[center] (same order): what :func:`periodic_entries`
+        """The entries with d <= cutoff[centre] (same order): what :func:`periodic_entries`
         returns for the smaller cutoff."""
-        keep = torch.nonzero(self.dist <= take(cutoff, self.center)).squeeze(-1)
-        center, old_pair = take(self.center, keep), take(self.pair, keep)
-        used = torch.zeros(self.pair_center.shape[0], dtype=torch.bool, device=center.device)
+        keep = torch.nonzero(self.dist <= take(cutoff, self.centre)).squeeze(-1)
+        centre, old_pair = take(self.centre, keep), take(self.pair, keep)
+        used = torch.zeros(self.pair_centre.shape[0], dtype=torch.bool, device=centre.device)
         used[old_pair] = True
         renumber = torch.cumsum(used, 0) - 1
         used = torch.nonzero(used).squeeze(-1)
-        count = torch.bincount(center, minlength=self.num_atoms)
+        count = torch.bincount(centre, minlength=self.num_atoms)
         return PeriodicEntries(
-            center=center,
-            neighbor=take(self.neighbor, keep),
+            centre=centre,
+            neighbour=take(self.neighbour, keep),
             shift=take(self.shift, keep),
             vec=take(self.vec, keep),
             dist=take(self.dist, keep),
             pair=take(renumber, old_pair),
-            pair_center=take(self.pair_center, used),
-            pair_neighbor=take(self.pair_neighbor, used),
+            pair_centre=take(self.pair_centre, used),
+            pair_neighbour=take(self.pair_neighbour, used),
             offset=_exclusive_cumsum(count),
             count=count,
         )
@@ -155,29 +155,29 @@ def periodic_entries(
             parts.append((take(ci, rep), take(cj, rep), take(shift, keep), take(vec, keep), rep + pair_offset))
         pair_offset += int(ci.shape[0])
     if parts:
-        center, neighbor, shift, vec, pair_id = (torch.cat(x) for x in zip(*parts))
+        centre, neighbour, shift, vec, pair_id = (torch.cat(x) for x in zip(*parts))
     else:
-        center = neighbor = pair_id = torch.zeros(0, dtype=torch.long, device=device)
+        centre = neighbour = pair_id = torch.zeros(0, dtype=torch.long, device=device)
         shift, vec = torch.zeros(0, 3, dtype=torch.long, device=device), pos.new_zeros(0, 3)
     # entries come sorted by candidate pair: consecutive runs are the distinct pairs
     _, pair, runs = torch.unique_consecutive(pair_id, return_inverse=True, return_counts=True)
     first = _exclusive_cumsum(runs)
-    pair_center, pair_neighbor = take(center, first), take(neighbor, first)
+    pair_centre, pair_neighbour = take(centre, first), take(neighbour, first)
     # then by distance within each centre (stable sorts: equal distances keep the (j, n)
     # order), so that the entries of a head with a smaller cutoff are a prefix of its atom's
     dist = vec.norm(dim=-1)
     order = torch.argsort(dist, stable=True)
-    order = take(order, torch.argsort(take(center, order), stable=True))
-    count = torch.bincount(center, minlength=pos.shape[0])
+    order = take(order, torch.argsort(take(centre, order), stable=True))
+    count = torch.bincount(centre, minlength=pos.shape[0])
     return PeriodicEntries(
-        center=take(center, order),
-        neighbor=take(neighbor, order),
+        centre=take(centre, order),
+        neighbour=take(neighbour, order),
         shift=take(shift, order),
         vec=take(vec, order),
         dist=take(dist, order),
         pair=take(pair, order),
-        pair_center=pair_center,
-        pair_neighbor=pair_neighbor,
+        pair_centre=pair_centre,
+        pair_neighbour=pair_neighbour,
         offset=_exclusive_cumsum(count),
         count=count,
     )
