@@ -51,11 +51,11 @@ def chunks(items, size):
 def symmetric_crystals(jarvis_sample, mp_sample):
     """Real crystals whose symmetry creates ties: cubic and hexagonal ones (by spglib), plus
     some low-symmetry ones."""
-    import spglib
+    from crystalframes.analysis.symmetry import symmetry_dataset
 
     picked = {"cubic": [], "hexagonal": [], "other": []}
     for c in jarvis_sample + mp_sample[:800]:
-        sg = spglib.get_symmetry_dataset((c.lattice, c.frac_coords, c.atomic_numbers), symprec=1e-3).number
+        sg = symmetry_dataset(c, 1e-3).number
         kind = "cubic" if sg >= 195 else "hexagonal" if 168 <= sg <= 194 else "other"
         if len(picked[kind]) < 12:
             picked[kind].append(c)

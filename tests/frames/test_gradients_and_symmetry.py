@@ -71,9 +71,9 @@ def test_spframe_edge_transform_is_eq5():
 def symmetry_pairs(crystal):
     """(p, q, R_cart) for equivalent atoms p != q related by a proper spglib operation R != I,
     where R_cart = L^T R_frac L^-T maps p's neighbourhood onto q's."""
-    import spglib
+    from crystalframes.analysis.symmetry import symmetry_dataset
 
-    ds = spglib.get_symmetry_dataset((crystal.lattice, crystal.frac_coords, crystal.atomic_numbers), symprec=1e-5)
+    ds = symmetry_dataset(crystal, 1e-5)
     lat = crystal.lattice
     out = []
 

@@ -10,7 +10,9 @@ frame-transformed neighbourhoods of two atoms of the orbit; 0 means collapsed.
 
 from __future__ import annotations
 
+import contextlib
 import difflib
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -117,6 +119,30 @@ def _hausdorff(a, b) -> float:
     return worst
 
 
+@contextlib.contextmanager
+def _spglib_quietly():
+    """spglib >= 2.5 warns on every call ("Set OLD_ERROR_HANDLING to false") while it keeps its
+    old convention (None on failure); ASE's symmetry tools call it too. The callers here handle
+    a failure under either convention, so the warning says nothing to our users."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Set OLD_ERROR_HANDLING", category=DeprecationWarning)
+        yield
+
+
+def symmetry_dataset(crystal, symprec: float = 1e-3):
+    """spglib's symmetry dataset of ``crystal``, or None when spglib finds none (it returns None
+    under its old error convention and raises ``SpglibError`` under the new one)."""
+    import spglib
+
+    with _spglib_quietly():
+        try:
+            return spglib.get_symmetry_dataset((crystal.lattice, crystal.frac_coords, crystal.atomic_numbers), symprec=symprec)
+        except Exception as exc:
+            if type(exc).__name__ == "SpglibError":
+                return None
+            raise
+
+
 def idealised(crystal, symprec: float):
     """The crystal with lattice and positions made exactly symmetric (ASE's
     ``refine_symmetry``; same cell setting and atom order) and the largest atom displacement
@@ -128,7 +154,8 @@ def idealised(crystal, symprec: float):
     from ase.spacegroup.symmetrize import refine_symmetry
 
     atoms = Atoms(numbers=crystal.atomic_numbers, cell=crystal.lattice, scaled_positions=crystal.frac_coords, pbc=True)
-    refine_symmetry(atoms, symprec=symprec, verbose=False)
+    with _spglib_quietly():
+        refine_symmetry(atoms, symprec=symprec, verbose=False)
     frac = atoms.get_scaled_positions(wrap=False)
     shift = frac - crystal.frac_coords
     moved = float(np.linalg.norm((shift - np.round(shift)) @ crystal.lattice, axis=1).max())
@@ -142,8 +169,6 @@ def symmetry_analysis(crystal, frame: str = "spframe", model=None, k: int = 12, 
     multi-atom orbit also gets ``feature_spread`` (max |h_p - h_q| of the per-atom features
     ``model.node_features``) and ``features_coincide``. ``idealise`` first makes the crystal
     exactly symmetric within ``symprec`` (:func:`idealised`)."""
-    import spglib
-
     check_frame(frame)
     if model is not None:
         error = unsupported_elements_error(model, crystal)
@@ -153,7 +178,7 @@ def symmetry_analysis(crystal, frame: str = "spframe", model=None, k: int = 12, 
     if idealise:
         crystal, moved = idealised(crystal, symprec)
 
-    ds = spglib.get_symmetry_dataset((crystal.lattice, crystal.frac_coords, crystal.atomic_numbers), symprec=symprec)
+    ds = symmetry_dataset(crystal, symprec)
     if ds is None:
         raise InputError(crystal.where, f"spglib found no symmetry dataset (symprec {symprec})")
     features = None
