@@ -17,9 +17,9 @@ from crystalframes.data.batch import collate
 from crystalframes.data.graph import GraphSettings, build_graph
 from crystalframes.frames import (
     GLOBAL_FRAMES,
+    global_frame,
     gram_schmidt,
     max_frame,
-    positions_pca_frame,
     qr_frame,
     quaternion_to_rotation,
     static_local_frame,
@@ -38,7 +38,7 @@ def main() -> None:
     graphs = [build_graph(c, GraphSettings(k=12)) for c in crystals]
     print(f"{len(crystals)} JARVIS structures, {sum(g.num_nodes for g in graphs)} atoms, batches of 64, {args.threads} threads")
     print(f"{'frame':24s} {'float64 us/atom':>16s} {'float32 us/atom':>16s}")
-    for name in [*GLOBAL_FRAMES, "positions_pca", "gram_schmidt", "quaternion", "static_local", "max (3 heads)", "weighted_pca (3 heads)"]:
+    for name in [*GLOBAL_FRAMES, "gram_schmidt", "quaternion", "static_local", "max (3 heads)", "weighted_pca (3 heads)"]:
         row = []
         for dtype in (torch.float64, torch.float32):
             batches = [collate(graphs[i : i + 64], dtype=dtype) for i in range(0, len(graphs), 64)]
@@ -54,9 +54,7 @@ def main() -> None:
 def run(name: str, b) -> torch.Tensor:
     n = len(b.batch)
     if name in GLOBAL_FRAMES:
-        return GLOBAL_FRAMES[name](b.lattice)
-    if name == "positions_pca":
-        return positions_pca_frame(b.frac_coords, b.lattice, b.batch)
+        return global_frame(name, b.lattice, b.frac_coords, b.batch)
     if name == "gram_schmidt":
         v = torch.zeros(n, 3, dtype=b.pos.dtype).index_add_(0, b.edge_index[0], b.edge_vec)
         return gram_schmidt(v + 0.1, v.roll(1, dims=1))

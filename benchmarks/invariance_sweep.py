@@ -37,8 +37,8 @@ SPECS = (
     "crystalformer:none@cpu_small",
     "crystalformer:max@cpu_small",
     "crystalformer:weighted_pca@cpu_small",
-    "crystalformer:pca@cpu_small",
-    "crystalformer:lattice@cpu_small",
+    "crystalformer:global+positions_pca@cpu_small",
+    "crystalformer:global+lattice_vector@cpu_small",
     "crystalformer:static@cpu_small",
 )
 CHECKS = ("rotation", "translation", "permutation", "supercell", "mirror")

@@ -169,4 +169,4 @@ def load_model(path_or_name, device: str | torch.device = "cpu") -> Predictor:
         raise InputError(str(path), f"weights do not match the model spec {payload['spec']}: {str(exc)[:300]}") from None
     model.to(device).eval()
     normaliser = TargetNormaliser.from_state_dict(payload["normaliser"])
-    return Predictor(model, normaliser, list(payload["targets"]), list(payload["units"]), payload["spec"], str(path))
+    return Predictor(model, normaliser, list(payload["targets"]), list(payload["units"]), model.spec, str(path))  # canonical name, also for files saved under an old one

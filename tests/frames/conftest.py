@@ -7,16 +7,15 @@ import torch
 from crystalframes.data.batch import collate
 from crystalframes.data.graph import GraphSettings, build_graph
 from crystalframes.frames import (
-    GLOBAL_FRAMES,
+    global_frame,
     max_frame,
-    positions_pca_frame,
     qr_frame,
     static_local_frame,
     weighted_pca_frame,
 )
 
 GRAPH = GraphSettings(k=12)
-EQUIVARIANT_GLOBAL = ["qr", "polar", "lattice_pca", "lattice_vector"]
+EQUIVARIANT_GLOBAL = ["qr", "polar", "lattice_pca", "lattice_vector", "positions_pca"]
 
 
 def batch_of(crystals):
@@ -32,8 +31,7 @@ def invariant_weights(batch, heads=3):
 
 def all_frames(batch):
     """Every equivariant frame of the module, evaluated on one batch: name -> tensor."""
-    out = {name: GLOBAL_FRAMES[name](batch.lattice) for name in EQUIVARIANT_GLOBAL}
-    out["positions_pca"] = positions_pca_frame(batch.frac_coords, batch.lattice, batch.batch)
+    out = {name: global_frame(name, batch.lattice, batch.frac_coords, batch.batch) for name in EQUIVARIANT_GLOBAL}
     tie = qr_frame(batch.lattice)[batch.batch]
     centre, n = batch.edge_index[0], len(batch.batch)
     w = invariant_weights(batch)

@@ -39,7 +39,9 @@ from crystalframes.testing import (
 
 TOL64 = DEFAULT_TOLERANCES["float64"]  # 1e-9
 LOCAL_FRAMES = ("none", "max", "weighted_pca", "static")  # frames built from the attention entries
-GLOBAL_FRAMES = ("pca", "lattice")  # one frame per crystal, from the cell
+# one frame per crystal, from the cell, for every atom (CrystalFramer's "pca" and "lattice" baselines)
+GLOBAL_FRAMES = ("global+positions_pca", "global+lattice_vector")
+ALL_FRAMES = LOCAL_FRAMES + GLOBAL_FRAMES + ("global+qr",)
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -69,7 +71,11 @@ def calibrated(model, crystals):
 
 
 def small_model(frame, crystals, dtype=torch.float64, seed=0, preset="cpu_small", **overrides):
+    """``frame`` as in a spec: ``max``, or ``global+positions_pca`` (frame + global frame)."""
     torch.manual_seed(seed)
+    frame, _, global_name = frame.partition("+")
+    if global_name:
+        overrides["global_frame"] = global_name
     return calibrated(build_crystalformer(frame, preset, **overrides).to(dtype), crystals)
 
 
@@ -366,7 +372,7 @@ def test_max_frame_prefilter_is_exact(crystals, monkeypatch):
 # ---------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("frame", FRAMES)
+@pytest.mark.parametrize("frame", ALL_FRAMES)
 def test_model_contract(frame, crystals):
     """Rotation, translation, permutation and batch == single hold to 1e-9 on real crystals
     including cubic and hexagonal ones, for every frame option; supercells too except for the
@@ -377,7 +383,7 @@ def test_model_contract(frame, crystals):
     errors = invariance_errors(model, crystals, trials=2)
     for key in ("rotation", "translation", "permutation", "batch"):
         assert errors[key] <= TOL64, (frame, key, errors)
-    if frame not in GLOBAL_FRAMES:
+    if not frame.startswith("global"):
         assert errors["supercell"] <= TOL64, (frame, errors)
     if frame == "none":
         assert errors["basis_change"] <= TOL64, errors
@@ -422,7 +428,7 @@ def test_global_frames_depend_on_the_cell(crystals):
 def test_a_broken_frame_would_be_caught(crystals):
     """Sensitivity of the contract test: the same model with the identity as every atom's
     frame (not equivariant) moves by far more than the tolerance under rotation."""
-    model = small_model("pca", crystals)
+    model = small_model("global+positions_pca", crystals)
     original = model.geometry
 
     def identity_frames(batch):
@@ -436,7 +442,7 @@ def test_a_broken_frame_would_be_caught(crystals):
     assert moved > 1e4 * TOL64
 
 
-@pytest.mark.parametrize("frame", FRAMES)
+@pytest.mark.parametrize("frame", ALL_FRAMES)
 def test_evaluation_is_deterministic(frame, crystals):
     """Two evaluations give bit-identical outputs (the reference randomises signs and ties)."""
     model = small_model(frame, crystals, dtype=torch.float32)

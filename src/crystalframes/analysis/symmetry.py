@@ -24,8 +24,8 @@ from crystalframes.frames import (
     GLOBAL_FRAMES,
     compose_spframe,
     edges_in_frames,
+    global_frame,
     gram_schmidt,
-    positions_pca_frame,
     qr_frame,
     static_local_frame,
 )
@@ -75,11 +75,7 @@ def _static(batch):
 
 def _global(name):
     def per_atom(batch):
-        if name == "positions_pca":
-            g = positions_pca_frame(batch.frac_coords, batch.lattice, batch.batch)
-        else:
-            g = GLOBAL_FRAMES[name](batch.lattice)
-        return g[batch.batch]
+        return global_frame(name, batch.lattice, batch.frac_coords, batch.batch)[batch.batch]
 
     return per_atom
 
@@ -88,7 +84,7 @@ STRUCTURE_FRAMES = {
     "spframe": _spframe,
     "equivariant_gram_schmidt": _equivariant_gs,
     "static_local": _static,
-    **{f"global_{name}": _global(name) for name in [*GLOBAL_FRAMES, "positions_pca"]},
+    **{f"global_{name}": _global(name) for name in GLOBAL_FRAMES},
 }
 
 

@@ -26,6 +26,7 @@ edges_in_frames              -            seed 000 Eq. 5
 from crystalframes.frames.dynamic import max_frame, static_local_frame, weighted_pca_frame
 from crystalframes.frames.global_frames import (
     GLOBAL_FRAMES,
+    global_frame,
     identity_frame,
     lattice_pca_frame,
     lattice_vector_frame,
@@ -38,6 +39,7 @@ from crystalframes.frames.spframe import compose_spframe, edges_in_frames, quate
 
 __all__ = [
     "GLOBAL_FRAMES",
+    "global_frame",
     "qr_frame",
     "polar_frame",
     "lattice_pca_frame",

@@ -138,6 +138,11 @@ def lattice_vector_frame(lattice: torch.Tensor) -> torch.Tensor:
     return right_handed(e1, e2)
 
 
+def positions_pca_frame_of(lattice: torch.Tensor, frac_coords: torch.Tensor, batch: torch.Tensor) -> torch.Tensor:
+    """:func:`positions_pca_frame` with the arguments in the order every global frame takes."""
+    return positions_pca_frame(frac_coords, lattice, batch)
+
+
 def identity_frame(lattice: torch.Tensor) -> torch.Tensor:
     """The identity for every structure: NOT equivariant; it exists to show what a real global
     frame contributes (seed 000 A.3 notes eComFormer itself is invariant, so SPFrame with an
@@ -145,13 +150,22 @@ def identity_frame(lattice: torch.Tensor) -> torch.Tensor:
     return torch.eye(3, dtype=lattice.dtype, device=lattice.device).expand(lattice.shape[0], 3, 3).clone()
 
 
+# Every global frame, called alike: (lattice (B, 3, 3), frac_coords (N, 3), batch (N,)) -> (B, 3, 3).
+# Most depend on the lattice alone; the positions' PCA needs the atoms too.
 GLOBAL_FRAMES = {
-    "qr": qr_frame,
-    "polar": polar_frame,
-    "lattice_pca": lattice_pca_frame,
-    "lattice_vector": lattice_vector_frame,
-    "identity": identity_frame,
+    "qr": lambda lattice, frac_coords, batch: qr_frame(lattice),
+    "polar": lambda lattice, frac_coords, batch: polar_frame(lattice),
+    "lattice_pca": lambda lattice, frac_coords, batch: lattice_pca_frame(lattice),
+    "lattice_vector": lambda lattice, frac_coords, batch: lattice_vector_frame(lattice),
+    "positions_pca": positions_pca_frame_of,
+    "identity": lambda lattice, frac_coords, batch: identity_frame(lattice),
 }
+
+
+def global_frame(name: str, lattice: torch.Tensor, frac_coords: torch.Tensor, batch: torch.Tensor) -> torch.Tensor:
+    """The global frame ``name`` of every structure of a batch: (B, 3, 3), rows = axes."""
+    return GLOBAL_FRAMES[name](lattice, frac_coords, batch)
+
 
 __all__ = [
     "qr_frame",
@@ -161,4 +175,5 @@ __all__ = [
     "lattice_vector_frame",
     "identity_frame",
     "GLOBAL_FRAMES",
+    "global_frame",
 ]

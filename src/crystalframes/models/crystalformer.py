@@ -16,8 +16,10 @@ none          - (plain Crystalformer: psi = W0 b_dist)                -
 max           per layer and head, from that layer's attention         frames.max_frame
 weighted_pca  per layer and head, from that layer's attention         frames.weighted_pca_frame
 static        per atom, nearest-neighbour driven                      frames.static_local_frame
-pca           the crystal's PCA frame of unit-cell positions          frames.positions_pca_frame
-lattice       the crystal's shortest-lattice-vector frame             frames.lattice_vector_frame
+global        the crystal's global frame (``global_frame``), for      frames.global_frame
+              every atom: ``global+positions_pca`` is CrystalFramer's
+              "PCA" baseline (old name ``pca``), ``global+lattice_vector``
+              its "lattice" baseline (old name ``lattice``)
 ============  =====================================================  =========================
 
 With a frame, psi = W0 b_dist(d) + sum_k Wk b_angl(e_k . r_hat) (seed 001). Exact ties of the
@@ -40,6 +42,7 @@ from torch import nn
 
 from crystalframes.data.batch import GraphBatch
 from crystalframes.data.graph import GraphSettings
+from crystalframes.frames import GLOBAL_FRAMES
 from crystalframes.io.elements import element_label
 from crystalframes.models import presets
 from crystalframes.models.presets import Preset
@@ -56,11 +59,14 @@ from crystalframes.nn.periodic_attention import (
     PeriodicGeometry,
 )
 
-FRAMES = ("none", "max", "weighted_pca", "pca", "lattice", "static")
+FRAMES = ("none", "max", "weighted_pca", "static", "global")
 DEFAULT_FRAME = "none"
+DEFAULT_GLOBAL_FRAME = "qr"
+# CrystalFramer's names of its per-structure baselines: the global frame used as every atom's frame
+FRAME_ALIASES = {"pca": ("global", "positions_pca"), "lattice": ("global", "lattice_vector")}
 NUM_ELEMENTS = 98  # one-hot atom encoding: H (Z = 1) .. Cf (Z = 98)
 # the layer-level frame option of each model-level frame
-_LAYER_FRAME = {"none": "none", "max": "max", "weighted_pca": "weighted_pca", "static": "static", "pca": "given", "lattice": "given"}
+_LAYER_FRAME = {"none": "none", "max": "max", "weighted_pca": "weighted_pca", "static": "static", "global": "given"}
 
 
 def tfixup_scale(num_layers: int) -> float:
@@ -80,6 +86,7 @@ class CrystalformerConfig:
     """
 
     frame: str = DEFAULT_FRAME
+    global_frame: str = DEFAULT_GLOBAL_FRAME  # the frame of frame="global" (see frames.GLOBAL_FRAMES)
     num_layers: int = 4
     model_dim: int = 128
     num_heads: int = 8
@@ -98,8 +105,14 @@ class CrystalformerConfig:
     memory_budget: int = DEFAULT_MEMORY_BUDGET
 
     def __post_init__(self):
+        if self.frame in FRAME_ALIASES:  # old name: the same model
+            frame, global_name = FRAME_ALIASES[self.frame]
+            object.__setattr__(self, "frame", frame)
+            object.__setattr__(self, "global_frame", global_name)
         if self.frame not in FRAMES:
             raise ValueError(f"unknown frame {self.frame!r}; choose one of {FRAMES}")
+        if self.global_frame not in GLOBAL_FRAMES:
+            raise ValueError(f"unknown global frame {self.global_frame!r}; choose one of {tuple(GLOBAL_FRAMES)}")
         for name in ("num_layers", "model_dim", "num_heads", "ff_dim", "distance_bases", "head_hidden", "num_targets", "memory_budget"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)}")
@@ -193,14 +206,12 @@ class Crystalformer(nn.Module):
         return self.atom_embedding.weight.t()[atomic_numbers - 1]
 
     def geometry(self, batch: GraphBatch) -> PeriodicGeometry:
-        from crystalframes.frames import lattice_vector_frame, positions_pca_frame, qr_frame
+        from crystalframes.frames import global_frame, qr_frame
 
         frame = self.config.frame
         frames = None
-        if frame == "pca":
-            frames = positions_pca_frame(batch.frac_coords, batch.lattice, batch.batch)[batch.batch]
-        elif frame == "lattice":
-            frames = lattice_vector_frame(batch.lattice)[batch.batch]
+        if frame == "global":
+            frames = global_frame(self.config.global_frame, batch.lattice, batch.frac_coords, batch.batch)[batch.batch]
         tie = qr_frame(batch.lattice)[batch.batch] if frame in ("max", "weighted_pca", "static") else None
         return PeriodicGeometry(
             pos=batch.pos,
@@ -315,8 +326,9 @@ def crystalformer_config(frame: str = DEFAULT_FRAME, preset: str = DEFAULT_PRESE
 
 
 def build_crystalformer(frame: str = DEFAULT_FRAME, preset: str = DEFAULT_PRESET, **overrides) -> Crystalformer:
-    """Crystalformer (``frame="none"``) or CrystalFramer (``"max"``, ``"weighted_pca"``) or a
-    frame baseline (``"pca"``, ``"lattice"``, ``"static"``) from a preset
+    """Crystalformer (``frame="none"``), CrystalFramer (``"max"``, ``"weighted_pca"``) or a frame
+    baseline (``"static"``; ``"global"`` with ``global_frame="positions_pca"`` or
+    ``"lattice_vector"``, old names ``"pca"`` / ``"lattice"``) from a preset
     (:data:`CRYSTALFORMER_PRESETS`), with any :class:`CrystalformerConfig` field overridden."""
     return Crystalformer(crystalformer_config(frame, preset, **overrides))
 

@@ -18,6 +18,7 @@ none                        -                                            r_ij (e
 equivariant_gram_schmidt    GS(sum phi_k r_hat_ij), fallback F_global    r_ij F_i^T
 spframe_gram_schmidt        GS(sum phi_k) F_global, + lattice angles     r_ij F_global^T F_INV,i^T
 spframe_quaternion          R(q_i) F_global                              r_ij F_global^T F_INV,i^T
+global                      F_global (the same for every atom)           r_ij F_global^T
 ==========================  ===========================================  ====================
 
 F_global is one of :data:`crystalframes.frames.GLOBAL_FRAMES` (``qr`` by default).
@@ -32,7 +33,7 @@ from torch import nn
 
 from crystalframes.data.batch import GraphBatch
 from crystalframes.data.graph import GraphSettings
-from crystalframes.frames import GLOBAL_FRAMES, compose_spframe, edges_in_frames
+from crystalframes.frames import GLOBAL_FRAMES, compose_spframe, edges_in_frames, global_frame
 from crystalframes.models import presets
 from crystalframes.models.presets import Preset
 from crystalframes.nn.atom_features import AtomFeatureTable
@@ -47,12 +48,12 @@ from crystalframes.nn.comformer_layers import (
 )
 from crystalframes.nn.encodings import INVERSE_DISTANCE_RANGE, GaussianBasis, inverse_distance, lattice_cosines
 
-FRAMES = ("none", "equivariant_gram_schmidt", "spframe_gram_schmidt", "spframe_quaternion")
+FRAMES = ("none", "equivariant_gram_schmidt", "spframe_gram_schmidt", "spframe_quaternion", "global")
 DEFAULT_FRAME = "spframe_quaternion"
 DEFAULT_GLOBAL_FRAME = "qr"
 LAYER_KINDS = ("att", "equi")
 # Frames whose construction uses the global frame (composition, or the equivariant fallback).
-USES_GLOBAL_FRAME = ("equivariant_gram_schmidt", "spframe_gram_schmidt", "spframe_quaternion")
+USES_GLOBAL_FRAME = ("equivariant_gram_schmidt", "spframe_gram_schmidt", "spframe_quaternion", "global")
 
 
 # When v_2 is collinear with v_1, gram_schmidt takes the fallback axis least aligned with e_1.
@@ -197,7 +198,7 @@ class EComFormer(nn.Module):
         f = self.atom_embedding(self.atom_features(batch.atomic_numbers).to(dtype))
         distances = EdgeTable.of_distances(batch.edge_vec.norm(dim=-1), c.deduplicate)
         edge_feat = distances.map(lambda d: self.edge_embedding(self.rbf(inverse_distance(d))))
-        global_frames = GLOBAL_FRAMES[c.global_frame](batch.lattice) if c.frame in USES_GLOBAL_FRAME else None
+        global_frames = global_frame(c.global_frame, batch.lattice, batch.frac_coords, batch.batch) if c.frame in USES_GLOBAL_FRAME else None
         angles = None
         if c.frame == "spframe_gram_schmidt":
             cos = lattice_cosines(batch.edge_vec, batch.lattice, batch.batch.index_select(0, graph.centre))
@@ -219,8 +220,10 @@ class EComFormer(nn.Module):
 
     def _frames(self, index, f, edge_feat, angles, graph, batch, global_frames) -> torch.Tensor:
         """F_i (N, 3, 3) of the frame block before the ``index``-th equivariant layer."""
-        block = self.frames[index]
         frame = self.config.frame
+        if frame == "global":  # the structure's global frame for every atom: nothing learned
+            return global_frames.index_select(0, batch.batch)
+        block = self.frames[index]
         if frame == "equivariant_gram_schmidt":
             # Already equivariant: no composition. Degenerate atoms (v_1 = 0, or v_2 collinear
             # with v_1, as on every site of an axis of symmetry) fall back to the global frame,

@@ -82,6 +82,8 @@ class Backbone:
     default_preset: str
     training: Mapping[str, dict] = field(default_factory=dict)
     options: tuple[str, ...] = ()
+    # old frame name -> (frame, global frame): specs (and model files) written with it still work
+    frame_aliases: Mapping[str, tuple[str, str]] = field(default_factory=dict)
 
 
 BACKBONES: dict[str, Backbone] = {}
@@ -107,9 +109,13 @@ def parse_spec(spec: str | ModelSpec) -> ModelSpec:
         raise _unknown("backbone", name, sorted(BACKBONES), f" in spec {spec!r}")
     b = BACKBONES[name]
     frame = m["frame"] or b.default_frame
+    global_frame = m["global_frame"]
+    if frame in b.frame_aliases:
+        if global_frame is not None:
+            raise SpecError(f"{frame!r} of {name} is {'+'.join(b.frame_aliases[frame])}: write that instead of '{frame}+{global_frame}'")
+        frame, global_frame = b.frame_aliases[frame]
     if frame not in b.frames:
         raise _unknown("frame", frame, b.frames, f" for {name} in spec {spec!r}")
-    global_frame = m["global_frame"]
     if frame in b.frames_with_global:
         global_frame = global_frame or b.default_global_frame
         if global_frame not in b.global_frames:
@@ -188,8 +194,12 @@ def _build_ecomformer(spec: ModelSpec, **overrides) -> nn.Module:
 def _build_crystalformer(spec: ModelSpec, **overrides) -> nn.Module:
     from crystalframes.models.crystalformer import build_crystalformer
 
-    if "frame" in overrides and overrides.pop("frame") != spec.frame:
-        raise SpecError(f"frame is part of the spec ({spec.frame!r}); write it there, not as an override")
+    for key, value in (("frame", spec.frame), ("global_frame", spec.global_frame)):
+        if key in overrides and overrides[key] != value:
+            raise SpecError(f"{key} is part of the spec ({value!r}); write it there, not as an override")
+        overrides.pop(key, None)
+    if spec.global_frame is not None:
+        overrides["global_frame"] = spec.global_frame
     return build_crystalformer(spec.frame, spec.preset, **overrides)
 
 
@@ -221,14 +231,15 @@ def _register_defaults() -> None:
             name="crystalformer",
             builder=_build_crystalformer,
             frames=cf.FRAMES,
-            global_frames=(),
-            frames_with_global=(),
+            global_frames=tuple(GLOBAL_FRAMES),
+            frames_with_global=("global",),
             presets={name: p.description for name, p in cf.CRYSTALFORMER_PRESETS.items()},
             default_frame=cf.DEFAULT_FRAME,
-            default_global_frame="",
+            default_global_frame=cf.DEFAULT_GLOBAL_FRAME,
             default_preset=cf.DEFAULT_PRESET,
             training={name: p.training for name, p in cf.CRYSTALFORMER_PRESETS.items()},
             options=tuple(f.name for f in fields(cf.CrystalformerConfig)),
+            frame_aliases=cf.FRAME_ALIASES,
         )
     )
 
