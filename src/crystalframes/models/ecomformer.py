@@ -18,6 +18,8 @@ none                        -                                            r_ij (e
 equivariant_gram_schmidt    GS(sum phi_k r_hat_ij), fallback F_global    r_ij F_i^T
 spframe_gram_schmidt        GS(sum phi_k) F_global, + lattice angles     r_ij F_global^T F_INV,i^T
 spframe_quaternion          R(q_i) F_global                              r_ij F_global^T F_INV,i^T
+static                      max frame of 1/|r_ij|^2 (CrystalFramer's     r_ij F_i^T
+                            static baseline; ties broken by QR(L))
 global                      F_global (the same for every atom)           r_ij F_global^T
 ==========================  ===========================================  ====================
 
@@ -33,7 +35,7 @@ from torch import nn
 
 from crystalframes.data.batch import GraphBatch
 from crystalframes.data.graph import GraphSettings
-from crystalframes.frames import GLOBAL_FRAMES, compose_spframe, edges_in_frames, global_frame
+from crystalframes.frames import GLOBAL_FRAMES, compose_spframe, edges_in_frames, global_frame, qr_frame, static_local_frame
 from crystalframes.models import presets
 from crystalframes.models.presets import Preset
 from crystalframes.nn.atom_features import AtomFeatureTable
@@ -48,7 +50,7 @@ from crystalframes.nn.comformer_layers import (
 )
 from crystalframes.nn.encodings import INVERSE_DISTANCE_RANGE, GaussianBasis, inverse_distance, lattice_cosines
 
-FRAMES = ("none", "equivariant_gram_schmidt", "spframe_gram_schmidt", "spframe_quaternion", "global")
+FRAMES = ("none", "equivariant_gram_schmidt", "spframe_gram_schmidt", "spframe_quaternion", "static", "global")
 DEFAULT_FRAME = "spframe_quaternion"
 DEFAULT_GLOBAL_FRAME = "qr"
 LAYER_KINDS = ("att", "equi")
@@ -223,6 +225,9 @@ class EComFormer(nn.Module):
         frame = self.config.frame
         if frame == "global":  # the structure's global frame for every atom: nothing learned
             return global_frames.index_select(0, batch.batch)
+        if frame == "static":  # CrystalFramer's distance-driven max frame over the graph's edges
+            tie = qr_frame(batch.lattice).index_select(0, batch.batch)
+            return static_local_frame(batch.edge_vec, graph.centre, batch.batch.shape[0], tie)
         block = self.frames[index]
         if frame == "equivariant_gram_schmidt":
             # Already equivariant: no composition. Degenerate atoms (v_1 = 0, or v_2 collinear
