@@ -35,10 +35,37 @@ def model_of(spec):
     return build_model(spec).double().eval()
 
 
-def test_ecomformer_with_the_static_local_frame_is_exactly_invariant(crystals):
-    errors = invariance_errors(model_of("ecomformer:static@cpu_small"), crystals, trials=2)
+@pytest.mark.parametrize("frame", ["static", "max", "weighted_pca"])
+def test_ecomformer_with_crystalframer_local_frames_is_exactly_invariant(crystals, frame):
+    """The static frame (distances) and the dynamic frames (from the preceding transformer
+    layer's attention gates) on eComFormer: invariant to 1e-9 under rotations, translations,
+    permutations, supercells and batching, on cubic and hexagonal crystals where ties abound."""
+    errors = invariance_errors(model_of(f"ecomformer:{frame}@cpu_small"), crystals, trials=2)
     for key in ("rotation", "translation", "permutation", "supercell", "batch"):
-        assert errors[key] <= TOL64, (key, errors)
+        assert errors[key] <= TOL64, (frame, key, errors)
+
+
+def test_dynamic_frames_follow_the_attention(crystals):
+    """The dynamic frames really come from the attention: perturbing the first transformer
+    layer's query weights (which only change its gates) changes the max frames of some atoms,
+    while the static frame stays as it was (a control that the test could fail)."""
+    from crystalframes.data.batch import collate
+    from crystalframes.data.graph import build_graph
+
+    for frame, should_move in (("max", True), ("static", False)):
+        model = model_of(f"ecomformer:{frame}@cpu_small")
+        batch = collate([build_graph(c, model.graph_settings) for c in crystals], dtype=torch.float64)
+        with torch.no_grad():
+            before = model.frames_of(batch)[0]
+            model.layers[0].lin_query.weight.add_(torch.randn_like(model.layers[0].lin_query.weight))
+            after = model.frames_of(batch)[0]
+        moved = (after - before).abs().amax(dim=(1, 2)) > 1e-6
+        assert bool(moved.any()) == should_move, frame
+
+
+def test_dynamic_frames_need_a_transformer_layer_first():
+    with pytest.raises(ValueError, match="must start with 'att'"):
+        build_model("ecomformer:max@cpu_small", layer_order="equi-att")
 
 
 @pytest.mark.parametrize("name", ["qr", "polar", "lattice_pca", "lattice_vector", "positions_pca"])
@@ -48,12 +75,14 @@ def test_ecomformer_with_a_global_frame_for_every_atom_is_exactly_invariant(crys
         assert errors[key] <= TOL64, (name, key, errors)
 
 
-def test_static_frame_gets_gradients_everywhere(crystals):
-    """Every parameter of eComFormer with the static frame gets a finite, non-zero gradient."""
+@pytest.mark.parametrize("frame", ["static", "max", "weighted_pca"])
+def test_every_parameter_gets_a_gradient(crystals, frame):
+    """Every parameter gets a finite, non-zero gradient (the frames themselves are built from
+    detached weights, as CrystalFramer's are; the attention layers learn through the messages)."""
     from crystalframes.data.batch import collate
     from crystalframes.data.graph import build_graph
 
-    model = model_of("ecomformer:static@cpu_small").train()
+    model = model_of(f"ecomformer:{frame}@cpu_small").train()
     batch = collate([build_graph(c, model.graph_settings) for c in crystals], dtype=torch.float64)
     model(batch).square().sum().backward()
     for name, p in model.named_parameters():

@@ -18,6 +18,9 @@ none                        -                                            r_ij (e
 equivariant_gram_schmidt    GS(sum phi_k r_hat_ij), fallback F_global    r_ij F_i^T
 spframe_gram_schmidt        GS(sum phi_k) F_global, + lattice angles     r_ij F_global^T F_INV,i^T
 spframe_quaternion          R(q_i) F_global                              r_ij F_global^T F_INV,i^T
+max / weighted_pca          CrystalFramer's dynamic frames from the       r_ij F_i^T
+                            preceding transformer layer's attention
+                            (channel mean of its gates, one per edge)
 static                      max frame of 1/|r_ij|^2 (CrystalFramer's     r_ij F_i^T
                             static baseline; ties broken by QR(L))
 global                      F_global (the same for every atom)           r_ij F_global^T
@@ -35,7 +38,16 @@ from torch import nn
 
 from crystalframes.data.batch import GraphBatch
 from crystalframes.data.graph import GraphSettings
-from crystalframes.frames import GLOBAL_FRAMES, compose_spframe, edges_in_frames, global_frame, qr_frame, static_local_frame
+from crystalframes.frames import (
+    GLOBAL_FRAMES,
+    compose_spframe,
+    edges_in_frames,
+    global_frame,
+    max_frame,
+    qr_frame,
+    static_local_frame,
+    weighted_pca_frame,
+)
 from crystalframes.models import presets
 from crystalframes.models.presets import Preset
 from crystalframes.nn.atom_features import AtomFeatureTable
@@ -50,7 +62,9 @@ from crystalframes.nn.comformer_layers import (
 )
 from crystalframes.nn.encodings import INVERSE_DISTANCE_RANGE, GaussianBasis, inverse_distance, lattice_cosines
 
-FRAMES = ("none", "equivariant_gram_schmidt", "spframe_gram_schmidt", "spframe_quaternion", "static", "global")
+FRAMES = ("none", "equivariant_gram_schmidt", "spframe_gram_schmidt", "spframe_quaternion", "max", "weighted_pca", "static", "global")
+# frames rebuilt before each equivariant layer from the attention of the transformer layer before it
+DYNAMIC_FRAMES = ("max", "weighted_pca")
 DEFAULT_FRAME = "spframe_quaternion"
 DEFAULT_GLOBAL_FRAME = "qr"
 LAYER_KINDS = ("att", "equi")
@@ -126,6 +140,8 @@ class EComFormerConfig:
             raise ValueError(f"unknown frame {self.frame!r}; choose one of {FRAMES}")
         if self.global_frame not in GLOBAL_FRAMES:
             raise ValueError(f"unknown global frame {self.global_frame!r}; choose one of {tuple(GLOBAL_FRAMES)}")
+        if self.frame in DYNAMIC_FRAMES and self.layer_order[0] != "att":
+            raise ValueError(f"frame {self.frame!r} is built from a transformer layer's attention: layer_order must start with 'att'")
         if self.tensor_product not in TENSOR_PRODUCT_IMPLEMENTATIONS:
             raise ValueError(f"tensor_product must be one of {TENSOR_PRODUCT_IMPLEMENTATIONS}")
         for name in ("hidden", "scalars", "vectors", "rbf_bins", "angle_bins", "num_targets", "k"):
@@ -206,13 +222,17 @@ class EComFormer(nn.Module):
             cos = lattice_cosines(batch.edge_vec, batch.lattice, batch.batch.index_select(0, graph.centre))
             angles = self.angle_basis(cos).flatten(1)  # (E, 3 * angle_bins)
         frame_index = 0
+        weights = None  # per-edge attention of the last transformer layer (dynamic frames)
         for kind, layer in zip(c.layer_order, self.layers):
             if kind == "att":
-                f = layer(f, edge_feat, graph)
+                if c.frame in DYNAMIC_FRAMES:
+                    f, weights = layer(f, edge_feat, graph, return_weights=True)
+                else:
+                    f = layer(f, edge_feat, graph)
                 continue
             edge_vec = batch.edge_vec
             if c.frame != "none":
-                frames = self._frames(frame_index, f, edge_feat, angles, graph, batch, global_frames)
+                frames = self._frames(frame_index, f, edge_feat, angles, graph, batch, global_frames, weights)
                 if record is not None:
                     record.append(frames)
                 edge_vec = edges_in_frames(batch.edge_vec, frames, graph.centre)
@@ -220,9 +240,17 @@ class EComFormer(nn.Module):
             f = layer(f, edge_vec, edge_feat, graph)
         return f
 
-    def _frames(self, index, f, edge_feat, angles, graph, batch, global_frames) -> torch.Tensor:
+    def _frames(self, index, f, edge_feat, angles, graph, batch, global_frames, weights=None) -> torch.Tensor:
         """F_i (N, 3, 3) of the frame block before the ``index``-th equivariant layer."""
         frame = self.config.frame
+        if frame in DYNAMIC_FRAMES:
+            # CrystalFramer's frames from attention weights. Its weights are a softmax over the
+            # neighbours; eComFormer's transformer layer gates each neighbour's message with
+            # sigmoid(BN(alpha_ij)) per channel instead, and the channel mean of that gate is the
+            # share of j's message that reaches i: the same role, one weight per edge (one head).
+            tie = qr_frame(batch.lattice).index_select(0, batch.batch)
+            build = max_frame if frame == "max" else weighted_pca_frame
+            return build(batch.edge_vec, weights, graph.centre, batch.batch.shape[0], tie)
         if frame == "global":  # the structure's global frame for every atom: nothing learned
             return global_frames.index_select(0, batch.batch)
         if frame == "static":  # CrystalFramer's distance-driven max frame over the graph's edges

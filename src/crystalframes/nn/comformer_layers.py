@@ -264,15 +264,20 @@ class NodeTransformerLayer(nn.Module):
         self.bn_alpha = nn.BatchNorm1d(dim)
         self.bn = nn.BatchNorm1d(dim)
 
-    def forward(self, f: torch.Tensor, edge: EdgeTable, graph: MessageGraph) -> torch.Tensor:
+    def forward(self, f: torch.Tensor, edge: EdgeTable, graph: MessageGraph, return_weights: bool = False):
+        """The updated features (N, C); with ``return_weights`` also the attention weight of
+        every edge (E,): the mean over channels of its gate sigmoid(BN(alpha_ij)), how much of
+        neighbour j's message reaches centre i (what dynamic frames are built from)."""
         g = graph.groups(edge)  # key and value see (f_i, f_j, e_ij): one evaluation per group
         i, j = g.centre, g.neighbour
         q, k, v = self.lin_query(f), self.lin_key(f), self.lin_value(f)
         e = g.edge_part(edge.map(self.lin_edge))
         alpha = g.expand(rows(q / math.sqrt(self.dim), i) * self.key_update([(k, i), (k, j), e]))
         # BatchNorm on the edges: its training-mode statistics are over edges, not groups.
-        msg = g.expand(self.msg_update([(v, i), (v, j), e])) * torch.sigmoid(self.bn_alpha(alpha))
-        return F.softplus(f + self.bn(self.lin_concat(graph.sum_at_centre(msg))))
+        gate = torch.sigmoid(self.bn_alpha(alpha))
+        msg = g.expand(self.msg_update([(v, i), (v, j), e])) * gate
+        out = F.softplus(f + self.bn(self.lin_concat(graph.sum_at_centre(msg))))
+        return (out, gate.mean(dim=-1)) if return_weights else out
 
 
 # ---------------------------------------------------------------------------------------------
