@@ -87,3 +87,20 @@ def test_every_parameter_gets_a_gradient(crystals, frame):
     model(batch).square().sum().backward()
     for name, p in model.named_parameters():
         assert p.grad is not None and torch.isfinite(p.grad).all() and p.grad.abs().sum() > 0, name
+
+
+def test_a_shared_frame_changes_nothing_on_ecomformer(crystals):
+    """eComFormer's equivariant layer is rotation invariant per centre, so rotating all of a
+    crystal's edges by one frame (global+NAME) gives the same function as no frame (as the docs
+    say), while per-atom frames (static) do change it."""
+    from crystalframes.data.batch import collate
+    from crystalframes.data.graph import build_graph
+
+    plain = model_of("ecomformer:none@cpu_small")
+    batch = collate([build_graph(c, plain.graph_settings) for c in crystals], dtype=torch.float64)
+    with torch.no_grad():
+        expected = plain(batch)
+        for spec, same in (("ecomformer:global+polar@cpu_small", True), ("ecomformer:static@cpu_small", False)):
+            other = model_of(spec)
+            other.load_state_dict(plain.state_dict())
+            assert bool(((other(batch) - expected).abs().max() <= TOL64).item()) == same, spec
