@@ -11,12 +11,7 @@ from crystalframes.nn.chebyshev import ChebyshevMoments
 from crystalframes.nn.periodic_attention import PeriodicAttention, PeriodicGeometry
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def moments_inputs(seed=0, terms=9):

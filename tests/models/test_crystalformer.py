@@ -44,12 +44,7 @@ GLOBAL_FRAMES = ("global+positions_pca", "global+lattice_vector")
 ALL_FRAMES = LOCAL_FRAMES + GLOBAL_FRAMES + ("global+qr",)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -179,28 +179,28 @@ def available_specs() -> list[str]:
     return out
 
 
-def _build_ecomformer(spec: ModelSpec, **overrides) -> nn.Module:
-    from crystalframes.models.ecomformer import EComFormer, config_from_preset
-
+def _frame_settings(spec: ModelSpec, overrides: dict) -> dict:
+    """``overrides`` with the spec's frame and global frame, which overrides may not contradict."""
+    overrides = dict(overrides)
     for key, value in (("frame", spec.frame), ("global_frame", spec.global_frame)):
         if key in overrides and overrides[key] != value:
             raise SpecError(f"{key} is part of the spec ({value!r}); write it there, not as an override")
         overrides.pop(key, None)
     if spec.global_frame is not None:
         overrides["global_frame"] = spec.global_frame
-    return EComFormer(config_from_preset(spec.preset, frame=spec.frame, **overrides))
+    return overrides
+
+
+def _build_ecomformer(spec: ModelSpec, **overrides) -> nn.Module:
+    from crystalframes.models.ecomformer import EComFormer, config_from_preset
+
+    return EComFormer(config_from_preset(spec.preset, frame=spec.frame, **_frame_settings(spec, overrides)))
 
 
 def _build_crystalformer(spec: ModelSpec, **overrides) -> nn.Module:
     from crystalframes.models.crystalformer import build_crystalformer
 
-    for key, value in (("frame", spec.frame), ("global_frame", spec.global_frame)):
-        if key in overrides and overrides[key] != value:
-            raise SpecError(f"{key} is part of the spec ({value!r}); write it there, not as an override")
-        overrides.pop(key, None)
-    if spec.global_frame is not None:
-        overrides["global_frame"] = spec.global_frame
-    return build_crystalformer(spec.frame, spec.preset, **overrides)
+    return build_crystalformer(spec.frame, spec.preset, **_frame_settings(spec, overrides))
 
 
 def _register_defaults() -> None:
