@@ -104,3 +104,25 @@ def test_a_shared_frame_changes_nothing_on_ecomformer(crystals):
             other = model_of(spec)
             other.load_state_dict(plain.state_dict())
             assert bool(((other(batch) - expected).abs().max() <= TOL64).item()) == same, spec
+
+
+@pytest.mark.parametrize("global_name", ["qr", "polar"])
+def test_crystalformer_with_spframe_is_exactly_invariant(crystals, global_name):
+    """SPFrame's invariant quaternion frame composed with a global frame, on Crystalformer."""
+    errors = invariance_errors(model_of(f"crystalformer:spframe_quaternion+{global_name}@cpu_small"), crystals, trials=2)
+    for key in ("rotation", "translation", "permutation", "batch"):
+        assert errors[key] <= TOL64, (global_name, key, errors)
+
+
+def test_crystalformer_spframe_heads_learn_through_the_angle_encoding(crystals):
+    """The quaternion heads get their gradient only through the cosines of the angle encoding
+    (ChebyshevMoments.backward with respect to the cosines): finite and non-zero for every head."""
+    from crystalframes.data.batch import collate
+    from crystalframes.data.graph import build_graph
+
+    model = model_of("crystalformer:spframe_quaternion@cpu_small").train()
+    batch = collate([build_graph(c, model.graph_settings) for c in crystals[:4]], dtype=torch.float64)
+    model(batch).square().sum().backward()
+    for name, p in model.named_parameters():
+        if name.startswith("quaternion_heads"):
+            assert p.grad is not None and torch.isfinite(p.grad).all() and p.grad.abs().sum() > 0, name

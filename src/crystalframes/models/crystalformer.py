@@ -16,6 +16,8 @@ none          - (plain Crystalformer: psi = W0 b_dist)                -
 max           per layer and head, from that layer's attention         frames.max_frame
 weighted_pca  per layer and head, from that layer's attention         frames.weighted_pca_frame
 static        per atom, nearest-neighbour driven                      frames.static_local_frame
+spframe_      R(q_i) F_global per layer, q_i = softplus(Linear(x_i))   frames.quaternion_to_rotation
+quaternion    (SPFrame's invariant x equivariant composition)
 global        the crystal's global frame (``global_frame``), for      frames.global_frame
               every atom: ``global+positions_pca`` is CrystalFramer's
               "PCA" baseline (old name ``pca``), ``global+lattice_vector``
@@ -35,14 +37,14 @@ feed-forward weight matrices of every layer are multiplied by 0.67 L^-1/4 (L = n
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import torch
 from torch import nn
 
 from crystalframes.data.batch import GraphBatch
 from crystalframes.data.graph import GraphSettings
-from crystalframes.frames import GLOBAL_FRAMES
+from crystalframes.frames import GLOBAL_FRAMES, quaternion_to_rotation
 from crystalframes.io.elements import element_label
 from crystalframes.models import presets
 from crystalframes.models.presets import Preset
@@ -59,14 +61,16 @@ from crystalframes.nn.periodic_attention import (
     PeriodicGeometry,
 )
 
-FRAMES = ("none", "max", "weighted_pca", "static", "global")
+FRAMES = ("none", "max", "weighted_pca", "static", "global", "spframe_quaternion")
+# frames that use a global frame of the crystal (``global_frame``)
+USES_GLOBAL_FRAME = ("global", "spframe_quaternion")
 DEFAULT_FRAME = "none"
 DEFAULT_GLOBAL_FRAME = "qr"
 # CrystalFramer's names of its per-structure baselines: the global frame used as every atom's frame
 FRAME_ALIASES = {"pca": ("global", "positions_pca"), "lattice": ("global", "lattice_vector")}
 NUM_ELEMENTS = 98  # one-hot atom encoding: H (Z = 1) .. Cf (Z = 98)
 # the layer-level frame option of each model-level frame
-_LAYER_FRAME = {"none": "none", "max": "max", "weighted_pca": "weighted_pca", "static": "static", "global": "given"}
+_LAYER_FRAME = {"none": "none", "max": "max", "weighted_pca": "weighted_pca", "static": "static", "global": "given", "spframe_quaternion": "given"}
 
 
 def tfixup_scale(num_layers: int) -> float:
@@ -183,6 +187,12 @@ class Crystalformer(nn.Module):
         self.supported_atomic_numbers = frozenset(range(1, NUM_ELEMENTS + 1))
         self.atom_embedding = nn.Linear(NUM_ELEMENTS, c.model_dim, bias=False)
         self.layers = nn.ModuleList(CrystalformerLayer(c) for _ in range(c.num_layers))
+        if c.frame == "spframe_quaternion":
+            # SPFrame (Hua & Lin) on Crystalformer: before every layer an invariant rotation
+            # R(q_i), q_i = softplus(Linear(x_i)) from the atom's invariant features, composed with
+            # the crystal's equivariant global frame: F_i = R(q_i) F_global. The angle encoding
+            # passes gradients to q through the cosines (ChebyshevMoments.backward).
+            self.quaternion_heads = nn.ModuleList(nn.Linear(c.model_dim, 4) for _ in range(c.num_layers))
         self.head = nn.Sequential(nn.Linear(c.model_dim, c.head_hidden), nn.ReLU(), nn.Linear(c.head_hidden, c.num_targets))
         self._tfixup_init()
 
@@ -210,7 +220,7 @@ class Crystalformer(nn.Module):
 
         frame = self.config.frame
         frames = None
-        if frame == "global":
+        if frame in USES_GLOBAL_FRAME:
             frames = global_frame(self.config.global_frame, batch.lattice, batch.frac_coords, batch.batch)[batch.batch]
         tie = qr_frame(batch.lattice)[batch.batch] if frame in ("max", "weighted_pca", "static") else None
         return PeriodicGeometry(
@@ -227,7 +237,11 @@ class Crystalformer(nn.Module):
         """Per-atom features after the last layer: (N, C)."""
         x = self.embed(batch.atomic_numbers).to(batch.pos.dtype)
         geometry = self.geometry(batch)
-        for layer in self.layers:
+        global_frames = geometry.frames  # per atom, for frames composed with the global frame
+        for index, layer in enumerate(self.layers):
+            if self.config.frame == "spframe_quaternion":
+                local = quaternion_to_rotation(torch.nn.functional.softplus(self.quaternion_heads[index](x)))
+                geometry = replace(geometry, frames=local @ global_frames)
             x = layer(x, geometry)
         return x
 

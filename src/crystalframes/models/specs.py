@@ -232,7 +232,7 @@ def _register_defaults() -> None:
             builder=_build_crystalformer,
             frames=cf.FRAMES,
             global_frames=tuple(GLOBAL_FRAMES),
-            frames_with_global=("global",),
+            frames_with_global=cf.USES_GLOBAL_FRAME,
             presets={name: p.description for name, p in cf.CRYSTALFORMER_PRESETS.items()},
             default_frame=cf.DEFAULT_FRAME,
             default_global_frame=cf.DEFAULT_GLOBAL_FRAME,
