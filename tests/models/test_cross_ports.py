@@ -106,23 +106,24 @@ def test_a_shared_frame_changes_nothing_on_ecomformer(crystals):
             assert bool(((other(batch) - expected).abs().max() <= TOL64).item()) == same, spec
 
 
-@pytest.mark.parametrize("global_name", ["qr", "polar"])
-def test_crystalformer_with_spframe_is_exactly_invariant(crystals, global_name):
-    """SPFrame's invariant quaternion frame composed with a global frame, on Crystalformer."""
-    errors = invariance_errors(model_of(f"crystalformer:spframe_quaternion+{global_name}@cpu_small"), crystals, trials=2)
+@pytest.mark.parametrize("frame", ["spframe_quaternion+qr", "spframe_quaternion+polar", "spframe_gram_schmidt+qr"])
+def test_crystalformer_with_spframe_is_exactly_invariant(crystals, frame):
+    """SPFrame's invariant frames composed with a global frame, on Crystalformer."""
+    errors = invariance_errors(model_of(f"crystalformer:{frame}@cpu_small"), crystals, trials=2)
     for key in ("rotation", "translation", "permutation", "batch"):
-        assert errors[key] <= TOL64, (global_name, key, errors)
+        assert errors[key] <= TOL64, (frame, key, errors)
 
 
-def test_crystalformer_spframe_heads_learn_through_the_angle_encoding(crystals):
-    """The quaternion heads get their gradient only through the cosines of the angle encoding
+@pytest.mark.parametrize("frame", ["spframe_quaternion", "spframe_gram_schmidt"])
+def test_crystalformer_spframe_heads_learn_through_the_angle_encoding(crystals, frame):
+    """The frame heads get their gradient only through the cosines of the angle encoding
     (ChebyshevMoments.backward with respect to the cosines): finite and non-zero for every head."""
     from crystalframes.data.batch import collate
     from crystalframes.data.graph import build_graph
 
-    model = model_of("crystalformer:spframe_quaternion@cpu_small").train()
+    model = model_of(f"crystalformer:{frame}@cpu_small").train()
     batch = collate([build_graph(c, model.graph_settings) for c in crystals[:4]], dtype=torch.float64)
     model(batch).square().sum().backward()
     for name, p in model.named_parameters():
-        if name.startswith("quaternion_heads"):
+        if name.startswith("frame_heads"):
             assert p.grad is not None and torch.isfinite(p.grad).all() and p.grad.abs().sum() > 0, name

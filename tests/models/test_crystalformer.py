@@ -41,7 +41,7 @@ TOL64 = DEFAULT_TOLERANCES["float64"]  # 1e-9
 LOCAL_FRAMES = ("none", "max", "weighted_pca", "static")  # frames built from the attention entries
 # one frame per crystal, from the cell, for every atom (CrystalFramer's "pca" and "lattice" baselines)
 GLOBAL_FRAMES = ("global+positions_pca", "global+lattice_vector")
-ALL_FRAMES = LOCAL_FRAMES + GLOBAL_FRAMES + ("global+qr", "spframe_quaternion+qr")
+ALL_FRAMES = LOCAL_FRAMES + GLOBAL_FRAMES + ("global+qr", "spframe_quaternion+qr", "spframe_gram_schmidt+qr")
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -120,7 +120,7 @@ def test_parameter_counts():
     base = build_crystalformer("none", "reference")
     assert num_parameters(base) == 853_505
     assert sum(p.numel() for p in base.parameters()) == 853_505 + 12  # the frozen rho statistics
-    for frame in [f for f in FRAMES[1:] if f != "spframe_quaternion"]:  # that one adds its heads
+    for frame in [f for f in FRAMES[1:] if not f.startswith("spframe")]:  # those add their heads
         assert num_parameters(build_crystalformer(frame, "reference")) == 951_809
         assert num_parameters(build_crystalformer(frame, "lightweight")) == 878_081
     assert abs(951_809 - 952_000) < 500 and abs(878_081 - 878_000) < 500

@@ -18,6 +18,8 @@ weighted_pca  per layer and head, from that layer's attention         frames.wei
 static        per atom, nearest-neighbour driven                      frames.static_local_frame
 spframe_      R(q_i) F_global per layer, q_i = softplus(Linear(x_i))   frames.quaternion_to_rotation
 quaternion    (SPFrame's invariant x equivariant composition)
+spframe_gram_ GS(v_1, v_2) F_global, (v_1, v_2) = Linear(x_i)         frames.gram_schmidt
+schmidt
 global        the crystal's global frame (``global_frame``), for      frames.global_frame
               every atom: ``global+positions_pca`` is CrystalFramer's
               "PCA" baseline (old name ``pca``), ``global+lattice_vector``
@@ -44,7 +46,7 @@ from torch import nn
 
 from crystalframes.data.batch import GraphBatch
 from crystalframes.data.graph import GraphSettings
-from crystalframes.frames import GLOBAL_FRAMES, quaternion_to_rotation
+from crystalframes.frames import GLOBAL_FRAMES, gram_schmidt, quaternion_to_rotation
 from crystalframes.io.elements import element_label
 from crystalframes.models import presets
 from crystalframes.models.presets import Preset
@@ -61,16 +63,19 @@ from crystalframes.nn.periodic_attention import (
     PeriodicGeometry,
 )
 
-FRAMES = ("none", "max", "weighted_pca", "static", "global", "spframe_quaternion")
+FRAMES = ("none", "max", "weighted_pca", "static", "global", "spframe_quaternion", "spframe_gram_schmidt")
 # frames that use a global frame of the crystal (``global_frame``)
-USES_GLOBAL_FRAME = ("global", "spframe_quaternion")
+USES_GLOBAL_FRAME = ("global", "spframe_quaternion", "spframe_gram_schmidt")
+# SPFrame's invariant local frames, learned per layer from each atom's features
+LEARNED_FRAMES = ("spframe_quaternion", "spframe_gram_schmidt")
 DEFAULT_FRAME = "none"
 DEFAULT_GLOBAL_FRAME = "qr"
 # CrystalFramer's names of its per-structure baselines: the global frame used as every atom's frame
 FRAME_ALIASES = {"pca": ("global", "positions_pca"), "lattice": ("global", "lattice_vector")}
 NUM_ELEMENTS = 98  # one-hot atom encoding: H (Z = 1) .. Cf (Z = 98)
 # the layer-level frame option of each model-level frame
-_LAYER_FRAME = {"none": "none", "max": "max", "weighted_pca": "weighted_pca", "static": "static", "global": "given", "spframe_quaternion": "given"}
+_LAYER_FRAME = {"none": "none", "max": "max", "weighted_pca": "weighted_pca", "static": "static", "global": "given",
+                "spframe_quaternion": "given", "spframe_gram_schmidt": "given"}
 
 
 def tfixup_scale(num_layers: int) -> float:
@@ -187,12 +192,15 @@ class Crystalformer(nn.Module):
         self.supported_atomic_numbers = frozenset(range(1, NUM_ELEMENTS + 1))
         self.atom_embedding = nn.Linear(NUM_ELEMENTS, c.model_dim, bias=False)
         self.layers = nn.ModuleList(CrystalformerLayer(c) for _ in range(c.num_layers))
-        if c.frame == "spframe_quaternion":
-            # SPFrame (Hua & Lin) on Crystalformer: before every layer an invariant rotation
-            # R(q_i), q_i = softplus(Linear(x_i)) from the atom's invariant features, composed with
-            # the crystal's equivariant global frame: F_i = R(q_i) F_global. The angle encoding
-            # passes gradients to q through the cosines (ChebyshevMoments.backward).
-            self.quaternion_heads = nn.ModuleList(nn.Linear(c.model_dim, 4) for _ in range(c.num_layers))
+        if c.frame in LEARNED_FRAMES:
+            # SPFrame (Hua & Lin) on Crystalformer: before every layer an invariant rotation from
+            # the atom's invariant features x_i, composed with the crystal's equivariant global
+            # frame, F_i = F_INV,i F_global. Quaternion: F_INV = R(softplus(Linear(x_i))) (4
+            # outputs); Gram-Schmidt: F_INV = GS(v_1, v_2), (v_1, v_2) = Linear(x_i) (6 outputs).
+            # The angle encoding passes gradients to the heads through the cosines
+            # (ChebyshevMoments.backward).
+            outputs = 4 if c.frame == "spframe_quaternion" else 6
+            self.frame_heads = nn.ModuleList(nn.Linear(c.model_dim, outputs) for _ in range(c.num_layers))
         self.head = nn.Sequential(nn.Linear(c.model_dim, c.head_hidden), nn.ReLU(), nn.Linear(c.head_hidden, c.num_targets))
         self._tfixup_init()
 
@@ -239,11 +247,17 @@ class Crystalformer(nn.Module):
         geometry = self.geometry(batch)
         global_frames = geometry.frames  # per atom, for frames composed with the global frame
         for index, layer in enumerate(self.layers):
-            if self.config.frame == "spframe_quaternion":
-                local = quaternion_to_rotation(torch.nn.functional.softplus(self.quaternion_heads[index](x)))
-                geometry = replace(geometry, frames=local @ global_frames)
+            if self.config.frame in LEARNED_FRAMES:
+                geometry = replace(geometry, frames=self.invariant_frames(index, x) @ global_frames)
             x = layer(x, geometry)
         return x
+
+    def invariant_frames(self, index: int, x: torch.Tensor) -> torch.Tensor:
+        """F_INV,i (N, 3, 3) of layer ``index`` from the atoms' features ``x`` (learned frames)."""
+        out = self.frame_heads[index](x)
+        if self.config.frame == "spframe_quaternion":
+            return quaternion_to_rotation(torch.nn.functional.softplus(out))
+        return gram_schmidt(out[:, :3], out[:, 3:])
 
     @torch.no_grad()
     def node_features(self, batch: GraphBatch) -> torch.Tensor:
