@@ -24,7 +24,10 @@ def model_rows(preset: Optional[str] = None, backbones: Optional[List[str]] = No
     rows = []
     for name in names:
         backbone = BACKBONES[name]
-        for frame in backbone.frames:
+        # a per-structure frame used for every atom is its own frame, one row per global frame
+        # (global+positions_pca); frames composed with a global frame list the choices instead
+        frames = [f"{f}+{g}" if f == "global" else f for f in backbone.frames for g in (backbone.global_frames if f == "global" else [None])]
+        for frame in frames:
             spec = parse_spec(f"{name}:{frame}@{preset or backbone.default_preset}")
             rows.append(
                 {
@@ -32,8 +35,8 @@ def model_rows(preset: Optional[str] = None, backbones: Optional[List[str]] = No
                     "backbone": name,
                     "frame": frame,
                     "global_frame": spec.global_frame,
-                    # what may follow '+' in this frame's spec (empty: the frame takes no global frame)
-                    "global_frames": list(backbone.global_frames) if frame in backbone.frames_with_global else [],
+                    # what may follow '+' in this frame's spec (empty: none, or fixed as in global+NAME)
+                    "global_frames": list(backbone.global_frames) if spec.frame in backbone.frames_with_global and spec.frame != "global" else [],
                     "preset": spec.preset,
                     "presets": list(backbone.presets),
                     "parameters": num_parameters(build_model(spec)),
