@@ -40,6 +40,19 @@ SPECS = (
     "crystalformer:global+positions_pca@cpu_small",
     "crystalformer:global+lattice_vector@cpu_small",
     "crystalformer:static@cpu_small",
+    # frames on the backbone their paper did not use
+    "ecomformer:max@cpu_small",
+    "ecomformer:weighted_pca@cpu_small",
+    "ecomformer:static@cpu_small",
+    "ecomformer:global+qr@cpu_small",
+    "ecomformer:global+positions_pca@cpu_small",
+    "crystalformer:spframe_quaternion+qr@cpu_small",
+    "crystalformer:spframe_quaternion+polar@cpu_small",
+    "crystalformer:spframe_gram_schmidt+qr@cpu_small",
+    "crystalformer:global+qr@cpu_small",
+    "crystalformer:global+polar@cpu_small",
+    "crystalformer:global+lattice_pca@cpu_small",
+    "crystalformer:global+identity@cpu_small",
 )
 CHECKS = ("rotation", "translation", "permutation", "supercell", "mirror")
 
