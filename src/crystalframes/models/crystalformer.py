@@ -78,6 +78,20 @@ _LAYER_FRAME = {"none": "none", "max": "max", "weighted_pca": "weighted_pca", "s
                 "spframe_quaternion": "given", "spframe_gram_schmidt": "given"}
 
 
+# What a frame of this backbone cannot satisfy by construction: frame -> {check: reason}. The
+# model contract suite (tests/models/test_contract.py) asserts the opposite there: that the
+# dependence really shows, so a declaration cannot hide a bug. Measured on the whole JARVIS
+# sample in docs/diagnostics.md.
+_CELL = "a frame of the chosen cell: a supercell has other {}"
+DECLARED_DEPENDENCES: dict[str, dict[str, str]] = {
+    "global+identity": {"rotation": "the identity does not rotate with the crystal"},
+    "global+polar": {"supercell": _CELL.format("lattice vectors, so another polar factor")},
+    "global+lattice_pca": {"supercell": _CELL.format("lattice vectors, so other principal axes")},
+    "global+positions_pca": {"supercell": _CELL.format("atom positions, so other principal axes")},
+    "global+lattice_vector": {"supercell": _CELL.format("shortest lattice vectors")},
+}
+
+
 def tfixup_scale(num_layers: int) -> float:
     """Factor applied to value, output and feed-forward weights at init: 0.67 L^-1/4."""
     return 0.67 * num_layers ** (-0.25)

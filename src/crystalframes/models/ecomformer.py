@@ -80,6 +80,13 @@ USES_GLOBAL_FRAME = ("equivariant_gram_schmidt", "spframe_gram_schmidt", "spfram
 FALLBACK_TILT_QUATERNION = (0.8, 0.35, 0.25, 0.1)
 
 
+# What a frame of this backbone cannot satisfy by construction (frame -> {check: reason}; see the
+# model contract suite). None: the equivariant layer is rotation invariant per centre, so no
+# frame can break rotation invariance, and a frame shared by all atoms (global+NAME, identity and
+# cell-dependent ones included) changes nothing at all (tests/models/test_cross_ports.py).
+DECLARED_DEPENDENCES: dict[str, dict[str, str]] = {}
+
+
 def fallback_tilt(like: torch.Tensor) -> torch.Tensor:
     """The fixed rotation R(FALLBACK_TILT_QUATERNION) (3, 3), in ``like``'s dtype and device."""
     from crystalframes.frames import quaternion_to_rotation
