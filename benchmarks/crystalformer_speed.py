@@ -3,6 +3,7 @@
     python benchmarks/crystalformer_speed.py [--threads 2] [--structures 256] [--batch-size 64]
         [--cells 8 64 320 1000] [--specs none@reference max@reference max@lightweight] [--repeats 3]
     python benchmarks/crystalformer_speed.py --before OLD/src [--specs ...] [--structures 32]
+    (--specs with --before also takes full specs of any backbone: ecomformer:spframe_quaternion@cpu_small)
         [--batch-size 16] [--ratio-rounds 5]
 
 ``--before``: this checkout against another commit's package (``git worktree add OLD COMMIT``),
@@ -148,6 +149,10 @@ def _load_package(src: str | None) -> dict:
     return loaded
 
 
+def _label(spec: str) -> str:
+    return spec if ":" in spec else f"crystalformer:{spec}"
+
+
 def interleaved_before_after(before_src: str, specs: list[str], structures: int, batch_size: int, threads: int,
                              rounds: int, default_malloc: bool = False) -> dict:
     """spec -> {"difference": largest prediction difference, "infer" | "train": (median, lowest,
@@ -167,12 +172,15 @@ def interleaved_before_after(before_src: str, specs: list[str], structures: int,
     sample = [crystals[i] for i in idx]
     out = {}
     for spec in specs:
-        frame, preset = spec.split("@")
         runs = []
         for modules in versions:
             _use_package(modules)
             torch.manual_seed(0)
-            model = modules["crystalframes.models.crystalformer"].build_crystalformer(frame, preset)
+            if ":" in spec:  # a full spec of any backbone (ecomformer:spframe_quaternion@cpu)
+                model = modules["crystalframes.models"].build_model(spec)
+            else:
+                frame, preset = spec.split("@")
+                model = modules["crystalframes.models.crystalformer"].build_crystalformer(frame, preset)
             batches = [modules["crystalframes.data.batch"].collate(
                 [modules["crystalframes.data.graph"].build_graph(c, model.graph_settings) for c in sample[i : i + batch_size]],
                 target_names=["mp2018_e_form"]) for i in range(0, len(sample), batch_size)]
@@ -200,7 +208,7 @@ def interleaved_before_after(before_src: str, specs: list[str], structures: int,
                 model(batches[0])  # sets the rho statistics
                 outputs.append(model.eval()(batches[0]))
         difference = float((outputs[1] - outputs[0]).abs().max())
-        print(f"crystalformer:{spec:28s} largest |after - before| of the predictions: {difference:.2e}", flush=True)
+        print(f"{_label(spec):42s} largest |after - before| of the predictions: {difference:.2e}", flush=True)
         out[spec] = {"difference": difference}
         for kind in ("infer", "train"):
             seconds = np.zeros((rounds, len(runs[0][2]), 2))  # (round, batch, version)
@@ -217,7 +225,7 @@ def interleaved_before_after(before_src: str, specs: list[str], structures: int,
             ratio = per_round[:, 1] / per_round[:, 0]
             fastest = seconds.min(0).sum(0)  # every batch's fastest run: robust to other jobs' bursts
             out[spec][kind] = (float(np.median(ratio)), float(ratio.min()), float(ratio.max()), float(fastest[1] / fastest[0]))
-            print(f"crystalformer:{spec:28s} {kind:5s} after/before: median of rounds {out[spec][kind][0]:.3f}x "
+            print(f"{_label(spec):42s} {kind:5s} after/before: median of rounds {out[spec][kind][0]:.3f}x "
                   f"[{out[spec][kind][1]:.3f}, {out[spec][kind][2]:.3f}] over {rounds} rounds; fastest runs {out[spec][kind][3]:.3f}x "
                   f"(before {1e3 * fastest[0] / structures:.1f} ms/structure)", flush=True)
     _use_package(versions[1])
