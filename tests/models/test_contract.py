@@ -4,8 +4,8 @@ without a line of new test code.
 
 Float64, eval mode, real crystals from ../shared/data (cubic, hexagonal and lower symmetry),
 tolerance DEFAULT_TOLERANCES["float64"] = 1e-9: rotation, translation, permutation, supercell
-and batch invariance, determinism, finite outputs, and a finite gradient for every parameter
-(non-zero for all but documented exceptions). What a frame cannot satisfy by construction is
+and batch invariance, determinism, finite outputs, a finite non-zero gradient for every
+parameter, and a model file that loads back to the same predictions. What a frame cannot satisfy by construction is
 declared once, beside the backbone's frames (``DECLARED_DEPENDENCES``), and asserted the other
 way round here: the dependence must show (a negative control), so a declaration cannot hide a bug.
 Basis changes (another unit cell of the same crystal) are not part of this suite yet.
@@ -90,3 +90,20 @@ def test_every_parameter_gets_a_finite_gradient(spec, mp_sample):
         if p.grad.abs().sum() == 0:
             zero.append(name)
     assert not zero, (spec, zero)
+
+
+@pytest.mark.parametrize("spec", SPECS)
+def test_model_file_round_trip(spec, crystals, tmp_path):
+    """Every spec saves to a portable model file and loads back (weights_only) to the same
+    predictions, under its canonical name."""
+    from crystalframes.api import load_model, save_model_file
+    from crystalframes.data.normalise import TargetNormaliser
+
+    torch.manual_seed(0)
+    model = build_model(spec).eval()
+    path = save_model_file(tmp_path / "model.pt", model, model.spec, {}, TargetNormaliser(-1.0, 2.0), ["y"], ["eV"])
+    loaded = load_model(path)
+    assert loaded.spec == model.spec == spec
+    expected = TargetNormaliser(-1.0, 2.0).inverse(model(collate([build_graph(c, model.graph_settings) for c in crystals])).detach())
+    got = torch.as_tensor(loaded.predict(crystals)).reshape(expected.shape)
+    assert torch.allclose(got.to(expected.dtype), expected, rtol=0, atol=1e-6), spec
