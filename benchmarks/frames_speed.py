@@ -38,7 +38,7 @@ def main() -> None:
     graphs = [build_graph(c, GraphSettings(k=12)) for c in crystals]
     print(f"{len(crystals)} JARVIS structures, {sum(g.num_nodes for g in graphs)} atoms, batches of 64, {args.threads} threads")
     print(f"{'frame':24s} {'float64 us/atom':>16s} {'float32 us/atom':>16s}")
-    for name in [*GLOBAL_FRAMES, "gram_schmidt", "quaternion", "static_local", "max (3 heads)", "weighted_pca (3 heads)"]:
+    for name in [*GLOBAL_FRAMES, "gram_schmidt", "quaternion", "static", "max (3 heads)", "weighted_pca (3 heads)"]:
         row = []
         for dtype in (torch.float64, torch.float32):
             batches = [collate(graphs[i : i + 64], dtype=dtype) for i in range(0, len(graphs), 64)]
@@ -61,7 +61,7 @@ def run(name: str, b) -> torch.Tensor:
     if name == "quaternion":
         return quaternion_to_rotation(torch.cat([b.pos, b.pos[:, :1]], dim=1))
     tie = qr_frame(b.lattice)[b.batch]
-    if name == "static_local":
+    if name == "static":
         return static_local_frame(b.edge_vec, b.edge_index[0], n, tie)
     d = b.edge_vec.norm(dim=-1)
     w = torch.stack([torch.exp(-d), torch.exp(-2 * d), torch.ones_like(d)], 1)

@@ -37,7 +37,7 @@ def all_frames(batch):
     w = invariant_weights(batch)
     out["max"] = max_frame(batch.edge_vec, w, centre, n, tie)
     out["weighted_pca"] = weighted_pca_frame(batch.edge_vec, w, centre, n, tie)
-    out["static_local"] = static_local_frame(batch.edge_vec, centre, n, tie)
+    out["static"] = static_local_frame(batch.edge_vec, centre, n, tie)
     return out
 
 

@@ -51,7 +51,7 @@ def test_equivariant_frames_collapse_and_spframe_keeps_apart(run, tmp_path, by_i
     general = [o for o in eq["orbits"] if len(o["atoms"]) > 1 and o["site_symmetry"].strip(".") == "1"]
     assert general and all(o["collapsed"] and o["distinguishability"] < 1e-6 for o in general)
     png = tmp_path / "frames.png"
-    code, out, err = run("symmetry", str(cif), "--frame", "spframe", "--json", "--plot", str(png))
+    code, out, err = run("symmetry", str(cif), "--frame", "spframe_gram_schmidt", "--json", "--plot", str(png))
     sp = json.loads(out)
     assert all(not o["collapsed"] and o["distinguishability"] > 0.5 for o in sp["orbits"] if len(o["atoms"]) > 1)
     assert png.stat().st_size > 10_000 and png.read_bytes()[:4] == b"\x89PNG"
@@ -110,3 +110,18 @@ def test_check_reports_a_nan_output_of_a_later_structure_as_a_failure(run, tmp_p
     assert "max_rotation_error" in report["failed"] and "max_translation_error" not in report["failed"]
     code, out, err = run("check", "stub", *files, "--trials", "1")
     assert "FAILED" in out and "max_rotation_error" in out
+
+
+def test_symmetry_frames_use_the_spec_names_and_accept_the_old_ones(run, tmp_path):
+    """One name per frame: the structure frames of `symmetry` are named as in model specs
+    (spframe_gram_schmidt, static, global+qr); the names of earlier releases still work and
+    give the same report."""
+    from pymatgen.core import Lattice, Structure
+
+    cif = tmp_path / "NaCl.cif"
+    Structure(Lattice.cubic(5.64), ["Na", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]]).to(filename=str(cif))
+    for new, old in (("spframe_gram_schmidt", "spframe"), ("static", "static_local"), ("global+qr", "global_qr")):
+        code_new, out_new, err = run("symmetry", str(cif), "--frame", new, "--json")
+        code_old, out_old, _ = run("symmetry", str(cif), "--frame", old, "--json")
+        assert code_new == code_old == 0, err
+        assert json.loads(out_new)["orbits"] == json.loads(out_old)["orbits"]

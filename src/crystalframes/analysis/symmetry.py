@@ -80,20 +80,26 @@ def _global(name):
     return per_atom
 
 
+# Frames built from the structure alone (untrained stand-ins for the learned ones), under the
+# names the model specs use; the names of earlier releases stay accepted.
 STRUCTURE_FRAMES = {
-    "spframe": _spframe,
+    "spframe_gram_schmidt": _spframe,
     "equivariant_gram_schmidt": _equivariant_gs,
-    "static_local": _static,
-    **{f"global_{name}": _global(name) for name in GLOBAL_FRAMES},
+    "static": _static,
+    **{f"global+{name}": _global(name) for name in GLOBAL_FRAMES},
 }
+FRAME_ALIASES = {"spframe": "spframe_gram_schmidt", "static_local": "static", **{f"global_{n}": f"global+{n}" for n in GLOBAL_FRAMES}}
 
 
-def check_frame(frame: str) -> None:
-    """Raise :class:`SpecError` unless ``frame`` is one of :data:`STRUCTURE_FRAMES`."""
+def check_frame(frame: str) -> str:
+    """The canonical name of ``frame`` (one of :data:`STRUCTURE_FRAMES`, or an old name);
+    :class:`SpecError` with a did-you-mean otherwise."""
+    frame = FRAME_ALIASES.get(frame, frame)
     if frame not in STRUCTURE_FRAMES:
         close = difflib.get_close_matches(str(frame), list(STRUCTURE_FRAMES), n=1)
         hint = f" (did you mean {close[0]!r}?)" if close else ""
         raise SpecError(f"unknown frame {frame!r}{hint}; choose one of: {', '.join(sorted(STRUCTURE_FRAMES))}")
+    return frame
 
 
 def _neighbourhoods(batch, frames):
@@ -158,14 +164,14 @@ def idealised(crystal, symprec: float):
     return replace(crystal, lattice=np.array(atoms.cell), frac_coords=frac), moved
 
 
-def symmetry_analysis(crystal, frame: str = "spframe", model=None, k: int = 12, symprec: float = 1e-3, idealise: bool = True) -> dict:
+def symmetry_analysis(crystal, frame: str = "spframe_gram_schmidt", model=None, k: int = 12, symprec: float = 1e-3, idealise: bool = True) -> dict:
     """Space group, Wyckoff orbits and, per orbit, the distinguishability of equivalent atoms
     under ``frame`` (one of :data:`STRUCTURE_FRAMES`) or under a model's own frames
     (``model.frames_of(batch)``, first block) when ``model`` is given. With a model every
     multi-atom orbit also gets ``feature_spread`` (max |h_p - h_q| of the per-atom features
     ``model.node_features``) and ``features_coincide``. ``idealise`` first makes the crystal
     exactly symmetric within ``symprec`` (:func:`idealised`)."""
-    check_frame(frame)
+    frame = check_frame(frame)
     if model is not None:
         error = unsupported_elements_error(model, crystal)
         if error is not None:

@@ -12,7 +12,7 @@ import typer
 def symmetry_command(
     structure: Path = typer.Argument(..., help="Structure file (CIF, POSCAR, ...)."),
     model: Optional[str] = typer.Option(None, "--model", help="Use this model's own frames (trained model or spec)."),
-    frame: str = typer.Option("spframe", "--frame", help="Frame built from the structure alone (without --model)."),
+    frame: str = typer.Option("spframe_gram_schmidt", "--frame", help="Frame built from the structure alone (without --model)."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
     plot: Optional[Path] = typer.Option(None, "--plot", help="Write a PNG of the cell with each atom's frame axes."),
 ):
