@@ -228,6 +228,14 @@ class EComFormer(nn.Module):
         if c.frame == "spframe_gram_schmidt":
             cos = lattice_cosines(batch.edge_vec, batch.lattice, batch.batch.index_select(0, graph.centre))
             angles = self.angle_basis(cos).flatten(1)  # (E, 3 * angle_bins)
+        # Built once per forward: the tie-breaking frame of CrystalFramer's frames, and the frames
+        # that do not depend on the features (the same before every equivariant layer).
+        tie = qr_frame(batch.lattice).index_select(0, batch.batch) if c.frame in DYNAMIC_FRAMES + ("static",) else None
+        fixed = None
+        if c.frame == "static":  # CrystalFramer's distance-driven max frame over the graph's edges
+            fixed = static_local_frame(batch.edge_vec, graph.centre, batch.batch.shape[0], tie)
+        elif c.frame == "global":  # the structure's global frame for every atom: nothing learned
+            fixed = global_frames.index_select(0, batch.batch)
         frame_index = 0
         weights = None  # per-edge attention of the last transformer layer (dynamic frames)
         for kind, layer in zip(c.layer_order, self.layers):
@@ -239,7 +247,7 @@ class EComFormer(nn.Module):
                 continue
             edge_vec = batch.edge_vec
             if c.frame != "none":
-                frames = self._frames(frame_index, f, edge_feat, angles, graph, batch, global_frames, weights)
+                frames = fixed if fixed is not None else self._frames(frame_index, f, edge_feat, angles, graph, batch, global_frames, weights, tie)
                 if record is not None:
                     record.append(frames)
                 edge_vec = edges_in_frames(batch.edge_vec, frames, graph.centre)
@@ -247,22 +255,17 @@ class EComFormer(nn.Module):
             f = layer(f, edge_vec, edge_feat, graph)
         return f
 
-    def _frames(self, index, f, edge_feat, angles, graph, batch, global_frames, weights=None) -> torch.Tensor:
-        """F_i (N, 3, 3) of the frame block before the ``index``-th equivariant layer."""
+    def _frames(self, index, f, edge_feat, angles, graph, batch, global_frames, weights=None, tie=None) -> torch.Tensor:
+        """F_i (N, 3, 3) of the frame block before the ``index``-th equivariant layer (frames that
+        change from layer to layer)."""
         frame = self.config.frame
         if frame in DYNAMIC_FRAMES:
             # CrystalFramer's frames from attention weights. Its weights are a softmax over the
             # neighbours; eComFormer's transformer layer gates each neighbour's message with
             # sigmoid(BN(alpha_ij)) per channel instead, and the channel mean of that gate is the
             # share of j's message that reaches i: the same role, one weight per edge (one head).
-            tie = qr_frame(batch.lattice).index_select(0, batch.batch)
             build = max_frame if frame == "max" else weighted_pca_frame
             return build(batch.edge_vec, weights, graph.centre, batch.batch.shape[0], tie)
-        if frame == "global":  # the structure's global frame for every atom: nothing learned
-            return global_frames.index_select(0, batch.batch)
-        if frame == "static":  # CrystalFramer's distance-driven max frame over the graph's edges
-            tie = qr_frame(batch.lattice).index_select(0, batch.batch)
-            return static_local_frame(batch.edge_vec, graph.centre, batch.batch.shape[0], tie)
         block = self.frames[index]
         if frame == "equivariant_gram_schmidt":
             # Already equivariant: no composition. Degenerate atoms (v_1 = 0, or v_2 collinear
