@@ -12,3 +12,25 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def by_crystal_system(jarvis_sample, mp_sample):
+    """``pick(per_kind, max_atoms)``: the first ``per_kind`` cubic, hexagonal and lower-symmetry
+    crystals with 2..``max_atoms`` atoms of the shared JARVIS, then MP samples (spglib, symprec
+    1e-3): symmetric crystals are where frames meet ties."""
+    from crystalframes.analysis.symmetry import symmetry_dataset
+
+    def pick(per_kind: int, max_atoms: int) -> list:
+        picked, want = [], {"cubic": per_kind, "hexagonal": per_kind, "other": per_kind}
+        for c in jarvis_sample + mp_sample:
+            if 2 <= c.num_atoms <= max_atoms:
+                number = symmetry_dataset(c, 1e-3).number
+                kind = "cubic" if number >= 195 else "hexagonal" if 168 <= number <= 194 else "other"
+                if want[kind]:
+                    want[kind] -= 1
+                    picked.append(c)
+        assert not any(want.values()), want
+        return picked
+
+    return pick

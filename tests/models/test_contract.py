@@ -22,7 +22,7 @@ from crystalframes.cli.models import model_rows
 from crystalframes.data.batch import collate
 from crystalframes.data.graph import build_graph
 from crystalframes.models import build_model
-from crystalframes.testing import DEFAULT_TOLERANCES, invariance_errors
+from crystalframes.testing import DEFAULT_TOLERANCES, invariance_errors, predict
 
 TOL64 = DEFAULT_TOLERANCES["float64"]
 SPECS = [row["spec"] for row in model_rows("cpu_small")]
@@ -37,18 +37,8 @@ def declared(spec: str) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def crystals(mp_sample, jarvis_sample):
-    from crystalframes.analysis.symmetry import symmetry_dataset
-
-    picked, want = [], {"cubic": 2, "hexagonal": 2, "other": 2}
-    for c in jarvis_sample + mp_sample:
-        if 2 <= c.num_atoms <= 6:
-            number = symmetry_dataset(c, 1e-3).number
-            kind = "cubic" if number >= 195 else "hexagonal" if 168 <= number <= 194 else "other"
-            if want[kind]:
-                want[kind] -= 1
-                picked.append(c)
-    return picked
+def crystals(by_crystal_system):
+    return by_crystal_system(2, 6)
 
 
 def test_the_suite_covers_the_grid():
@@ -66,9 +56,7 @@ def test_model_contract(spec, crystals):
             assert errors[check] > 1e3 * TOL64, (spec, check, exceptions[check], errors)
         else:
             assert errors[check] <= TOL64, (spec, check, errors)
-    batch = collate([build_graph(c, model.graph_settings) for c in crystals], dtype=torch.float64)
-    with torch.no_grad():
-        first, second = model(batch), model(batch)
+    first, second = predict(model, crystals), predict(model, crystals)
     assert torch.isfinite(first).all() and torch.equal(first, second), spec
 
 
@@ -104,6 +92,6 @@ def test_model_file_round_trip(spec, crystals, tmp_path):
     path = save_model_file(tmp_path / "model.pt", model, model.spec, {}, TargetNormaliser(-1.0, 2.0), ["y"], ["eV"])
     loaded = load_model(path)
     assert loaded.spec == model.spec == spec
-    expected = TargetNormaliser(-1.0, 2.0).inverse(model(collate([build_graph(c, model.graph_settings) for c in crystals])).detach())
+    expected = TargetNormaliser(-1.0, 2.0).inverse(predict(model, crystals))
     got = torch.as_tensor(loaded.predict(crystals)).reshape(expected.shape)
     assert torch.allclose(got.to(expected.dtype), expected, rtol=0, atol=1e-6), spec

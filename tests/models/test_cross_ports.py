@@ -8,26 +8,14 @@ import pytest
 import torch
 
 from crystalframes.models import build_model
-from crystalframes.testing import DEFAULT_TOLERANCES, invariance_errors
+from crystalframes.testing import DEFAULT_TOLERANCES, invariance_errors, predict
 
 TOL64 = DEFAULT_TOLERANCES["float64"]
 
 
 @pytest.fixture(scope="module")
-def crystals(mp_sample, jarvis_sample):
-    from crystalframes.analysis.symmetry import symmetry_dataset
-
-    picked, want = [], {"cubic": 3, "hexagonal": 3, "other": 3}
-    for c in jarvis_sample + mp_sample:
-        if not 2 <= c.num_atoms <= 8:
-            continue
-        number = symmetry_dataset(c, 1e-3).number
-        kind = "cubic" if number >= 195 else "hexagonal" if 168 <= number <= 194 else "other"
-        if want[kind]:
-            want[kind] -= 1
-            picked.append(c)
-    assert not any(want.values())
-    return picked
+def crystals(by_crystal_system):
+    return by_crystal_system(3, 8)
 
 
 def model_of(spec):
@@ -93,17 +81,12 @@ def test_a_shared_frame_changes_nothing_on_ecomformer(crystals):
     """eComFormer's equivariant layer is rotation invariant per centre, so rotating all of a
     crystal's edges by one frame (global+NAME) gives the same function as no frame (as the docs
     say), while per-atom frames (static) do change it."""
-    from crystalframes.data.batch import collate
-    from crystalframes.data.graph import build_graph
-
     plain = model_of("ecomformer:none@cpu_small")
-    batch = collate([build_graph(c, plain.graph_settings) for c in crystals], dtype=torch.float64)
-    with torch.no_grad():
-        expected = plain(batch)
-        for spec, same in (("ecomformer:global+polar@cpu_small", True), ("ecomformer:static@cpu_small", False)):
-            other = model_of(spec)
-            other.load_state_dict(plain.state_dict())
-            assert bool(((other(batch) - expected).abs().max() <= TOL64).item()) == same, spec
+    expected = predict(plain, crystals)
+    for spec, same in (("ecomformer:global+polar@cpu_small", True), ("ecomformer:static@cpu_small", False)):
+        other = model_of(spec)
+        other.load_state_dict(plain.state_dict())
+        assert bool(((predict(other, crystals) - expected).abs().max() <= TOL64).item()) == same, spec
 
 
 @pytest.mark.parametrize("frame", ["spframe_quaternion+qr", "spframe_quaternion+polar", "spframe_gram_schmidt+qr"])

@@ -54,17 +54,13 @@ def test_every_global_frame_runs_on_every_backbone(backbone, global_name):
     """Finite outputs and rotation invariance in float64. The identity frame is not equivariant:
     Crystalformer's angle encoding then sees the rotation (a negative control that proves the
     test can fail), while eComFormer stays invariant through its own invariant equivariant layer."""
-    from crystalframes.data.batch import collate
-    from crystalframes.data.graph import build_graph
+    from crystalframes.testing import predict, random_rotation, rotated
 
     torch.manual_seed(0)
     model = build_model(f"{backbone}:global+{global_name}@cpu_small").double().eval()
     crystals = nacl_and_zno()
-    q, _ = np.linalg.qr(np.random.default_rng(1).normal(size=(3, 3)))
-    q *= np.sign(np.linalg.det(q))
-    rotated = [Crystal(c.id, c.lattice @ q.T, c.atomic_numbers, c.frac_coords) for c in crystals]
-    with torch.no_grad():
-        y0, y1 = (model(collate([build_graph(c, model.graph_settings) for c in cs], dtype=torch.float64)) for cs in (crystals, rotated))
+    rotation = random_rotation(np.random.default_rng(1))
+    y0, y1 = predict(model, crystals), predict(model, [rotated(c, rotation) for c in crystals])
     assert torch.isfinite(y0).all()
     change = (y1 - y0).abs().max().item()
     if global_name == "identity" and backbone == "crystalformer":
