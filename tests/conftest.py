@@ -65,3 +65,22 @@ def run(capsys):
         return code, out.out, out.err
 
     return _run
+
+
+@pytest.fixture(scope="session")
+def demo_subset(tmp_path_factory):
+    """``make(n_train, n_val) -> Path``: a JSONL of the first ``n_train`` train and ``n_val`` val
+    records of the embedded MP demo that hold the formation energy (real crystals, small runs)."""
+    import gzip
+    from importlib.resources import files
+
+    lines = gzip.open(files("crystalframes.data") / "embedded" / "mp_2018_demo.jsonl.gz", "rt").read().splitlines()
+
+    def make(n_train: int, n_val: int) -> Path:
+        train = [line for line in lines if '"split":"train"' in line and "mp2018_e_form" in line][:n_train]
+        val = [line for line in lines if '"split":"val"' in line and "mp2018_e_form" in line][:n_val]
+        path = tmp_path_factory.mktemp("data") / f"demo_{n_train}_{n_val}.jsonl"
+        path.write_text("\n".join(train + val) + "\n")
+        return path
+
+    return make

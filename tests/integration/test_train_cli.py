@@ -2,7 +2,6 @@
 DDP with two CPU processes, eval, predict, and the failure paths."""
 
 import csv
-import gzip
 import json
 import os
 import signal
@@ -20,16 +19,9 @@ TINY = ["--set", "model.spec=ecomformer:none@cpu_small", "--set", "model.options
 
 
 @pytest.fixture(scope="module")
-def subset(tmp_path_factory):
+def subset(demo_subset):
     """120 train + 40 val records of the embedded MP demo (real crystals), as JSONL."""
-    from importlib.resources import files
-
-    lines = gzip.open(files("crystalframes.data") / "embedded" / "mp_2018_demo.jsonl.gz", "rt").read().splitlines()
-    train = [l for l in lines if '"split":"train"' in l and "mp2018_e_form" in l][:120]
-    val = [l for l in lines if '"split":"val"' in l and "mp2018_e_form" in l][:40]
-    path = tmp_path_factory.mktemp("data") / "subset.jsonl"
-    path.write_text("\n".join(train + val) + "\n")
-    return path
+    return demo_subset(120, 40)
 
 
 def env(tmp_path):

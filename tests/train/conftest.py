@@ -1,23 +1,14 @@
 """Fixtures of the training tests (helpers in tiny.py)."""
 
-import gzip
-
 import pytest
 
 from tiny import tiny_config
 
 
 @pytest.fixture(scope="session")
-def tiny_data(tmp_path_factory):
+def tiny_data(demo_subset):
     """30 train + 10 val records (JSONL) of the embedded MP demo."""
-    from importlib.resources import files
-
-    lines = gzip.open(files("crystalframes.data") / "embedded" / "mp_2018_demo.jsonl.gz", "rt").read().splitlines()
-    train = [l for l in lines if '"split":"train"' in l and "mp2018_e_form" in l][:30]
-    val = [l for l in lines if '"split":"val"' in l and "mp2018_e_form" in l][:10]
-    path = tmp_path_factory.mktemp("data") / "tiny.jsonl"
-    path.write_text("\n".join(train + val) + "\n")
-    return path
+    return demo_subset(30, 10)
 
 
 @pytest.fixture(autouse=True)
