@@ -264,6 +264,7 @@ def _iter_zip(path: Path, where: str, archive: zipfile.ZipFile, members: list[st
 
 
 _ID_PROP = "id_prop.csv"
+_JSONL_SUFFIXES = (".jsonl", ".jsonl.gz", ".ndjson", ".ndjson.gz")
 
 
 def _structure_candidates(folder: Path, name: str) -> list[Path]:
@@ -425,7 +426,7 @@ def iter_records(source: str | Path, member: str | None = None) -> Iterator[Crys
         return _iter_folder(path, where)
 
     name = path.name.lower()
-    if name.endswith((".jsonl", ".jsonl.gz", ".ndjson", ".ndjson.gz")):
+    if name.endswith(_JSONL_SUFFIXES):
         return _iter_jsonl(path, where)
     if name.endswith((".json", ".json.gz")):
         return _iter_json(_load_json(_read_bytes_for_dataset(path, where), where), where)
@@ -443,7 +444,6 @@ def iter_records(source: str | Path, member: str | None = None) -> Iterator[Crys
     )
 
 
-_CONTAINER_SUFFIXES = (".jsonl", ".jsonl.gz", ".ndjson", ".ndjson.gz", ".zip", ".xyz", ".extxyz", ".traj")
 
 
 def iter_structures(source: str | os.PathLike) -> Iterator[Crystal | InputError]:
@@ -463,7 +463,8 @@ def iter_structures(source: str | os.PathLike) -> Iterator[Crystal | InputError]
                 yield read_structure(path)  # one record: named like any structure file
                 return
             records = _iter_json(data, where)
-        elif path.is_dir() or name.endswith(_CONTAINER_SUFFIXES) or name == _ID_PROP:
+        elif (path.is_dir() or name.endswith(_JSONL_SUFFIXES + (".zip",)) or name == _ID_PROP
+              or _structure_format(name) in MULTI_FRAME_FORMATS):
             records = iter_records(path)
         else:
             yield read_structure(path)
