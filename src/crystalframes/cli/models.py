@@ -26,7 +26,9 @@ def model_rows(preset: Optional[str] = None, backbones: Optional[List[str]] = No
         backbone = BACKBONES[name]
         # a per-structure frame used for every atom is its own frame, one row per global frame
         # (global+positions_pca); frames composed with a global frame list the choices instead
-        frames = [f"{f}+{g}" if f == "global" else f for f in backbone.frames for g in (backbone.global_frames if f == "global" else [None])]
+        frames = []
+        for frame in backbone.frames:
+            frames += [f"global+{g}" for g in backbone.global_frames] if frame == "global" else [frame]
         for frame in frames:
             spec = parse_spec(f"{name}:{frame}@{preset or backbone.default_preset}")
             rows.append(
