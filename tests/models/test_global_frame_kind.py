@@ -67,3 +67,16 @@ def test_every_global_frame_runs_on_every_backbone(backbone, global_name):
         assert change > 1e-6
     else:
         assert change < 1e-9
+
+
+@pytest.mark.parametrize("frame", ["spframe_quaternion", "spframe_gram_schmidt", "equivariant_gram_schmidt"])
+def test_ecomformer_files_with_learned_frames_written_before_the_frame_layer_load_and_predict_as_before(frame):
+    """Written by the code before the learned frame heads moved into ``crystalframes.frames``
+    (their parameters then lived under ``frames.*`` and ``angle_embeddings.*``), with that code's
+    predictions beside them."""
+    from crystalframes.api import load_model
+
+    expected = json.loads((FILES / "ecomformer_learned_frames.predictions.json").read_text())[frame]
+    model = load_model(FILES / f"ecomformer_{frame}@cpu_small.v0.1.0.pt")
+    got = np.asarray(model.predict(nacl_and_zno())).ravel()
+    np.testing.assert_allclose(got, expected, rtol=0, atol=1e-6)
