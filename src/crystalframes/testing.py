@@ -207,3 +207,26 @@ def invariance_errors(model, crystals, trials: int = 3, seed: int = 0, supercell
     error is NaN when any structure's is (:func:`worst`), so a NaN output fails a comparison."""
     rows = invariance_report(model, crystals, trials, seed, supercells)
     return {key: worst(r[key] for r in rows) for key in INVARIANCE_KEYS}
+
+
+def randomise_parameters(model, seed: int = 0):
+    """Every trainable parameter drawn afresh, in place: matrices N(0, 1/fan_in), vectors
+    N(0, 0.1^2). Returns the model.
+
+    A freshly initialised model can be nearly blind to some of its inputs (eComFormer's l > 0
+    tensor-product paths start near zero, so its outputs move by ~1e-8 when its frames change),
+    which makes an invariance check weak and a negative control impossible. Drawn this way every
+    path carries signal of order one."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            if not p.requires_grad:
+                continue
+            if p.dim() >= 2:
+                fan_in = p[0].numel()
+                p.copy_(torch.randn(p.shape, generator=g, dtype=p.dtype) * fan_in**-0.5)
+            else:
+                p.copy_(torch.randn(p.shape, generator=g, dtype=p.dtype) * 0.1)
+    return model

@@ -102,20 +102,33 @@ def rotation(theta: torch.Tensor) -> torch.Tensor:
 
 def test_attention_passes_gradients_to_a_learned_frame():
     """Finite differences through Crystalformer's attention with per-atom frames that depend on a
-    parameter (frame="given"): the angle encoding's gradient reaches the frame's parameter."""
+    parameter (a frame of the protocol, not registered): the angle encoding's gradient reaches the
+    frame's parameter."""
+    from crystalframes.frames import Frame, FrameSetup
+
     torch.manual_seed(0)
-    att = PeriodicAttention(dim=8, heads=2, frame="given", angle_bases=16, memory_budget=4096).double().eval()
+    att = PeriodicAttention(dim=8, heads=2, angle_encoding=True, angle_bases=16, memory_budget=4096).double().eval()
     lattice = torch.tensor([[[3.1, 0.2, 0.0], [0.4, 2.9, 0.1], [0.0, 0.3, 3.4]]], dtype=torch.float64)
     frac = torch.tensor([[0.0, 0.0, 0.0], [0.45, 0.52, 0.61], [0.2, 0.7, 0.35]], dtype=torch.float64)
     x = torch.randn(3, 8, dtype=torch.float64)
     base = torch.linalg.qr(torch.randn(3, 3, 3, dtype=torch.float64)).Q  # one frame per atom
 
+    class Rotated(Frame):
+        """Every atom's frame base_i R(theta), theta a parameter."""
+
+        def forward(self, layer, setup, hood):
+            return (base @ rotation(self.theta)).index_select(0, hood.centres)
+
+    frame = Rotated()
+    batch = torch.zeros(3, dtype=torch.long)
+
     def output(theta):
+        frame.theta = theta
         geometry = PeriodicGeometry(
-            pos=frac @ lattice[0], frac=frac, lattice=lattice, batch=torch.zeros(3, dtype=torch.long),
-            num_atoms=torch.tensor([3]), frames=base @ rotation(theta),
+            pos=frac @ lattice[0], frac=frac, lattice=lattice, batch=batch,
+            num_atoms=torch.tensor([3]), frame_setup=FrameSetup(lattice, batch),
         )
-        return att(x, geometry)
+        return att(x, geometry, frame, 0)
 
     theta = torch.tensor([0.3, -0.2, 0.5], dtype=torch.float64, requires_grad=True)
     (grad,) = torch.autograd.grad(output(theta).square().sum(), theta)

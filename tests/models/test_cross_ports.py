@@ -100,7 +100,8 @@ def test_crystalformer_with_spframe_is_exactly_invariant(crystals, frame):
 @pytest.mark.parametrize("frame", ["spframe_quaternion", "spframe_gram_schmidt"])
 def test_crystalformer_spframe_heads_learn_through_the_angle_encoding(crystals, frame):
     """The frame heads get their gradient only through the cosines of the angle encoding
-    (ChebyshevMoments.backward with respect to the cosines): finite and non-zero for every head."""
+    (ChebyshevMoments.backward with respect to the cosines): finite and non-zero for every
+    parameter of the frame."""
     from crystalframes.data.batch import collate
     from crystalframes.data.graph import build_graph
 
@@ -108,5 +109,5 @@ def test_crystalformer_spframe_heads_learn_through_the_angle_encoding(crystals, 
     batch = collate([build_graph(c, model.graph_settings) for c in crystals[:4]], dtype=torch.float64)
     model(batch).square().sum().backward()
     for name, p in model.named_parameters():
-        if name.startswith("frame_heads"):
+        if name.startswith("frame."):
             assert p.grad is not None and torch.isfinite(p.grad).all() and p.grad.abs().sum() > 0, name

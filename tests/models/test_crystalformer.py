@@ -19,13 +19,10 @@ import torch
 
 from crystalframes.data.batch import collate
 from crystalframes.data.graph import GraphSettings, build_graph
-from crystalframes.frames import max_frame, static_local_frame, weighted_pca_frame
+from crystalframes.frames import FRAMES, Neighbourhood, frame_names, max_frame, static_local_frame, weighted_pca_frame
+from crystalframes.frames import dynamic
 from crystalframes.io import Crystal
-from crystalframes.models.crystalformer import (
-    CRYSTALFORMER_PRESETS,
-    FRAMES,
-    build_crystalformer,
-)
+from crystalframes.models.crystalformer import CRYSTALFORMER_PRESETS, build_crystalformer
 from crystalframes.models import num_parameters
 from crystalframes.nn import periodic_attention as pa
 from crystalframes.testing import (
@@ -120,7 +117,7 @@ def test_parameter_counts():
     base = build_crystalformer("none", "reference")
     assert num_parameters(base) == 853_505
     assert sum(p.numel() for p in base.parameters()) == 853_505 + 12  # the frozen rho statistics
-    for frame in [f for f in FRAMES[1:] if not f.startswith("spframe")]:  # those add their heads
+    for frame in [f for f in frame_names()[1:] if "features" not in FRAMES[f].needs]:  # learned frames add heads
         assert num_parameters(build_crystalformer(frame, "reference")) == 951_809
         assert num_parameters(build_crystalformer(frame, "lightweight")) == 878_081
     assert abs(951_809 - 952_000) < 500 and abs(878_081 - 878_000) < 500
@@ -198,7 +195,12 @@ def test_periodic_entries_are_exactly_the_images_within_the_cutoff(crystals):
         assert torch.equal(sub.pair_centre[sub.pair], sub.centre)
 
 
-def naive_layer(att, x, crystal_batch, tie):
+def frame_of(model):
+    """The model's frame as its layers take it (None without one)."""
+    return model.frame if model.frame.active else None
+
+
+def naive_layer(att, x, crystal_batch, tie, frame):
     """Direct implementation of one attention layer on one crystal: a wide box of images,
     per-head softmax over (j, n) with d <= c sigma_ih, exact Gaussians, frames from the frames
     module on every entry."""
@@ -227,9 +229,9 @@ def naive_layer(att, x, crystal_batch, tie):
         weights.append(w)
     if att.angle_proj is not None:
         ci, vec, w = torch.cat(centre), torch.cat(vecs), torch.cat(weights)
-        if att.frame == "max":
+        if frame == "max":
             frames = max_frame(vec, w, ci, n, tie)
-        elif att.frame == "weighted_pca":
+        elif frame == "weighted_pca":
             frames = weighted_pca_frame(vec, w, ci, n, tie)
         else:
             frames = static_local_frame(vec, ci, n, tie).unsqueeze(1).expand(n, h, 3, 3)
@@ -253,8 +255,9 @@ def test_attention_layer_matches_the_direct_formula(frame, crystals):
         att, geometry = model.layers[0].attention, model.geometry(b)
         x = torch.randn(b.pos.shape[0], att.dim, dtype=torch.float64, generator=torch.Generator().manual_seed(2)) * 0.3
         with torch.no_grad():
-            expected = naive_layer(att, x, b, geometry.tie_frame)
-            got = att(x, geometry)
+            tie = None if geometry.frame_setup is None else geometry.frame_setup.tie_frames
+            expected = naive_layer(att, x, b, tie, frame)
+            got = att(x, geometry, frame_of(model), 0)
         assert (got - expected).abs().max() < 1e-11 * (1 + expected.abs().max())
 
 
@@ -279,17 +282,17 @@ def test_heads_with_different_max_frames_are_covered(crystals):
         model = small_model("max", [crystal], seed=1)
         b = batch_of([crystal])
         att, geometry = model.layers[0].attention, model.geometry(b)
-        original = att.frames
+        original = model.frame.forward
 
         def record(*args, original=original):
             out = original(*args)
             seen.append(pa._distinct_frames_per_centre(out)[1].shape[0] / out.shape[0])
             return out
 
-        att.frames = record
+        model.frame.forward = record
         x = torch.randn(b.pos.shape[0], att.dim, dtype=torch.float64, generator=torch.Generator().manual_seed(2)) * 0.3
         with torch.no_grad():
-            att(x, geometry)
+            att(x, geometry, model.frame, 0)
     assert seen and max(seen) > 1.0, seen
 
 
@@ -338,27 +341,28 @@ def test_chebyshev_moments_values_and_gradient():
 def test_max_frame_prefilter_is_exact(crystals, monkeypatch):
     """The max frames built from the pre-filtered entries equal max_frame over every entry,
     also when the verification sends rows back to the full computation."""
-    for threshold in (pa.MAX_FRAME_PREFILTER, 0.9):
-        monkeypatch.setattr(pa, "MAX_FRAME_PREFILTER", threshold)
+    for threshold in (dynamic.MAX_FRAME_PREFILTER, 0.9):
+        monkeypatch.setattr(dynamic, "MAX_FRAME_PREFILTER", threshold)
         model = small_model("max", crystals[:6])
         b = batch_of(crystals[:6])
         att, geometry = model.layers[1].attention, model.geometry(b)
-        x = model.layers[0](model.embed(b.atomic_numbers).double(), geometry)
+        x = model.layers[0](model.embed(b.atomic_numbers).double(), geometry, model.frame, 0)
         captured = []
-        original = pa.PeriodicAttention._max_frames
+        original = dynamic.max_frame_of_rows
 
-        def spy(self, w, bucket, ent, tie):
-            frames = original(self, w, bucket, ent, tie)
-            captured.append((w, bucket, ent, tie, frames))
+        def spy(rows, tie):
+            frames = original(rows, tie)
+            captured.append((rows, tie, frames))
             return frames
 
-        monkeypatch.setattr(pa.PeriodicAttention, "_max_frames", spy)
+        monkeypatch.setattr(dynamic, "max_frame_of_rows", spy)
         with torch.no_grad():
-            att(x, geometry)
-        monkeypatch.setattr(pa.PeriodicAttention, "_max_frames", original)
-        for w, bucket, ent, tie, frames in captured:
-            weights = w.transpose(1, 2).reshape(-1, w.shape[1])[bucket.flat]
-            full = max_frame(ent.vec[bucket.entries], weights, bucket.rows, len(bucket.centres), tie)
+            att(x, geometry, model.frame, 1)
+        monkeypatch.setattr(dynamic, "max_frame_of_rows", original)
+        assert captured
+        for rows, tie, frames in captured:
+            vec, centre, weights = Neighbourhood(torch.arange(len(tie)), rows=rows).entries()
+            full = max_frame(vec, weights, centre, len(tie), tie)
             assert torch.equal(frames, full)
 
 
@@ -401,7 +405,7 @@ def test_tie_breaking_depends_on_the_cell_basis(crystals):
 
         def original_tie_frame(batch):
             geometry = original(batch)
-            geometry.tie_frame = qr_frame(lattices.to(batch.pos.dtype))[batch.batch]
+            geometry.frame_setup.tie_frames = qr_frame(lattices.to(batch.pos.dtype))[batch.batch]
             return geometry
 
         expected = predict(model, crystals)
@@ -428,7 +432,7 @@ def test_a_broken_frame_would_be_caught(crystals):
 
     def identity_frames(batch):
         geometry = original(batch)
-        geometry.frames = torch.eye(3, dtype=batch.pos.dtype).expand(batch.pos.shape[0], 3, 3).clone()
+        geometry.frame_setup.global_frames = torch.eye(3, dtype=batch.pos.dtype).expand(batch.pos.shape[0], 3, 3).clone()
         return geometry
 
     model.geometry = identity_frames
@@ -526,4 +530,4 @@ def test_training_step_and_gradients(crystals):
     b = batch_of(crystals[1:2])
     att, geometry = model.layers[0].attention, model.geometry(b)
     x = (torch.randn(b.pos.shape[0], att.dim, dtype=torch.float64, generator=torch.Generator().manual_seed(0)) * 0.3).requires_grad_()
-    assert torch.autograd.gradcheck(lambda x: att(x, geometry), (x,), atol=1e-7)
+    assert torch.autograd.gradcheck(lambda x: att(x, geometry, model.frame, 0), (x,), atol=1e-7)

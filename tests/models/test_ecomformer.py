@@ -20,7 +20,10 @@ import torch
 from crystalframes.data.batch import collate
 from crystalframes.data.graph import build_graph
 from crystalframes.models import SpecError, build_model, num_parameters, parse_spec
-from crystalframes.models.ecomformer import FRAMES, PRESETS, EComFormer
+from crystalframes.frames import frame_names
+from crystalframes.models.ecomformer import PRESETS, EComFormer
+
+FRAMES = frame_names()
 from crystalframes.testing import (
     DEFAULT_TOLERANCES,
     invariance_errors,
@@ -356,7 +359,8 @@ def test_grouped_attention_equals_per_edge_attention(train):
     """The backbone's attention layer and the frame block's message give the same outputs
     and gradients with and without edge grouping, also in training mode (BatchNorm statistics
     over the edges)."""
-    from crystalframes.nn import EdgeTable, InvariantMessage, MessageGraph, NodeTransformerLayer
+    from crystalframes.frames.learned import InvariantMessage
+    from crystalframes.nn import EdgeTable, MessageGraph, NodeTransformerLayer
 
     torch.manual_seed(0)
     edge_index = torch.randint(0, 10, (2, 400))
@@ -380,14 +384,15 @@ def test_grouped_attention_equals_per_edge_attention(train):
 def test_quaternion_head_positive_by_default():
     """The seed's softplus head keeps all four quaternion components positive (a restricted
     set of rotations); ``positive=False`` is the unrestricted option."""
-    from crystalframes.nn import EdgeTable, MessageGraph, QuaternionFrame
+    from crystalframes.frames.learned import QuaternionHead
+    from crystalframes.nn import EdgeTable, MessageGraph
 
     torch.manual_seed(0)
     edge_index = torch.randint(0, 20, (2, 200))
     graph = MessageGraph(edge_index, 20, torch.float32)
     f, edge = torch.randn(20, 16), EdgeTable(torch.randn(200, 16))
     for positive in (True, False):
-        block = QuaternionFrame(16, positive=positive).eval()
+        block = QuaternionHead(16, positive=positive).eval()
         with torch.no_grad():
             q = block.quaternions(f, edge, graph)
             rot = block(f, edge, graph)
@@ -465,7 +470,7 @@ def test_spec_parsing_and_defaults():
 def test_overrides():
     model = build_model("ecomformer:spframe_quaternion+polar@cpu_small", num_targets=3, hidden=16, layer_order="att-equi")
     assert model.config.global_frame == "polar" and model.config.hidden == 16
-    assert model.config.layer_order == ("att", "equi") and len(model.frames) == 1
+    assert model.config.layer_order == ("att", "equi") and len(model.frame.heads) == 1
     batch = collate([build_graph(_cubic(), model.graph_settings)])
     assert model.eval()(batch).shape == (1, 3)
     with pytest.raises(SpecError, match="unknown ecomformer model option .hiden. .did you mean .hidden"):

@@ -21,29 +21,30 @@ def model_rows(preset: Optional[str] = None, backbones: Optional[List[str]] = No
     lacking = [n for n in names if preset is not None and preset not in BACKBONES[n].presets]
     if lacking:
         raise UserError(f"backbone(s) {', '.join(lacking)} have no preset {preset!r} (choose --backbone, or see `crystalframes models` for the presets)")
+    from crystalframes.frames import FRAMES, GLOBAL_FRAMES, frame_names
+    from crystalframes.models import declared_dependences
+
     rows = []
     for name in names:
         backbone = BACKBONES[name]
-        # a per-structure frame used for every atom is its own frame, one row per global frame
-        # (global+positions_pca); frames composed with a global frame list the choices instead
-        frames = []
-        for frame in backbone.frames:
-            frames += [f"global+{g}" for g in backbone.global_frames] if frame == "global" else [frame]
-        for frame in frames:
-            spec = parse_spec(f"{name}:{frame}@{preset or backbone.default_preset}")
-            rows.append(
-                {
-                    "spec": str(spec),
-                    "backbone": name,
-                    "frame": frame,
-                    "global_frame": spec.global_frame,
-                    # what may follow '+' in this frame's spec (empty: none, or fixed as in global+NAME)
-                    "global_frames": list(backbone.global_frames) if spec.frame in backbone.frames_with_global and spec.frame != "global" else [],
-                    "preset": spec.preset,
-                    "presets": list(backbone.presets),
-                    "parameters": num_parameters(build_model(spec)),
-                }
-            )
+        for frame in frame_names():  # every frame of the registry, with every global frame it takes
+            for global_name in GLOBAL_FRAMES if FRAMES[frame].composes_with_global else [None]:
+                written = frame if global_name is None else f"{frame}+{global_name}"
+                spec = parse_spec(f"{name}:{written}@{preset or backbone.default_preset}")
+                rows.append(
+                    {
+                        "spec": str(spec),
+                        "backbone": name,
+                        "frame": spec.frame,
+                        "global_frame": spec.global_frame,
+                        "summary": FRAMES[frame].summary,
+                        "needs": sorted(FRAMES[frame].needs),
+                        "declared_dependences": declared_dependences(spec),
+                        "preset": spec.preset,
+                        "presets": list(backbone.presets),
+                        "parameters": num_parameters(build_model(spec)),
+                    }
+                )
     return rows
 
 
@@ -52,14 +53,16 @@ def models_command(
     backbone: List[str] = typer.Option([], "--backbone", help="Only this backbone (repeatable)."),
     as_json: bool = typer.Option(False, "--json", help="Print a JSON list of objects with a 'spec' key."),
 ):
-    """Every backbone x frame this installation can build, its global frames, presets and size."""
+    """Every backbone x frame x global frame this installation can build, with its size (trainable
+    parameters), what the frame needs and what it cannot satisfy by construction."""
     rows = model_rows(preset, list(backbone) or None)
     if as_json:
         typer.echo(json.dumps(rows, indent=2))
         return
-    typer.echo(f"{'spec':64s} {'parameters':>11s}  global frames (+name)")
+    typer.echo(f"{'spec':64s} {'parameters':>11s}  {'needs':30s} declared dependences")
     for row in rows:
-        typer.echo(f"{row['spec']:64s} {row['parameters']:11,d}  {', '.join(row['global_frames']) or '-'}")
+        needs = ", ".join(row["needs"]) or "-"
+        typer.echo(f"{row['spec']:64s} {row['parameters']:11,d}  {needs:30s} {', '.join(row['declared_dependences']) or '-'}")
     for name in dict.fromkeys(r["backbone"] for r in rows):
         presets = next(r["presets"] for r in rows if r["backbone"] == name)
         typer.echo(f"\n{name} presets: {', '.join(presets)}")

@@ -1,4 +1,6 @@
-"""Every frame construction of SPFrame (seed 000) and CrystalFramer (seed 001).
+"""Every frame of SPFrame (Hua & Lin) and CrystalFramer (Ito, Taniai et al., ICLR 2025): the
+frame layer (:mod:`~crystalframes.frames.registry`: one protocol, one registry of frames by
+name, used by every backbone) and the constructions it is made of.
 
 A frame is a rotation F (orthonormal, det = +1) whose rows are the axes. An equivariant frame
 satisfies F(QX, QL) = F(X, L) Q^T for every rotation Q, so x F^T is invariant; an invariant
@@ -23,7 +25,24 @@ edges_in_frames              -            seed 000 Eq. 5
 ===========================  ===========  ==============================================
 """
 
-from crystalframes.frames.dynamic import max_frame, static_local_frame, weighted_pca_frame
+# registry first: the frame modules below register themselves on import
+from crystalframes.frames.registry import (
+    FRAME_ALIASES,
+    FRAMES,
+    GLOBAL_FRAME_DEPENDENCES,
+    NEEDS,
+    Frame,
+    FrameSetup,
+    Neighbourhood,
+    build_frame,
+    declared_dependences,
+    frame_names,
+    frames_with_global,
+    register_frame,
+    resolve_frame,
+)
+from crystalframes.frames.dynamic import max_frame, static_local_frame, weighted_pca_frame  # noqa: E402
+from crystalframes.frames import learned  # noqa: E402,F401 (registers the learned frames)
 from crystalframes.frames.global_frames import (
     GLOBAL_FRAMES,
     global_frame,
@@ -38,6 +57,19 @@ from crystalframes.frames.local import gram_schmidt
 from crystalframes.frames.spframe import compose_spframe, edges_in_frames, quaternion_to_rotation
 
 __all__ = [
+    "FRAMES",
+    "FRAME_ALIASES",
+    "GLOBAL_FRAME_DEPENDENCES",
+    "NEEDS",
+    "Frame",
+    "FrameSetup",
+    "Neighbourhood",
+    "build_frame",
+    "declared_dependences",
+    "frame_names",
+    "frames_with_global",
+    "register_frame",
+    "resolve_frame",
     "GLOBAL_FRAMES",
     "global_frame",
     "qr_frame",

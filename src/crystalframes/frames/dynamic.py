@@ -21,6 +21,7 @@ import torch
 
 from crystalframes.frames._util import oriented_eigenframe, segment_amax
 from crystalframes.frames.local import gram_schmidt
+from crystalframes.frames.registry import EntryRows, Frame, register_frame
 
 
 def tie_tolerance(dtype: torch.dtype) -> float:
@@ -35,6 +36,9 @@ def tie_tolerance(dtype: torch.dtype) -> float:
 MAX_COLLINEAR_COS = 0.9999
 # Entries shorter than this (the atom itself, n = 0) have no direction and are skipped.
 MIN_DISTANCE = 1e-6
+# max_frame_of_rows builds the max frame from the entries with w >= MAX_FRAME_PREFILTER x the
+# largest weight of the centre (and head) only, then verifies the result (see there).
+MAX_FRAME_PREFILTER = 1e-3
 
 
 def _flatten_heads(edge_vec, weights, centre, num_atoms, tie_frame):
@@ -144,3 +148,105 @@ def static_local_frame(
     """
     weights = 1.0 / edge_vec.detach().pow(2).sum(-1).clamp_min(1e-12)
     return max_frame(edge_vec, weights, centre, num_atoms, tie_frame)
+
+
+@torch.no_grad()
+def max_frame_of_rows(rows: EntryRows, tie_frame: torch.Tensor) -> torch.Tensor:
+    """:func:`max_frame` per (centre, head) of padded rows, (n, H, 3, 3), built from the entries
+    with w >= t = MAX_FRAME_PREFILTER w_max only: with infinitely connected attention most
+    entries are the Gaussian tail, never selected. Exact: an excluded entry has w < t, so its e2
+    score w (1 - |cos|) is < t too; wherever the best e2 score among the kept entries is not
+    clearly above t (>= 2t; this also covers e1 and ties), the frame is rebuilt from all the
+    entries of that row."""
+    w, vec, dist, valid = rows.weights, rows.vec, rows.dist, rows.valid
+    n, h, m = w.shape
+    t = MAX_FRAME_PREFILTER * w.amax(dim=-1, keepdim=True)  # (n, H, 1)
+    valid = valid.unsqueeze(1)
+    tie_rows = tie_frame.repeat_interleave(h, dim=0)  # (n H, 3, 3)
+    cells = vec.reshape(n * m, 3)
+
+    def build(mask: torch.Tensor, rows_wanted: torch.Tensor | None = None) -> torch.Tensor:
+        flat = torch.nonzero(mask.reshape(-1)).squeeze(-1)
+        row = torch.div(flat, m, rounding_mode="floor")
+        if rows_wanted is not None:  # renumber the selected rows 0..R-1
+            row = (torch.cumsum(rows_wanted, 0) - 1).index_select(0, row)
+        size = n * h if rows_wanted is None else int(rows_wanted.sum())
+        ties = tie_rows if rows_wanted is None else tie_rows[rows_wanted]
+        # (centre, head, column) -> (centre, column): the heads share the entry vectors
+        cell = torch.div(flat, h * m, rounding_mode="floor") * m + flat % m
+        return max_frame(cells.index_select(0, cell), w.reshape(-1).index_select(0, flat), row, size, ties)
+
+    kept = valid & (w >= t)
+    frames = build(kept).view(n, h, 3, 3)
+    # verification: the best e2 score among the kept entries, with max_frame's own rules
+    d = dist.unsqueeze(1)  # (n, 1, M)
+    cos = torch.einsum("nmc,nhc->nhm", vec, frames[:, :, 0]) / d.clamp_min(MIN_DISTANCE)
+    candidate = kept & (d > MIN_DISTANCE) & (cos.abs() < MAX_COLLINEAR_COS)
+    best = torch.where(candidate, w * (1 - cos.abs()), torch.zeros_like(w)).amax(dim=-1)  # (n, H)
+    redo = (best < 2 * t.squeeze(-1)).reshape(-1)
+    if bool(redo.any()):
+        every = (valid.expand(n, h, m).reshape(n * h, m) & redo.unsqueeze(-1)).view(n, h, m)
+        frames = frames.reshape(n * h, 3, 3).index_copy(0, torch.nonzero(redo).squeeze(-1), build(every, redo)).view(n, h, 3, 3)
+    return frames
+
+
+# ---------------------------------------------------------------------------------------------
+# The frames of the registry
+# ---------------------------------------------------------------------------------------------
+
+# Measured in the model contract suite (differences ~1e-6 to 1e-3 on symmetric crystals).
+_TIES = {"basis_change": "exact ties are broken by the QR frame of the chosen lattice basis, which another basis of the same crystal changes"}
+
+
+@register_frame
+class StaticFrame(Frame):
+    """CrystalFramer's static local frame (:func:`static_local_frame`) of each centre's
+    neighbour entries."""
+
+    name = "static"
+    summary = "CrystalFramer's static baseline: max frame of 1/|r|^2 (nearest neighbours)"
+    needs = frozenset({"neighbours"})
+    uses_tie_frame = True
+    dependences = _TIES
+
+    def forward(self, layer, setup, hood):
+        vec, centre, _ = hood.entries()
+        return static_local_frame(vec, centre, hood.num_centres, setup.tie_frames.index_select(0, hood.centres))
+
+
+@register_frame
+class MaxFrame(Frame):
+    """CrystalFramer's max frame (:func:`max_frame`) of the attention weights, per head when
+    the weights have heads."""
+
+    name = "max"
+    summary = "CrystalFramer: dynamic max frame of each layer's attention weights"
+    needs = frozenset({"neighbours", "attention"})
+    per_head = True
+    uses_tie_frame = True
+    dependences = _TIES
+
+    def forward(self, layer, setup, hood):
+        tie = setup.tie_frames.index_select(0, hood.centres)
+        if hood.rows is not None and hood.rows.weights is not None:
+            return max_frame_of_rows(hood.rows, tie)
+        vec, centre, weights = hood.entries()
+        return max_frame(vec, weights, centre, hood.num_centres, tie)
+
+
+@register_frame
+class WeightedPCAFrame(Frame):
+    """CrystalFramer's weighted PCA frame (:func:`weighted_pca_frame`) of the attention
+    weights, per head when the weights have heads."""
+
+    name = "weighted_pca"
+    summary = "CrystalFramer: dynamic weighted-PCA frame of each layer's attention weights"
+    needs = frozenset({"neighbours", "attention"})
+    per_head = True
+    uses_tie_frame = True
+    dependences = _TIES
+
+    def forward(self, layer, setup, hood):
+        tie = setup.tie_frames.index_select(0, hood.centres)
+        vec, centre, weights = hood.entries()
+        return weighted_pca_frame(vec, weights, centre, hood.num_centres, tie)

@@ -6,28 +6,23 @@ seeds 001-002), with the frame baselines of seed 001 on the same code path.
     output -> mean over the atoms of each crystal -> Linear(C, C) - ReLU - Linear(C, T)
 
 Attention is :class:`~crystalframes.nn.periodic_attention.PeriodicAttention` (infinitely
-connected attention over all atoms and lattice translations). The ``frame`` option decides
-what its value position encoding sees besides distances:
+connected attention over all atoms and lattice translations). With a frame (any frame of the
+registry, :mod:`crystalframes.frames`; the backbone names none) its value position encoding also
+sees the directions of the entries in atom i's frame, psi = W0 b_dist(d) + sum_k Wk b_angl(e_k .
+r_hat) (CrystalFramer). What this backbone hands its frame, in every layer (a
+:class:`~crystalframes.frames.Neighbourhood`):
 
-============  =====================================================  =========================
-frame         frame of atom i (rows e_1, e_2, e_3)                    from
-============  =====================================================  =========================
-none          - (plain Crystalformer: psi = W0 b_dist)                -
-max           per layer and head, from that layer's attention         frames.max_frame
-weighted_pca  per layer and head, from that layer's attention         frames.weighted_pca_frame
-static        per atom, nearest-neighbour driven                      frames.static_local_frame
-spframe_      R(q_i) F_global per layer, q_i = softplus(Linear(x_i))   frames.quaternion_to_rotation
-quaternion    (SPFrame's invariant x equivariant composition)
-spframe_gram_ GS(v_1, v_2) F_global, (v_1, v_2) = Linear(x_i)         frames.gram_schmidt
-schmidt
-global        the crystal's global frame (``global_frame``), for      frames.global_frame
-              every atom: ``global+positions_pca`` is CrystalFramer's
-              "PCA" baseline (old name ``pca``), ``global+lattice_vector``
-              its "lattice" baseline (old name ``lattice``)
-============  =====================================================  =========================
+- neighbours: the periodic entries (j, n) within the layer's cutoff, r_ijn from each centre;
+- attention: the layer's own softmax weights w_ijn, one per head (CrystalFramer's ``max`` and
+  ``weighted_pca`` frames are then per atom and head);
+- features: the atoms' features x_i entering the layer, and the atom pairs (i, j) as a message
+  graph with the layer's attention mass per head, sum_n w_ijn, as edge weights and the
+  attention-weighted direction sum_n w_ijn r_hat_ijn as the edge direction (SPFrame's learned
+  heads on this backbone; see :meth:`PeriodicAttention._pair_neighbourhood`).
 
-With a frame, psi = W0 b_dist(d) + sum_k Wk b_angl(e_k . r_hat) (seed 001). Exact ties of the
-local frames are broken by the QR frame of each crystal's lattice basis, so every option is
+CrystalFramer's "PCA" and "lattice" baselines are ``global+positions_pca`` and
+``global+lattice_vector`` (old names ``pca`` and ``lattice``, still accepted). Exact ties of the
+local frames are broken by the QR frame of each crystal's lattice basis, so every frame is
 exactly rotation invariant; another basis of the same cell may break ties differently (see
 docs/crystalformer.md, "Invariance, measured").
 
@@ -39,14 +34,15 @@ feed-forward weight matrices of every layer are multiplied by 0.67 L^-1/4 (L = n
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 
 import torch
 from torch import nn
 
 from crystalframes.data.batch import GraphBatch
 from crystalframes.data.graph import GraphSettings
-from crystalframes.frames import GLOBAL_FRAMES, gram_schmidt, quaternion_to_rotation
+from crystalframes.frames import FRAMES, GLOBAL_FRAMES, build_frame, frame_names, resolve_frame
+from crystalframes.frames.registry import DEFAULT_GLOBAL_FRAME
 from crystalframes.io.elements import element_label
 from crystalframes.models import presets
 from crystalframes.models.presets import Preset
@@ -63,33 +59,8 @@ from crystalframes.nn.periodic_attention import (
     PeriodicGeometry,
 )
 
-FRAMES = ("none", "max", "weighted_pca", "static", "global", "spframe_quaternion", "spframe_gram_schmidt")
-# frames that use a global frame of the crystal (``global_frame``)
-USES_GLOBAL_FRAME = ("global", "spframe_quaternion", "spframe_gram_schmidt")
-# SPFrame's invariant local frames, learned per layer from each atom's features
-LEARNED_FRAMES = ("spframe_quaternion", "spframe_gram_schmidt")
 DEFAULT_FRAME = "none"
-DEFAULT_GLOBAL_FRAME = "qr"
-# CrystalFramer's names of its per-structure baselines: the global frame used as every atom's frame
-FRAME_ALIASES = {"pca": ("global", "positions_pca"), "lattice": ("global", "lattice_vector")}
 NUM_ELEMENTS = 98  # one-hot atom encoding: H (Z = 1) .. Cf (Z = 98)
-# the layer-level frame option of each model-level frame
-_LAYER_FRAME = {"none": "none", "max": "max", "weighted_pca": "weighted_pca", "static": "static", "global": "given",
-                "spframe_quaternion": "given", "spframe_gram_schmidt": "given"}
-
-
-# What a frame of this backbone cannot satisfy by construction: frame -> {check: reason}. The
-# model contract suite (tests/models/test_contract.py) asserts the opposite there: that the
-# dependence really shows, so a declaration cannot hide a bug. Measured on the whole JARVIS
-# sample in docs/diagnostics.md.
-_CELL = "a frame of the chosen cell: a supercell has other {}"
-DECLARED_DEPENDENCES: dict[str, dict[str, str]] = {
-    "global+identity": {"rotation": "the identity does not rotate with the crystal"},
-    "global+polar": {"supercell": _CELL.format("lattice vectors, so another polar factor")},
-    "global+lattice_pca": {"supercell": _CELL.format("lattice vectors, so other principal axes")},
-    "global+positions_pca": {"supercell": _CELL.format("atom positions, so other principal axes")},
-    "global+lattice_vector": {"supercell": _CELL.format("shortest lattice vectors")},
-}
 
 
 def tfixup_scale(num_layers: int) -> float:
@@ -101,15 +72,17 @@ def tfixup_scale(num_layers: int) -> float:
 class CrystalformerConfig:
     """Every size and switch of the model (the ``model`` part of a preset).
 
-    frame: see the module docstring. angle_bases: D, Gaussians per frame axis (ignored for
-    ``none``). cutoff_sigmas: each head of each atom sums over the images within this many
+    frame, global_frame: see the module docstring. angle_bases: D, Gaussians per frame axis
+    (ignored for ``none``). positive_quaternion, angle_bins: options of the learned frames
+    (``spframe_quaternion``'s softplus head; Gaussians per lattice cosine of
+    ``spframe_gram_schmidt``). cutoff_sigmas: each head of each atom sums over the images within this many
     sigma_ih = r0 / sqrt(rho_ih) (the reference sizes an image box with 3.5; see
     :mod:`crystalframes.nn.periodic_attention`). memory_budget: elements of the largest
     temporary tensor of an attention layer.
     """
 
     frame: str = DEFAULT_FRAME
-    global_frame: str = DEFAULT_GLOBAL_FRAME  # the frame of frame="global" (see frames.GLOBAL_FRAMES)
+    global_frame: str = DEFAULT_GLOBAL_FRAME  # for frames that compose with one (see frames.GLOBAL_FRAMES)
     num_layers: int = 4
     model_dim: int = 128
     num_heads: int = 8
@@ -126,17 +99,18 @@ class CrystalformerConfig:
     head_hidden: int = 128
     num_targets: int = 1
     memory_budget: int = DEFAULT_MEMORY_BUDGET
+    positive_quaternion: bool = True
+    angle_bins: int = 16
 
     def __post_init__(self):
-        if self.frame in FRAME_ALIASES:  # old name: the same model
-            frame, global_name = FRAME_ALIASES[self.frame]
-            object.__setattr__(self, "frame", frame)
-            object.__setattr__(self, "global_frame", global_name)
+        frame, global_frame = resolve_frame(self.frame, self.global_frame)  # old names: the same model
+        object.__setattr__(self, "frame", frame)
+        object.__setattr__(self, "global_frame", global_frame)
         if self.frame not in FRAMES:
-            raise ValueError(f"unknown frame {self.frame!r}; choose one of {FRAMES}")
+            raise ValueError(f"unknown frame {self.frame!r}; choose one of {frame_names()}")
         if self.global_frame not in GLOBAL_FRAMES:
             raise ValueError(f"unknown global frame {self.global_frame!r}; choose one of {tuple(GLOBAL_FRAMES)}")
-        for name in ("num_layers", "model_dim", "num_heads", "ff_dim", "distance_bases", "head_hidden", "num_targets", "memory_budget"):
+        for name in ("num_layers", "model_dim", "num_heads", "ff_dim", "distance_bases", "head_hidden", "num_targets", "memory_budget", "angle_bins"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)}")
         if self.model_dim % self.num_heads:
@@ -166,14 +140,14 @@ class FeedForward(nn.Module):
 class CrystalformerLayer(nn.Module):
     """x + attention, then x + feed-forward (post-residual, no normalisation: T-Fixup)."""
 
-    def __init__(self, c: CrystalformerConfig):
+    def __init__(self, c: CrystalformerConfig, angle_encoding: bool):
         super().__init__()
         self.attention = PeriodicAttention(
             c.model_dim,
             c.num_heads,
             distance_bases=c.distance_bases,
             distance_max=c.distance_max,
-            frame=_LAYER_FRAME[c.frame],
+            angle_encoding=angle_encoding,
             angle_bases=c.angle_bases,
             angle_width_scale=c.angle_width_scale,
             r0=c.r0,
@@ -185,8 +159,8 @@ class CrystalformerLayer(nn.Module):
         )
         self.feed_forward = FeedForward(c.model_dim, c.ff_dim)
 
-    def forward(self, x, geometry: PeriodicGeometry):
-        x = x + self.attention(x, geometry)
+    def forward(self, x, geometry: PeriodicGeometry, frame=None, index: int = 0):
+        x = x + self.attention(x, geometry, frame, index)
         return x + self.feed_forward(x)
 
 
@@ -205,16 +179,14 @@ class Crystalformer(nn.Module):
         self.graph_settings = GraphSettings(k=None)
         self.supported_atomic_numbers = frozenset(range(1, NUM_ELEMENTS + 1))
         self.atom_embedding = nn.Linear(NUM_ELEMENTS, c.model_dim, bias=False)
-        self.layers = nn.ModuleList(CrystalformerLayer(c) for _ in range(c.num_layers))
-        if c.frame in LEARNED_FRAMES:
-            # SPFrame (Hua & Lin) on Crystalformer: before every layer an invariant rotation from
-            # the atom's invariant features x_i, composed with the crystal's equivariant global
-            # frame, F_i = F_INV,i F_global. Quaternion: F_INV = R(softplus(Linear(x_i))) (4
-            # outputs); Gram-Schmidt: F_INV = GS(v_1, v_2), (v_1, v_2) = Linear(x_i) (6 outputs).
-            # The angle encoding passes gradients to the heads through the cosines
-            # (ChebyshevMoments.backward).
-            outputs = 4 if c.frame == "spframe_quaternion" else 6
-            self.frame_heads = nn.ModuleList(nn.Linear(c.model_dim, outputs) for _ in range(c.num_layers))
+        # One frame for every layer; learned frames get a head per layer, whose gradient comes
+        # through the cosines of the angle encoding (ChebyshevMoments.backward). The message graph
+        # of learned frames has no edge features and one attention mass per head as edge weights.
+        self.frame = build_frame(
+            c.frame, c.global_frame, dim=c.model_dim, edge_dim=0, edge_weight_dim=c.num_heads, layers=c.num_layers,
+            positive_quaternion=c.positive_quaternion, angle_bins=c.angle_bins,
+        )
+        self.layers = nn.ModuleList(CrystalformerLayer(c, self.frame.active) for _ in range(c.num_layers))
         self.head = nn.Sequential(nn.Linear(c.model_dim, c.head_hidden), nn.ReLU(), nn.Linear(c.head_hidden, c.num_targets))
         self._tfixup_init()
 
@@ -238,40 +210,24 @@ class Crystalformer(nn.Module):
         return self.atom_embedding.weight.t()[atomic_numbers - 1]
 
     def geometry(self, batch: GraphBatch) -> PeriodicGeometry:
-        from crystalframes.frames import global_frame, qr_frame
-
-        frame = self.config.frame
-        frames = None
-        if frame in USES_GLOBAL_FRAME:
-            frames = global_frame(self.config.global_frame, batch.lattice, batch.frac_coords, batch.batch)[batch.batch]
-        tie = qr_frame(batch.lattice)[batch.batch] if frame in ("max", "weighted_pca", "static") else None
+        setup = self.frame.setup(batch.lattice, batch.frac_coords, batch.batch) if self.frame.active else None
         return PeriodicGeometry(
             pos=batch.pos,
             frac=batch.frac_coords,
             lattice=batch.lattice,
             batch=batch.batch,
             num_atoms=batch.num_atoms,
-            tie_frame=tie,
-            frames=frames,
+            frame_setup=setup,
         )
 
     def encode(self, batch: GraphBatch) -> torch.Tensor:
         """Per-atom features after the last layer: (N, C)."""
         x = self.embed(batch.atomic_numbers).to(batch.pos.dtype)
         geometry = self.geometry(batch)
-        global_frames = geometry.frames  # per atom, for frames composed with the global frame
+        frame = self.frame if self.frame.active else None
         for index, layer in enumerate(self.layers):
-            if self.config.frame in LEARNED_FRAMES:
-                geometry = replace(geometry, frames=self.invariant_frames(index, x) @ global_frames)
-            x = layer(x, geometry)
+            x = layer(x, geometry, frame, index)
         return x
-
-    def invariant_frames(self, index: int, x: torch.Tensor) -> torch.Tensor:
-        """F_INV,i (N, 3, 3) of layer ``index`` from the atoms' features ``x`` (learned frames)."""
-        out = self.frame_heads[index](x)
-        if self.config.frame == "spframe_quaternion":
-            return quaternion_to_rotation(torch.nn.functional.softplus(out))
-        return gram_schmidt(out[:, :3], out[:, 3:])
 
     @torch.no_grad()
     def node_features(self, batch: GraphBatch) -> torch.Tensor:
@@ -368,15 +324,13 @@ def crystalformer_config(frame: str = DEFAULT_FRAME, preset: str = DEFAULT_PRESE
 
 
 def build_crystalformer(frame: str = DEFAULT_FRAME, preset: str = DEFAULT_PRESET, **overrides) -> Crystalformer:
-    """Crystalformer (``frame="none"``), CrystalFramer (``"max"``, ``"weighted_pca"``) or a frame
-    baseline (``"static"``; ``"global"`` with ``global_frame="positions_pca"`` or
-    ``"lattice_vector"``, old names ``"pca"`` / ``"lattice"``) from a preset
-    (:data:`CRYSTALFORMER_PRESETS`), with any :class:`CrystalformerConfig` field overridden."""
+    """Crystalformer (``frame="none"``), CrystalFramer (``"max"``, ``"weighted_pca"``) or any
+    other frame of the registry from a preset (:data:`CRYSTALFORMER_PRESETS`), with any
+    :class:`CrystalformerConfig` field overridden."""
     return Crystalformer(crystalformer_config(frame, preset, **overrides))
 
 
 __all__ = [
-    "FRAMES",
     "CrystalformerConfig",
     "Crystalformer",
     "CRYSTALFORMER_PRESETS",

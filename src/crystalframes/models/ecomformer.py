@@ -8,25 +8,23 @@ One backbone code path for every frame variant:
               "equi": [frame block] -> node-wise equivariant update layer on Y(r_ij F_i^T)
     output -> mean over the atoms of each crystal -> Linear(C, C) - SiLU - Linear(C, T)
 
-A frame block precedes every equivariant update layer and is rebuilt from that layer's input
-features (seed 000 A.3, Fig. 4). Frames (rows = axes) and what the harmonics see:
+A frame (any frame of the registry, :mod:`crystalframes.frames`; the backbone names none)
+is built before every equivariant update layer, which then sees the edges in it, Y(r_ij F_i^T)
+(seed 000 A.3, Fig. 4). What this backbone hands its frame (a
+:class:`~crystalframes.frames.Neighbourhood`):
 
-==========================  ===========================================  ====================
-frame                       F_i                                          harmonics of
-==========================  ===========================================  ====================
-none                        -                                            r_ij (equivariant)
-equivariant_gram_schmidt    GS(sum phi_k r_hat_ij), fallback F_global    r_ij F_i^T
-spframe_gram_schmidt        GS(sum phi_k) F_global, + lattice angles     r_ij F_global^T F_INV,i^T
-spframe_quaternion          R(q_i) F_global                              r_ij F_global^T F_INV,i^T
-max / weighted_pca          CrystalFramer's dynamic frames from the       r_ij F_i^T
-                            preceding transformer layer's attention
-                            (channel mean of its gates, one per edge)
-static                      max frame of 1/|r_ij|^2 (CrystalFramer's     r_ij F_i^T
-                            static baseline; ties broken by QR(L))
-global                      F_global (the same for every atom)           r_ij F_global^T
-==========================  ===========================================  ====================
+- neighbours: the edges of the k-NN multigraph, r_ij from each centre i;
+- attention: for CrystalFramer's dynamic frames (``max``, ``weighted_pca``), the weights of the
+  transformer layer before the equivariant layer. CrystalFramer's weights are a softmax over the
+  neighbours; eComFormer's transformer layer gates each neighbour's message with
+  sigmoid(BN(alpha_ij)) per channel instead, and the channel mean of that gate is the share of
+  j's message that reaches i: the same role, one weight per edge (one head);
+- features: the input features f_i of the equivariant layer, and the k-NN graph with the edge
+  features e_ij and directions r_hat_ij for the learned heads (SPFrame's frame blocks).
 
-F_global is one of :data:`crystalframes.frames.GLOBAL_FRAMES` (``qr`` by default).
+Frames that depend on neither features nor attention (``static``, ``global``) are built once per
+forward. With ``global+NAME`` every atom shares one frame, which this backbone cancels (see
+:data:`SHARED_FRAMES_CANCEL`).
 """
 
 from __future__ import annotations
@@ -38,16 +36,8 @@ from torch import nn
 
 from crystalframes.data.batch import GraphBatch
 from crystalframes.data.graph import GraphSettings
-from crystalframes.frames import (
-    GLOBAL_FRAMES,
-    compose_spframe,
-    edges_in_frames,
-    global_frame,
-    max_frame,
-    qr_frame,
-    static_local_frame,
-    weighted_pca_frame,
-)
+from crystalframes.frames import FRAMES, GLOBAL_FRAMES, Neighbourhood, build_frame, edges_in_frames, frame_names, resolve_frame
+from crystalframes.frames.registry import DEFAULT_GLOBAL_FRAME
 from crystalframes.models import presets
 from crystalframes.models.presets import Preset
 from crystalframes.nn.atom_features import AtomFeatureTable
@@ -55,44 +45,24 @@ from crystalframes.nn.comformer_layers import (
     TENSOR_PRODUCT_IMPLEMENTATIONS,
     EdgeTable,
     EquivariantUpdateLayer,
-    GramSchmidtFrame,
     MessageGraph,
     NodeTransformerLayer,
-    QuaternionFrame,
 )
-from crystalframes.nn.encodings import INVERSE_DISTANCE_RANGE, GaussianBasis, inverse_distance, lattice_cosines
+from crystalframes.nn.encodings import INVERSE_DISTANCE_RANGE, GaussianBasis, inverse_distance
 
-FRAMES = ("none", "equivariant_gram_schmidt", "spframe_gram_schmidt", "spframe_quaternion", "max", "weighted_pca", "static", "global")
-# frames rebuilt before each equivariant layer from the attention of the transformer layer before it
-DYNAMIC_FRAMES = ("max", "weighted_pca")
 DEFAULT_FRAME = "spframe_quaternion"
-DEFAULT_GLOBAL_FRAME = "qr"
 LAYER_KINDS = ("att", "equi")
-# Frames whose construction uses the global frame (composition, or the equivariant fallback).
-USES_GLOBAL_FRAME = ("equivariant_gram_schmidt", "spframe_gram_schmidt", "spframe_quaternion", "global")
 
+# A frame shared by every atom changes nothing on this backbone: its equivariant update layer
+# contracts equivariant features of neighbouring atoms expressed in their frames, so a rotation
+# common to all atoms cancels (measured: tests/models/test_global_frame_kind.py and the model
+# contract suite, where no global frame, the identity and the cell-dependent ones included,
+# shows a dependence here).
+SHARED_FRAMES_CANCEL = True
 
-# When v_2 is collinear with v_1, gram_schmidt takes the fallback axis least aligned with e_1.
-# With the untilted global frame that choice ties exactly where symmetry puts e_1 (the c axis of
-# a hexagonal cell, [111] of a cubic one), and rounding noise then picks different axes for a
-# rotated copy of the crystal (measured: output changes of ~1e-6). A fixed generic rotation of
-# the fallback frame keeps it equivariant and moves those ties to directions no symmetry favours.
-FALLBACK_TILT_QUATERNION = (0.8, 0.35, 0.25, 0.1)
-
-
-# What a frame of this backbone cannot satisfy by construction (frame -> {check: reason}; see the
-# model contract suite). None: the equivariant layer is rotation invariant per centre, so no
-# frame can break rotation invariance, and a frame shared by all atoms (global+NAME, identity and
-# cell-dependent ones included) changes nothing at all (tests/models/test_cross_ports.py).
-DECLARED_DEPENDENCES: dict[str, dict[str, str]] = {}
-
-
-def fallback_tilt(like: torch.Tensor) -> torch.Tensor:
-    """The fixed rotation R(FALLBACK_TILT_QUATERNION) (3, 3), in ``like``'s dtype and device."""
-    from crystalframes.frames import quaternion_to_rotation
-
-    q = torch.tensor(FALLBACK_TILT_QUATERNION, dtype=like.dtype, device=like.device)
-    return quaternion_to_rotation(q)
+# Parameter names of model files written before the frame layer (format version 1): the learned
+# frame heads were the backbone's ``frames`` list and the Gram-Schmidt angle embeddings its own.
+_OLD_FRAME_KEYS = (("frames.", "frame.heads."), ("angle_embeddings.", "frame.angle_embeddings."))
 
 
 def message_passing_blocks(n: int) -> tuple[str, ...]:
@@ -143,11 +113,14 @@ class EComFormerConfig:
 
     def __post_init__(self):
         object.__setattr__(self, "layer_order", parse_layer_order(self.layer_order))
+        frame, global_frame = resolve_frame(self.frame, self.global_frame)
+        object.__setattr__(self, "frame", frame)
+        object.__setattr__(self, "global_frame", global_frame)
         if self.frame not in FRAMES:
-            raise ValueError(f"unknown frame {self.frame!r}; choose one of {FRAMES}")
+            raise ValueError(f"unknown frame {self.frame!r}; choose one of {frame_names()}")
         if self.global_frame not in GLOBAL_FRAMES:
             raise ValueError(f"unknown global frame {self.global_frame!r}; choose one of {tuple(GLOBAL_FRAMES)}")
-        if self.frame in DYNAMIC_FRAMES and self.layer_order[0] != "att":
+        if "attention" in FRAMES[self.frame].needs and self.layer_order[0] != "att":
             raise ValueError(f"frame {self.frame!r} is built from a transformer layer's attention: layer_order must start with 'att'")
         if self.tensor_product not in TENSOR_PRODUCT_IMPLEMENTATIONS:
             raise ValueError(f"tensor_product must be one of {TENSOR_PRODUCT_IMPLEMENTATIONS}")
@@ -179,20 +152,16 @@ class EComFormer(nn.Module):
         self.atom_embedding = nn.Linear(self.atom_features.dim, c.hidden)
         self.rbf = GaussianBasis(*INVERSE_DISTANCE_RANGE, c.rbf_bins)
         self.edge_embedding = nn.Sequential(nn.Linear(c.rbf_bins, c.hidden), nn.Softplus())
-        self.layers = nn.ModuleList()
-        self.frames = nn.ModuleList()
-        for kind in c.layer_order:
-            if kind == "att":
-                self.layers.append(NodeTransformerLayer(c.hidden))
-                continue
-            self.layers.append(EquivariantUpdateLayer(c.hidden, c.scalars, c.vectors, tensor_product=c.tensor_product))
-            if c.frame == "spframe_quaternion":
-                self.frames.append(QuaternionFrame(c.hidden, positive=c.positive_quaternion))
-            elif c.frame in ("equivariant_gram_schmidt", "spframe_gram_schmidt"):
-                self.frames.append(GramSchmidtFrame(c.hidden, equivariant=c.frame == "equivariant_gram_schmidt"))
-        if c.frame == "spframe_gram_schmidt":
-            self.angle_basis = GaussianBasis(-1.0, 1.0, c.angle_bins)
-            self.angle_embeddings = nn.ModuleList([nn.Linear(3 * c.angle_bins, c.hidden) for _ in self.frames])
+        self.layers = nn.ModuleList(
+            NodeTransformerLayer(c.hidden) if kind == "att" else EquivariantUpdateLayer(c.hidden, c.scalars, c.vectors, tensor_product=c.tensor_product)
+            for kind in c.layer_order
+        )
+        # One frame per equivariant layer, built before it (seed 000 A.3, Fig. 4).
+        self.frame = build_frame(
+            c.frame, c.global_frame, dim=c.hidden, edge_dim=c.hidden, layers=c.layer_order.count("equi"),
+            positive_quaternion=c.positive_quaternion, angle_bins=c.angle_bins,
+        )
+        self.register_load_state_dict_pre_hook(_rename_old_frame_keys)
         head = c.head_hidden or c.hidden
         self.head = nn.Sequential(nn.Linear(c.hidden, head), nn.SiLU(), nn.Linear(head, c.num_targets))
 
@@ -223,61 +192,45 @@ class EComFormer(nn.Module):
         f = self.atom_embedding(self.atom_features(batch.atomic_numbers).to(dtype))
         distances = EdgeTable.of_distances(batch.edge_vec.norm(dim=-1), c.deduplicate)
         edge_feat = distances.map(lambda d: self.edge_embedding(self.rbf(inverse_distance(d))))
-        global_frames = global_frame(c.global_frame, batch.lattice, batch.frac_coords, batch.batch) if c.frame in USES_GLOBAL_FRAME else None
-        angles = None
-        if c.frame == "spframe_gram_schmidt":
-            cos = lattice_cosines(batch.edge_vec, batch.lattice, batch.batch.index_select(0, graph.centre))
-            angles = self.angle_basis(cos).flatten(1)  # (E, 3 * angle_bins)
-        # Built once per forward: the tie-breaking frame of CrystalFramer's frames, and the frames
-        # that do not depend on the features (the same before every equivariant layer).
-        tie = qr_frame(batch.lattice).index_select(0, batch.batch) if c.frame in DYNAMIC_FRAMES + ("static",) else None
-        fixed = None
-        if c.frame == "static":  # CrystalFramer's distance-driven max frame over the graph's edges
-            fixed = static_local_frame(batch.edge_vec, graph.centre, batch.batch.shape[0], tie)
-        elif c.frame == "global":  # the structure's global frame for every atom: nothing learned
-            fixed = global_frames.index_select(0, batch.batch)
-        frame_index = 0
-        weights = None  # per-edge attention of the last transformer layer (dynamic frames)
+        frame = self.frame
+        if frame.active:
+            setup = frame.setup(batch.lattice, batch.frac_coords, batch.batch)
+            centres = torch.arange(batch.batch.shape[0], device=batch.batch.device)
+            directions = batch.edge_vec / batch.edge_vec.norm(dim=-1, keepdim=True)
+        # Attention-driven frames use the weights of the transformer layer before each equivariant
+        # layer. CrystalFramer's weights are a softmax over the neighbours; eComFormer's transformer
+        # layer gates each neighbour's message with sigmoid(BN(alpha_ij)) per channel instead, and
+        # the channel mean of that gate is the share of j's message that reaches i: the same role,
+        # one weight per edge (one head).
+        wants_weights = frame.active and "attention" in frame.needs
+        weights, fixed, frame_index = None, None, 0
         for kind, layer in zip(c.layer_order, self.layers):
             if kind == "att":
-                if c.frame in DYNAMIC_FRAMES:
+                if wants_weights:
                     f, weights = layer(f, edge_feat, graph, return_weights=True)
                 else:
                     f = layer(f, edge_feat, graph)
                 continue
             edge_vec = batch.edge_vec
-            if c.frame != "none":
-                frames = fixed if fixed is not None else self._frames(frame_index, f, edge_feat, angles, graph, batch, global_frames, weights, tie)
+            if frame.active:
+                if fixed is None or frame.rebuilt_per_layer:
+                    hood = Neighbourhood(centres, batch.edge_vec, graph.centre, weights, features=f, graph=graph,
+                                         edge_features=edge_feat, edge_directions=directions)
+                    fixed = frame(frame_index, setup, hood)
                 if record is not None:
-                    record.append(frames)
-                edge_vec = edges_in_frames(batch.edge_vec, frames, graph.centre)
+                    record.append(fixed)
+                edge_vec = edges_in_frames(batch.edge_vec, fixed, graph.centre)
                 frame_index += 1
             f = layer(f, edge_vec, edge_feat, graph)
         return f
 
-    def _frames(self, index, f, edge_feat, angles, graph, batch, global_frames, weights=None, tie=None) -> torch.Tensor:
-        """F_i (N, 3, 3) of the frame block before the ``index``-th equivariant layer (frames that
-        change from layer to layer)."""
-        frame = self.config.frame
-        if frame in DYNAMIC_FRAMES:
-            # CrystalFramer's frames from attention weights. Its weights are a softmax over the
-            # neighbours; eComFormer's transformer layer gates each neighbour's message with
-            # sigmoid(BN(alpha_ij)) per channel instead, and the channel mean of that gate is the
-            # share of j's message that reaches i: the same role, one weight per edge (one head).
-            build = max_frame if frame == "max" else weighted_pca_frame
-            return build(batch.edge_vec, weights, graph.centre, batch.batch.shape[0], tie)
-        block = self.frames[index]
-        if frame == "equivariant_gram_schmidt":
-            # Already equivariant: no composition. Degenerate atoms (v_1 = 0, or v_2 collinear
-            # with v_1, as on every site of an axis of symmetry) fall back to the global frame,
-            # tilted by a fixed generic rotation; see FALLBACK_TILT_QUATERNION.
-            fallback = fallback_tilt(global_frames) @ global_frames
-            return block(f, edge_feat, graph, edge_vec=batch.edge_vec, fallback=fallback.index_select(0, batch.batch))
-        if frame == "spframe_gram_schmidt":
-            local = block(f, edge_feat + self.angle_embeddings[index](angles), graph)
-        else:
-            local = block(f, edge_feat, graph)
-        return compose_spframe(local, global_frames, batch.batch)
+
+def _rename_old_frame_keys(module, state_dict, prefix, *args):
+    """Load hook: parameter names of files written before the frame layer -> today's names."""
+    for key in [k for k in state_dict if k.startswith(prefix)]:
+        for old, new in _OLD_FRAME_KEYS:
+            if key.startswith(prefix + old):
+                state_dict[prefix + new + key[len(prefix + old):]] = state_dict.pop(key)
 
 
 # ---------------------------------------------------------------------------------------------

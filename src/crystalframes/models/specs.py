@@ -11,9 +11,10 @@ Omitted parts take the backbone's defaults. ``build_model(spec, **overrides)`` b
 overrides replace single settings of the preset (``num_targets=2``, ``hidden=64``...).
 ``preset_training(spec)`` returns the preset's published training settings as plain data.
 
-Backbones register a :class:`Backbone` (name, builder, frames, global frames, presets,
-defaults) in :data:`BACKBONES` through :func:`register_backbone`; nothing else needs to change
-for a new backbone.
+Backbones register a :class:`Backbone` (name, builder, presets, defaults) in :data:`BACKBONES`
+through :func:`register_backbone`; nothing else needs to change for a new backbone. Frames are
+not the backbones' business: every frame of the frame registry (:mod:`crystalframes.frames`)
+runs on every backbone, and old frame names are its aliases.
 """
 
 from __future__ import annotations
@@ -63,27 +64,22 @@ class ModelSpec:
 class Backbone:
     """What the registry needs to know about a backbone.
 
-    builder(spec, **overrides) -> nn.Module; ``frames`` the accepted frame names;
-    ``global_frames`` the accepted global frames; ``frames_with_global`` the frames for which a
-    global frame means something (others reject ``+name``); ``presets`` name -> description;
+    builder(spec, **overrides) -> nn.Module; ``presets`` name -> description;
     ``training`` preset name -> its published training settings (plain data, see
     :func:`preset_training`); ``options`` the settings a preset lets overrides replace (empty:
-    the builder checks them itself).
+    the builder checks them itself); ``shared_frames_cancel``: a frame shared by every atom
+    (``global+NAME``) provably changes nothing on this backbone, so no global frame's declared
+    dependence applies to it (the model contract suite checks the claim).
     """
 
     name: str
     builder: Callable[..., nn.Module]
-    frames: tuple[str, ...]
-    global_frames: tuple[str, ...]
-    frames_with_global: tuple[str, ...]
     presets: Mapping[str, str]
     default_frame: str
-    default_global_frame: str
     default_preset: str
     training: Mapping[str, dict] = field(default_factory=dict)
     options: tuple[str, ...] = ()
-    # old frame name -> (frame, global frame): specs (and model files) written with it still work
-    frame_aliases: Mapping[str, tuple[str, str]] = field(default_factory=dict)
+    shared_frames_cancel: bool = False
 
 
 BACKBONES: dict[str, Backbone] = {}
@@ -107,19 +103,20 @@ def parse_spec(spec: str | ModelSpec) -> ModelSpec:
     name = m["backbone"]
     if name not in BACKBONES:
         raise _unknown("backbone", name, sorted(BACKBONES), f" in spec {spec!r}")
+    from crystalframes.frames import FRAMES, GLOBAL_FRAMES, frame_names, resolve_frame
+    from crystalframes.frames.registry import DEFAULT_GLOBAL_FRAME
+
     b = BACKBONES[name]
-    frame = m["frame"] or b.default_frame
-    global_frame = m["global_frame"]
-    if frame in b.frame_aliases:
-        if global_frame is not None:
-            raise SpecError(f"{frame!r} of {name} is {'+'.join(b.frame_aliases[frame])}: write that instead of '{frame}+{global_frame}'")
-        frame, global_frame = b.frame_aliases[frame]
-    if frame not in b.frames:
-        raise _unknown("frame", frame, b.frames, f" for {name} in spec {spec!r}")
-    if frame in b.frames_with_global:
-        global_frame = global_frame or b.default_global_frame
-        if global_frame not in b.global_frames:
-            raise _unknown("global frame", global_frame, b.global_frames, f" in spec {spec!r}")
+    try:
+        frame, global_frame = resolve_frame(m["frame"] or b.default_frame, m["global_frame"])
+    except ValueError as exc:
+        raise SpecError(f"{exc} (in spec {spec!r})") from None
+    if frame not in FRAMES:
+        raise _unknown("frame", frame, frame_names(), f" for {name} in spec {spec!r}")
+    if FRAMES[frame].composes_with_global:
+        global_frame = global_frame or DEFAULT_GLOBAL_FRAME
+        if global_frame not in GLOBAL_FRAMES:
+            raise _unknown("global frame", global_frame, tuple(GLOBAL_FRAMES), f" in spec {spec!r}")
     elif global_frame is not None:
         raise SpecError(f"frame {frame!r} of {name} uses no global frame, so '+{global_frame}' in {spec!r} means nothing")
     preset = m["preset"] or b.default_preset
@@ -171,11 +168,38 @@ def preset_training(spec: str | ModelSpec) -> dict:
 
 def available_specs() -> list[str]:
     """Every backbone:frame@preset combination (default global frames)."""
+    from crystalframes.frames import frame_names
+
     out = []
     for b in BACKBONES.values():
-        for frame in b.frames:
+        for frame in frame_names():
             for preset in b.presets:
                 out.append(str(parse_spec(f"{b.name}:{frame}@{preset}")))
+    return out
+
+
+# Marks a declared dependence that may not show: see declared_dependences.
+MAY_CANCEL = "may cancel: "
+
+
+def declared_dependences(spec: str | ModelSpec) -> dict[str, str]:
+    """What the model a spec names cannot satisfy by construction (check -> reason): its
+    frame's declarations (:func:`crystalframes.frames.declared_dependences`). On a backbone where
+    a frame shared by all atoms cancels (``Backbone.shared_frames_cancel``) a shared frame
+    declares nothing, and a frame that uses its global frame only as a fallback keeps the global
+    frame's dependences with the prefix :data:`MAY_CANCEL`: the atoms that fall back share that
+    frame, so the dependence shows only where they meet atoms that do not (measured: on the
+    contract suite's crystals it shows for supercells, not for basis changes)."""
+    from crystalframes.frames import FRAMES, declared_dependences as frame_dependences
+
+    parsed = parse_spec(spec)
+    frame = FRAMES[parsed.frame]
+    cancels = BACKBONES[parsed.backbone].shared_frames_cancel
+    if cancels and frame.shared:
+        return {}
+    out = frame_dependences(parsed.frame, parsed.global_frame)
+    if cancels and frame.global_frame_is_fallback:
+        out = {check: reason if check in frame.dependences else MAY_CANCEL + reason for check, reason in out.items()}
     return out
 
 
@@ -206,22 +230,18 @@ def _build_crystalformer(spec: ModelSpec, **overrides) -> nn.Module:
 def _register_defaults() -> None:
     from dataclasses import fields
 
-    from crystalframes.frames import GLOBAL_FRAMES
     from crystalframes.models import ecomformer as ec
 
     register_backbone(
         Backbone(
             name="ecomformer",
             builder=_build_ecomformer,
-            frames=ec.FRAMES,
-            global_frames=tuple(GLOBAL_FRAMES),
-            frames_with_global=ec.USES_GLOBAL_FRAME,
             presets={name: p.description for name, p in ec.PRESETS.items()},
             default_frame=ec.DEFAULT_FRAME,
-            default_global_frame=ec.DEFAULT_GLOBAL_FRAME,
             default_preset=ec.DEFAULT_PRESET,
             training={name: p.training for name, p in ec.PRESETS.items()},
             options=tuple(f.name for f in fields(ec.EComFormerConfig)),
+            shared_frames_cancel=ec.SHARED_FRAMES_CANCEL,
         )
     )
     from crystalframes.models import crystalformer as cf
@@ -230,16 +250,11 @@ def _register_defaults() -> None:
         Backbone(
             name="crystalformer",
             builder=_build_crystalformer,
-            frames=cf.FRAMES,
-            global_frames=tuple(GLOBAL_FRAMES),
-            frames_with_global=cf.USES_GLOBAL_FRAME,
             presets={name: p.description for name, p in cf.CRYSTALFORMER_PRESETS.items()},
             default_frame=cf.DEFAULT_FRAME,
-            default_global_frame=cf.DEFAULT_GLOBAL_FRAME,
             default_preset=cf.DEFAULT_PRESET,
             training={name: p.training for name, p in cf.CRYSTALFORMER_PRESETS.items()},
             options=tuple(f.name for f in fields(cf.CrystalformerConfig)),
-            frame_aliases=cf.FRAME_ALIASES,
         )
     )
 

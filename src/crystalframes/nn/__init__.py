@@ -1,20 +1,15 @@
-"""Neural-network building blocks: fixed encodings, atom features, eComFormer layers and the
-SPFrame frame-construction blocks. Models (``crystalframes.models``) assemble them."""
+"""Neural-network building blocks: fixed encodings, atom features, message-passing bookkeeping
+and eComFormer's layers. Models (``crystalframes.models``) assemble them; frames, learned ones
+included, live in ``crystalframes.frames``."""
 
 from crystalframes.nn.atom_features import CGCNN_FEATURE_DIM, AtomFeatureTable, cgcnn_table
 from crystalframes.nn.comformer_layers import (
-    EdgeGroups,
-    EdgeTable,
     EquivariantUpdateLayer,
-    GramSchmidtFrame,
-    InvariantMessage,
     IrrepsToScalarConv,
-    MessageGraph,
     NodeTransformerLayer,
-    QuaternionFrame,
     ScalarToIrrepsConv,
-    linear_of_concat,
 )
+from crystalframes.nn.graph import EdgeGroups, EdgeTable, MessageGraph, linear_of_concat
 from crystalframes.nn.encodings import GaussianBasis, inverse_distance, lattice_cosines
 
 __all__ = [
@@ -32,7 +27,4 @@ __all__ = [
     "EquivariantUpdateLayer",
     "ScalarToIrrepsConv",
     "IrrepsToScalarConv",
-    "InvariantMessage",
-    "QuaternionFrame",
-    "GramSchmidtFrame",
 ]

@@ -45,6 +45,7 @@ from torch import nn
 
 # Bases, Chebyshev numerics and the entry enumeration live in their own modules; their public
 # names are re-exported here, where the model and the tests have always imported them.
+from crystalframes.frames.registry import EntryRows, Frame, FrameSetup, Neighbourhood
 from crystalframes.nn.chebyshev import (  # noqa: F401
     ANGLE_BASIS_TOLERANCE,
     ANGLE_WIDTH_SCALE,
@@ -57,6 +58,7 @@ from crystalframes.nn.chebyshev import (  # noqa: F401
     distance_centres,
     gaussian,
 )
+from crystalframes.nn.graph import MessageGraph
 from crystalframes.nn.periodic_entries import (  # noqa: F401
     DEFAULT_MEMORY_BUDGET,
     MIN_DISTANCE,
@@ -79,10 +81,6 @@ DEFAULT_CUTOFF_SIGMAS = 6.0
 # The first layer enumerates images this much beyond its cutoff, so that later layers (whose
 # Gaussians are usually about as wide) only filter that list.
 ENUMERATION_HEADROOM = 1.15
-# The max frame is built from the entries with w >= MAX_FRAME_PREFILTER x the largest weight of
-# the atom and head; the result is verified to equal the frame of all entries (see
-# PeriodicAttention._max_frames) and recomputed from all entries where it might not.
-MAX_FRAME_PREFILTER = 1e-3
 
 
 def _distinct_frames_per_centre(frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -104,15 +102,6 @@ def _distinct_frames_per_centre(frames: torch.Tensor) -> tuple[torch.Tensor, tor
 # The attention layer
 # ---------------------------------------------------------------------------------------------
 
-# Frames an attention layer can use for the angle encoding.
-#   none          no angle encoding (Crystalformer)
-#   max           CrystalFramer max frame of this layer's attention weights, per atom and head
-#   weighted_pca  CrystalFramer weighted-PCA frame of this layer's attention weights
-#   static        static local frame of the entries within this layer's cutoff, per atom
-#   given         per-atom frames passed to forward (the pca and lattice global baselines)
-LAYER_FRAMES = ("none", "max", "weighted_pca", "static", "given")
-
-
 @dataclass
 class PeriodicGeometry:
     """What an attention layer needs to know about the crystals of a batch."""
@@ -122,8 +111,7 @@ class PeriodicGeometry:
     lattice: torch.Tensor  # (B, 3, 3)
     batch: torch.Tensor  # (N,)
     num_atoms: torch.Tensor  # (B,)
-    tie_frame: torch.Tensor | None = None  # (N, 3, 3): breaks exact ties of local frames
-    frames: torch.Tensor | None = None  # (N, 3, 3): the per-atom frames of frame="given"
+    frame_setup: FrameSetup | None = None  # the frame's per-forward quantities (Frame.setup)
     # entries enumerated for a larger cutoff by an earlier layer (filtered, not re-enumerated)
     cached_entries: PeriodicEntries | None = None
     cached_cutoff: torch.Tensor | None = None
@@ -140,7 +128,8 @@ class PeriodicGeometry:
 
 class PeriodicAttention(nn.Module):
     """One multi-head infinitely connected attention layer (Crystalformer), optionally with
-    CrystalFramer's angle encoding in a frame (see the module docstring and :data:`LAYER_FRAMES`).
+    CrystalFramer's angle encoding in a frame (``angle_encoding``; the frame itself, any frame
+    of :mod:`crystalframes.frames`, is passed to :meth:`forward`).
 
     Parameters: q/k/v/out projections with biases (4 (C^2 + C)), the width vectors w_h (C), the
     distance projections W0 (H x d x K) and, with a frame, the angle projections W1..3
@@ -160,7 +149,7 @@ class PeriodicAttention(nn.Module):
         heads: int,
         distance_bases: int = DISTANCE_BASES,
         distance_max: float = DISTANCE_MAX,
-        frame: str = "none",
+        angle_encoding: bool = False,
         angle_bases: int = 64,
         angle_width_scale: float = ANGLE_WIDTH_SCALE,
         r0: float = R0,
@@ -173,12 +162,9 @@ class PeriodicAttention(nn.Module):
         super().__init__()
         if dim % heads:
             raise ValueError(f"dim {dim} is not divisible by heads {heads}")
-        if frame not in LAYER_FRAMES:
-            raise ValueError(f"unknown frame {frame!r}; choose one of {LAYER_FRAMES}")
         if not 0.0 < rho_floor < 1.0:
             raise ValueError("rho_floor must be in (0, 1)")
         self.dim, self.heads, self.head_dim = dim, heads, dim // heads
-        self.frame = frame
         self.r0, self.rho_floor, self.rho_beta = float(r0), float(rho_floor), float(rho_beta)
         self.cutoff_sigmas = float(cutoff_sigmas)
         self.rho_momentum = float(rho_momentum)
@@ -195,7 +181,7 @@ class PeriodicAttention(nn.Module):
         self.register_buffer("distance_centres", centres, persistent=False)
         self.distance_width = width
         self.distance_proj = nn.Parameter(torch.empty(heads, self.head_dim, distance_bases))
-        if frame != "none":
+        if angle_encoding:
             centres, width = angle_centres(angle_bases, angle_width_scale)
             self.angle_width = width
             # float64 coefficients for each precision, cast at use (not buffers: a float32
@@ -238,7 +224,11 @@ class PeriodicAttention(nn.Module):
 
     # -- forward ---------------------------------------------------------------------------------
 
-    def forward(self, x: torch.Tensor, geometry: PeriodicGeometry) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, geometry: PeriodicGeometry, frame: Frame | None = None, layer: int = 0) -> torch.Tensor:
+        """The layer's output (N, C); ``frame`` (with ``angle_encoding``) is the model's frame
+        and ``layer`` this layer's index in it (learned frames have a head per layer)."""
+        if (self.angle_proj is not None) != (frame is not None and frame.active):
+            raise ValueError("an attention layer with an angle encoding needs a frame, and one without takes none")
         n, h, d = x.shape[0], self.heads, self.head_dim
         q = self.q_proj(x).view(n, h, d)
         k = self.k_proj(x).view(n, h, d)
@@ -254,9 +244,26 @@ class PeriodicAttention(nn.Module):
         # the frame construction (~8 H); the Chebyshev moments chunk themselves
         widest = max(self.distance_centres.shape[0], 8 * h)
         buckets, order = entry_buckets(ent, max(1, self.memory_budget // widest))
+        atom_frames = None
+        if frame is not None and frame.active and ("features" in frame.needs or "neighbours" not in frame.needs):
+            # frames of whole atoms, built once for the layer (learned and global frames)
+            hood = Neighbourhood(torch.arange(n, device=x.device))
+            if "features" in frame.needs:
+                hood = self._pair_neighbourhood(x, ent, s, a, head_cutoff, unit, buckets)
+            atom_frames = frame(layer, geometry.frame_setup, hood)
         pe, pair_ids, pair_w = [], [], []
         for bucket in buckets:
-            w, features = self._bucket(bucket, ent, s, a, head_cutoff, unit, geometry)
+            w, dist, inside = self._weights(bucket, ent, s, a, head_cutoff)
+            basis = gaussian(dist, self.distance_centres.to(dist.dtype), self.distance_width)  # (n, M, K)
+            features = torch.einsum("nhk,hck->nhc", torch.bmm(w, basis), self.distance_proj)
+            if self.angle_proj is not None:
+                if atom_frames is not None:
+                    frames = take(atom_frames, bucket.centres)
+                else:  # frames of the bucket's entries (static, or from this layer's attention)
+                    rows = EntryRows(take(ent.vec, bucket.index), dist, bucket.valid, w.detach() if "attention" in frame.needs else None)
+                    frames = frame(layer, geometry.frame_setup, Neighbourhood(bucket.centres, rows=rows))
+                # a head's entries are a prefix of its row (rows are sorted by distance)
+                features = features + self._angle_encoding(w, inside.sum(-1), bucket, ent, unit, frames)
             pair_ids.append(take(ent.pair, bucket.entries))
             pair_w.append(take(w.transpose(1, 2).reshape(-1, h), bucket.flat))
             pe.append(features)
@@ -267,81 +274,42 @@ class PeriodicAttention(nn.Module):
         out = out.index_add(0, ent.pair_centre, w_pair.unsqueeze(-1) * take(v, ent.pair_neighbour))
         return self.out_proj(out.reshape(n, h * d))
 
-    def _bucket(self, bucket: Bucket, ent: PeriodicEntries, s, a, head_cutoff, unit, geometry):
-        """Attention weights (n, H, M) of one bucket's centres and their position encodings (n, H, d)."""
+    def _weights(self, bucket: Bucket, ent: PeriodicEntries, s, a, head_cutoff):
+        """Attention weights (n, H, M) of one bucket's centres, their entries' distances (n, M)
+        and which entries each head sees (n, H, M)."""
         idx, centres = bucket.index, bucket.centres
         dist = take(ent.dist, idx)  # (n, M), ascending along each row
         logits = take(s, take(ent.pair, idx)).transpose(1, 2) + take(a, centres).unsqueeze(-1) * dist.square().unsqueeze(1)
         inside = bucket.valid.unsqueeze(1) & (dist.unsqueeze(1) <= take(head_cutoff, centres).unsqueeze(-1))  # (n, H, M)
-        w = torch.softmax(logits.masked_fill(~inside, float("-inf")), dim=-1)
-        basis = gaussian(dist, self.distance_centres.to(dist.dtype), self.distance_width)  # (n, M, K)
-        pe = torch.einsum("nhk,hck->nhc", torch.bmm(w, basis), self.distance_proj)
-        if self.angle_proj is not None:
-            # a head's entries are a prefix of its row (rows are sorted by distance)
-            pe = pe + self._angle_encoding(w, inside.sum(-1), bucket, ent, unit, geometry)
-        return w, pe
-
-    # -- frames and the angle encoding -----------------------------------------------------------
-
-    def frames(self, w: torch.Tensor, bucket: Bucket, ent: PeriodicEntries, geometry: PeriodicGeometry) -> torch.Tensor:
-        """Frames of a bucket's centres: (n, H, 3, 3) for dynamic frames, (n, 3, 3) otherwise."""
-        from crystalframes.frames import static_local_frame, weighted_pca_frame
-
-        centres = bucket.centres
-        if self.frame == "given":
-            return take(geometry.frames, centres)
-        tie = take(geometry.tie_frame, centres)
-        if self.frame == "max":
-            return self._max_frames(w.detach(), bucket, ent, tie)
-        vec, rows, n = take(ent.vec, bucket.entries), bucket.rows, centres.shape[0]
-        if self.frame == "static":
-            return static_local_frame(vec, rows, n, tie)
-        weights = take(w.detach().transpose(1, 2).reshape(-1, w.shape[1]), bucket.flat)
-        return weighted_pca_frame(vec, weights, rows, n, tie)
+        return torch.softmax(logits.masked_fill(~inside, float("-inf")), dim=-1), dist, inside
 
     @torch.no_grad()
-    def _max_frames(self, w: torch.Tensor, bucket: Bucket, ent: PeriodicEntries, tie: torch.Tensor) -> torch.Tensor:
-        """:func:`~crystalframes.frames.max_frame` per (centre, head), (n, H, 3, 3), built from
-        the entries with w >= t = MAX_FRAME_PREFILTER w_max only (the Gaussian tail is most
-        entries and is never selected). Exact: an excluded entry has w < t, so its e2 score
-        w (1 - |cos|) is < t too; wherever the best e2 score among the kept entries is not
-        clearly above t (>= 2t; this also covers e1 and ties), the frame is rebuilt from all
-        the entries."""
-        from crystalframes.frames import max_frame
-        from crystalframes.frames.dynamic import MAX_COLLINEAR_COS
-        from crystalframes.frames.dynamic import MIN_DISTANCE as FRAME_MIN_DISTANCE
+    def _pair_neighbourhood(self, x, ent: PeriodicEntries, s, a, head_cutoff, unit, buckets) -> Neighbourhood:
+        """The neighbourhood of learned frames: the atom pairs (i, j) of this layer as a message
+        graph whose edge weights are the attention mass of every head, sum_n w_ijn (H), and
+        whose edge direction is the attention-weighted sum of the image directions,
+        sum_n w_ijn r_hat_ijn (head mean; equivariant). Both are sums over images, so a
+        supercell (which splits a pair into several) leaves every linear use of them unchanged;
+        the pair graph has no edge features a message could transform non-linearly. An extra pass over the weights without
+        gradient: like CrystalFramer's frames, a frame is a function of the attention, not a
+        path for its gradient."""
+        n, h = x.shape[0], self.heads
+        mass = x.new_zeros(ent.pair_centre.shape[0], h)
+        direction = x.new_zeros(ent.pair_centre.shape[0], 3)
+        sizes = x.new_zeros(ent.pair_centre.shape[0])
+        for bucket in buckets:
+            w, _, _ = self._weights(bucket, ent, s, a, head_cutoff)
+            pair = take(ent.pair, bucket.entries)
+            w = take(w.transpose(1, 2).reshape(-1, h), bucket.flat)
+            mass.index_add_(0, pair, w)
+            u = take(unit, bucket.entries)
+            direction.index_add_(0, pair, w.mean(-1, keepdim=True) * u)
+            sizes.index_add_(0, pair, w.mean(-1) * u.norm(dim=-1))
+        graph = MessageGraph(torch.stack([ent.pair_centre, ent.pair_neighbour]), n, x.dtype, group_edges=False)
+        return Neighbourhood(torch.arange(n, device=x.device), features=x, graph=graph, edge_weights=mass,
+                             edge_directions=direction, edge_direction_sizes=sizes)
 
-        n, h, m = w.shape
-        t = MAX_FRAME_PREFILTER * w.amax(dim=-1, keepdim=True)  # (n, H, 1)
-        valid = bucket.valid.unsqueeze(1)
-        tie_rows = tie.repeat_interleave(h, dim=0)  # (n H, 3, 3)
-        cell_entry = bucket.index.unsqueeze(1).expand(n, h, m).reshape(-1)
-
-        def build(mask: torch.Tensor, rows_wanted: torch.Tensor | None = None) -> torch.Tensor:
-            flat = torch.nonzero(mask.reshape(-1)).squeeze(-1)
-            rows = torch.div(flat, m, rounding_mode="floor")
-            if rows_wanted is not None:  # renumber the selected rows 0..R-1
-                rows = take(torch.cumsum(rows_wanted, 0) - 1, rows)
-            size = n * h if rows_wanted is None else int(rows_wanted.sum())
-            ties = tie_rows if rows_wanted is None else tie_rows[rows_wanted]
-            vec = take(ent.vec, take(cell_entry, flat))
-            return max_frame(vec, take(w.reshape(-1), flat), rows, size, ties)
-
-        kept = valid & (w >= t)
-        frames = build(kept).view(n, h, 3, 3)
-        # verification: the best e2 score among the kept entries, with max_frame's own rules
-        dist = take(ent.dist, bucket.index).unsqueeze(1)  # (n, 1, M)
-        vec = take(ent.vec, bucket.index)  # (n, M, 3)
-        cos = torch.einsum("nmc,nhc->nhm", vec, frames[:, :, 0]) / dist.clamp_min(FRAME_MIN_DISTANCE)
-        candidate = kept & (dist > FRAME_MIN_DISTANCE) & (cos.abs() < MAX_COLLINEAR_COS)
-        best = torch.where(candidate, w * (1 - cos.abs()), torch.zeros_like(w)).amax(dim=-1)  # (n, H)
-        redo = (best < 2 * t.squeeze(-1)).reshape(-1)
-        if bool(redo.any()):
-            every = (valid.expand(n, h, m).reshape(n * h, m) & redo.unsqueeze(-1)).view(n, h, m)
-            frames = frames.reshape(n * h, 3, 3).index_copy(0, torch.nonzero(redo).squeeze(-1), build(every, redo)).view(n, h, 3, 3)
-        return frames
-
-    def _angle_encoding(self, w, lengths, bucket: Bucket, ent: PeriodicEntries, unit, geometry) -> torch.Tensor:
+    def _angle_encoding(self, w, lengths, bucket: Bucket, ent: PeriodicEntries, unit, frames) -> torch.Tensor:
         """sum_k Wk sum_(j,n) w b_angl(e_k . r_hat) with e_k the rows of each centre's (and head's)
         frame; the atom itself has no direction and contributes no angle feature. ``lengths``
         (n, H): entries of each head (a prefix of the row).
@@ -353,7 +321,7 @@ class PeriodicAttention(nn.Module):
         the heaviest entries are the nearest neighbours in every head); per-atom frames are one
         group per centre.
         """
-        frames = self.frames(w, bucket, ent, geometry).to(w.dtype)
+        frames = frames.to(w.dtype)
         w = w * (take(ent.dist, bucket.index) > MIN_DISTANCE).unsqueeze(1).to(w.dtype)
         n, h, m = w.shape
         if frames.dim() == 4:  # per head: group the (centre, head) rows by their frame
