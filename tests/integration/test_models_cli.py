@@ -7,20 +7,21 @@ import json
 from crystalframes.models import BACKBONES, build_model, num_parameters
 
 
-def test_models_json_lists_every_backbone_frame_pair_with_its_size(run):
+def test_models_json_lists_every_backbone_frame_and_global_frame_with_its_size(run):
+    from crystalframes.frames import FRAMES, GLOBAL_FRAMES
+
     code, out, err = run("models", "--preset", "cpu_small", "--json")
     assert code == 0, err
     rows = json.loads(out)
     assert isinstance(rows, list) and all("spec" in r for r in rows)
-    expected = {(b.name, f) for b in BACKBONES.values() for f in b.frames if f != "global"}
-    expected |= {(b.name, f"global+{g}") for b in BACKBONES.values() if "global" in b.frames for g in b.global_frames}
-    assert {(r["backbone"], r["frame"]) for r in rows} == expected and len(rows) == len(expected) >= 16
+    expected = {(b, f, g) for b in BACKBONES for f, cls in FRAMES.items() for g in (GLOBAL_FRAMES if cls.composes_with_global else [None])}
+    assert {(r["backbone"], r["frame"], r["global_frame"]) for r in rows} == expected and len(rows) == len(expected) >= 16
     for r in rows:
         assert r["preset"] == "cpu_small" and r["spec"].endswith("@cpu_small")
         assert r["parameters"] == num_parameters(build_model(r["spec"]))
         assert r["parameters"] > 1000
-    spframe = next(r for r in rows if r["frame"] == "spframe_quaternion")
-    assert spframe["global_frame"] == "qr" and "polar" in spframe["global_frames"]
+    spframe = next(r for r in rows if r["spec"] == "ecomformer:spframe_quaternion+polar@cpu_small")
+    assert spframe["needs"] == ["features"] and set(spframe["declared_dependences"]) == {"supercell", "basis_change"}
 
 
 def test_models_table_and_mistakes(run):
