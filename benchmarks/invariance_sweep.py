@@ -1,6 +1,6 @@
 """Invariance of every model/frame combination on a whole dataset (printed figures, not a test).
 
-    python3 benchmarks/invariance_sweep.py                      # shared JARVIS sample, all specs
+    python3 benchmarks/invariance_sweep.py                      # shared JARVIS sample, the whole grid
     python3 benchmarks/invariance_sweep.py --checks rotation supercell --json sweep.json
     python3 benchmarks/invariance_sweep.py --limit 200 --specs ecomformer:none crystalformer:max \
         --trials 3 --supercells 2,1,1 2,2,2
@@ -26,35 +26,14 @@ from pathlib import Path
 import numpy as np
 
 SHARED_JARVIS = Path(__file__).resolve().parents[2] / "shared" / "data" / "jarvis_dft_3d_sample.jsonl.gz"
-SPECS = (
-    "ecomformer:none@cpu_small",
-    "ecomformer:spframe_quaternion+qr@cpu_small",
-    "ecomformer:spframe_quaternion+polar@cpu_small",
-    "ecomformer:spframe_quaternion+lattice_pca@cpu_small",
-    "ecomformer:spframe_quaternion+identity@cpu_small",
-    "ecomformer:spframe_gram_schmidt+qr@cpu_small",
-    "ecomformer:equivariant_gram_schmidt+qr@cpu_small",
-    "crystalformer:none@cpu_small",
-    "crystalformer:max@cpu_small",
-    "crystalformer:weighted_pca@cpu_small",
-    "crystalformer:global+positions_pca@cpu_small",
-    "crystalformer:global+lattice_vector@cpu_small",
-    "crystalformer:static@cpu_small",
-    # frames on the backbone their paper did not use
-    "ecomformer:max@cpu_small",
-    "ecomformer:weighted_pca@cpu_small",
-    "ecomformer:static@cpu_small",
-    "ecomformer:global+qr@cpu_small",
-    "ecomformer:global+positions_pca@cpu_small",
-    "crystalformer:spframe_quaternion+qr@cpu_small",
-    "crystalformer:spframe_quaternion+polar@cpu_small",
-    "crystalformer:spframe_gram_schmidt+qr@cpu_small",
-    "crystalformer:global+qr@cpu_small",
-    "crystalformer:global+polar@cpu_small",
-    "crystalformer:global+lattice_pca@cpu_small",
-    "crystalformer:global+identity@cpu_small",
-)
-CHECKS = ("rotation", "translation", "permutation", "supercell", "mirror")
+CHECKS = ("rotation", "translation", "permutation", "supercell", "basis_change", "mirror")
+
+
+def grid_specs(preset: str = "cpu_small") -> list[str]:
+    """Every backbone x frame x global frame (the rows of ``crystalframes models``)."""
+    from crystalframes.cli.models import model_rows
+
+    return [row["spec"] for row in model_rows(preset)]
 
 
 def sweep(spec: str, crystals: list, trials: int, supercells: list, batch_size: int, seed: int, checks=CHECKS) -> dict:
@@ -85,7 +64,7 @@ def main(argv=None) -> None:
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data", default=str(SHARED_JARVIS))
-    p.add_argument("--specs", nargs="+", default=list(SPECS))
+    p.add_argument("--specs", nargs="+", default=None, help="default: the whole grid of `crystalframes models` at cpu_small")
     p.add_argument("--limit", type=int, default=None, help="first N structures only")
     p.add_argument("--trials", type=int, default=1, help="random rotations per structure")
     p.add_argument("--supercells", nargs="+", default=["2,1,1"])
@@ -95,6 +74,7 @@ def main(argv=None) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", type=Path, help="also write the rows as JSON")
     args = p.parse_args(argv)
+    args.specs = args.specs or grid_specs()
     torch.set_num_threads(args.threads)
     crystals = read_dataset(args.data).crystals[: args.limit]
     supercells = [tuple(int(x) for x in s.split(",")) for s in args.supercells]

@@ -34,6 +34,24 @@ def test_check_json_reports_every_invariance(run, tmp_path, shared_data):
         assert report["overall"][key] <= 1e-9, key
 
 
+def test_check_reports_a_declared_dependence_as_declared_not_failed(run, tmp_path, shared_data):
+    """The identity global frame does not rotate with the crystal: on Crystalformer the rotation
+    error shows (far above the tolerance), and check names it as the frame's declared
+    dependence instead of a failure; the other checks still pass."""
+    import gzip
+
+    lines = gzip.open(shared_data / "jarvis_dft_3d_sample.jsonl.gz", "rt").read().splitlines()[:3]
+    src = tmp_path / "three.jsonl"
+    src.write_text("\n".join(lines) + "\n")
+    code, out, err = run("check", "crystalformer:global+identity@cpu_small", str(src), "--trials", "1", "--json")
+    assert code == 0, err
+    report = json.loads(out)
+    assert report["overall"]["max_rotation_error"] > 1e-6
+    assert "rotation" in report["declared_dependences"] and report["failed"] == []
+    code, out, err = run("check", "crystalformer:global+identity@cpu_small", str(src), "--trials", "1")
+    assert "declared dependence (rotation)" in out
+
+
 @pytest.mark.parametrize("jid, group", [("JVASP-5371", "P2_1"), ("JVASP-22709", "P4_12_12"), ("JVASP-42053", "P6_3")])
 def test_equivariant_frames_collapse_and_spframe_keeps_apart(run, tmp_path, by_id, jid, group):
     """Seed 000 Fig. 3 on three real crystals with screw axes: every multi-atom Wyckoff orbit

@@ -21,6 +21,7 @@ import torch
 from crystalframes.data.batch import collate
 from crystalframes.data.graph import GraphSettings, build_graph
 from crystalframes.frames import (
+    FRAME_ALIASES,
     GLOBAL_FRAMES,
     compose_spframe,
     edges_in_frames,
@@ -88,12 +89,12 @@ STRUCTURE_FRAMES = {
     "static": _static,
     **{f"global+{name}": _global(name) for name in GLOBAL_FRAMES},
 }
-FRAME_ALIASES = {"spframe": "spframe_gram_schmidt", "static_local": "static", **{f"global_{n}": f"global+{n}" for n in GLOBAL_FRAMES}}
 
 
 def check_frame(frame: str) -> str:
-    """The canonical name of ``frame`` (one of :data:`STRUCTURE_FRAMES`, or an old name);
-    :class:`SpecError` with a did-you-mean otherwise."""
+    """The canonical name of ``frame`` (one of :data:`STRUCTURE_FRAMES`, or an old name of the
+    frame registry, :data:`crystalframes.frames.FRAME_ALIASES`); :class:`SpecError` with a
+    did-you-mean otherwise."""
     frame = FRAME_ALIASES.get(frame, frame)
     if frame not in STRUCTURE_FRAMES:
         close = difflib.get_close_matches(str(frame), list(STRUCTURE_FRAMES), n=1)

@@ -23,6 +23,10 @@ quaternion_to_rotation       local, inv.  seed 000 Algorithm 1/3
 compose_spframe              -            seed 000 Eq. 4
 edges_in_frames              -            seed 000 Eq. 5
 ===========================  ===========  ==============================================
+
+The registered frames (names of model specs) are the classes in ``registry`` (``none``,
+``global``), ``dynamic`` (``static``, ``max``, ``weighted_pca``) and ``learned``
+(``spframe_quaternion``, ``spframe_gram_schmidt``, ``equivariant_gram_schmidt``).
 """
 
 # registry first: the frame modules below register themselves on import

@@ -1,0 +1,97 @@
+"""The frame layer: one registry, one protocol; a new frame is one class and runs on every
+backbone without touching them."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from crystalframes.frames import FRAMES, Frame, build_frame, declared_dependences, frame_names, register_frame, resolve_frame
+from crystalframes.io import Crystal
+from crystalframes.models import BACKBONES, build_model
+from crystalframes.testing import predict, random_rotation, rotated
+
+
+def crystals():
+    a = 5.64
+    fcc = np.array([[0, 0, 0], [0.5, 0.5, 0], [0.5, 0, 0.5], [0, 0.5, 0.5]])
+    nacl = Crystal("NaCl", np.eye(3) * a, [11] * 4 + [17] * 4, np.concatenate([fcc, fcc + [0.5, 0, 0]]))
+    odd = Crystal("odd", [[4.0, 0, 0], [1.1, 3.7, 0], [0.4, 0.3, 4.5]], [8, 14, 26], [[0.1, 0.2, 0.3], [0.6, 0.55, 0.9], [0.3, 0.8, 0.1]])
+    return [nacl, odd]
+
+
+@pytest.fixture
+def nearest_neighbour_frame():
+    """A frame written as a user would: e1 towards the nearest neighbour, e2 from the lattice's
+    QR frame (equivariant, not very clever). Registered for the test only."""
+    from crystalframes.frames import gram_schmidt
+
+    @register_frame
+    class Nearest(Frame):
+        name = "test_nearest"
+        summary = "test: nearest neighbour + QR axis"
+        needs = frozenset({"neighbours"})
+        uses_tie_frame = True
+
+        def forward(self, layer, setup, hood):
+            vec, centre, _ = hood.entries()
+            d = vec.norm(dim=-1)
+            d = torch.where(d > 1e-6, d, torch.full_like(d, float("inf")))
+            score = -d + 1e-9 * torch.arange(len(d), dtype=d.dtype)  # deterministic among equals
+            best = torch.full((hood.num_centres,), -float("inf"), dtype=d.dtype).scatter_reduce(0, centre, score, "amax")
+            pick = torch.zeros(hood.num_centres, 3, dtype=vec.dtype).index_add_(0, centre, vec * (score == best[centre]).unsqueeze(-1))
+            tie = setup.tie_frames.index_select(0, hood.centres)
+            return gram_schmidt(pick, tie[:, 1], fallback=tie)
+
+    yield "test_nearest"
+    del FRAMES["test_nearest"]
+
+
+@pytest.mark.parametrize("backbone", sorted(BACKBONES))
+def test_a_new_frame_is_one_class_and_runs_on_every_backbone(backbone, nearest_neighbour_frame):
+    assert nearest_neighbour_frame in frame_names()
+    torch.manual_seed(0)
+    model = build_model(f"{backbone}:{nearest_neighbour_frame}@cpu_small").double().eval()
+    assert model.spec == f"{backbone}:{nearest_neighbour_frame}@cpu_small"
+    y0 = predict(model, crystals())
+    assert torch.isfinite(y0).all()
+    rotation = random_rotation(np.random.default_rng(3))
+    assert (predict(model, [rotated(c, rotation) for c in crystals()]) - y0).abs().max() <= 1e-9
+
+
+def test_registry_rejects_taken_names_and_unknown_needs():
+    class Again(Frame):
+        name = "max"
+
+    class Wants(Frame):
+        name = "test_wants"
+        needs = frozenset({"telepathy"})
+
+    with pytest.raises(ValueError, match="taken"):
+        register_frame(Again)
+    with pytest.raises(ValueError, match="telepathy"):
+        register_frame(Wants)
+    assert "test_wants" not in FRAMES
+
+
+def test_old_names_resolve_and_cannot_take_another_global_frame():
+    assert resolve_frame("pca") == ("global", "positions_pca")
+    assert resolve_frame("lattice") == ("global", "lattice_vector")
+    assert resolve_frame("static_local") == ("static", None)
+    assert resolve_frame("spframe_quaternion", "polar") == ("spframe_quaternion", "polar")
+    with pytest.raises(ValueError, match="write that instead"):
+        resolve_frame("pca", "qr")
+    with pytest.raises(ValueError, match="unknown frame"):
+        build_frame("no_such_frame")
+
+
+def test_declarations_combine_the_frame_and_its_global_frame():
+    assert declared_dependences("none") == {}
+    assert set(declared_dependences("global", "identity")) == {"rotation"}
+    assert set(declared_dependences("spframe_quaternion", "polar")) == {"supercell", "basis_change"}
+    assert set(declared_dependences("spframe_gram_schmidt", "identity")) == {"rotation", "basis_change"}
+    assert set(declared_dependences("max")) == {"basis_change"}
+    for name in frame_names():
+        cls = FRAMES[name]
+        assert cls.summary and set(cls.needs) <= {"lattice", "neighbours", "attention", "features"}
