@@ -8,7 +8,6 @@ import resource
 import time
 from pathlib import Path
 
-import numpy as np
 
 
 def fastest_total_seconds(step, items, repeats: int) -> float:
@@ -174,40 +173,23 @@ def models_table(rows: list[dict]) -> str:
     )
 
 
-def bench_accuracy(specs, overrides: list[str], seeds=(0,), output: Path | None = None) -> tuple[str, list[dict]]:
-    """Train every spec (x seed) with the same config overrides (the budget: epochs or minutes)
-    and return a Markdown MAE table in the format of seed 000 Tables 1-2, with the
-    mean-predictor baseline row."""
-    from crystalframes.train.config import config_with_preset_training, explicit_keys, load_config
-    from crystalframes.train.run import train
+def bench_accuracy(specs, overrides: list[str], seeds=(0,), output: Path | None = None, results: Path | None = None) -> tuple[str, list[dict]]:
+    """Train every spec x seed with the same config overrides (data, budget; each spec's preset
+    supplies what they leave open, epochs and batch size included) and return the Markdown table
+    of :func:`crystalframes.train.study.summary_table` (mean +- std over seeds, paired difference
+    to the backbone without a frame) and the result rows. Resumable: rerun with the same
+    ``output`` (and ``results``, default ``output/results.json``) to continue a grid."""
+    from crystalframes.atomic import atomic_write
+    from crystalframes.train.study import run_grid, summary_table
 
+    base = Path(output) if output else Path("runs") / f"bench-{time.strftime('%Y%m%d-%H%M%S')}"
+    results = Path(results) if results else base / "results.json"
+    rows = run_grid(list(specs), list(overrides), list(seeds), base, results)
     from crystalframes.models.specs import parse_spec
 
-    for spec in specs:  # before the first (long) training, not after it
-        parse_spec(spec)
-    results = []
-    base = Path(output) if output else Path("runs") / f"bench-{time.strftime('%Y%m%d-%H%M%S')}"
-    for spec in specs:
-        for seed in seeds:
-            sets = [*overrides, f"model.spec={spec}", f"trainer.seed={seed}"]
-            cfg = load_config(None, sets)
-            cfg = config_with_preset_training(cfg, explicit_keys(None, sets) | {"trainer.epochs", "trainer.batch_size"})
-            name = "".join(ch if ch.isalnum() else "-" for ch in spec) + f"-s{seed}"
-            m = train(cfg, base / name).metrics
-            results.append({"spec": spec, "seed": seed, **m})
-    first = results[0]
-    units, target = first["units"], first["target"]
-    lines = [f"| method | val MAE ({units}) | test MAE ({units}) | params | train s |", "|---|---:|---:|---:|---:|"]
-    lines.append(f"| mean of training targets | {first['val']['mean_baseline_mae']:.4f} | {first['test']['mean_baseline_mae']:.4f} | 0 | 0 |")
-    for spec in specs:
-        rs = [r for r in results if r["spec"] == spec]
-        val = np.array([r["val"]["mae"] for r in rs])
-        test = np.array([r["test"]["mae"] for r in rs])
-        pm = (lambda a: f"{a.mean():.4f}" + (f" +- {a.std():.4f}" if len(a) > 1 else ""))
-        lines.append(f"| `{spec}` | {pm(val)} | {pm(test)} | {rs[0].get('params', '')} | {np.mean([r['train_wall_seconds'] for r in rs]):.0f} |")
-    table = f"Target `{target}`, {len(seeds)} seed(s), same budget for every model.\n\n" + "\n".join(lines) + "\n"
-    from crystalframes.atomic import atomic_write
-
+    wanted = {str(parse_spec(s)) for s in specs}
+    rows = [r for r in rows if r["spec"] in wanted and r["overrides"] == sorted(overrides) and r["seed"] in set(seeds)]
+    table = summary_table(rows)
     with atomic_write(base / "accuracy.md", "w") as fh:
         fh.write(table)
-    return table, results
+    return table, rows

@@ -35,13 +35,15 @@ def models(
 def accuracy(
     specs: List[str] = typer.Argument(..., help="Model specs to compare."),
     set_: List[str] = typer.Option([], "--set", help="Config overrides shared by every run (data, budget), e.g. trainer.epochs=20."),
-    seeds: List[int] = typer.Option([0], "--seed", help="Seeds (repeat the option)."),
-    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Folder for the runs and accuracy.md."),
+    seeds: List[int] = typer.Option([0], "--seed", help="Seeds (repeat the option: --seed 0 --seed 1 --seed 2)."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Folder for the runs and accuracy.md; rerun with the same folder to continue an interrupted grid."),
+    results: Optional[Path] = typer.Option(None, "--results", help="JSON file of the finished runs' rows (default OUTPUT/results.json); rows already in it are kept and not rerun."),
 ):
-    """Train a grid of models at equal budget and print a Markdown MAE table with the mean baseline."""
+    """Train a grid of models x seeds at equal budget; print mean +- std over seeds and the paired
+    difference of every frame model to its backbone without a frame, with 95% intervals."""
     from crystalframes.bench import bench_accuracy
     from crystalframes.cli.common import require_training_stack
 
     require_training_stack()
-    table, _ = bench_accuracy(specs, list(set_), seeds=seeds, output=output)
+    table, _ = bench_accuracy(specs, list(set_), seeds=seeds, output=output, results=results)
     typer.echo(table)

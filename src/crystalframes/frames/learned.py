@@ -43,8 +43,10 @@ from crystalframes.nn.graph import ConcatMLP, EdgeTable, MessageGraph, rows
 FALLBACK_TILT_QUATERNION = (0.8, 0.35, 0.25, 0.1)
 
 
-# Relative size below which Gram-Schmidt input vectors count as cancelled (GramSchmidtHead).
-DEGENERATE_RTOL = {torch.float64: 1e-5, torch.float32: 1e-3}
+# Relative size below which Gram-Schmidt input vectors count as cancelled (GramSchmidtHead):
+# 10x the ~1e-6 rounding of published coordinates and of float32 message sums, 10x below the
+# anisotropy a fresh model sees on general positions (~1e-4 of s_k with k = 25 neighbours).
+DEGENERATE_RTOL = 1e-5
 
 
 def fallback_tilt(like: torch.Tensor) -> torch.Tensor:
@@ -136,7 +138,7 @@ class GramSchmidtHead(nn.Module):
     """Local frame by Gram-Schmidt of two predicted vectors (seed 000 A.4, Eqs. 14-16).
 
     ``equivariant=True`` (Eq. 14): v_k = sum_j phi_k(f_i, f_j, e_ij) u_ij with scalar
-    phi_k and u_ij the equivariant direction of edge ij (r_hat_ij on eComFormer), so the frame rotates with the crystal (an SO(3)-equivariant local frame; degenerate
+    phi_k (v_2 through the second moment of the directions, see :meth:`vectors`) and u_ij the equivariant direction of edge ij (r_hat_ij on eComFormer), so the frame rotates with the crystal (an SO(3)-equivariant local frame; degenerate
     atoms whose v_1 vanishes or whose v_2 is collinear fall back to ``fallback``, pass an
     equivariant one). ``equivariant=False`` (Eq. 16): v_k = sum_j phi_k(...) with phi_k in R^3,
     an invariant frame F_INV,i to be composed with a global frame.
@@ -148,12 +150,11 @@ class GramSchmidtHead(nn.Module):
     symmetric site the terms of v_k cancel, and what is left of them (rounding of the sum, or the
     ~1e-6 rounding of published coordinates) carries no reliable direction, yet an absolute
     threshold would accept it and let noise orient the frame. v_k with |v_k| <= rtol s_k counts as
-    zero and v_2 within rtol of collinear as collinear (``degenerate_rtol``; default
-    :data:`DEGENERATE_RTOL` by dtype: 1e-3 in float32, which covers float32 sums of a few dozen
-    terms, 1e-5 in float64, ten times the coordinate rounding). The float64 value matters on
-    Crystalformer, where u_ij are sums over many images that largely cancel: s_k is then large
-    next to |v_k| and 1e-3 would call 90 % of the atoms of an MP batch degenerate in the first
-    layer (measured), leaving the second vector's message without gradient.
+    zero and v_2 within rtol of collinear as collinear (``degenerate_rtol``, default
+    :data:`DEGENERATE_RTOL` = 1e-5). Measured why it is this small: with k = 25 neighbours an
+    environment is nearly isotropic, so a fresh model's v_2 leaves the line of v_1 by only ~1e-4
+    of s_2 on general positions (SbSI); the earlier 1e-3 sent every such atom to the fallback,
+    and on Crystalformer, whose u_ij are image sums that largely cancel, 90 % of an MP batch.
     """
 
     def __init__(self, dim: int, edge_dim: int | None = None, equivariant: bool = True, degenerate_rtol: float | None = None, weight_dim: int = 0):
@@ -162,43 +163,67 @@ class GramSchmidtHead(nn.Module):
         self.degenerate_rtol = degenerate_rtol
         width = 1 if equivariant else 3
         self.messages = nn.ModuleList([InvariantMessage(dim, edge_dim, weight_dim) for _ in range(2)])
+        self.fallback_fraction: torch.Tensor | None = None  # of the last forward pass
         # with edge weights the read-out must stay linear in them: no bias
         self.readouts = nn.ModuleList([nn.Linear(dim, width, bias=not weight_dim) for _ in range(2)])
 
-    def vectors(self, f, edge, graph, directions=None, weights=None, direction_sizes=None) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    def vectors(self, f, edge, graph, directions=None, weights=None, direction_sizes=None, moments=None) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """[(v_k, s_k)] for k = 1, 2: v_k (N, 3) and the total size of its terms
         s_k = sum_j |phi_k(...)| a_ij (N,), the scale against which v_k counts as degenerate;
         a_ij = ``direction_sizes``, the summed length of the terms that make up u_ij (|u_ij|
         when None): a direction that is itself a sum, such as Crystalformer's image sum, can
-        cancel to rounding noise, and must not set the scale its own noise is judged by."""
+        cancel to rounding noise, and must not set the scale its own noise is judged by.
+
+        Equivariant vectors: v_1 = sum_j phi_1 u_ij and v_2 = sum_j phi_2 M_ij e_1 with
+        e_1 = v_1 / |v_1| and M_ij = ``moments`` (E, 3, 3), the second moment of the edge's
+        directions (r_hat r_hat^T on a graph of single edges, the default). That is Eq. 14 with
+        phi_2 also seeing the invariant cosine r_hat_ij . e_1: with phi_k of the distance alone,
+        as at initialisation, sum_j phi_k r_hat spans about one direction (measured: v_2
+        within 1e-6 s_2 of collinear with v_1 on every general position of SbSI, so every atom
+        fell back to the global frame), while M e_1 leaves the line of e_1 unless e_1 is an
+        axis of M, as it is on a symmetry axis, the degeneracy the fallback is for."""
         out = []
-        for message, readout in zip(self.messages, self.readouts):
+        e1 = None
+        for k, (message, readout) in enumerate(zip(self.messages, self.readouts)):
             phi = readout(message(f, edge, graph, weights))  # (E, 1) or (E, 3)
-            if self.equivariant:
+            if not self.equivariant:
+                out.append((graph.sum_at_centre(phi), graph.sum_at_centre(phi.norm(dim=-1))))
+                continue
+            a = directions.norm(dim=-1) if direction_sizes is None else direction_sizes
+            if k == 0:
                 terms = phi * directions
-                sizes = phi.abs().squeeze(-1) * (directions.norm(dim=-1) if direction_sizes is None else direction_sizes)
+                v1 = graph.sum_at_centre(terms)
+                e1 = v1 / v1.norm(dim=-1, keepdim=True).clamp_min(torch.finfo(v1.dtype).tiny)
             else:
-                terms, sizes = phi, phi.norm(dim=-1)
-            out.append((graph.sum_at_centre(terms), graph.sum_at_centre(sizes)))
+                e = rows(e1, graph.centre)
+                if moments is None:  # r_hat r_hat^T e_1 = (r_hat . e_1) r_hat
+                    unit = directions / directions.norm(dim=-1, keepdim=True).clamp_min(torch.finfo(a.dtype).tiny)
+                    projected = (unit * e).sum(-1, keepdim=True) * unit * a.unsqueeze(-1)
+                else:
+                    projected = torch.einsum("ejk,ek->ej", moments, e)
+                terms = phi * projected
+            out.append((graph.sum_at_centre(terms), graph.sum_at_centre(phi.abs().squeeze(-1) * a)))
         return out
 
     def forward(self, f, edge: EdgeTable | None, graph: MessageGraph, directions=None, fallback=None, weights=None,
-                direction_sizes=None) -> torch.Tensor:
+                direction_sizes=None, moments=None) -> torch.Tensor:
         if self.equivariant and directions is None:
             raise ValueError("the equivariant Gram-Schmidt frame needs an equivariant direction per edge")
-        (v1, s1), (v2, s2) = self.vectors(f, edge, graph, directions, weights, direction_sizes)
+        (v1, s1), (v2, s2) = self.vectors(f, edge, graph, directions, weights, direction_sizes, moments)
         # Decide degeneracy relative to the size of the terms (see the class docstring), then
         # hand gram_schmidt inputs on which its own (absolute, tiny) tests agree: a v_1 that
         # counts as zero is passed as exactly zero (-> fallback frame), a v_2 that counts as
         # collinear as a copy of v_1 (-> fallback axis). Gram-Schmidt ignores the lengths, so
         # dividing by s_k changes nothing else.
         tiny = torch.finfo(v1.dtype).tiny
-        rtol = self.degenerate_rtol or DEGENERATE_RTOL.get(v1.dtype, DEGENERATE_RTOL[torch.float32])
+        rtol = self.degenerate_rtol or DEGENERATE_RTOL
         n1 = v1.norm(dim=-1, keepdim=True)
         e1 = v1 / n1.clamp_min(tiny)
         perp = v2 - (e1 * v2).sum(-1, keepdim=True) * e1
         zero = n1 <= rtol * s1.unsqueeze(-1)
         collinear = perp.norm(dim=-1, keepdim=True) <= rtol * s2.unsqueeze(-1)
+        # diagnostics (logged per epoch by the training module): atoms sent to the fallback
+        self.fallback_fraction = (zero | collinear).detach().float().mean()
         u1 = torch.where(zero, torch.zeros_like(v1), v1 / s1.clamp_min(tiny).unsqueeze(-1))
         u2 = torch.where(collinear, u1, v2 / s2.clamp_min(tiny).unsqueeze(-1))
         return gram_schmidt(u1, u2, fallback=fallback)
@@ -288,5 +313,5 @@ class EquivariantGramSchmidt(_LearnedFrame):
         # symmetry) fall back to the global frame tilted by a fixed generic rotation.
         fallback = fallback_tilt(setup.global_frames) @ setup.global_frames
         frames = self.heads[layer](hood.features, hood.edge_features, hood.graph, directions=hood.edge_directions, fallback=fallback,
-                                   direction_sizes=hood.edge_direction_sizes)
+                                   direction_sizes=hood.edge_direction_sizes, moments=hood.edge_direction_moments)
         return frames.index_select(0, hood.centres)

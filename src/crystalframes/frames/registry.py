@@ -98,7 +98,8 @@ class Neighbourhood:
     ``edge_features`` (an :class:`~crystalframes.nn.graph.EdgeTable` or None), ``edge_weights``
     (E, D) or None and ``edge_directions`` (E, 3), an equivariant direction per graph edge, with
     ``edge_direction_sizes`` (E,) the summed length of the terms a direction is a sum of (None:
-    its own length), against which a cancelling sum is judged.
+    its own length), against which a cancelling sum is judged, and ``edge_direction_moments``
+    (E, 3, 3) their second moment (None: u u^T / |u| of a single unit direction).
     """
 
     centres: torch.Tensor
@@ -112,6 +113,7 @@ class Neighbourhood:
     edge_weights: torch.Tensor | None = None
     edge_directions: torch.Tensor | None = None
     edge_direction_sizes: torch.Tensor | None = None
+    edge_direction_moments: torch.Tensor | None = None
 
     def entries(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """(vec, centre, weights) of the flat entries, derived from ``rows`` on first use."""
@@ -149,6 +151,7 @@ class Frame(nn.Module):
 
     name: ClassVar[str] = ""
     summary: ClassVar[str] = ""
+    active: ClassVar[bool] = True  # False for the ``none`` frame: the backbone then uses no frame
     needs: ClassVar[frozenset[str]] = frozenset()
     per_head: ClassVar[bool] = False
     composes_with_global: ClassVar[bool] = False
@@ -163,11 +166,6 @@ class Frame(nn.Module):
             raise ValueError(f"unknown global frame {global_frame!r}; choose one of {tuple(GLOBAL_FRAMES)}")
         self.global_frame = global_frame
         self.layers = int(layers)
-
-    @property
-    def active(self) -> bool:
-        """False for the ``none`` frame: the backbone then uses no frame at all."""
-        return True
 
     @property
     def rebuilt_per_layer(self) -> bool:
@@ -255,10 +253,7 @@ class NoFrame(Frame):
 
     name = "none"
     summary = "no frame (the plain backbone)"
-
-    @property
-    def active(self) -> bool:
-        return False
+    active = False
 
     def forward(self, layer, setup, hood):
         raise RuntimeError("the 'none' frame builds no frames; a backbone checks Frame.active first")

@@ -115,7 +115,7 @@ class CrystalformerConfig:
                 raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)}")
         if self.model_dim % self.num_heads:
             raise ValueError(f"model_dim {self.model_dim} is not divisible by num_heads {self.num_heads}")
-        if self.frame != "none" and self.angle_bases < 2:
+        if FRAMES[self.frame].active and self.angle_bases < 2:
             raise ValueError(f"angle_bases must be >= 2 with a frame, got {self.angle_bases}")
         if self.cutoff_sigmas <= 0:
             raise ValueError("cutoff_sigmas must be positive")

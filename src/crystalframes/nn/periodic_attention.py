@@ -288,7 +288,8 @@ class PeriodicAttention(nn.Module):
         """The neighbourhood of learned frames: the atom pairs (i, j) of this layer as a message
         graph whose edge weights are the attention mass of every head, sum_n w_ijn (H), and
         whose edge direction is the attention-weighted sum of the image directions,
-        sum_n w_ijn r_hat_ijn (head mean; equivariant). Both are sums over images, so a
+        sum_n w_ijn r_hat_ijn (head mean; equivariant), with the summed weights and the second
+        moment sum_n w_ijn r_hat r_hat^T of those directions. All are sums over images, so a
         supercell (which splits a pair into several) leaves every linear use of them unchanged;
         the pair graph has no edge features a message could transform non-linearly. An extra pass over the weights without
         gradient: like CrystalFramer's frames, a frame is a function of the attention, not a
@@ -297,6 +298,7 @@ class PeriodicAttention(nn.Module):
         mass = x.new_zeros(ent.pair_centre.shape[0], h)
         direction = x.new_zeros(ent.pair_centre.shape[0], 3)
         sizes = x.new_zeros(ent.pair_centre.shape[0])
+        moments = x.new_zeros(ent.pair_centre.shape[0], 3, 3)
         for bucket in buckets:
             w, _, _ = self._weights(bucket, ent, s, a, head_cutoff)
             pair = take(ent.pair, bucket.entries)
@@ -305,9 +307,10 @@ class PeriodicAttention(nn.Module):
             u = take(unit, bucket.entries)
             direction.index_add_(0, pair, w.mean(-1, keepdim=True) * u)
             sizes.index_add_(0, pair, w.mean(-1) * u.norm(dim=-1))
+            moments.index_add_(0, pair, w.mean(-1)[:, None, None] * u.unsqueeze(-1) * u.unsqueeze(-2))
         graph = MessageGraph(torch.stack([ent.pair_centre, ent.pair_neighbour]), n, x.dtype, group_edges=False)
         return Neighbourhood(torch.arange(n, device=x.device), features=x, graph=graph, edge_weights=mass,
-                             edge_directions=direction, edge_direction_sizes=sizes)
+                             edge_directions=direction, edge_direction_sizes=sizes, edge_direction_moments=moments)
 
     def _angle_encoding(self, w, lengths, bucket: Bucket, ent: PeriodicEntries, unit, frames) -> torch.Tensor:
         """sum_k Wk sum_(j,n) w b_angl(e_k . r_hat) with e_k the rows of each centre's (and head's)

@@ -28,6 +28,31 @@ def lr_lambda(cfg: OptimConfig, total_steps: int):
     return lambda t: 1.0
 
 
+def frame_usage(frames: list, batch: torch.Tensor, max_pairs: int = 20000) -> dict[str, float]:
+    """How differently the atoms of a crystal are oriented by the model's frames, from the frames
+    built in one forward pass (per layer; per head frames count head by head): the median and
+    90th percentile over atom pairs of a crystal (i != j) of the rotation angle between their
+    frames, arccos((tr(F_i F_j^T) - 1) / 2) in degrees, averaged over the layers. Near 0: every
+    atom of a crystal has about the same frame (the model is barely using local frames)."""
+    same = batch.unsqueeze(0) == batch.unsqueeze(1)
+    i, j = torch.nonzero(torch.triu(same, diagonal=1), as_tuple=True)
+    if len(i) > max_pairs:  # a fixed, evenly spaced subset
+        keep = torch.linspace(0, len(i) - 1, max_pairs, device=i.device).long()
+        i, j = i[keep], j[keep]
+    out = {}
+    if len(i):
+        medians, p90s = [], []
+        for f in frames:
+            f = f.float().reshape(f.shape[0], -1, 3, 3)  # (N, H, 3, 3)
+            trace = (f[i] * f[j]).sum(dim=(-1, -2))  # tr(F_i F_j^T) per head
+            angle = torch.rad2deg(torch.arccos(((trace - 1) / 2).clamp(-1, 1))).reshape(-1)
+            medians.append(angle.median().item())
+            p90s.append(torch.quantile(angle, 0.9).item())
+        out["frame_angle_median"] = sum(medians) / len(medians)
+        out["frame_angle_p90"] = sum(p90s) / len(p90s)
+    return out
+
+
 class PropertyModule(L.LightningModule):
     """Wraps any crystalframes model (forward(GraphBatch) -> (B, T)) for training."""
 
@@ -63,10 +88,31 @@ class PropertyModule(L.LightningModule):
         return loss
 
     def validation_step(self, batch, batch_idx):
-        pred, target = self._step(batch)
+        recorded = self._record_frames() if batch_idx == 0 else None
+        try:
+            pred, target = self._step(batch)
+        finally:
+            if recorded is not None:
+                recorded[1].remove()
         mae = (self.normaliser.inverse(pred) - batch.targets).abs().mean()
         self.log("val_loss", self.loss_fn(pred, target), batch_size=batch.num_graphs, sync_dist=True)
         self.log("val_mae", mae, batch_size=batch.num_graphs, sync_dist=True, prog_bar=True)
+        if recorded is not None and recorded[0]:
+            usage = frame_usage(recorded[0], batch.batch)
+            # share of atoms whose learned Gram-Schmidt vectors were degenerate (fallback frame)
+            fallback = [m.fallback_fraction for m in self.model.modules() if getattr(m, "fallback_fraction", None) is not None]
+            if fallback:
+                usage["frame_fallback"] = float(torch.stack(fallback).float().mean())
+            for name, value in usage.items():
+                self.log(name, value, batch_size=batch.num_graphs)
+
+    def _record_frames(self):
+        """(list, hook handle): the frames the model's frame builds in the next forward pass."""
+        frame = getattr(self.model, "frame", None)
+        if frame is None or not getattr(frame, "active", False):
+            return None
+        frames: list = []
+        return frames, frame.register_forward_hook(lambda module, args, out: frames.append(out.detach()))
 
     def predict_step(self, batch, batch_idx):
         return self.normaliser.inverse(self.model(batch))

@@ -1,0 +1,73 @@
+"""The frame study: does a frame help its backbone, at a budget this machine affords?
+(docs/results.md; a long background job, never part of CI.)
+
+    python benchmarks/frame_study.py                     # the grid, seeds 0 1 2; resumable
+    python benchmarks/frame_study.py --seeds 3           # add a seed to every spec
+    python benchmarks/frame_study.py --table             # print the table of what has finished
+
+Every run trains one spec of the grid at its `cpu` preset (18 epochs, batch 32, OneCycle) on
+the embedded Materials Project demo (`mp2018_e_form`, the records' own train/val split, 10 % of
+train held out as test with a fixed seed, so every run sees the same test structures).
+Finished runs append their row to benchmarks/results/frame_study.json (with per-structure test
+errors and per-epoch validation MAE) and, with --commit, commit that file, so a session that
+stops loses at most the run in progress; a rerun skips finished rows and resumes a killed run
+from its last checkpoint (run folders under --runs).
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results" / "frame_study.json"
+FRAMES = ("none", "spframe_quaternion", "max", "weighted_pca", "equivariant_gram_schmidt")
+GRID = tuple(f"{backbone}:{frame}@cpu" for backbone in ("ecomformer", "crystalformer") for frame in FRAMES) + (
+    "ecomformer:none@cpu_original_order",
+)
+
+
+def commit(path: Path, message: str, attempts: int = 20) -> None:
+    """Commit one file; retried while another git process holds the index lock."""
+    for _ in range(attempts):
+        add = subprocess.run(["git", "-C", str(ROOT), "add", str(path)], capture_output=True, text=True)
+        done = add.returncode == 0 and subprocess.run(
+            ["git", "-C", str(ROOT), "commit", "-q", "-m", message, "--", str(path)], capture_output=True, text=True
+        ).returncode == 0
+        if done:
+            return
+        time.sleep(15)
+    print(f"warning: could not commit {path} ({message})", flush=True)
+
+
+def main(argv=None) -> None:
+    from crystalframes.train.study import load_rows, run_grid, summary_table
+
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--specs", nargs="+", default=list(GRID))
+    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    p.add_argument("--set", dest="overrides", action="append", default=["trainer.threads=2"],
+                   help="config overrides shared by every run (the default budget is each spec's preset)")
+    p.add_argument("--runs", type=Path, default=ROOT.parent / "study_runs")
+    p.add_argument("--results", type=Path, default=RESULTS)
+    p.add_argument("--commit", action="store_true", help="git-commit the results file after every finished run")
+    p.add_argument("--table", action="store_true", help="only print the table of the finished runs")
+    args = p.parse_args(argv)
+    if args.table:
+        print(summary_table(load_rows(args.results)))
+        return
+
+    def landed(row: dict) -> None:
+        print(f"finished {row['spec']} seed {row['seed']}: val {row['val_mae']:.4f} test {row['test_mae']:.4f} "
+              f"({row['train_wall_seconds']:.0f} s)", flush=True)
+        if args.commit:
+            commit(args.results, f"frame study: {row['spec']} seed {row['seed']} (test MAE {row['test_mae']:.4f})")
+
+    run_grid(args.specs, args.overrides, args.seeds, args.runs, args.results, on_row=landed)
+    print(summary_table(load_rows(args.results)))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,244 @@
+"""Multi-seed accuracy studies: "does this frame help this backbone, at this budget?"
+
+A study trains a grid of model specs x seeds with the same config overrides (data, budget) and
+answers with spread, not anecdotes: mean +- standard deviation over seeds per spec, and the
+paired difference of every frame model to its backbone without a frame (``backbone:none`` at
+the same preset, same seeds, same split) with two 95 % intervals:
+
+* over seeds: t interval with n - 1 degrees of freedom of the per-seed differences of test MAE
+  (with 3 seeds t = 4.30, so the interval is wide: it is honest about how little 3 runs say);
+* over test structures: a paired bootstrap (2,000 resamples) of the mean difference of the
+  seed-averaged absolute errors, structure by structure (what this test set says, given the
+  seeds run; it does not cover the seed-to-seed spread).
+
+Runs are resumable: each finished run appends one row to a JSON file (atomically), a rerun of
+the same grid skips finished rows, and a run that was killed part-way resumes from its last
+checkpoint. Rows carry the per-structure test errors (for the bootstrap) and the validation MAE
+of every epoch (for MAE-against-epochs curves).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import time
+from pathlib import Path
+from typing import Callable, Iterable
+
+import numpy as np
+
+RESULTS_FORMAT = "crystalframes-study"
+RESULTS_VERSION = 1
+BOOTSTRAP_RESAMPLES = 2000
+
+
+def run_key(spec: str, seed: int, overrides: Iterable[str]) -> str:
+    """The identity of one run: canonical spec, seed and the shared overrides (order-free)."""
+    return f"{spec}|seed={seed}|" + ";".join(sorted(overrides))
+
+
+def load_rows(path: Path) -> list[dict]:
+    """The rows of a results file ([] if it does not exist); a file of another format is refused."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    payload = json.loads(path.read_text())
+    if payload.get("format") != RESULTS_FORMAT:
+        raise ValueError(f"{path}: not a crystalframes study results file")
+    return list(payload["rows"])
+
+
+def save_rows(path: Path, rows: list[dict]) -> None:
+    from crystalframes.atomic import atomic_write
+
+    with atomic_write(Path(path), "w") as fh:
+        json.dump({"format": RESULTS_FORMAT, "version": RESULTS_VERSION, "rows": rows}, fh, indent=1)
+        fh.write("\n")
+
+
+def _folder_name(spec: str, seed: int) -> str:
+    return "".join(ch if ch.isalnum() else "-" for ch in spec) + f"-s{seed}"
+
+
+def row_of_run(folder: Path, spec: str, seed: int, overrides: list[str]) -> dict:
+    """One results row from a finished run folder (metrics.json, predictions_test.csv, the
+    per-epoch log)."""
+    m = json.loads((folder / "metrics.json").read_text())
+    ids, errors = [], []
+    with open(folder / "predictions_test.csv", newline="") as fh:
+        reader = csv.reader(fh)
+        next(reader)
+        for rec in reader:
+            ids.append(rec[0])
+            errors.append(abs(float(rec[3]) - float(rec[4])))
+    curve = {}
+    log = folder / "logs" / "metrics.csv"
+    if log.exists():
+        with open(log, newline="") as fh:
+            for rec in csv.DictReader(fh):
+                if rec.get("val_mae"):
+                    curve[int(rec["epoch"])] = float(rec["val_mae"])
+    import yaml
+
+    cfg = yaml.safe_load((folder / "config.yaml").read_text())
+    return {
+        "key": run_key(spec, seed, overrides),
+        "spec": m["spec"],
+        "seed": seed,
+        "overrides": sorted(overrides),
+        "target": m["target"],
+        "units": m["units"],
+        "epochs": m["epochs_completed"],
+        "batch_size": cfg["trainer"]["batch_size"],
+        "params": m.get("params"),
+        "train_wall_seconds": m["train_wall_seconds"],
+        "val_mae": m["val"]["mae"],
+        "test_mae": m["test"]["mae"],
+        "val_mean_baseline_mae": m["val"]["mean_baseline_mae"],
+        "test_mean_baseline_mae": m["test"]["mean_baseline_mae"],
+        "val_mae_per_epoch": [curve[e] for e in sorted(curve)],
+        "test_ids": ids,
+        "test_abs_errors": [round(e, 7) for e in errors],
+        "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
+    }
+
+
+def run_grid(specs: list[str], overrides: list[str], seeds: Iterable[int], output: Path, results: Path,
+             on_row: Callable[[dict], None] | None = None) -> list[dict]:
+    """Train every spec x seed not yet in ``results`` (seed-major: every spec gets seed 0 before
+    any gets seed 1, so a partial study is balanced), appending each finished run's row."""
+    from crystalframes.models.specs import parse_spec
+    from crystalframes.train.config import config_with_preset_training, explicit_keys, load_config
+    from crystalframes.train.run import train
+
+    specs = [str(parse_spec(s)) for s in specs]  # all specs valid before the first long run
+    output, results = Path(output), Path(results)
+    rows = load_rows(results)
+    done = {r["key"] for r in rows}
+    for seed in seeds:
+        for spec in specs:
+            key = run_key(spec, seed, overrides)
+            if key in done:
+                continue
+            folder = output / _folder_name(spec, seed)
+            if not (folder / "metrics.json").exists():
+                sets = [*overrides, f"model.spec={spec}", f"trainer.seed={seed}"]
+                cfg = config_with_preset_training(load_config(None, sets), explicit_keys(None, sets))
+                resume = (folder / "checkpoints" / "last.ckpt").exists()
+                train(cfg, folder, resume=resume, overwrite=folder.exists() and not resume)
+            row = row_of_run(folder, spec, seed, overrides)
+            rows.append(row)
+            done.add(key)
+            save_rows(results, rows)
+            if on_row is not None:
+                on_row(row)
+    return rows
+
+
+# ---------------------------------------------------------------------------------------------
+# Statistics
+# ---------------------------------------------------------------------------------------------
+
+
+def baseline_spec(spec: str) -> str:
+    """The same backbone and preset without a frame."""
+    from crystalframes.models.specs import parse_spec
+
+    p = parse_spec(spec)
+    return f"{p.backbone}:none@{p.preset}"
+
+
+def t_interval(values: np.ndarray, level: float = 0.95) -> tuple[float, float, float]:
+    """(mean, low, high) of a t interval with n - 1 degrees of freedom (NaN bounds for n < 2)."""
+    from scipy import stats
+
+    n = len(values)
+    mean = float(np.mean(values))
+    if n < 2:
+        return mean, math.nan, math.nan
+    half = stats.t.ppf(0.5 + level / 2, n - 1) * float(np.std(values, ddof=1)) / math.sqrt(n)
+    return mean, mean - half, mean + half
+
+
+def paired_bootstrap(a: np.ndarray, b: np.ndarray, resamples: int = BOOTSTRAP_RESAMPLES, seed: int = 0,
+                     level: float = 0.95) -> tuple[float, float, float]:
+    """(mean, low, high) of mean(a - b) with a percentile interval from resampling the paired
+    items (rows of a and b belong together)."""
+    d = np.asarray(a) - np.asarray(b)
+    rng = np.random.default_rng(seed)
+    means = d[rng.integers(0, len(d), size=(resamples, len(d)))].mean(axis=1)
+    lo, hi = np.quantile(means, [(1 - level) / 2, (1 + level) / 2])
+    return float(d.mean()), float(lo), float(hi)
+
+
+def seed_averaged_errors(rows: list[dict]) -> dict[str, float]:
+    """Test structure id -> absolute error averaged over the given runs (ids every run has)."""
+    common = set(rows[0]["test_ids"]).intersection(*(r["test_ids"] for r in rows[1:]))
+    out = {}
+    for i in common:
+        out[i] = float(np.mean([r["test_abs_errors"][r["test_ids"].index(i)] for r in rows]))
+    return out
+
+
+def summarise(rows: list[dict]) -> list[dict]:
+    """One summary per (spec, overrides): seeds, mean +- std of val/test MAE, and the paired
+    difference of test MAE to the backbone without a frame (see the module docstring)."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        groups.setdefault((r["spec"], tuple(r["overrides"])), []).append(r)
+    out = []
+    for (spec, overrides), rs in groups.items():
+        rs = sorted(rs, key=lambda r: r["seed"])
+        val, test = np.array([r["val_mae"] for r in rs]), np.array([r["test_mae"] for r in rs])
+        s = {"spec": spec, "overrides": list(overrides), "target": rs[0]["target"], "units": rs[0]["units"],
+             "seeds": [r["seed"] for r in rs], "epochs": rs[0]["epochs"], "params": rs[0]["params"],
+             "val_mean": float(val.mean()), "val_std": float(val.std(ddof=1)) if len(rs) > 1 else math.nan,
+             "test_mean": float(test.mean()), "test_std": float(test.std(ddof=1)) if len(rs) > 1 else math.nan,
+             "train_seconds": float(np.mean([r["train_wall_seconds"] for r in rs]))}
+        base = groups.get((baseline_spec(spec), overrides))
+        if base is not None and baseline_spec(spec) != spec:
+            by_seed = {r["seed"]: r for r in base}
+            paired = [(r, by_seed[r["seed"]]) for r in rs if r["seed"] in by_seed]
+            if paired:
+                diffs = np.array([a["test_mae"] - b["test_mae"] for a, b in paired])
+                s["baseline"] = baseline_spec(spec)
+                s["paired_seeds"] = [a["seed"] for a, _ in paired]
+                s["diff_mean"], s["diff_seed_low"], s["diff_seed_high"] = t_interval(diffs)
+                ea, eb = seed_averaged_errors([a for a, _ in paired]), seed_averaged_errors([b for _, b in paired])
+                ids = sorted(set(ea) & set(eb))
+                _, s["diff_boot_low"], s["diff_boot_high"] = paired_bootstrap(np.array([ea[i] for i in ids]), np.array([eb[i] for i in ids]))
+                s["diff_structures"] = len(ids)
+        out.append(s)
+    return out
+
+
+def _pm(mean: float, std: float) -> str:
+    return f"{mean:.4f}" if math.isnan(std) else f"{mean:.4f} +- {std:.4f}"
+
+
+def _interval(low: float, high: float) -> str:
+    return "-" if math.isnan(low) else f"[{low:+.4f}, {high:+.4f}]"
+
+
+def summary_table(rows: list[dict]) -> str:
+    """Markdown: one row per spec, mean +- std over seeds, the paired difference of test MAE to
+    the backbone without a frame and its two 95 % intervals."""
+    if not rows:
+        return "(no finished runs)\n"
+    summaries = summarise(rows)
+    units = summaries[0]["units"]
+    lines = [f"| model | seeds | epochs | val MAE ({units}) | test MAE ({units}) | test - no frame | 95% CI over seeds (t) | "
+             f"95% CI over test structures (paired bootstrap) | params |",
+             "|---|---:|---:|---:|---:|---:|---|---|---:|"]
+    for s in summaries:
+        diff = f"{s['diff_mean']:+.4f}" if "diff_mean" in s else "-"
+        seeds_ci = _interval(s["diff_seed_low"], s["diff_seed_high"]) if "diff_mean" in s else "-"
+        boot_ci = _interval(s["diff_boot_low"], s["diff_boot_high"]) if "diff_mean" in s else "-"
+        lines.append(f"| `{s['spec']}` | {len(s['seeds'])} | {s['epochs']} | {_pm(s['val_mean'], s['val_std'])} | "
+                     f"{_pm(s['test_mean'], s['test_std'])} | {diff} | {seeds_ci} | {boot_ci} | {s['params']:,} |")
+    first = rows[0]
+    budgets = sorted({", ".join(r["overrides"]) or "none" for r in rows})
+    head = (f"Target `{first['target']}`; mean of training targets: val {first['val_mean_baseline_mae']:.4f}, "
+            f"test {first['test_mean_baseline_mae']:.4f} {units}. Shared overrides: {' / '.join(budgets)}.\n\n")
+    return head + "\n".join(lines) + "\n"

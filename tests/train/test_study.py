@@ -1,0 +1,112 @@
+"""The multi-seed study behind ``crystalframes bench accuracy``: resumable grids, the presets'
+own budgets, and the statistics (t interval over seeds, paired bootstrap over structures)."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from crystalframes.train import study
+
+
+def fake_train(calls):
+    """A stand-in for train(): records the config and writes what a finished run folder holds;
+    the errors depend on spec and seed, so the statistics have something to chew on."""
+
+    def train(cfg, folder, resume=False, overwrite=False):
+        calls.append({"spec": cfg.model.spec, "seed": cfg.trainer.seed, "epochs": cfg.trainer.epochs,
+                      "batch_size": cfg.trainer.batch_size, "resume": resume, "overwrite": overwrite})
+        folder.mkdir(parents=True, exist_ok=True)
+        rng = np.random.default_rng(cfg.trainer.seed)
+        shift = 0.01 if "max" in cfg.model.spec else 0.0
+        errors = np.abs(rng.normal(0.1, 0.02, 20)) + shift
+        (folder / "metrics.json").write_text(json.dumps({
+            "spec": cfg.model.spec, "target": "y", "units": "eV", "epochs_completed": cfg.trainer.epochs,
+            "train_wall_seconds": 1.0, "params": 10,
+            "val": {"mae": float(errors.mean()) + 0.01, "mean_baseline_mae": 1.0},
+            "test": {"mae": float(errors.mean()), "mean_baseline_mae": 1.0}}))
+        (folder / "config.yaml").write_text(f"trainer:\n  batch_size: {cfg.trainer.batch_size}\n")
+        lines = ["id,formula,n_atoms,true y (eV),predicted y (eV)"] + [f"s{i},X,1,0.0,{e}" for i, e in enumerate(errors)]
+        (folder / "predictions_test.csv").write_text("\n".join(lines) + "\n")
+
+    return train
+
+
+@pytest.fixture
+def calls(monkeypatch):
+    import crystalframes.train.run as run
+
+    recorded = []
+    monkeypatch.setattr(run, "train", fake_train(recorded))
+    return recorded
+
+
+def test_a_grid_resumes_where_it_stopped_and_keeps_finished_runs(calls, tmp_path):
+    specs = ["crystalformer:none@cpu_small", "crystalformer:max@cpu_small"]
+    results = tmp_path / "results.json"
+    study.run_grid(specs, [], [0], tmp_path / "runs", results)
+    assert [(c["spec"], c["seed"]) for c in calls] == [(specs[0], 0), (specs[1], 0)]
+    # a second invocation with more seeds runs only what is missing, seed-major
+    study.run_grid(specs, [], [0, 1], tmp_path / "runs", results)
+    assert [(c["spec"], c["seed"]) for c in calls[2:]] == [(specs[0], 1), (specs[1], 1)]
+    rows = study.load_rows(results)
+    assert len(rows) == 4 and len({r["key"] for r in rows}) == 4
+    # a run killed part-way (checkpoint, no metrics) resumes; a folder of a finished run whose
+    # row was not yet written is collected without training again
+    killed = tmp_path / "runs" / (study._folder_name(specs[0], 2))
+    (killed / "checkpoints").mkdir(parents=True)
+    (killed / "checkpoints" / "last.ckpt").write_bytes(b"x")
+    study.run_grid(specs[:1], [], [2], tmp_path / "runs", results)
+    assert calls[-1]["resume"] is True and calls[-1]["seed"] == 2
+
+
+def test_the_presets_budget_is_used_unless_the_user_sets_one(calls, tmp_path):
+    """cpu_small's own epochs and batch size (100 / 32 for Crystalformer), not a bench default."""
+    from crystalframes.models import preset_training
+
+    study.run_grid(["crystalformer:none@cpu_small"], [], [0], tmp_path / "a", tmp_path / "a.json")
+    own = preset_training("crystalformer:none@cpu_small")
+    assert (calls[-1]["epochs"], calls[-1]["batch_size"]) == (own["epochs"], own["batch_size"])
+    study.run_grid(["crystalformer:none@cpu_small"], ["trainer.epochs=3"], [0], tmp_path / "b", tmp_path / "b.json")
+    assert (calls[-1]["epochs"], calls[-1]["batch_size"]) == (3, own["batch_size"])
+
+
+def test_the_summary_pairs_every_frame_with_its_backbone(calls, tmp_path):
+    specs = ["crystalformer:none@cpu_small", "crystalformer:max@cpu_small"]
+    rows = study.run_grid(specs, [], [0, 1, 2], tmp_path / "runs", tmp_path / "r.json")
+    summary = {s["spec"]: s for s in study.summarise(rows)}
+    s = summary["crystalformer:max@cpu_small"]
+    assert s["baseline"] == "crystalformer:none@cpu_small" and s["paired_seeds"] == [0, 1, 2]
+    # the fake errors of max are those of none + 0.01 for every structure and seed
+    assert s["diff_mean"] == pytest.approx(0.01) and s["diff_boot_low"] == pytest.approx(0.01) and s["diff_boot_high"] == pytest.approx(0.01)
+    assert "diff_mean" not in summary["crystalformer:none@cpu_small"]
+    table = study.summary_table(rows)
+    assert "| `crystalformer:max@cpu_small` | 3 |" in table and "+0.0100" in table
+
+
+def test_t_interval_and_paired_bootstrap():
+    mean, lo, hi = study.t_interval(np.array([1.0, 2.0, 3.0]))
+    assert mean == 2.0 and hi - mean == pytest.approx(4.302652729911275 * 1.0 / math.sqrt(3))
+    assert math.isnan(study.t_interval(np.array([1.0]))[1])
+    rng = np.random.default_rng(0)
+    a = rng.normal(0, 1, 400)
+    mean, lo, hi = study.paired_bootstrap(a + 0.5, a)
+    assert mean == pytest.approx(0.5) and lo == pytest.approx(0.5) and hi == pytest.approx(0.5)
+    b = rng.normal(0, 1, 400)
+    mean, lo, hi = study.paired_bootstrap(a, b)
+    half = 1.96 * np.std(a - b) / np.sqrt(400)
+    assert lo < mean < hi and (hi - lo) / 2 == pytest.approx(half, rel=0.15)
+
+
+def test_a_real_run_becomes_a_row(demo_subset, tmp_path):
+    """One tiny real training: the row reads the real run folder (errors, per-epoch curve)."""
+    data = demo_subset(60, 20)
+    overrides = [f"data.source={data}", "trainer.epochs=2", "trainer.threads=1",
+                 "model.options={hidden: 8, scalars: 4, vectors: 2, rbf_bins: 8}"]
+    rows = study.run_grid(["ecomformer:none@cpu_small"], overrides, [0], tmp_path / "runs", tmp_path / "r.json")
+    (row,) = rows
+    assert row["epochs"] == 2 and len(row["val_mae_per_epoch"]) == 2 and len(row["test_ids"]) == len(row["test_abs_errors"]) == 6
+    assert row["test_mae"] == pytest.approx(np.mean(row["test_abs_errors"]), abs=1e-5)
