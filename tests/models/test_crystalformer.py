@@ -531,3 +531,47 @@ def test_training_step_and_gradients(crystals):
     att, geometry = model.layers[0].attention, model.geometry(b)
     x = (torch.randn(b.pos.shape[0], att.dim, dtype=torch.float64, generator=torch.Generator().manual_seed(0)) * 0.3).requires_grad_()
     assert torch.autograd.gradcheck(lambda x: att(x, geometry, model.frame, 0), (x,), atol=1e-7)
+
+
+def test_lightweight_is_the_official_setting_and_the_coefficients_scale_the_encodings(crystals):
+    """CrystalFramer's lightweight script: D = 16, value_pe_angle_wscale 1.0, value_pe_dist_coef
+    1.5, value_pe_angle_coef 6.0 (fixed factors: the trainable count stays 878,081). With the
+    values switched off (v_proj = 0) the layer output is out_proj(c_d D + c_a A): linear in the
+    two coefficients."""
+    c = build_crystalformer("max", "lightweight").config
+    assert (c.angle_bases, c.angle_width_scale, c.distance_coef, c.angle_coef) == (16, 1.0, 1.5, 6.0)
+    assert num_parameters(build_crystalformer("max", "lightweight")) == 878_081
+    model = small_model("max", crystals[:2])
+    b = batch_of(crystals[:2])
+    att, geometry = model.layers[0].attention, model.geometry(b)
+    x = torch.randn(b.pos.shape[0], att.dim, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        att.v_proj.weight.zero_()
+        att.v_proj.bias.zero_()
+        att.out_proj.bias.zero_()
+
+        def out(cd, ca):
+            att.distance_coef, att.angle_coef = cd, ca
+            return att(x, geometry, model.frame, 0)
+
+        base, d2, a3 = out(1.0, 1.0), out(2.0, 1.0), out(1.0, 3.0)
+        distance_part, angle_part = d2 - base, (a3 - base) / 2
+        assert angle_part.abs().max() > 1e-6 and distance_part.abs().max() > 1e-6
+        assert torch.allclose(out(1.5, 6.0), 1.5 * distance_part + 6.0 * angle_part, atol=1e-12)
+
+
+def test_rho_statistics_first_batch_freezes_the_reference_way(crystals):
+    """``rho_statistics="first_batch"``: the first training batch sets mean and variance and no
+    later batch moves them (the reference); the default keeps running averages."""
+    first, second = batch_of(crystals[:3]), batch_of(crystals[3:7])
+    for mode, moves in (("first_batch", False), ("running", True)):
+        torch.manual_seed(0)
+        model = build_crystalformer("none", "cpu_small", rho_statistics=mode).double().train()
+        with torch.no_grad():
+            model(first)
+            after_first = model.layers[0].attention.rho_stats[:2].clone()
+            model(second)
+        changed = not torch.equal(model.layers[0].attention.rho_stats[:2], after_first)
+        assert changed is moves, mode
+    with pytest.raises(Exception, match="rho_statistics"):
+        build_crystalformer("none", "cpu_small", rho_statistics="sometimes")

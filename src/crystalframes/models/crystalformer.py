@@ -73,7 +73,9 @@ class CrystalformerConfig:
     """Every size and switch of the model (the ``model`` part of a preset).
 
     frame, global_frame: see the module docstring. angle_bases: D, Gaussians per frame axis
-    (ignored for ``none``). positive_quaternion, angle_bins: options of the learned frames
+    (ignored for ``none``); angle_width_scale: their width in centre spacings (the official
+    ``value_pe_angle_wscale``); distance_coef, angle_coef: fixed factors on the distance and angle
+    encodings (``value_pe_dist_coef``, ``value_pe_angle_coef``). positive_quaternion, angle_bins: options of the learned frames
     (``spframe_quaternion``'s softplus head; Gaussians per lattice cosine of
     ``spframe_gram_schmidt``). cutoff_sigmas: each head of each atom sums over the images within this many
     sigma_ih = r0 / sqrt(rho_ih) (the reference sizes an image box with 3.5; see
@@ -91,11 +93,14 @@ class CrystalformerConfig:
     distance_max: float = DISTANCE_MAX
     angle_bases: int = 64
     angle_width_scale: float = ANGLE_WIDTH_SCALE
+    distance_coef: float = 1.0
+    angle_coef: float = 1.0
     r0: float = R0
     rho_floor: float = RHO_FLOOR
     rho_beta: float = RHO_BETA
     cutoff_sigmas: float = DEFAULT_CUTOFF_SIGMAS
     rho_momentum: float = 0.1
+    rho_statistics: str = "running"  # or "first_batch", the reference's (see nn/periodic_attention.py)
     head_hidden: int = 128
     num_targets: int = 1
     memory_budget: int = DEFAULT_MEMORY_BUDGET
@@ -150,11 +155,14 @@ class CrystalformerLayer(nn.Module):
             angle_encoding=angle_encoding,
             angle_bases=c.angle_bases,
             angle_width_scale=c.angle_width_scale,
+            distance_coef=c.distance_coef,
+            angle_coef=c.angle_coef,
             r0=c.r0,
             rho_floor=c.rho_floor,
             rho_beta=c.rho_beta,
             cutoff_sigmas=c.cutoff_sigmas,
             rho_momentum=c.rho_momentum,
+            rho_statistics=c.rho_statistics,
             memory_budget=c.memory_budget,
         )
         self.feed_forward = FeedForward(c.model_dim, c.ff_dim)
@@ -273,7 +281,8 @@ def _task(name: str, dataset: str, target: str, epochs: int, batch_size: int) ->
 
 # Per-task settings of the Crystalformer paper's public scripts: MEGNet (mp.2018.6.1) targets 500
 # epochs at batch 128; JARVIS dft_3d_2021 targets 800 epochs at batch 256, MBJ gap 1600 epochs.
-# (CrystalFramer's own scripts use 800 epochs for MP and 2000 for JARVIS with batch 128 / 256.)
+# (CrystalFramer's own scripts use 500 epochs / batch 128 for MP, params/latticeformer/default_mp.json,
+# and 2000 epochs / batch 256 for JARVIS, params/crystalframer/default_jarvis.json: configs/crystalframer/.)
 # Every frame runs at every preset: ``crystalformer:max@mp_e_form`` is CrystalFramer on that task.
 CRYSTALFORMER_PRESETS: dict[str, Preset] = presets.presets_by_name(
     Preset(
@@ -285,8 +294,9 @@ CRYSTALFORMER_PRESETS: dict[str, Preset] = presets.presets_by_name(
     ),
     Preset(
         "lightweight",
-        "CrystalFramer lightweight: as reference with D=16 angle Gaussians (878,081 trainable parameters with a frame)",
-        {**_REFERENCE, "angle_bases": 16},
+        "CrystalFramer lightweight (train_jarvis_time.sh): as reference with D=16 angle Gaussians of width 1 spacing, "
+        "distance encoding x1.5, angle encoding x6 (878,081 trainable parameters with a frame)",
+        {**_REFERENCE, "angle_bases": 16, "angle_width_scale": 1.0, "distance_coef": 1.5, "angle_coef": 6.0},
         _training(500, 128),
     ),
     _task("mp_e_form", "mp_2018", "e_form", 500, 128),

@@ -78,6 +78,10 @@ REFERENCE_CUTOFF_SIGMAS = 3.5  # the reference's adaptive image range (not conve
 # 2e-5 at 5, 7e-8 at 6. At 6 sigma, doubling the range moves model outputs by ~1e-8 relative
 # (tests/models/test_crystalformer.py::test_periodic_sum_converged).
 DEFAULT_CUTOFF_SIGMAS = 6.0
+# How the width standardisation gets its mean and variance in training: "running" (batch
+# statistics, running averages for evaluation; ours) or "first_batch" (those of the first
+# training batch, frozen for good, as the reference code does).
+RHO_STATISTICS = ("running", "first_batch")
 # The first layer enumerates images this much beyond its cutoff, so that later layers (whose
 # Gaussians are usually about as wide) only filter that list.
 ENUMERATION_HEADROOM = 1.15
@@ -138,8 +142,9 @@ class PeriodicAttention(nn.Module):
     rho standardisation: x_ih = q_ih . w_h is standardised by one mean and variance over all
     atoms and heads, as in the reference; they come from the batch in training (no gradient
     through them) and from running averages (momentum ``rho_momentum``; the first training
-    batch sets them) in evaluation. They live in ``rho_stats`` = (mean, variance, batches
-    seen), a frozen Parameter rather than a buffer so that parameter counts match the
+    batch sets them) in evaluation; ``rho_statistics="first_batch"`` instead freezes those of the
+    first training batch for training and evaluation alike, as the reference does. They live in
+    ``rho_stats`` = (mean, variance, batches seen), a frozen Parameter rather than a buffer so that parameter counts match the
     reference, which stores its first-batch scale as frozen Parameters too.
     """
 
@@ -152,11 +157,14 @@ class PeriodicAttention(nn.Module):
         angle_encoding: bool = False,
         angle_bases: int = 64,
         angle_width_scale: float = ANGLE_WIDTH_SCALE,
+        distance_coef: float = 1.0,
+        angle_coef: float = 1.0,
         r0: float = R0,
         rho_floor: float = RHO_FLOOR,
         rho_beta: float = RHO_BETA,
         cutoff_sigmas: float = DEFAULT_CUTOFF_SIGMAS,
         rho_momentum: float = 0.1,
+        rho_statistics: str = "running",
         memory_budget: int = DEFAULT_MEMORY_BUDGET,
     ):
         super().__init__()
@@ -166,8 +174,14 @@ class PeriodicAttention(nn.Module):
             raise ValueError("rho_floor must be in (0, 1)")
         self.dim, self.heads, self.head_dim = dim, heads, dim // heads
         self.r0, self.rho_floor, self.rho_beta = float(r0), float(rho_floor), float(rho_beta)
+        # fixed scale factors of the distance and angle encodings (the official code's
+        # value_pe_dist_coef / value_pe_angle_coef; 1.5 and 6.0 in CrystalFramer's lightweight setting)
+        self.distance_coef, self.angle_coef = float(distance_coef), float(angle_coef)
         self.cutoff_sigmas = float(cutoff_sigmas)
         self.rho_momentum = float(rho_momentum)
+        if rho_statistics not in RHO_STATISTICS:
+            raise ValueError(f"rho_statistics must be one of {RHO_STATISTICS}, got {rho_statistics!r}")
+        self.rho_statistics = rho_statistics
         self.memory_budget = int(memory_budget)
 
         self.q_proj = nn.Linear(dim, dim)
@@ -210,7 +224,7 @@ class PeriodicAttention(nn.Module):
         """rho_ih = (1 - b) ELU(beta x / (1 - b)) + 1, x = standardised q_ih . w_h; (N, H)."""
         x = (q * self.width_weight).sum(-1)
         stats = self.rho_stats
-        if self.training:
+        if self.training and not (self.rho_statistics == "first_batch" and stats[2] > 0):
             with torch.no_grad():
                 mean, var = x.mean(), x.var(unbiased=False)
                 m = 1.0 if stats[2] == 0 else self.rho_momentum
@@ -256,6 +270,8 @@ class PeriodicAttention(nn.Module):
             w, dist, inside = self._weights(bucket, ent, s, a, head_cutoff)
             basis = gaussian(dist, self.distance_centres.to(dist.dtype), self.distance_width)  # (n, M, K)
             features = torch.einsum("nhk,hck->nhc", torch.bmm(w, basis), self.distance_proj)
+            if self.distance_coef != 1.0:
+                features = features * self.distance_coef
             if self.angle_proj is not None:
                 if atom_frames is not None:
                     frames = take(atom_frames, bucket.centres)
@@ -263,7 +279,8 @@ class PeriodicAttention(nn.Module):
                     rows = EntryRows(take(ent.vec, bucket.index), dist, bucket.valid, w.detach() if "attention" in frame.needs else None)
                     frames = frame(layer, geometry.frame_setup, Neighbourhood(bucket.centres, rows=rows))
                 # a head's entries are a prefix of its row (rows are sorted by distance)
-                features = features + self._angle_encoding(w, inside.sum(-1), bucket, ent, unit, frames)
+                angle = self._angle_encoding(w, inside.sum(-1), bucket, ent, unit, frames)
+                features = features + (angle if self.angle_coef == 1.0 else angle * self.angle_coef)
             pair_ids.append(take(ent.pair, bucket.entries))
             pair_w.append(take(w.transpose(1, 2).reshape(-1, h), bucket.flat))
             pe.append(features)

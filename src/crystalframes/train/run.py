@@ -144,7 +144,9 @@ def train(cfg: RunConfig | None, output: str | Path | None = None, resume: bool 
     config.yaml) may differ from the stored config only in what a resumed run can change.
     """
     import lightning as L
-    from lightning.pytorch.callbacks import ModelCheckpoint, StochasticWeightAveraging
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    from crystalframes.train.swa import WeightAverage
 
     from crystalframes.api import save_model_file
     from crystalframes.data.datasets import target_units
@@ -236,9 +238,9 @@ def train(cfg: RunConfig | None, output: str | Path | None = None, resume: bool 
         ]
         swa = cfg.optim.swa_epochs > 0 and cfg.trainer.epochs > 1
         if swa:
-            # average over the last swa_epochs epochs (at least the last one; Lightning counts from 1)
-            start = max(cfg.trainer.epochs - cfg.optim.swa_epochs, 1)
-            callbacks.append(StochasticWeightAveraging(swa_lrs=cfg.optim.lr, swa_epoch_start=start))
+            # average every step of the last swa_epochs epochs (at least the last one), at the
+            # schedule's own learning rate, as the reference code does (train/swa.py)
+            callbacks.append(WeightAverage(start_epoch=max(cfg.trainer.epochs - cfg.optim.swa_epochs, 1)))
         # a resumed run keeps the log rows up to its checkpoint and logs the rest again
         kept = read_log_rows(folder / "logs" / "metrics.csv", ckpt["global_step"]) if ckpt is not None else []
         loggers = [RunCSVLogger(folder, kept)]
