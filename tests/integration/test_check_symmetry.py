@@ -18,12 +18,19 @@ def by_id(jarvis_sample):
     return {c.id: c for c in jarvis_sample}
 
 
-def test_check_json_reports_every_invariance(run, tmp_path, shared_data):
+@pytest.fixture
+def three_structures(tmp_path, shared_data):
+    """The first three records of the shared JARVIS sample as a JSONL file."""
     import gzip
 
     lines = gzip.open(shared_data / "jarvis_dft_3d_sample.jsonl.gz", "rt").read().splitlines()[:3]
     src = tmp_path / "three.jsonl"
     src.write_text("\n".join(lines) + "\n")
+    return src
+
+
+def test_check_json_reports_every_invariance(run, three_structures):
+    src = three_structures
     code, out, err = run("check", "ecomformer:none@cpu_small", str(src), "--trials", "2", "--json")
     assert code == 0, err
     report = json.loads(out)
@@ -34,15 +41,11 @@ def test_check_json_reports_every_invariance(run, tmp_path, shared_data):
         assert report["overall"][key] <= 1e-9, key
 
 
-def test_check_reports_a_declared_dependence_as_declared_not_failed(run, tmp_path, shared_data):
+def test_check_reports_a_declared_dependence_as_declared_not_failed(run, three_structures):
     """The identity global frame does not rotate with the crystal: on Crystalformer the rotation
     error shows (far above the tolerance), and check names it as the frame's declared
     dependence instead of a failure; the other checks still pass."""
-    import gzip
-
-    lines = gzip.open(shared_data / "jarvis_dft_3d_sample.jsonl.gz", "rt").read().splitlines()[:3]
-    src = tmp_path / "three.jsonl"
-    src.write_text("\n".join(lines) + "\n")
+    src = three_structures
     code, out, err = run("check", "crystalformer:global+identity@cpu_small", str(src), "--trials", "1", "--json")
     assert code == 0, err
     report = json.loads(out)

@@ -214,17 +214,22 @@ class StaticFrame(Frame):
         return static_local_frame(vec, centre, hood.num_centres, setup.tie_frames.index_select(0, hood.centres))
 
 
-@register_frame
-class MaxFrame(Frame):
-    """CrystalFramer's max frame (:func:`max_frame`) of the attention weights, per head when
-    the weights have heads."""
+class _AttentionFrame(Frame):
+    """CrystalFramer's dynamic frames: built from the attention weights of each layer, per head
+    when the weights have heads (no gradient flows through them)."""
 
-    name = "max"
-    summary = "CrystalFramer: dynamic max frame of each layer's attention weights"
     needs = frozenset({"neighbours", "attention"})
     per_head = True
     uses_tie_frame = True
     dependences = _TIES
+
+
+@register_frame
+class MaxFrame(_AttentionFrame):
+    """CrystalFramer's max frame (:func:`max_frame`) of the attention weights."""
+
+    name = "max"
+    summary = "CrystalFramer: dynamic max frame of each layer's attention weights"
 
     def forward(self, layer, setup, hood):
         tie = setup.tie_frames.index_select(0, hood.centres)
@@ -235,16 +240,11 @@ class MaxFrame(Frame):
 
 
 @register_frame
-class WeightedPCAFrame(Frame):
-    """CrystalFramer's weighted PCA frame (:func:`weighted_pca_frame`) of the attention
-    weights, per head when the weights have heads."""
+class WeightedPCAFrame(_AttentionFrame):
+    """CrystalFramer's weighted PCA frame (:func:`weighted_pca_frame`) of the attention weights."""
 
     name = "weighted_pca"
     summary = "CrystalFramer: dynamic weighted-PCA frame of each layer's attention weights"
-    needs = frozenset({"neighbours", "attention"})
-    per_head = True
-    uses_tie_frame = True
-    dependences = _TIES
 
     def forward(self, layer, setup, hood):
         tie = setup.tie_frames.index_select(0, hood.centres)
