@@ -4,6 +4,8 @@
     python benchmarks/frame_study.py                     # the grid, seeds 0 1 2; resumable
     python benchmarks/frame_study.py --seeds 3           # add a seed to every spec
     python benchmarks/frame_study.py --table             # print the table of what has finished
+    python benchmarks/frame_study.py --grid long         # the papers' pairs at 54 epochs (3x the budget)
+    python benchmarks/frame_study.py --plot docs/figures/frame_study_curves.png   # val MAE against epochs
 
 Every run trains one spec of the grid at its `cpu` preset (18 epochs, batch 32, OneCycle) on
 the embedded Materials Project demo (`mp2018_e_form`, the records' own train/val split, 10 % of
@@ -27,6 +29,36 @@ FRAMES = ("none", "spframe_quaternion", "max", "weighted_pca", "equivariant_gram
 GRID = tuple(f"{backbone}:{frame}@cpu" for backbone in ("ecomformer", "crystalformer") for frame in FRAMES) + (
     "ecomformer:none@cpu_original_order",
 )
+# The two papers' own pairs at three times the budget: does the gap open, close or stay?
+LONG = ("ecomformer:none@cpu", "ecomformer:spframe_quaternion@cpu", "crystalformer:none@cpu", "crystalformer:max@cpu")
+GRIDS = {"main": (GRID, []), "long": (LONG, ["trainer.epochs=54"])}
+
+
+def plot_curves(rows: list[dict], path: Path) -> None:
+    """Validation MAE against epochs, mean over seeds per (spec, budget), one panel per backbone."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    groups: dict[tuple, list] = {}
+    for r in rows:
+        groups.setdefault((r["spec"], r["epochs"]), []).append(r["val_mae_per_epoch"])
+    backbones = sorted({spec.split(":")[0] for spec, _ in groups})
+    fig, axes = plt.subplots(1, len(backbones), figsize=(6 * len(backbones), 4), squeeze=False)
+    for ax, backbone in zip(axes[0], backbones):
+        for (spec, epochs), curves in sorted(groups.items()):
+            if not spec.startswith(backbone + ":"):
+                continue
+            n = min(len(c) for c in curves)
+            mean = np.mean([c[:n] for c in curves], axis=0)
+            ax.plot(np.arange(1, n + 1), mean, label=f"{spec.split(':')[1]} ({len(curves)} seeds, {epochs} ep.)")
+        ax.set(title=backbone, xlabel="epoch", ylabel=f"val MAE ({rows[0]['units']})", yscale="log")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
 
 
 def commit(path: Path, message: str, attempts: int = 20) -> None:
@@ -46,7 +78,8 @@ def main(argv=None) -> None:
     from crystalframes.train.study import load_rows, run_grid, summary_table
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--specs", nargs="+", default=list(GRID))
+    p.add_argument("--grid", choices=sorted(GRIDS), default="main", help="main: the frame grid at the presets' budget; long: the papers' pairs at 54 epochs")
+    p.add_argument("--specs", nargs="+", default=None, help="default: the grid's specs")
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     p.add_argument("--set", dest="overrides", action="append", default=["trainer.threads=2"],
                    help="config overrides shared by every run (the default budget is each spec's preset)")
@@ -54,10 +87,16 @@ def main(argv=None) -> None:
     p.add_argument("--results", type=Path, default=RESULTS)
     p.add_argument("--commit", action="store_true", help="git-commit the results file after every finished run")
     p.add_argument("--table", action="store_true", help="only print the table of the finished runs")
+    p.add_argument("--plot", type=Path, help="only write the validation-MAE-against-epochs figure of the finished runs")
     args = p.parse_args(argv)
     if args.table:
         print(summary_table(load_rows(args.results)))
         return
+    if args.plot:
+        plot_curves(load_rows(args.results), args.plot)
+        return
+    specs, budget = GRIDS[args.grid]
+    specs = args.specs or list(specs)
 
     def landed(row: dict) -> None:
         print(f"finished {row['spec']} seed {row['seed']}: val {row['val_mae']:.4f} test {row['test_mae']:.4f} "
@@ -65,7 +104,7 @@ def main(argv=None) -> None:
         if args.commit:
             commit(args.results, f"frame study: {row['spec']} seed {row['seed']} (test MAE {row['test_mae']:.4f})")
 
-    run_grid(args.specs, args.overrides, args.seeds, args.runs, args.results, on_row=landed)
+    run_grid(specs, args.overrides + budget, args.seeds, args.runs, args.results, on_row=landed)
     print(summary_table(load_rows(args.results)))
 
 

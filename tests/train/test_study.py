@@ -56,11 +56,22 @@ def test_a_grid_resumes_where_it_stopped_and_keeps_finished_runs(calls, tmp_path
     assert len(rows) == 4 and len({r["key"] for r in rows}) == 4
     # a run killed part-way (checkpoint, no metrics) resumes; a folder of a finished run whose
     # row was not yet written is collected without training again
-    killed = tmp_path / "runs" / (study._folder_name(specs[0], 2))
+    killed = tmp_path / "runs" / (study._folder_name(specs[0], 2, []))
     (killed / "checkpoints").mkdir(parents=True)
     (killed / "checkpoints" / "last.ckpt").write_bytes(b"x")
     study.run_grid(specs[:1], [], [2], tmp_path / "runs", results)
     assert calls[-1]["resume"] is True and calls[-1]["seed"] == 2
+
+
+def test_grids_with_other_budgets_share_a_runs_folder_without_mixing(calls, tmp_path):
+    """A 54-epoch run of a spec must not pick up the finished 18-epoch run of the same seed."""
+    spec = "crystalformer:none@cpu_small"
+    study.run_grid([spec], ["trainer.threads=1"], [0], tmp_path / "runs", tmp_path / "r.json")
+    study.run_grid([spec], ["trainer.threads=1", "trainer.epochs=5"], [0], tmp_path / "runs", tmp_path / "r.json")
+    assert len(calls) == 2 and calls[-1]["epochs"] == 5
+    assert study._folder_name(spec, 0, ["trainer.threads=2"]) == study._folder_name(spec, 0, [])
+    rows = study.load_rows(tmp_path / "r.json")
+    assert sorted(r["epochs"] for r in rows) == [5, 100]
 
 
 def test_the_presets_budget_is_used_unless_the_user_sets_one(calls, tmp_path):

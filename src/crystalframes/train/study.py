@@ -57,8 +57,14 @@ def save_rows(path: Path, rows: list[dict]) -> None:
         fh.write("\n")
 
 
-def _folder_name(spec: str, seed: int) -> str:
-    return "".join(ch if ch.isalnum() else "-" for ch in spec) + f"-s{seed}"
+def _folder_name(spec: str, seed: int, overrides: Iterable[str] = ()) -> str:
+    """Run folder of one run: spec and seed, plus a hash of the overrides that change what is
+    trained (all but ``trainer.threads``), so grids with other budgets share a --runs folder."""
+    import hashlib
+
+    name = "".join(ch if ch.isalnum() else "-" for ch in spec) + f"-s{seed}"
+    budget = sorted(o for o in overrides if not o.startswith("trainer.threads="))
+    return name if not budget else name + "-" + hashlib.sha1(";".join(budget).encode()).hexdigest()[:8]
 
 
 def row_of_run(folder: Path, spec: str, seed: int, overrides: list[str]) -> dict:
@@ -121,7 +127,7 @@ def run_grid(specs: list[str], overrides: list[str], seeds: Iterable[int], outpu
             key = run_key(spec, seed, overrides)
             if key in done:
                 continue
-            folder = output / _folder_name(spec, seed)
+            folder = output / _folder_name(spec, seed, overrides)
             if not (folder / "metrics.json").exists():
                 sets = [*overrides, f"model.spec={spec}", f"trainer.seed={seed}"]
                 cfg = config_with_preset_training(load_config(None, sets), explicit_keys(None, sets))
