@@ -53,7 +53,8 @@ def test_model_files_written_with_the_old_names_load_and_predict_as_before(name)
 def test_every_global_frame_runs_on_every_backbone(backbone, global_name):
     """Finite outputs and rotation invariance in float64. The identity frame is not equivariant:
     Crystalformer's angle encoding then sees the rotation (a negative control that proves the
-    test can fail), while eComFormer stays invariant through its own invariant equivariant layer."""
+    test can fail), while on eComFormer a frame shared by every atom cancels (its equivariant layer
+    contracts features of neighbouring atoms, so only relative rotations between frames count)."""
     from crystalframes.testing import predict, random_rotation, rotated
 
     torch.manual_seed(0)
