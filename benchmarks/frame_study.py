@@ -5,6 +5,7 @@
     python benchmarks/frame_study.py --seeds 3           # add a seed to every spec
     python benchmarks/frame_study.py --table             # print the table of what has finished
     python benchmarks/frame_study.py --grid long         # the papers' pairs at 54 epochs (3x the budget)
+    python benchmarks/frame_study.py --grid settings     # official settings at cpu size (compare with @cpu)
     python benchmarks/frame_study.py --plot docs/figures/frame_study_curves.png   # val MAE against epochs
 
 Every run trains one spec of the grid at its `cpu` preset (18 epochs, batch 32, OneCycle) on
@@ -31,7 +32,9 @@ GRID = tuple(f"{backbone}:{frame}@cpu" for backbone in ("ecomformer", "crystalfo
 )
 # The two papers' own pairs at three times the budget: does the gap open, close or stay?
 LONG = ("ecomformer:none@cpu", "ecomformer:spframe_quaternion@cpu", "crystalformer:none@cpu", "crystalformer:max@cpu")
-GRIDS = {"main": (GRID, []), "long": (LONG, ["trainer.epochs=54"])}
+# Settings of the official code at `cpu` size: which should the `cpu` preset use?
+SETTINGS = ("crystalformer:max@cpu_lightweight_pe", "crystalformer:none@cpu_first_batch_rho", "crystalformer:max@cpu_first_batch_rho")
+GRIDS = {"main": (GRID, []), "long": (LONG, ["trainer.epochs=54"]), "settings": (SETTINGS, [])}
 
 
 def plot_curves(rows: list[dict], path: Path) -> None:
@@ -78,7 +81,7 @@ def main(argv=None) -> None:
     from crystalframes.train.study import load_rows, run_grid, summary_table
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--grid", choices=sorted(GRIDS), default="main", help="main: the frame grid at the presets' budget; long: the papers' pairs at 54 epochs")
+    p.add_argument("--grid", choices=sorted(GRIDS), default="main", help="main: the frame grid at the presets' budget; long: the papers' pairs at 54 epochs; settings: official settings at cpu size")
     p.add_argument("--specs", nargs="+", default=None, help="default: the grid's specs")
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     p.add_argument("--set", dest="overrides", action="append", default=["trainer.threads=2"],

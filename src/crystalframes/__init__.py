@@ -2,7 +2,7 @@
 
 from crystalframes.version import __version__
 
-__all__ = ["__version__", "load_model"]
+__all__ = ["__version__", "load_model", "load_ensemble"]
 
 
 def load_model(path_or_name, device="cpu"):
@@ -10,3 +10,11 @@ def load_model(path_or_name, device="cpu"):
     from crystalframes.api import load_model as _load
 
     return _load(path_or_name, device)
+
+
+def load_ensemble(paths, device="cpu"):
+    """Load several trained models of the same target as one ensemble (mean and standard
+    deviation over members); see :class:`crystalframes.api.Ensemble`."""
+    from crystalframes.api import load_ensemble as _load
+
+    return _load(paths, device)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -54,6 +54,7 @@ class Predictor:
     units: list[str]
     spec: str
     path: str = ""
+    options: dict = field(default_factory=dict)  # the model options the file was built with
 
     @property
     def graph_settings(self):
@@ -63,10 +64,11 @@ class Predictor:
         self.model.to(device)
         return self
 
-    def predict_each(self, crystals: Sequence, batch_size: int = 64) -> tuple[list, np.ndarray, list[InputError]]:
-        """``(predicted crystals, predictions (n, n_targets), errors)``: a structure the model
-        cannot take (an element it cannot encode, a graph that cannot be built, a non-finite
-        output) becomes an :class:`InputError` naming it, and the others are still predicted."""
+    def _each(self, crystals: Sequence, batch_size: int, compute) -> tuple[list, list, list[InputError]]:
+        """Run ``compute(batch) -> list of per-structure results`` over the crystals in batches:
+        ``(kept crystals, their results, errors)``. A structure the model cannot take (an element
+        it cannot encode, a graph that cannot be built, a non-finite output) becomes an
+        :class:`InputError` naming it, and the others still get their results."""
         from crystalframes.data.batch import collate
         from crystalframes.data.graph import build_graph
         from crystalframes.models.elements import split_supported
@@ -88,15 +90,55 @@ class Predictor:
                         errors.append(exc)
                 if not graphs:
                     continue
-                batch = collate(graphs, dtype=param.dtype).to(param.device)
-                pred = self.normaliser.inverse(self.model(batch)).cpu().numpy().astype(np.float64)
-                finite = np.isfinite(pred).all(axis=1)
-                errors.extend(InputError(c.where, "the model's prediction is not finite (NaN or infinity)")
-                              for c, ok in zip(chunk, finite) if not ok)
-                kept.extend(c for c, ok in zip(chunk, finite) if ok)
-                out.append(pred[finite])
-        result = np.concatenate(out) if out else np.zeros((0, len(self.targets)))
-        return kept, result, errors
+                results = compute(collate(graphs, dtype=param.dtype).to(param.device))
+                for c, r in zip(chunk, results):
+                    if all(np.isfinite(x).all() for x in (r if isinstance(r, tuple) else (r,))):
+                        kept.append(c)
+                        out.append(r)
+                    else:
+                        errors.append(InputError(c.where, "the model's output is not finite (NaN or infinity)"))
+        return kept, out, errors
+
+    def predict_each(self, crystals: Sequence, batch_size: int = 64) -> tuple[list, np.ndarray, list[InputError]]:
+        """``(predicted crystals, predictions (n, n_targets), errors)``; see :meth:`_each`."""
+
+        def compute(batch):
+            return list(self.normaliser.inverse(self.model(batch)).cpu().numpy().astype(np.float64))
+
+        kept, out, errors = self._each(crystals, batch_size, compute)
+        return kept, (np.stack(out) if out else np.zeros((0, len(self.targets)))), errors
+
+    def embed_each(self, crystals: Sequence, batch_size: int = 64, per_atom: bool = False):
+        """``(crystals, embeddings (n, C), per-atom features or None, errors)``: the pooled
+        per-structure vector the model's output head sees (the mean of its last per-atom
+        features) and, with ``per_atom``, those per-atom features, one (n_atoms, C) array per
+        structure. Same error handling as :meth:`predict_each`."""
+
+        def compute(batch):
+            atoms = self.model.node_features(batch)
+            pooled = batch.mean_over_atoms(atoms).cpu().numpy().astype(np.float64)
+            if not per_atom:
+                return list(pooled)
+            parts = torch.split(atoms.cpu(), batch.num_atoms.tolist())
+            return [(p, a.numpy().astype(np.float64)) for p, a in zip(pooled, parts)]
+
+        kept, out, errors = self._each(crystals, batch_size, compute)
+        width = int(getattr(getattr(self.model, "head", [None])[0], "in_features", 0))
+        if per_atom:
+            pooled = np.stack([p for p, _ in out]) if out else np.zeros((0, width))
+            return kept, pooled, [a for _, a in out], errors
+        return kept, (np.stack(out) if out else np.zeros((0, width))), None, errors
+
+    def embed(self, structures: Iterable, batch_size: int = 64, per_atom: bool = False):
+        """Per-structure embeddings (n, C), or ``(embeddings, [per-atom (n_atoms, C)])`` with
+        ``per_atom``; bad inputs raise :class:`InputError` (:meth:`embed_each` keeps going)."""
+        from crystalframes.io import read_structure
+
+        crystals = [read_structure(s) for s in structures]
+        kept, pooled, atoms, errors = self.embed_each(crystals, batch_size, per_atom)
+        if errors:
+            raise InputError(errors[0].source, errors[0].problem + (f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""))
+        return (pooled, atoms) if per_atom else pooled
 
     def predict_crystals(self, crystals: Sequence, batch_size: int = 64) -> np.ndarray:
         """Predictions (n, n_targets) in physical units for validated crystals, in their order;
@@ -116,6 +158,78 @@ class Predictor:
         crystals = [read_structure(s) for s in structures]
         pred = self.predict_crystals(crystals, batch_size)
         return pred[:, 0] if len(self.targets) == 1 else pred
+
+
+@dataclass
+class Ensemble:
+    """Several trained models of the same targets (e.g. one spec trained with several seeds):
+    the prediction is the mean over members and its uncertainty the standard deviation over
+    members (sample standard deviation, ddof = 1: their disagreement). A structure is predicted
+    when every member can take it; otherwise it is an error naming it."""
+
+    members: list[Predictor]
+
+    def __post_init__(self):
+        if len(self.members) < 2:
+            raise ValueError("an ensemble needs at least two models")
+        first = self.members[0]
+        for m in self.members[1:]:
+            if (m.targets, m.units) != (first.targets, first.units):
+                raise InputError(m.path or m.spec, f"predicts {m.targets} ({m.units}), the ensemble's first model {first.targets} ({first.units})")
+
+    @property
+    def targets(self) -> list[str]:
+        return self.members[0].targets
+
+    @property
+    def units(self) -> list[str]:
+        return self.members[0].units
+
+    @property
+    def spec(self) -> str:
+        specs = sorted({m.spec for m in self.members})
+        return f"ensemble of {len(self.members)}: " + ", ".join(specs)
+
+    def to(self, device) -> "Ensemble":
+        for m in self.members:
+            m.to(device)
+        return self
+
+    def predict_each_with_std(self, crystals: Sequence, batch_size: int = 64):
+        """``(crystals, mean (n, n_targets), std (n, n_targets), errors)``."""
+        crystals = list(crystals)
+        results, errors = [], {}
+        for member in self.members:
+            kept, pred, errs = member.predict_each(crystals, batch_size)
+            results.append({id(c): p for c, p in zip(kept, pred)})
+            for e in errs:
+                errors.setdefault((e.source, e.problem), e)
+        kept = [c for c in crystals if all(id(c) in r for r in results)]
+        stacked = np.stack([np.stack([r[id(c)] for c in kept]) for r in results]) if kept else np.zeros((len(results), 0, len(self.targets)))
+        return kept, stacked.mean(axis=0), stacked.std(axis=0, ddof=1), list(errors.values())
+
+    def predict_each(self, crystals: Sequence, batch_size: int = 64):
+        """``(crystals, mean (n, n_targets), errors)``, like :meth:`Predictor.predict_each`."""
+        kept, mean, _, errors = self.predict_each_with_std(crystals, batch_size)
+        return kept, mean, errors
+
+    def predict(self, structures: Iterable, batch_size: int = 64, return_std: bool = False):
+        """Mean predictions (n,) or (n, n_targets), and with ``return_std`` also the standard
+        deviations over members; bad inputs raise :class:`InputError`."""
+        from crystalframes.io import read_structure
+
+        crystals = [read_structure(s) for s in structures]
+        _, mean, std, errors = self.predict_each_with_std(crystals, batch_size)
+        if errors:
+            raise InputError(errors[0].source, errors[0].problem + (f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""))
+        if len(self.targets) == 1:
+            mean, std = mean[:, 0], std[:, 0]
+        return (mean, std) if return_std else mean
+
+
+def load_ensemble(paths: Sequence, device: str | torch.device = "cpu") -> Ensemble:
+    """An :class:`Ensemble` of the model files or run folders ``paths``."""
+    return Ensemble([load_model(p, device=device) for p in paths])
 
 
 def resolve_model_path(path_or_name) -> Path:
@@ -169,4 +283,5 @@ def load_model(path_or_name, device: str | torch.device = "cpu") -> Predictor:
         raise InputError(str(path), f"weights do not match the model spec {payload['spec']}: {str(exc)[:300]}") from None
     model.to(device).eval()
     normaliser = TargetNormaliser.from_state_dict(payload["normaliser"])
-    return Predictor(model, normaliser, list(payload["targets"]), list(payload["units"]), model.spec, str(path))  # canonical name, also for files saved under an old one
+    # canonical spec name, also for files saved under an old one
+    return Predictor(model, normaliser, list(payload["targets"]), list(payload["units"]), model.spec, str(path), dict(payload["options"]))

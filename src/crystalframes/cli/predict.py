@@ -41,10 +41,27 @@ def _refuse_folder(output: Path, what: str) -> None:
         raise UserError(f"{output}: is a folder; give the name of the {what} to write (-o FILE)")
 
 
-def _load(model: str, device: str):
-    from crystalframes.api import load_model
+def _load(model: str, device: str, ensemble: Optional[List[str]] = None):
+    """The model, or with ``ensemble`` (more model files / run folders) an ensemble of it and them."""
+    from crystalframes.api import load_ensemble, load_model
 
-    return load_model(model, device=device)
+    return load_ensemble([model, *ensemble], device=device) if ensemble else load_model(model, device=device)
+
+
+def _write_embeddings(path: Path, predictor, crystals, batch_size: int, per_atom: bool) -> int:
+    """``ids``, ``embeddings`` (n, C) and, with ``per_atom``, ``atom_features`` (sum n_atoms, C)
+    with ``atom_offsets`` (n + 1,) to an .npz file, atomically. Returns the rows written."""
+    from crystalframes.atomic import atomic_write
+
+    model = predictor.members[0] if hasattr(predictor, "members") else predictor
+    kept, pooled, atoms, _ = model.embed_each(crystals, batch_size, per_atom)
+    arrays = {"ids": np.array([c.id for c in kept]), "embeddings": pooled.astype(np.float32)}
+    if per_atom:
+        arrays["atom_features"] = (np.concatenate(atoms) if atoms else np.zeros((0, pooled.shape[1]))).astype(np.float32)
+        arrays["atom_offsets"] = np.concatenate([[0], np.cumsum([len(a) for a in atoms])]).astype(np.int64)
+    with atomic_write(path) as fh:
+        np.savez(fh, **arrays)
+    return len(kept)
 
 
 def predict_command(
@@ -53,6 +70,9 @@ def predict_command(
     output: Path = typer.Option(Path("predictions.csv"), "-o", "--output", help="CSV to write (replaced if it exists)."),
     batch_size: int = typer.Option(64, min=1, help="Structures per batch."),
     device: str = typer.Option("cpu", "--device", callback=device_option, help="Where to run the model: cpu, cuda, cuda:N or mps."),
+    ensemble: List[str] = typer.Option([], "--ensemble", help="More trained models of the same target (repeatable): predict the mean over MODEL and these, with a std column per target."),
+    embeddings: Optional[Path] = typer.Option(None, "--embeddings", help="Also write the per-structure embeddings (the pooled features the output head sees; the first model's for an ensemble) with their ids to this .npz file."),
+    atom_embeddings: bool = typer.Option(False, "--atom-embeddings", help="With --embeddings: also the per-atom features (atom_features, atom_offsets)."),
 ):
     """Predict properties; bad inputs are listed in an error column while the good ones are predicted.
 
@@ -61,9 +81,17 @@ def predict_command(
     from crystalframes.io import UserError
 
     _refuse_folder(output, "CSV")
-    predictor = _load(model, device)
+    if embeddings is not None:
+        _refuse_folder(embeddings, ".npz file")
+    if atom_embeddings and embeddings is None:
+        raise UserError("--atom-embeddings needs --embeddings FILE.npz")
+    predictor = _load(model, device, ensemble)
     crystals, errors = collect_structures(inputs)
-    crystals, pred, model_errors = predictor.predict_each(crystals, batch_size)
+    std = None
+    if ensemble:
+        crystals, pred, std, model_errors = predictor.predict_each_with_std(crystals, batch_size)
+    else:
+        crystals, pred, model_errors = predictor.predict_each(crystals, batch_size)
     errors += model_errors
     total = len(crystals) + len(errors)
     if not crystals:
@@ -73,9 +101,12 @@ def predict_command(
     buf = io.StringIO()
     w = csv.writer(buf)
     labels = [f"{t} ({u})" if u else t for t, u in zip(predictor.targets, predictor.units)]
+    if std is not None:  # one std column after each target
+        labels = [x for t, u in zip(predictor.targets, predictor.units) for x in (f"{t} ({u})" if u else t, f"{t} std ({u})" if u else f"{t} std")]
     w.writerow(["id", "source", "formula", "n_atoms", *labels, "error"])
-    for c, p in zip(crystals, pred):
-        w.writerow([c.id, c.source, c.formula, c.num_atoms, *(f"{v:.6g}" for v in p), ""])
+    for i, (c, p) in enumerate(zip(crystals, pred)):
+        values = p if std is None else [x for pair in zip(p, std[i]) for x in pair]
+        w.writerow([c.id, c.source, c.formula, c.num_atoms, *(f"{v:.6g}" for v in values), ""])
     for e in errors:
         w.writerow(["", e.source, "", "", *([""] * len(labels)), e.problem])
     try:
@@ -83,6 +114,12 @@ def predict_command(
             fh.write(buf.getvalue())
     except OSError as exc:
         raise UserError(f"{output}: cannot write the predictions ({exc.strerror or exc})") from None
+    if embeddings is not None:
+        try:
+            rows = _write_embeddings(embeddings, predictor, crystals, batch_size, atom_embeddings)
+        except OSError as exc:
+            raise UserError(f"{embeddings}: cannot write the embeddings ({exc.strerror or exc})") from None
+        typer.echo(f"predict: embeddings of {rows} structure(s) -> {embeddings}", err=True)
     _summary_of_errors(errors)
     failed = f"; {len(errors)} failed (see the 'error' column)" if errors else ""
     typer.echo(f"predict: {len(crystals)} of {total} structure(s) predicted -> {output}{failed}", err=True)

@@ -17,6 +17,7 @@ def train_command(
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --output from its last checkpoint (--set may change how it runs, e.g. trainer.epochs for an extendable schedule)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace the run that --output already holds."),
     print_config: bool = typer.Option(False, "--print-config", help="Print the resolved config (preset values filled in, --set winning) as YAML and exit."),
+    init: Optional[str] = typer.Option(None, "--init", help="Start from this trained model's weights (model file or run folder); the run uses its spec. With another data.target the output layer starts afresh (--set model.keep_head=true keeps it); --set model.freeze=[layers.0] keeps parts fixed."),
 ):
     """Train a model; prints validation and test MAE beside the mean-predictor baseline."""
     require_training_stack()
@@ -29,11 +30,20 @@ def train_command(
         raise typer.BadParameter("give --resume (continue the run) or --overwrite (replace it), not both", param_hint="--overwrite")
     if resume and config is not None:
         raise typer.BadParameter(f"a resumed run keeps the config it was started with ({output}/config.yaml); change what may change with --set", param_hint="CONFIG")
+    if init is not None:
+        if resume:
+            raise typer.BadParameter("a resumed run continues from its checkpoint, not from another model", param_hint="--init")
+        set_ = [*set_, f"model.init={init}"]
     if resume:
         cfg = resume_config(output, list(set_))
     else:
         cfg = load_config(config, list(set_))
-        cfg = config_with_preset_training(cfg, explicit_keys(config, list(set_)))
+        explicit = explicit_keys(config, list(set_))
+        if cfg.model.init:
+            from crystalframes.train.finetune import config_with_init
+
+            cfg = config_with_init(cfg, explicit)
+        cfg = config_with_preset_training(cfg, explicit)
     if print_config:
         typer.echo(config_yaml(cfg), nl=False)
         return

@@ -279,6 +279,13 @@ def _task(name: str, dataset: str, target: str, epochs: int, batch_size: int) ->
                   dict(_REFERENCE), _training(epochs, batch_size), {"dataset": dataset, "target": target})
 
 
+_CPU_MODEL = {"num_layers": 4, "model_dim": 64, "num_heads": 4, "ff_dim": 256, "distance_bases": 32, "angle_bases": 16, "head_hidden": 64}
+_CPU_TRAINING = {"loss": "l1", "optimizer": "adamw", "lr": 5e-4, "betas": (0.9, 0.98), "weight_decay": 1e-5, "grad_clip_norm": 1.0,
+                 "scheduler": {"name": "onecycle", "pct_start": 0.3, "interval": "step"}, "standardise_targets": True,
+                 "epochs": 18, "batch_size": 32}
+_CPU_TASK = {"dataset": "mp_2018_demo", "target": "mp2018_e_form"}
+
+
 # Per-task settings of the Crystalformer paper's public scripts: MEGNet (mp.2018.6.1) targets 500
 # epochs at batch 128; JARVIS dft_3d_2021 targets 800 epochs at batch 256, MBJ gap 1600 epochs.
 # (CrystalFramer's own scripts use 500 epochs / batch 128 for MP, params/latticeformer/default_mp.json,
@@ -312,11 +319,18 @@ CRYSTALFORMER_PRESETS: dict[str, Preset] = presets.presets_by_name(
         "cpu",
         "this machine's size for 10-minute runs: 4 layers, C=64, 4 heads, FFN 256, K=32, D=16; "
         "the CPU OneCycle recipe of eComFormer's `cpu` preset, for equal-budget comparisons",
-        {"num_layers": 4, "model_dim": 64, "num_heads": 4, "ff_dim": 256, "distance_bases": 32, "angle_bases": 16, "head_hidden": 64},
-        {"loss": "l1", "optimizer": "adamw", "lr": 5e-4, "betas": (0.9, 0.98), "weight_decay": 1e-5, "grad_clip_norm": 1.0,
-         "scheduler": {"name": "onecycle", "pct_start": 0.3, "interval": "step"}, "standardise_targets": True,
-         "epochs": 18, "batch_size": 32},
-        {"dataset": "mp_2018_demo", "target": "mp2018_e_form"},
+        dict(_CPU_MODEL), dict(_CPU_TRAINING), dict(_CPU_TASK),
+    ),
+    # Two settings of the official code at `cpu` size, for the frame study to decide by measurement:
+    Preset(
+        "cpu_lightweight_pe",
+        "`cpu` with CrystalFramer's lightweight encodings: angle width 1 spacing, distance x1.5, angle x6",
+        {**_CPU_MODEL, "angle_width_scale": 1.0, "distance_coef": 1.5, "angle_coef": 6.0}, dict(_CPU_TRAINING), dict(_CPU_TASK),
+    ),
+    Preset(
+        "cpu_first_batch_rho",
+        "`cpu` with the reference's width standardisation frozen from the first training batch",
+        {**_CPU_MODEL, "rho_statistics": "first_batch"}, dict(_CPU_TRAINING), dict(_CPU_TASK),
     ),
     Preset(
         "cpu_small",

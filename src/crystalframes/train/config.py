@@ -41,6 +41,9 @@ class DataConfig(_Strict):
 class ModelConfig(_Strict):
     spec: str = Field("ecomformer:spframe_quaternion@cpu", description="backbone:frame[+global]@preset")
     options: dict[str, Any] = Field(default_factory=dict, description="overrides of the preset's model settings")
+    init: Optional[str] = Field(None, description="start from this trained model's weights (model file or run folder; `train --init`)")
+    keep_head: bool = Field(False, description="with init and another target: keep the output head instead of a fresh one")
+    freeze: list[str] = Field(default_factory=list, description="with init: parameter name prefixes to keep fixed, e.g. [atom_embedding, layers.0]")
 
     @field_validator("spec")
     @classmethod

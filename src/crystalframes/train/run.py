@@ -185,6 +185,10 @@ def train(cfg: RunConfig | None, output: str | Path | None = None, resume: bool 
         torch.set_num_threads(cfg.trainer.threads)
     L.seed_everything(cfg.trainer.seed, workers=True, verbose=False)  # before the model's initial weights
     model = build_configured_model(cfg)
+    if cfg.model.init and not resume:  # a resumed run has its weights in the checkpoint
+        from crystalframes.train.finetune import initialise_from
+
+        log.info("fine-tuning: %s", initialise_from(model, cfg))
     dtype = getattr(torch, cfg.trainer.dtype)
     model.to(dtype)
 
