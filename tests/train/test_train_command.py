@@ -79,3 +79,24 @@ def test_progress_lines_within_a_long_epoch(run, tiny_data, tmp_path):
     lines = [l for l in out.splitlines() if l.startswith("epoch 1/1")]
     # a line after each of the 3 steps, and the epoch's line with its validation MAE
     assert len(lines) == 4 and "val_mae" in lines[-1] and "val_mae" not in lines[0], out
+
+
+def test_one_logger_option_and_the_old_tensorboard_key(run, tiny_data, tmp_path, monkeypatch):
+    """trainer.logger = csv | tensorboard | wandb; trainer.tensorboard=true still means
+    tensorboard; a logger whose package is missing stops before any run folder."""
+    import importlib.util
+    import sys
+
+    from crystalframes.train.config import load_config
+
+    assert load_config(None, ["trainer.tensorboard=true"]).trainer.logger == "tensorboard"
+    assert load_config(None, ["trainer.tensorboard=false"]).trainer.logger == "csv"
+    assert load_config(None, ["trainer.logger=wandb"]).trainer.logger == "wandb"
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name.split(".")[0] == "wandb" else real(name, *a))
+    monkeypatch.setitem(sys.modules, "wandb", None)
+    out = tmp_path / "run"
+    code, _, err = run("train", *set_args(tiny_sets(tiny_data, 1)), "--set", "trainer.logger=wandb", "--output", out)
+    assert code == 2 and "pip install wandb" in err and not out.exists(), err
+    code, _, err = run("train", "--set", "trainer.loger=csv", "--output", out)
+    assert code == 2 and "did you mean trainer.logger" in err

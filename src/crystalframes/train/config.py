@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any, Literal, Optional
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from crystalframes.io.errors import InputError
 
@@ -78,6 +78,16 @@ class OptimConfig(_Strict):
 
 
 class TrainerConfig(_Strict):
+    @model_validator(mode="before")
+    @classmethod
+    def _old_tensorboard_key(cls, data):
+        # trainer.tensorboard (bool) was the only logger option before trainer.logger: still accepted
+        if isinstance(data, dict) and "tensorboard" in data:
+            data = dict(data)
+            if data.pop("tensorboard") in (True, "true", "True", 1):
+                data.setdefault("logger", "tensorboard")
+        return data
+
     epochs: int = Field(40, ge=1)
     batch_size: int = Field(64, ge=1)
     max_time_minutes: Optional[float] = Field(None, gt=0, description="stop after this wall time")
@@ -91,7 +101,9 @@ class TrainerConfig(_Strict):
     threads: Optional[int] = Field(None, ge=1, description="torch CPU threads (default: torch's choice)")
     checkpoint_every_n_steps: int = Field(50, ge=1, description="how often the `last` checkpoint is refreshed")
     log_every_n_steps: int = Field(20, ge=1)
-    tensorboard: bool = Field(False, description="also log to TensorBoard (needs the tensorboard package)")
+    logger: Literal["csv", "tensorboard", "wandb"] = Field(
+        "csv", description="csv (logs/metrics.csv, always written); tensorboard or wandb log there too (need their packages)"
+    )
     progress_seconds: float = Field(
         60, gt=0, description="when output is not a terminal: a progress line at most this often within an epoch"
     )
@@ -114,6 +126,10 @@ def _set_dotted(tree: dict, dotted: str, value: Any, where: str) -> None:
     node[keys[-1]] = value
 
 
+# Keys of earlier versions that are still accepted (translated by the section's validator).
+OLD_SETTINGS = {"trainer.tensorboard": "trainer.logger=tensorboard"}
+
+
 def known_settings() -> list[str]:
     """Every settable dotted key (``model.options.*`` is free-form, checked when the model is built)."""
     return [f"{section}.{key}" for section, field in RunConfig.model_fields.items() for key in field.annotation.model_fields]
@@ -125,7 +141,7 @@ def _unknown_setting(dotted: str) -> str | None:
     known = known_settings()
     if parts[0] in RunConfig.model_fields and len(parts) == 1:
         return None  # a whole section
-    if parts[:2] == ["model", "options"] or dotted in known:
+    if parts[:2] == ["model", "options"] or dotted in known or dotted in OLD_SETTINGS:
         return None
     if ".".join(parts[:2]) in known:
         return f"{'.'.join(parts[:2])} is a single value, not a section"

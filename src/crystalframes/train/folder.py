@@ -20,13 +20,13 @@ LOCK = ".lock"
 # Everything a started or finished run writes; any of them means the folder holds a run.
 RUN_FILES = ("config.yaml", "versions.json", "model.pt", "metrics.json", "predictions_val.csv", "predictions_test.csv",
              "parity.png", "learning_curve.png")
-RUN_FOLDERS = (CHECKPOINTS, "logs", "tensorboard")
+RUN_FOLDERS = (CHECKPOINTS, "logs", "tensorboard", "wandb")
 
 # Settings a resumed run may change: how and where it runs, not what it learns. trainer.epochs
 # is checked separately (it may grow only where the schedule does not depend on it).
 RESUMABLE_CHANGES = frozenset({
     "trainer.epochs", "trainer.max_time_minutes", "trainer.accelerator", "trainer.deterministic", "trainer.num_workers",
-    "trainer.threads", "trainer.checkpoint_every_n_steps", "trainer.log_every_n_steps", "trainer.tensorboard",
+    "trainer.threads", "trainer.checkpoint_every_n_steps", "trainer.log_every_n_steps", "trainer.logger",
     "trainer.progress_seconds", "data.graph_cache",
 })
 LENGTH_DEPENDENT_SCHEDULES = ("onecycle", "polynomial")

@@ -99,13 +99,16 @@ def learning_curve(path: Path, metrics_csv: Path, units: str = "") -> None:
     plt.close(fig)
 
 
-def check_tensorboard(cfg: RunConfig) -> None:
-    """trainer.tensorboard needs the tensorboard (or tensorboardX) package: say so before
+def check_logger(cfg: RunConfig) -> None:
+    """trainer.logger=tensorboard / wandb needs its package: say so before
     anything is written, not when Lightning creates its logger mid-setup."""
     import importlib.util
 
-    if cfg.trainer.tensorboard and not any(importlib.util.find_spec(name) for name in ("tensorboard", "tensorboardX")):
-        raise UserError("trainer.tensorboard=true needs the tensorboard package: pip install tensorboard (or set trainer.tensorboard=false)")
+    if cfg.trainer.logger == "tensorboard" and not any(importlib.util.find_spec(name) for name in ("tensorboard", "tensorboardX")):
+        raise UserError("trainer.logger=tensorboard (or trainer.tensorboard=true) needs the tensorboard package: "
+                        "pip install tensorboard (or set trainer.logger=csv)")
+    if cfg.trainer.logger == "wandb" and importlib.util.find_spec("wandb") is None:
+        raise UserError("trainer.logger=wandb needs the wandb package: pip install wandb (or set trainer.logger=csv)")
 
 
 def build_configured_model(cfg: RunConfig):
@@ -179,7 +182,7 @@ def train(cfg: RunConfig | None, output: str | Path | None = None, resume: bool 
         run_folder.check_resume_changes(stored, cfg, folder)
         ckpt = run_folder.load_checkpoint(last_ckpt)
     # Everything that can be checked without the data is checked before the folder exists.
-    check_tensorboard(cfg)
+    check_logger(cfg)
     keep_freed_memory()  # also for DDP workers and library callers; see crystalframes.runtime
     if cfg.trainer.threads:
         torch.set_num_threads(cfg.trainer.threads)
@@ -248,10 +251,14 @@ def train(cfg: RunConfig | None, output: str | Path | None = None, resume: bool 
         # a resumed run keeps the log rows up to its checkpoint and logs the rest again
         kept = read_log_rows(folder / "logs" / "metrics.csv", ckpt["global_step"]) if ckpt is not None else []
         loggers = [RunCSVLogger(folder, kept)]
-        if cfg.trainer.tensorboard:
+        if cfg.trainer.logger == "tensorboard":
             from lightning.pytorch.loggers import TensorBoardLogger
 
             loggers.append(TensorBoardLogger(folder, name="tensorboard", version=""))
+        elif cfg.trainer.logger == "wandb":
+            from lightning.pytorch.loggers import WandbLogger
+
+            loggers.append(WandbLogger(save_dir=str(folder), name=folder.name))
         # a progress bar on a terminal; periodic lines where output goes to a file or a pipe
         progress_bar = sys.stdout.isatty() and sys.stderr.isatty()
         if not progress_bar:
