@@ -81,5 +81,8 @@ def test_train_init_end_to_end_keeps_frozen_weights(run, base, demo_subset, tmp_
     assert torch.equal(tuned["state_dict"]["atom_embedding.weight"], start["atom_embedding.weight"])
     assert not torch.equal(tuned["state_dict"]["layers.0.attention.q_proj.weight"], start["layers.0.attention.q_proj.weight"])
     assert json.loads((out / "metrics.json").read_text())["epochs_completed"] == 1
+    card = (out / "model_card.md").read_text()
+    assert SPEC in card and "started from" in card and "sha256" in card and "crystalframes train" in card
+    assert f"{json.loads((out / 'metrics.json').read_text())['val']['mae']:.4f}" in card
     code, _, err = run("train", "--init", tmp_path / "nothing.pt", "--output", tmp_path / "x")
     assert code == 2 and "nothing.pt" in err and not (tmp_path / "x").exists()

@@ -18,7 +18,7 @@ CHECKPOINTS = "checkpoints"
 LOCK = ".lock"
 
 # Everything a started or finished run writes; any of them means the folder holds a run.
-RUN_FILES = ("config.yaml", "versions.json", "model.pt", "metrics.json", "predictions_val.csv", "predictions_test.csv",
+RUN_FILES = ("config.yaml", "versions.json", "model.pt", "model_card.md", "metrics.json", "predictions_val.csv", "predictions_test.csv",
              "parity.png", "learning_curve.png")
 RUN_FOLDERS = (CHECKPOINTS, "logs", "tensorboard", "wandb")
 

@@ -326,6 +326,10 @@ def train(cfg: RunConfig | None, output: str | Path | None = None, resume: bool 
             if split == "test":
                 parity_plot(folder / "parity.png", true, pred, data.target, units, metrics[split]["mae"])
         learning_curve(folder / "learning_curve.png", folder / "logs" / "metrics.csv", units)
+        from crystalframes.train.card import model_card
+
+        with atomic_write(folder / "model_card.md", "w") as fh:
+            fh.write(model_card(folder, cfg, metrics, model_file))
         write_json(folder / "metrics.json", metrics)
         return RunResult(folder, metrics)
 

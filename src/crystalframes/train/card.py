@@ -1,0 +1,66 @@
+"""The model card written next to every run folder's ``model.pt``: what the model is, what it
+was trained on, how well it did and how to train it again."""
+
+from __future__ import annotations
+
+import hashlib
+import subprocess
+from pathlib import Path
+
+
+def data_hash(source: str) -> str:
+    """SHA-256 of the training data file (of every file, in name order, for a folder)."""
+    from crystalframes.data.sources import resolve_source
+
+    path = resolve_source(source)
+    h = hashlib.sha256()
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    for f in files:
+        with open(f, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                h.update(chunk)
+    return h.hexdigest()
+
+
+def source_commit() -> str:
+    """The git commit of the crystalframes source tree, when it is a checkout ('' otherwise)."""
+    try:
+        proc = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent, capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return ""
+    return proc.stdout.strip() if proc.returncode == 0 else ""
+
+
+def model_card(folder: Path, cfg, metrics: dict, model_file: Path) -> str:
+    """Markdown: name, spec, target and units, data and split, val/test MAE beside the mean
+    baseline, seed, the command that trains it again, size, versions, commit, data hash."""
+    from crystalframes.version import __version__
+
+    d = cfg.data
+    split = {"field": "the records' own split field", "random": f"random split (seed {d.split_seed})",
+             "ids": f"official id lists ({d.split_key})"}[d.split]
+    rows = []
+    for name in ("val", "test"):
+        if name in metrics:
+            m = metrics[name]
+            rows.append(f"| {name} | {m['n']} | {m['mae']:.4f} | {m['mean_baseline_mae']:.4f} |")
+    size = model_file.stat().st_size
+    return "\n".join([
+        f"# Model card: {folder.name}",
+        "",
+        f"- **spec**: `{cfg.model.spec}`" + (f" with options `{cfg.model.options}`" if cfg.model.options else ""),
+        f"- **target**: `{metrics['target']}` ({metrics['units']})",
+        f"- **data**: `{d.source}` (sha256 `{data_hash(d.source)[:16]}...`), {split}; test "
+        f"{'held out from train, ' + str(d.test_from_train) + ' of it (seed ' + str(d.split_seed) + ')' if d.split == 'field' else 'from the split'}; "
+        f"{metrics['num_train']} training records",
+        f"- **training**: {metrics['epochs_completed']} epochs, batch {cfg.trainer.batch_size}, seed {cfg.trainer.seed}, "
+        f"{metrics['train_wall_seconds']:.0f} s" + (f"; started from `{cfg.model.init}`" if cfg.model.init else ""),
+        f"- **parameters**: {metrics['params']:,} trainable; model file {size / 1e6:.2f} MB",
+        f"- **trained again by**: `crystalframes train {folder / 'config.yaml'}` (the resolved config of this run)",
+        f"- **versions**: crystalframes {__version__}" + (f", commit `{source_commit()[:12]}`" if source_commit() else ""),
+        "",
+        f"| split | n | MAE ({metrics['units']}) | mean-predictor MAE |",
+        "|---|---:|---:|---:|",
+        *rows,
+        "",
+    ])
