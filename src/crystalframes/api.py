@@ -19,11 +19,16 @@ MODEL_FORMAT_VERSION = 1
 MODEL_FILENAME = "model.pt"
 
 
-def save_model_file(path, model, spec: str, options: dict, normaliser: TargetNormaliser, targets: Sequence[str], units: Sequence[str], extra: dict | None = None) -> Path:
+def save_model_file(path, model, spec: str, options: dict, normaliser: TargetNormaliser, targets: Sequence[str], units: Sequence[str],
+                    extra: dict | None = None, storage_dtype: torch.dtype | None = None) -> Path:
     """Write a portable model file: spec + options (to rebuild the model), weights, target
     normaliser, target names/units and versions. Plain tensors and Python types only, so it
-    loads with ``torch.load(weights_only=True)``; written atomically."""
+    loads with ``torch.load(weights_only=True)``; written atomically. ``storage_dtype``
+    (e.g. ``torch.float16``, for shipped models) stores the floating-point weights in that
+    precision; they are cast back to the model's dtype on loading."""
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    if storage_dtype is not None:
+        state = {k: v.to(storage_dtype) if v.is_floating_point() else v for k, v in state.items()}
     payload = {
         "format": MODEL_FORMAT,
         "format_version": MODEL_FORMAT_VERSION,
@@ -227,6 +232,15 @@ class Ensemble:
         return (mean, std) if return_std else mean
 
 
+    def embed_each(self, crystals: Sequence, batch_size: int = 64, per_atom: bool = False):
+        """The first member's embeddings (members have their own feature spaces)."""
+        return self.members[0].embed_each(crystals, batch_size, per_atom)
+
+    def embed(self, structures: Iterable, batch_size: int = 64, per_atom: bool = False):
+        """The first member's embeddings (members have their own feature spaces)."""
+        return self.members[0].embed(structures, batch_size, per_atom)
+
+
 def load_ensemble(paths: Sequence, device: str | torch.device = "cpu") -> Ensemble:
     """An :class:`Ensemble` of the model files or run folders ``paths``."""
     return Ensemble([load_model(p, device=device) for p in paths])
@@ -238,7 +252,11 @@ def resolve_model_path(path_or_name) -> Path:
     if path.is_dir():
         path = path / MODEL_FILENAME
     if not path.is_file():
-        raise InputError(str(path_or_name), "no such model file or run folder (expected a model.pt or a run folder holding one)")
+        from crystalframes.zoo import pretrained
+
+        names = sorted(pretrained())
+        shipped = f"; pretrained models: {', '.join(names)}" if names else ""
+        raise InputError(str(path_or_name), f"no such model file or run folder (expected a model.pt or a run folder holding one){shipped}")
     return path
 
 
@@ -253,13 +271,19 @@ def _load_problem(exc: Exception) -> str:
     return f"{type(exc).__name__}: {text}"
 
 
-def load_model(path_or_name, device: str | torch.device = "cpu") -> Predictor:
-    """Load a portable model file (or a run folder holding ``model.pt``).
+def load_model(path_or_name, device: str | torch.device = "cpu"):
+    """Load a portable model file (or a run folder holding ``model.pt``) as a :class:`Predictor`,
+    or a pretrained model shipped with the package by name (``crystalframes models
+    --pretrained``) as an :class:`Ensemble` of its members. A path wins over a name.
 
     The file is read with ``torch.load(weights_only=True)``: a file that holds code (a pickle
     with a ``__reduce__`` payload) is refused and the code never runs."""
     from crystalframes.models.specs import SpecError, build_model
+    from crystalframes.zoo import member_paths, pretrained
 
+    if isinstance(path_or_name, str) and path_or_name in pretrained() and not Path(path_or_name).exists():
+        members = [load_model(p, device) for p in member_paths(path_or_name)]
+        return Ensemble(members) if len(members) > 1 else members[0]
     path = resolve_model_path(path_or_name)
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)

@@ -52,9 +52,21 @@ def models_command(
     preset: Optional[str] = typer.Option(None, "--preset", help="Count parameters at this preset (default: each backbone's default preset)."),
     backbone: List[str] = typer.Option([], "--backbone", help="Only this backbone (repeatable)."),
     as_json: bool = typer.Option(False, "--json", help="Print a JSON list of objects with a 'spec' key."),
+    pretrained: bool = typer.Option(False, "--pretrained", help="List the pretrained models shipped with this installation, with their model cards."),
 ):
     """Every backbone x frame x global frame this installation can build, with its size (trainable
     parameters), what the frame needs and what it cannot satisfy by construction."""
+    if pretrained:
+        from crystalframes.zoo import card, pretrained as shipped
+
+        entries = shipped()
+        if as_json:
+            typer.echo(json.dumps([{"name": name, **entry} for name, entry in entries.items()], indent=2))
+        elif not entries:
+            typer.echo("no pretrained models ship with this installation yet (train your own: crystalframes train)")
+        for name in entries if not as_json else []:
+            typer.echo(card(name))
+        return
     rows = model_rows(preset, list(backbone) or None)
     if as_json:
         typer.echo(json.dumps(rows, indent=2))

@@ -65,7 +65,7 @@ def _write_embeddings(path: Path, predictor, crystals, batch_size: int, per_atom
 
 
 def predict_command(
-    model: str = typer.Argument(..., help="Model file (model.pt) or run folder."),
+    model: str = typer.Argument(..., help="Model file (model.pt), run folder, or the name of a pretrained model (crystalframes models --pretrained)."),
     inputs: List[str] = typer.Argument(..., help="Structure files, folders, JSONL datasets."),
     output: Path = typer.Option(Path("predictions.csv"), "-o", "--output", help="CSV to write (replaced if it exists)."),
     batch_size: int = typer.Option(64, min=1, help="Structures per batch."),
@@ -88,7 +88,7 @@ def predict_command(
     predictor = _load(model, device, ensemble)
     crystals, errors = collect_structures(inputs)
     std = None
-    if ensemble:
+    if hasattr(predictor, "predict_each_with_std"):  # an ensemble (--ensemble, or a pretrained model)
         crystals, pred, std, model_errors = predictor.predict_each_with_std(crystals, batch_size)
     else:
         crystals, pred, model_errors = predictor.predict_each(crystals, batch_size)

@@ -42,6 +42,7 @@ class ModelConfig(_Strict):
     spec: str = Field("ecomformer:spframe_quaternion@cpu", description="backbone:frame[+global]@preset")
     options: dict[str, Any] = Field(default_factory=dict, description="overrides of the preset's model settings")
     init: Optional[str] = Field(None, description="start from this trained model's weights (model file or run folder; `train --init`)")
+    init_member: int = Field(0, ge=0, description="with init naming an ensemble (a pretrained model): which member to start from")
     keep_head: bool = Field(False, description="with init and another target: keep the output head instead of a fresh one")
     freeze: list[str] = Field(default_factory=list, description="with init: parameter name prefixes to keep fixed, e.g. [atom_embedding, layers.0]")
 

@@ -13,9 +13,16 @@ from crystalframes.io.errors import UserError
 
 
 def _init_model(cfg):
+    """The init model; of an ensemble (a pretrained model), member ``model.init_member``."""
     from crystalframes.api import load_model
 
-    return load_model(cfg.model.init)
+    init = load_model(cfg.model.init)
+    members = getattr(init, "members", None)
+    if members is None:
+        return init
+    if cfg.model.init_member >= len(members):
+        raise UserError(f"model.init_member {cfg.model.init_member}: {cfg.model.init} has {len(members)} members (0..{len(members) - 1})")
+    return members[cfg.model.init_member]
 
 
 def config_with_init(cfg, explicit: set[str]):
