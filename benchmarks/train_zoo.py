@@ -26,7 +26,7 @@ ZOO = ROOT / "src" / "crystalframes" / "zoo"
 # chosen from it (update with the evidence).
 ENTRIES = {
     "mp_e_form": {"spec": "ecomformer:spframe_quaternion@cpu", "target": "mp2018_e_form", "epochs": 54},
-    "mp_gap": {"spec": "ecomformer:spframe_quaternion@cpu", "target": "mp2018_gap", "epochs": 54},
+    "mp_gap": {"spec": "ecomformer:spframe_quaternion@cpu", "target": "mp2018_gap_pbe", "epochs": 54},
 }
 DATA = "mp_2018_demo"
 
