@@ -1,0 +1,85 @@
+"""How far to trust an ensemble's standard deviation: calibration on a validation split.
+
+    python benchmarks/calibration.py RUN_A RUN_B RUN_C [--split val] [--plot calibration.png] [--json out.json]
+
+The runs (or model files) must predict the same target; the data and split are read from the
+first run's config.yaml (or given with --data). For every structure: the ensemble mean, its
+standard deviation over members (ddof = 1) and the absolute error. Printed: the fraction of
+errors within 1 and 2 standard deviations (a calibrated Gaussian: 68 % and 95 %), the Spearman
+correlation between std and error, and per std-quantile bin the RMSE against the mean std
+(a calibrated ensemble lies on the diagonal; --plot draws it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+
+
+def calibration(std: np.ndarray, error: np.ndarray, bins: int = 8) -> dict:
+    """The figures of the module docstring from per-structure std and absolute error."""
+    from scipy import stats
+
+    order = np.argsort(std)
+    groups = [g for g in np.array_split(order, bins) if len(g)]
+    return {
+        "n": int(len(std)),
+        "mae": float(error.mean()),
+        "mean_std": float(std.mean()),
+        "within_1_std": float(np.mean(error <= std)),
+        "within_2_std": float(np.mean(error <= 2 * std)),
+        "spearman_std_error": float(stats.spearmanr(std, error).statistic) if len(std) > 2 else float("nan"),
+        "bins": [{"mean_std": float(std[g].mean()), "rmse": float(np.sqrt(np.mean(error[g] ** 2))), "n": int(len(g))} for g in groups],
+    }
+
+
+def main(argv=None) -> None:
+    import yaml
+
+    from crystalframes.api import load_ensemble
+    from crystalframes.data.sources import load_dataset
+
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("models", nargs="+", help="run folders or model files (at least two)")
+    p.add_argument("--data", help="dataset (default: the first run's data.source)")
+    p.add_argument("--split", default="val")
+    p.add_argument("--plot", type=Path)
+    p.add_argument("--json", type=Path)
+    args = p.parse_args(argv)
+    ensemble = load_ensemble(args.models)
+    source = args.data or yaml.safe_load((Path(args.models[0]) / "config.yaml").read_text())["data"]["source"]
+    target = ensemble.targets[0]
+    crystals = [c for c in load_dataset(source, target=target).crystals if c.split == args.split]
+    kept, mean, std, errors = ensemble.predict_each_with_std(crystals)
+    true = np.array([c.target(target) for c in kept])
+    result = {"models": args.models, "data": source, "split": args.split, "target": target, "units": ensemble.units[0],
+              **calibration(std[:, 0], np.abs(mean[:, 0] - true)), "failed": len(errors)}
+    print(json.dumps({k: v for k, v in result.items() if k != "bins"}, indent=1))
+    for b in result["bins"]:
+        print(f"  mean std {b['mean_std']:.4f}  rmse {b['rmse']:.4f}  (n={b['n']})")
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=1))
+    if args.plot:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        x = [b["mean_std"] for b in result["bins"]]
+        y = [b["rmse"] for b in result["bins"]]
+        fig, ax = plt.subplots(figsize=(4.5, 4))
+        ax.plot(x, y, "o-", label="ensemble")
+        top = max(x + y) * 1.1
+        ax.plot([0, top], [0, top], "k--", lw=0.8, label="calibrated")
+        ax.set(xlabel=f"predicted std ({result['units']})", ylabel=f"RMSE ({result['units']})",
+               title=f"{target}, {args.split}: {result['within_1_std']:.0%} within 1 std, {result['within_2_std']:.0%} within 2")
+        ax.legend()
+        fig.tight_layout()
+        fig.savefig(args.plot, dpi=120)
+
+
+if __name__ == "__main__":
+    main()
