@@ -121,3 +121,23 @@ def test_a_real_run_becomes_a_row(demo_subset, tmp_path):
     (row,) = rows
     assert row["epochs"] == 2 and len(row["val_mae_per_epoch"]) == 2 and len(row["test_ids"]) == len(row["test_abs_errors"]) == 6
     assert row["test_mae"] == pytest.approx(np.mean(row["test_abs_errors"]), abs=1e-5)
+
+
+def test_frame_usage_measures_relative_rotations_of_neighbours():
+    """Identical frames give 0 degrees; a 90 degree rotation between the two atoms of an edge
+    gives 90; without edges all pairs of a crystal count."""
+    import types
+
+    import torch
+
+    from crystalframes.train.module import frame_usage
+
+    eye = torch.eye(3).expand(2, 3, 3)
+    turn = torch.tensor([[0.0, -1, 0], [1, 0, 0], [0, 0, 1]])
+    with_edges = types.SimpleNamespace(edge_index=torch.tensor([[0, 1], [1, 0]]), batch=torch.zeros(2, dtype=torch.long))
+    assert frame_usage([eye], with_edges)["frame_angle_median"] == pytest.approx(0.0, abs=1e-3)
+    rotated = torch.stack([torch.eye(3), turn])
+    assert frame_usage([rotated], with_edges)["frame_angle_p90"] == pytest.approx(90.0, abs=1e-3)
+    no_edges = types.SimpleNamespace(edge_index=None, batch=torch.tensor([0, 0, 1]))
+    three = torch.stack([torch.eye(3), turn, turn])  # atom 2 is alone in its crystal: one pair
+    assert frame_usage([three], no_edges)["frame_angle_median"] == pytest.approx(90.0, abs=1e-3)

@@ -28,14 +28,22 @@ def lr_lambda(cfg: OptimConfig, total_steps: int):
     return lambda t: 1.0
 
 
-def frame_usage(frames: list, batch: torch.Tensor, max_pairs: int = 20000) -> dict[str, float]:
-    """How differently the atoms of a crystal are oriented by the model's frames, from the frames
-    built in one forward pass (per layer; per head frames count head by head): the median and
-    90th percentile over atom pairs of a crystal (i != j) of the rotation angle between their
-    frames, arccos((tr(F_i F_j^T) - 1) / 2) in degrees, averaged over the layers. Near 0: every
-    atom of a crystal has about the same frame (the model is barely using local frames)."""
-    same = batch.unsqueeze(0) == batch.unsqueeze(1)
-    i, j = torch.nonzero(torch.triu(same, diagonal=1), as_tuple=True)
+def frame_usage(frames: list, batch, max_pairs: int = 20000) -> dict[str, float]:
+    """How differently neighbouring atoms are oriented by the model's frames, from the frames
+    built in one forward pass (per layer; per-head frames count head by head): the median and
+    90th percentile over neighbour pairs (i != j; the graph's edges, or, for a model without a
+    neighbour graph such as Crystalformer, whose attention reaches every atom, all pairs of
+    a crystal) of the rotation angle between their frames, arccos((tr(F_i F_j^T) - 1) / 2) in
+    degrees, averaged over the layers. Near 0: neighbours have about the same frame (the model
+    is barely using local frames)."""
+    edges = getattr(batch, "edge_index", None)
+    if edges is not None and edges.numel():
+        i, j = edges[0], edges[1]
+        keep = i != j
+        i, j = i[keep], j[keep]
+    else:
+        same = batch.batch.unsqueeze(0) == batch.batch.unsqueeze(1)
+        i, j = torch.nonzero(torch.triu(same, diagonal=1), as_tuple=True)
     if len(i) > max_pairs:  # a fixed, evenly spaced subset
         keep = torch.linspace(0, len(i) - 1, max_pairs, device=i.device).long()
         i, j = i[keep], j[keep]
@@ -98,7 +106,7 @@ class PropertyModule(L.LightningModule):
         self.log("val_loss", self.loss_fn(pred, target), batch_size=batch.num_graphs, sync_dist=True)
         self.log("val_mae", mae, batch_size=batch.num_graphs, sync_dist=True, prog_bar=True)
         if recorded is not None and recorded[0]:
-            usage = frame_usage(recorded[0], batch.batch)
+            usage = frame_usage(recorded[0], batch)
             # share of atoms whose learned Gram-Schmidt vectors were degenerate (fallback frame)
             fallback = [m.fallback_fraction for m in self.model.modules() if getattr(m, "fallback_fraction", None) is not None]
             if fallback:
