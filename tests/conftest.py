@@ -50,6 +50,16 @@ def nacl():
 
 
 @pytest.fixture
+def nacl_and_skewed(nacl):
+    """Rock salt and a 3-atom triclinic cell of three elements: a symmetric and a generic crystal."""
+    from crystalframes.io import Crystal
+
+    skewed = Crystal("skewed", [[4.0, 0, 0], [1.1, 3.7, 0], [0.4, 0.3, 4.5]], [8, 14, 26],
+                     [[0.1, 0.2, 0.3], [0.6, 0.55, 0.9], [0.3, 0.8, 0.1]])
+    return [nacl, skewed]
+
+
+@pytest.fixture
 def run(capsys):
     """``run(*args) -> (exit_code, stdout, stderr)`` of ``crystalframes *args``, in-process, as a
     user would type it (subprocess tests use ``python -m crystalframes`` instead)."""

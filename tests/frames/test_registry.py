@@ -8,17 +8,8 @@ import pytest
 import torch
 
 from crystalframes.frames import FRAMES, Frame, build_frame, declared_dependences, frame_names, register_frame, resolve_frame
-from crystalframes.io import Crystal
 from crystalframes.models import BACKBONES, build_model
 from crystalframes.testing import predict, random_rotation, rotated
-
-
-def crystals():
-    a = 5.64
-    fcc = np.array([[0, 0, 0], [0.5, 0.5, 0], [0.5, 0, 0.5], [0, 0.5, 0.5]])
-    nacl = Crystal("NaCl", np.eye(3) * a, [11] * 4 + [17] * 4, np.concatenate([fcc, fcc + [0.5, 0, 0]]))
-    odd = Crystal("odd", [[4.0, 0, 0], [1.1, 3.7, 0], [0.4, 0.3, 4.5]], [8, 14, 26], [[0.1, 0.2, 0.3], [0.6, 0.55, 0.9], [0.3, 0.8, 0.1]])
-    return [nacl, odd]
 
 
 @pytest.fixture
@@ -49,15 +40,15 @@ def nearest_neighbour_frame():
 
 
 @pytest.mark.parametrize("backbone", sorted(BACKBONES))
-def test_a_new_frame_is_one_class_and_runs_on_every_backbone(backbone, nearest_neighbour_frame):
+def test_a_new_frame_is_one_class_and_runs_on_every_backbone(backbone, nearest_neighbour_frame, nacl_and_skewed):
     assert nearest_neighbour_frame in frame_names()
     torch.manual_seed(0)
     model = build_model(f"{backbone}:{nearest_neighbour_frame}@cpu_small").double().eval()
     assert model.spec == f"{backbone}:{nearest_neighbour_frame}@cpu_small"
-    y0 = predict(model, crystals())
+    y0 = predict(model, nacl_and_skewed)
     assert torch.isfinite(y0).all()
     rotation = random_rotation(np.random.default_rng(3))
-    assert (predict(model, [rotated(c, rotation) for c in crystals()]) - y0).abs().max() <= 1e-9
+    assert (predict(model, [rotated(c, rotation) for c in nacl_and_skewed]) - y0).abs().max() <= 1e-9
 
 
 def test_registry_rejects_taken_names_and_unknown_needs():

@@ -12,16 +12,8 @@ import torch
 
 from crystalframes.api import Ensemble, load_ensemble, load_model, save_model_file
 from crystalframes.data.normalise import TargetNormaliser
-from crystalframes.io import Crystal, InputError
+from crystalframes.io import InputError
 from crystalframes.models import build_model
-
-
-def crystals():
-    a = 5.64
-    fcc = np.array([[0, 0, 0], [0.5, 0.5, 0], [0.5, 0, 0.5], [0, 0.5, 0.5]])
-    nacl = Crystal("NaCl", np.eye(3) * a, [11] * 4 + [17] * 4, np.concatenate([fcc, fcc + [0.5, 0, 0]]))
-    odd = Crystal("odd", [[4.0, 0, 0], [1.1, 3.7, 0], [0.4, 0.3, 4.5]], [8, 14, 26], [[0.1, 0.2, 0.3], [0.6, 0.55, 0.9], [0.3, 0.8, 0.1]])
-    return [nacl, odd]
 
 
 @pytest.fixture(scope="module")
@@ -36,22 +28,22 @@ def members(tmp_path_factory):
     return paths
 
 
-def test_embeddings_are_what_the_head_sees(members):
+def test_embeddings_are_what_the_head_sees(members, nacl_and_skewed):
     predictor = load_model(members[0])
-    pooled, atoms = predictor.embed(crystals(), per_atom=True)
+    pooled, atoms = predictor.embed(nacl_and_skewed, per_atom=True)
     assert pooled.shape == (2, 32) and [a.shape for a in atoms] == [(8, 32), (3, 32)]
     assert np.allclose(pooled, np.stack([a.mean(axis=0) for a in atoms]), atol=1e-6)
     head = predictor.model.head
     with torch.no_grad():
         out = predictor.normaliser.inverse(head(torch.as_tensor(pooled, dtype=torch.float32))).numpy()[:, 0]
-    assert np.allclose(out, predictor.predict(crystals()), atol=1e-5)
-    assert np.array_equal(predictor.embed(crystals()), pooled)
+    assert np.allclose(out, predictor.predict(nacl_and_skewed), atol=1e-5)
+    assert np.array_equal(predictor.embed(nacl_and_skewed), pooled)
 
 
-def test_an_ensemble_predicts_the_mean_and_the_spread_of_its_members(members):
+def test_an_ensemble_predicts_the_mean_and_the_spread_of_its_members(members, nacl_and_skewed):
     ensemble = load_ensemble(members)
-    mean, std = ensemble.predict(crystals(), return_std=True)
-    each = np.stack([load_model(p).predict(crystals()) for p in members])
+    mean, std = ensemble.predict(nacl_and_skewed, return_std=True)
+    each = np.stack([load_model(p).predict(nacl_and_skewed) for p in members])
     assert np.allclose(mean, each.mean(axis=0)) and np.allclose(std, each.std(axis=0, ddof=1))
     assert (std > 0).all()
     with pytest.raises(ValueError):

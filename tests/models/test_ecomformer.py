@@ -541,7 +541,7 @@ def test_cuda_matches_cpu(test_crystals):
     assert torch.allclose(cpu, gpu, atol=1e-9)
 
 
-def test_spframe_with_a_constant_local_frame_is_plain_ecomformer():
+def test_spframe_with_a_constant_local_frame_is_plain_ecomformer(nacl_and_skewed):
     """SPFrame with every invariant local frame the identity (F_i = F_global for all atoms)
     computes exactly plain eComFormer with the same weights (float64, <= 1e-12): the frame layer
     adds nothing but the frames. Parameters drawn afresh so every tensor-product path carries
@@ -553,8 +553,7 @@ def test_spframe_with_a_constant_local_frame_is_plain_ecomformer():
     plain = build_model("ecomformer:none@cpu_small").double().eval()
     missing, unexpected = plain.load_state_dict(spframe.state_dict(), strict=False)
     assert not missing and all(k.startswith("frame.") for k in unexpected)
-    crystals = [_cubic(), _skewed()]
-    batch = collate([build_graph(c, plain.graph_settings) for c in crystals], dtype=torch.float64)
+    batch = collate([build_graph(c, plain.graph_settings) for c in nacl_and_skewed], dtype=torch.float64)
     with torch.no_grad():
         learned = (spframe(batch) - plain(batch)).abs().max().item()
         for head in spframe.frame.heads:  # a constant local frame: the identity for every atom
@@ -564,9 +563,3 @@ def test_spframe_with_a_constant_local_frame_is_plain_ecomformer():
     # the negative control: the learned local frames do change the output, if weakly (2.5e-7
     # here: the l > 0 features they rotate are sums over nearly isotropic k-NN neighbourhoods)
     assert learned > 1e3 * 1e-12
-
-
-def _skewed():
-    from crystalframes.io import Crystal
-
-    return Crystal("skewed", [[4.0, 0, 0], [1.1, 3.7, 0], [0.4, 0.3, 4.5]], [8, 14, 26], [[0.1, 0.2, 0.3], [0.6, 0.55, 0.9], [0.3, 0.8, 0.1]])
