@@ -1,0 +1,66 @@
+"""Fine-tuning against training from scratch, at equal epochs (a long job; never in CI).
+
+    python benchmarks/finetune_vs_scratch.py --init mp_e_form          # a pretrained name, run folder or model file
+    python benchmarks/finetune_vs_scratch.py --init runs/demo --epochs 30 --seeds 0 1 2 --table
+
+Target: formation energy of the shared JARVIS-DFT 3D sample (``formation_energy_peratom``,
+eV/atom) on its records' own split field (905 train / 121 val / 115 test records carry one;
+the 184 without a split are left out), so every run sees the same test structures. For each
+seed: the init model's spec trained from scratch, and the same spec started from the init
+model's weights (``model.init``; a fresh output layer when the init model's target has another
+name). Rows go to benchmarks/results/finetune_vs_scratch.json (resumable, as the frame study);
+the table gives mean +- std over seeds and the paired difference fine-tuned - scratch with its
+95 % intervals; ``--plot`` draws validation MAE against epochs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results" / "finetune_vs_scratch.json"
+JARVIS = Path(os.environ.get("CRYSTALFRAMES_SHARED_DATA") or ROOT.parent / "shared" / "data") / "jarvis_dft_3d_sample.jsonl.gz"
+
+
+def main(argv=None) -> None:
+    from crystalframes.api import load_model
+    from crystalframes.train.study import load_rows, run_grid, summarise
+
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--init", required=True, help="pretrained name, run folder or model file to fine-tune from")
+    p.add_argument("--epochs", type=int, default=30)
+    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    p.add_argument("--runs", type=Path, default=ROOT.parent / "finetune_runs")
+    p.add_argument("--results", type=Path, default=RESULTS)
+    p.add_argument("--table", action="store_true", help="only print the table of the finished runs")
+    args = p.parse_args(argv)
+    init = load_model(args.init)
+    first = getattr(init, "members", [init])[0]
+    base = [f"data.source={JARVIS}", "data.target=formation_energy_peratom", f"trainer.epochs={args.epochs}", "trainer.threads=2"]
+    if not args.table:
+        run_grid([first.spec], base, args.seeds, args.runs / "scratch", args.results)
+        run_grid([first.spec], base + [f"model.init={args.init}"], args.seeds, args.runs / "finetuned", args.results)
+    rows = load_rows(args.results)
+    scratch = {r["seed"]: r for r in rows if not any(o.startswith("model.init=") for o in r["overrides"])}
+    tuned = [r for r in rows if any(o.startswith("model.init=") for o in r["overrides"])]
+    for s in summarise(rows):
+        kind = "fine-tuned" if any(o.startswith("model.init=") for o in s["overrides"]) else "scratch"
+        print(f"{kind:10s} {s['spec']}: test MAE {s['test_mean']:.4f} +- {s['test_std']:.4f} over seeds {s['seeds']}")
+    import numpy as np
+
+    from crystalframes.train.study import paired_bootstrap, seed_averaged_errors, t_interval
+
+    pairs = [(t, scratch[t["seed"]]) for t in tuned if t["seed"] in scratch]
+    if pairs:
+        mean, lo, hi = t_interval(np.array([a["test_mae"] - b["test_mae"] for a, b in pairs]))
+        ea, eb = seed_averaged_errors([a for a, _ in pairs]), seed_averaged_errors([b for _, b in pairs])
+        ids = sorted(set(ea) & set(eb))
+        _, blo, bhi = paired_bootstrap(np.array([ea[i] for i in ids]), np.array([eb[i] for i in ids]))
+        print(f"fine-tuned - scratch (test MAE): {mean:+.4f}, 95% CI over seeds [{lo:+.4f}, {hi:+.4f}], "
+              f"over test structures [{blo:+.4f}, {bhi:+.4f}] ({len(pairs)} seeds, {len(ids)} structures)")
+
+
+if __name__ == "__main__":
+    main()
