@@ -141,3 +141,19 @@ def test_frame_usage_measures_relative_rotations_of_neighbours():
     no_edges = types.SimpleNamespace(edge_index=None, batch=torch.tensor([0, 0, 1]))
     three = torch.stack([torch.eye(3), turn, turn])  # atom 2 is alone in its crystal: one pair
     assert frame_usage([three], no_edges)["frame_angle_median"] == pytest.approx(90.0, abs=1e-3)
+
+
+def test_frame_usage_is_logged_for_frames_built_bucket_by_bucket(demo_subset, tmp_path):
+    """Crystalformer builds its max frames per bucket of centres: the validation log still gets
+    the frame angles (this crashed a training's sanity check before per_atom_frames)."""
+    import csv as csv_module
+
+    from crystalframes.train.config import load_config
+    from crystalframes.train.run import train
+
+    data = demo_subset(40, 10)
+    cfg = load_config(None, [f"data.source={data}", "model.spec=crystalformer:max@cpu_small", "trainer.epochs=1",
+                             "trainer.threads=1", "model.options={memory_budget: 2000}"])
+    train(cfg, tmp_path / "run")
+    rows = [r for r in csv_module.DictReader(open(tmp_path / "run" / "logs" / "metrics.csv")) if r.get("frame_angle_median")]
+    assert rows and 0.0 <= float(rows[0]["frame_angle_median"]) <= 180.0

@@ -28,6 +28,18 @@ def lr_lambda(cfg: OptimConfig, total_steps: int):
     return lambda t: 1.0
 
 
+def per_atom_frames(calls: list, num_atoms: int) -> list[torch.Tensor]:
+    """One (N, ...) tensor of frames per layer from the recorded frame calls (layer, centres,
+    frames): Crystalformer builds a layer's entry-based frames bucket by bucket, for some
+    centres at a time."""
+    layers: dict[int, torch.Tensor] = {}
+    for layer, centres, frames in calls:
+        if layer not in layers:
+            layers[layer] = frames.new_zeros((num_atoms,) + tuple(frames.shape[1:]))
+        layers[layer][centres] = frames
+    return [layers[k] for k in sorted(layers)]
+
+
 def frame_usage(frames: list, batch, max_pairs: int = 20000) -> dict[str, float]:
     """How differently neighbouring atoms are oriented by the model's frames, from the frames
     built in one forward pass (per layer; per-head frames count head by head): the median and
@@ -106,7 +118,7 @@ class PropertyModule(L.LightningModule):
         self.log("val_loss", self.loss_fn(pred, target), batch_size=batch.num_graphs, sync_dist=True)
         self.log("val_mae", mae, batch_size=batch.num_graphs, sync_dist=True, prog_bar=True)
         if recorded is not None and recorded[0]:
-            usage = frame_usage(recorded[0], batch)
+            usage = frame_usage(per_atom_frames(recorded[0], batch.batch.shape[0]), batch)
             # share of atoms whose learned Gram-Schmidt vectors were degenerate (fallback frame)
             fallback = [m.fallback_fraction for m in self.model.modules() if getattr(m, "fallback_fraction", None) is not None]
             if fallback:
@@ -119,8 +131,8 @@ class PropertyModule(L.LightningModule):
         frame = getattr(self.model, "frame", None)
         if frame is None or not getattr(frame, "active", False):
             return None
-        frames: list = []
-        return frames, frame.register_forward_hook(lambda module, args, out: frames.append(out.detach()))
+        calls: list = []  # (layer, centres, frames) of every call; a backbone may build a layer's frames in parts
+        return calls, frame.register_forward_hook(lambda module, args, out: calls.append((args[0], args[2].centres, out.detach())))
 
     def predict_step(self, batch, batch_idx):
         return self.normaliser.inverse(self.model(batch))
