@@ -48,6 +48,13 @@ def save_model_file(path, model, spec: str, options: dict, normaliser: TargetNor
     return path
 
 
+def _raise_first(errors: list[InputError]) -> None:
+    """Raise the first of the per-structure errors (naming how many more there are), if any."""
+    if errors:
+        more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+        raise InputError(errors[0].source, errors[0].problem + more)
+
+
 @dataclass
 class Predictor:
     """A trained model ready to predict; ``predict`` takes pymatgen Structures, ASE Atoms,
@@ -141,8 +148,7 @@ class Predictor:
 
         crystals = [read_structure(s) for s in structures]
         kept, pooled, atoms, errors = self.embed_each(crystals, batch_size, per_atom)
-        if errors:
-            raise InputError(errors[0].source, errors[0].problem + (f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""))
+        _raise_first(errors)
         return (pooled, atoms) if per_atom else pooled
 
     def predict_crystals(self, crystals: Sequence, batch_size: int = 64) -> np.ndarray:
@@ -150,10 +156,7 @@ class Predictor:
         the first structure the model cannot take raises its :class:`InputError`
         (:meth:`predict_each` keeps going instead)."""
         kept, result, errors = self.predict_each(crystals, batch_size)
-        if errors:
-            first = errors[0]
-            more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
-            raise InputError(first.source, first.problem + more)
+        _raise_first(errors)
         return result
 
     def predict(self, structures: Iterable, batch_size: int = 64) -> np.ndarray:
@@ -225,8 +228,7 @@ class Ensemble:
 
         crystals = [read_structure(s) for s in structures]
         _, mean, std, errors = self.predict_each_with_std(crystals, batch_size)
-        if errors:
-            raise InputError(errors[0].source, errors[0].problem + (f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""))
+        _raise_first(errors)
         if len(self.targets) == 1:
             mean, std = mean[:, 0], std[:, 0]
         return (mean, std) if return_std else mean

@@ -53,8 +53,7 @@ def _write_embeddings(path: Path, predictor, crystals, batch_size: int, per_atom
     with ``atom_offsets`` (n + 1,) to an .npz file, atomically. Returns the rows written."""
     from crystalframes.atomic import atomic_write
 
-    model = predictor.members[0] if hasattr(predictor, "members") else predictor
-    kept, pooled, atoms, _ = model.embed_each(crystals, batch_size, per_atom)
+    kept, pooled, atoms, _ = predictor.embed_each(crystals, batch_size, per_atom)  # an ensemble's: its first member's
     arrays = {"ids": np.array([c.id for c in kept]), "embeddings": pooled.astype(np.float32)}
     if per_atom:
         arrays["atom_features"] = (np.concatenate(atoms) if atoms else np.zeros((0, pooled.shape[1]))).astype(np.float32)

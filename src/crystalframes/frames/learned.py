@@ -282,11 +282,12 @@ class SPFrameGramSchmidt(_LearnedFrame):
 
     def forward(self, layer, setup, hood):
         f, edge, graph, weights = hood.features, hood.edge_features, hood.graph, hood.edge_weights
-        lattice = setup.lattice.index_select(0, setup.batch.index_select(0, graph.centre))  # (E, 3, 3)
+        edge_batch = setup.batch.index_select(0, graph.centre)
         if edge is not None:
-            cos = lattice_cosines(hood.edge_directions, setup.lattice, setup.batch.index_select(0, graph.centre))
+            cos = lattice_cosines(hood.edge_directions, setup.lattice, edge_batch)
             edge = edge + self.angle_embeddings[layer](self.angle_basis(cos).flatten(1))
-        if weights is not None:
+        if weights is not None:  # the unnormalised cosines u . l_k / |l_k|: linear in the image sums
+            lattice = setup.lattice.index_select(0, edge_batch)  # (E, 3, 3)
             moments = torch.einsum("ek,ejk->ej", hood.edge_directions, lattice) / lattice.norm(dim=-1)
             weights = torch.cat([weights, moments], dim=-1)
         local = self.heads[layer](f, edge, graph, weights=weights)
