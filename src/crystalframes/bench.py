@@ -180,7 +180,7 @@ def bench_accuracy(specs, overrides: list[str], seeds=(0,), output: Path | None 
     to the backbone without a frame) and the result rows. Resumable: rerun with the same
     ``output`` (and ``results``, default ``output/results.json``) to continue a grid."""
     from crystalframes.atomic import atomic_write
-    from crystalframes.train.study import run_grid, summary_table
+    from crystalframes.train.study import budget_overrides, run_grid, summary_table
 
     base = Path(output) if output else Path("runs") / f"bench-{time.strftime('%Y%m%d-%H%M%S')}"
     results = Path(results) if results else base / "results.json"
@@ -188,7 +188,7 @@ def bench_accuracy(specs, overrides: list[str], seeds=(0,), output: Path | None 
     from crystalframes.models.specs import parse_spec
 
     wanted = {str(parse_spec(s)) for s in specs}
-    rows = [r for r in rows if r["spec"] in wanted and r["overrides"] == sorted(overrides) and r["seed"] in set(seeds)]
+    rows = [r for r in rows if r["spec"] in wanted and r["overrides"] == budget_overrides(overrides) and r["seed"] in set(seeds)]
     table = summary_table(rows)
     with atomic_write(base / "accuracy.md", "w") as fh:
         fh.write(table)

@@ -33,9 +33,16 @@ RESULTS_VERSION = 1
 BOOTSTRAP_RESAMPLES = 2000
 
 
+def budget_overrides(overrides: Iterable[str]) -> list[str]:
+    """The overrides that change what is trained: all but ``trainer.threads`` (so a grid can be
+    split over processes with other thread counts), sorted."""
+    return sorted(o for o in overrides if not o.startswith("trainer.threads="))
+
+
 def run_key(spec: str, seed: int, overrides: Iterable[str]) -> str:
-    """The identity of one run: canonical spec, seed and the shared overrides (order-free)."""
-    return f"{spec}|seed={seed}|" + ";".join(sorted(overrides))
+    """The identity of one run: canonical spec, seed and the overrides that change what is
+    trained (order-free)."""
+    return f"{spec}|seed={seed}|" + ";".join(budget_overrides(overrides))
 
 
 def load_rows(path: Path) -> list[dict]:
@@ -46,7 +53,11 @@ def load_rows(path: Path) -> list[dict]:
     payload = json.loads(path.read_text())
     if payload.get("format") != RESULTS_FORMAT:
         raise ValueError(f"{path}: not a crystalframes study results file")
-    return list(payload["rows"])
+    rows = list(payload["rows"])
+    for row in rows:  # rows written before keys dropped trainer.threads
+        row["overrides"] = budget_overrides(row["overrides"])
+        row["key"] = run_key(row["key"].split("|")[0], row["seed"], row["overrides"])
+    return rows
 
 
 def save_rows(path: Path, rows: list[dict]) -> None:
@@ -57,13 +68,28 @@ def save_rows(path: Path, rows: list[dict]) -> None:
         fh.write("\n")
 
 
+def append_row(path: Path, row: dict) -> list[dict]:
+    """Add one row to a results file, reread under an exclusive lock so processes that split a
+    grid between them keep each other's rows; returns every row."""
+    import fcntl
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_name(path.name + ".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        rows = [r for r in load_rows(path) if r["key"] != row["key"]]
+        rows.append(row)
+        save_rows(path, rows)
+    return rows
+
+
 def _folder_name(spec: str, seed: int, overrides: Iterable[str] = ()) -> str:
     """Run folder of one run: spec and seed, plus a hash of the overrides that change what is
     trained (all but ``trainer.threads``), so grids with other budgets share a --runs folder."""
     import hashlib
 
     name = "".join(ch if ch.isalnum() else "-" for ch in spec) + f"-s{seed}"
-    budget = sorted(o for o in overrides if not o.startswith("trainer.threads="))
+    budget = budget_overrides(overrides)
     return name if not budget else name + "-" + hashlib.sha1(";".join(budget).encode()).hexdigest()[:8]
 
 
@@ -92,7 +118,7 @@ def row_of_run(folder: Path, spec: str, seed: int, overrides: list[str]) -> dict
         "key": run_key(spec, seed, overrides),
         "spec": m["spec"],
         "seed": seed,
-        "overrides": sorted(overrides),
+        "overrides": budget_overrides(overrides),
         "target": m["target"],
         "units": m["units"],
         "epochs": m["epochs_completed"],
@@ -120,12 +146,10 @@ def run_grid(specs: list[str], overrides: list[str], seeds: Iterable[int], outpu
 
     specs = [str(parse_spec(s)) for s in specs]  # all specs valid before the first long run
     output, results = Path(output), Path(results)
-    rows = load_rows(results)
-    done = {r["key"] for r in rows}
     for seed in seeds:
         for spec in specs:
             key = run_key(spec, seed, overrides)
-            if key in done:
+            if key in {r["key"] for r in load_rows(results)}:  # reread: another process may share the file
                 continue
             folder = output / _folder_name(spec, seed, overrides)
             if not (folder / "metrics.json").exists():
@@ -134,12 +158,10 @@ def run_grid(specs: list[str], overrides: list[str], seeds: Iterable[int], outpu
                 resume = (folder / "checkpoints" / "last.ckpt").exists()
                 train(cfg, folder, resume=resume, overwrite=folder.exists() and not resume)
             row = row_of_run(folder, spec, seed, overrides)
-            rows.append(row)
-            done.add(key)
-            save_rows(results, rows)
+            rows = append_row(results, row)
             if on_row is not None:
                 on_row(row)
-    return rows
+    return load_rows(results)
 
 
 # ---------------------------------------------------------------------------------------------
