@@ -74,6 +74,31 @@ def test_grids_with_other_budgets_share_a_runs_folder_without_mixing(calls, tmp_
     assert sorted(r["epochs"] for r in rows) == [5, 100]
 
 
+def test_processes_that_split_a_grid_keep_each_others_rows(monkeypatch, tmp_path):
+    """Two processes with other thread counts share one results file: the rows are keyed by what
+    is trained (threads dropped), and a row is appended to the file as it is then, so a run that
+    finishes while another is training is not lost when the other one lands."""
+    import crystalframes.train.run as run
+
+    results = tmp_path / "results.json"
+    a, b = "crystalformer:none@cpu_small", "crystalformer:max@cpu_small"
+    calls = []
+    plain = fake_train(calls)
+
+    def interleaved(cfg, folder, resume=False, overwrite=False):
+        if cfg.model.spec == a:  # while a trains, the other process finishes b
+            study.run_grid([b], ["trainer.threads=2"], [0], tmp_path / "runs", results)
+        plain(cfg, folder, resume, overwrite)
+
+    monkeypatch.setattr(run, "train", interleaved)
+    study.run_grid([a], ["trainer.threads=1"], [0], tmp_path / "runs", results)
+    assert sorted(r["spec"] for r in study.load_rows(results)) == sorted([a, b])
+    # the same spec and seed with another thread count is the same run: not trained again
+    study.run_grid([a, b], ["trainer.threads=2"], [0], tmp_path / "runs", results)
+    assert len(calls) == 2
+    assert all(r["overrides"] == [] for r in study.load_rows(results))
+
+
 def test_the_presets_budget_is_used_unless_the_user_sets_one(calls, tmp_path):
     """cpu_small's own epochs and batch size (100 / 32 for Crystalformer), not a bench default."""
     from crystalframes.models import preset_training
