@@ -140,3 +140,36 @@ def test_a_fresh_equivariant_gram_schmidt_keeps_general_positions_equivalent(jar
         if len(checked) == 6:
             break
     assert len(checked) >= 3, checked
+
+
+def test_equivariant_gram_schmidt_falls_back_on_symmetric_sites_only_and_keeps_that_in_later_layers(mp_sample):
+    """Which atoms the equivariant Gram-Schmidt frame sends to its fallback (float64, parameters
+    drawn afresh, 40 Materials Project crystals): only atoms whose site symmetry has an axis or
+    inversion (site symmetry other than 1 or m, spglib at symprec 1e-3), where no equivariant
+    frame can respect the site; the first layer decides, and every later layer keeps at least
+    those atoms (their inputs are no longer symmetric once a fallback frame has been used, so
+    their own test would see nearly collinear vectors there: measured 1e-6 to 1e-3 of s_2)."""
+    from crystalframes.analysis.symmetry import symmetry_dataset
+    from crystalframes.data.batch import collate
+    from crystalframes.data.graph import build_graph
+    from crystalframes.testing import randomise_parameters
+
+    model = randomise_parameters(model_of("ecomformer:equivariant_gram_schmidt@cpu_small"), seed=1)
+    crystals = [c for c in mp_sample if c.num_atoms <= 24][:40]
+    batch = collate([build_graph(c, model.graph_settings) for c in crystals], dtype=torch.float64)
+    heads = model.frame.heads
+    assert len(heads) >= 2
+    # later layers judge their own vectors at rounding level: what they flag beyond the first
+    # layer's atoms must then come from carrying, since their inputs are no longer symmetric
+    for head in heads[1:]:
+        head.degenerate_rtol = 1e-13
+    with torch.no_grad():
+        model(batch)
+    first = (heads[0].degenerate[0] | heads[0].degenerate[1]).squeeze(-1)
+    forced = torch.tensor([s.replace(".", "") not in ("1", "m") for c in crystals
+                           for s in symmetry_dataset(c, 1e-3).site_symmetry_symbols])
+    assert first.any() and not (first & ~forced).any()
+    assert first[forced].float().mean() >= 0.9  # the rest: symmetric sites whose 25 neighbours are not
+    for head in heads[1:]:
+        later = (head.degenerate[0] | head.degenerate[1]).squeeze(-1)
+        assert not (first & ~later).any()

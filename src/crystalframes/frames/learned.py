@@ -206,7 +206,10 @@ class GramSchmidtHead(nn.Module):
         return out
 
     def forward(self, f, edge: EdgeTable | None, graph: MessageGraph, directions=None, fallback=None, weights=None,
-                direction_sizes=None, moments=None) -> torch.Tensor:
+                direction_sizes=None, moments=None, degenerate=None) -> torch.Tensor:
+        """Frames (N, 3, 3). ``degenerate``: (zero, collinear) masks (N, 1) decided by an
+        earlier layer, added to this layer's own (see :class:`EquivariantGramSchmidt`); this
+        layer's masks are left in ``self.degenerate``."""
         if self.equivariant and directions is None:
             raise ValueError("the equivariant Gram-Schmidt frame needs an equivariant direction per edge")
         (v1, s1), (v2, s2) = self.vectors(f, edge, graph, directions, weights, direction_sizes, moments)
@@ -222,6 +225,9 @@ class GramSchmidtHead(nn.Module):
         perp = v2 - (e1 * v2).sum(-1, keepdim=True) * e1
         zero = n1 <= rtol * s1.unsqueeze(-1)
         collinear = perp.norm(dim=-1, keepdim=True) <= rtol * s2.unsqueeze(-1)
+        if degenerate is not None:
+            zero, collinear = zero | degenerate[0], collinear | degenerate[1]
+        self.degenerate = (zero, collinear)
         # diagnostics (logged per epoch by the training module): atoms sent to the fallback
         self.fallback_fraction = (zero | collinear).detach().float().mean()
         u1 = torch.where(zero, torch.zeros_like(v1), v1 / s1.clamp_min(tiny).unsqueeze(-1))
@@ -312,7 +318,18 @@ class EquivariantGramSchmidt(_LearnedFrame):
     def forward(self, layer, setup, hood):
         # Degenerate atoms (v_1 = 0, or v_2 collinear with v_1, as on every site of an axis of
         # symmetry) fall back to the global frame tilted by a fixed generic rotation.
+        # Degeneracy is a property of the site, decided by the first layer, whose inputs still
+        # have the crystal's symmetry; later layers keep it. Their inputs do not: a fallback
+        # atom's features depend on its global-frame orientation, which symmetry-equivalent
+        # atoms do not share, so a symmetric site's v_2 there leaves the line of v_1 by 1e-6 to
+        # 1e-3 of s_2 (measured in float64, MP demo) and Gram-Schmidt of such nearly collinear
+        # vectors let those differences orient the frame: the baseline trained to 0.25 eV/atom
+        # where its backbone reached 0.105.
         fallback = fallback_tilt(setup.global_frames) @ setup.global_frames
-        frames = self.heads[layer](hood.features, hood.edge_features, hood.graph, directions=hood.edge_directions, fallback=fallback,
-                                   direction_sizes=hood.edge_direction_sizes, moments=hood.edge_direction_moments)
+        head = self.heads[layer]
+        frames = head(hood.features, hood.edge_features, hood.graph, directions=hood.edge_directions, fallback=fallback,
+                      direction_sizes=hood.edge_direction_sizes, moments=hood.edge_direction_moments,
+                      degenerate=None if layer == 0 else setup.degenerate)
+        if layer == 0:
+            setup.degenerate = head.degenerate
         return frames.index_select(0, hood.centres)

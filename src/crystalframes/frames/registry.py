@@ -73,6 +73,7 @@ class FrameSetup:
     batch: torch.Tensor  # (N,) structure of every atom
     global_frames: torch.Tensor | None = None  # (N, 3, 3) each atom's structure's global frame
     tie_frames: torch.Tensor | None = None  # (N, 3, 3) QR frame of each atom's lattice (ties)
+    degenerate: tuple | None = None  # (zero, collinear) (N, 1) masks the first layer decided (equivariant Gram-Schmidt)
 
 
 @dataclass
