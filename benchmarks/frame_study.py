@@ -80,7 +80,8 @@ def commit(path: Path, message: str, attempts: int = 20) -> None:
 
 def write_docs(rows: list[dict]) -> None:
     """Replace everything after '## Results' in docs/results.md with the table of the finished
-    runs (grouped by budget) and the validation-MAE-against-epochs figure."""
+    runs (grouped by budget) and the validation-MAE-against-epochs figure, and the README's
+    accuracy table (between its frame-study markers) with the main grid's table."""
     import time
 
     from crystalframes.atomic import atomic_write
@@ -100,6 +101,16 @@ def write_docs(rows: list[dict]) -> None:
         parts.append(f"![validation MAE against epochs](img/{figure.name})\n")
     with atomic_write(doc, "w") as fh:
         fh.write("\n".join(parts))
+    # the README's accuracy table: the main grid (the presets' own budget), between its markers
+    readme = ROOT / "README.md"
+    begin, end = "<!-- frame-study:begin -->", "<!-- frame-study:end -->"
+    text = readme.read_text()
+    if begin in text and end in text:
+        main_rows = [r for r in rows if not r["overrides"]]
+        table = summary_table(main_rows) if main_rows else "(no finished runs)\n"
+        text = text.split(begin)[0] + begin + "\n" + table + end + text.split(end, 1)[1]
+        with atomic_write(readme, "w") as fh:
+            fh.write(text)
 
 
 def main(argv=None) -> None:
