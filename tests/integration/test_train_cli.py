@@ -108,7 +108,16 @@ def test_eval_and_predict_commands(subset, tmp_path):
     ev = cli("eval", str(out), str(subset), "--split", "val", "-o", str(tmp_path / "ev"), tmp_path=tmp_path)
     assert ev.returncode == 0, ev.stderr[-2000:]
     metrics = json.loads((tmp_path / "ev" / "metrics.json").read_text())
-    assert metrics["n"] == 40 and metrics["mae"] > 0 and {"rmse", "r2"} <= set(metrics)
+    assert metrics["n"] == 40 and metrics["mae"] > 0 and {"rmse", "r2", "mean_baseline_mae"} <= set(metrics)
+    # the held-out part training tested on (train records held out with the default seed):
+    # the same structures, so the same figures as the run's own test metrics
+    ev = cli("eval", str(out), str(subset), "--split", "heldout", "-o", str(tmp_path / "ev_heldout"), tmp_path=tmp_path)
+    assert ev.returncode == 0, ev.stderr[-2000:]
+    heldout = json.loads((tmp_path / "ev_heldout" / "metrics.json").read_text())
+    own = json.loads((out / "metrics.json").read_text())["test"]
+    assert heldout["n"] == own["n"] == 12
+    assert heldout["mae"] == pytest.approx(own["mae"], abs=1e-6)
+    assert heldout["mean_baseline_mae"] == pytest.approx(own["mean_baseline_mae"], abs=1e-6)
     # predict on files: one good CIF, one broken file -> the good one is predicted, the bad listed
     from pymatgen.core import Lattice, Structure
 

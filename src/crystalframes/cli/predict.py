@@ -127,7 +127,11 @@ def predict_command(
 def eval_command(
     model: str = typer.Argument(..., help="Model file (model.pt) or run folder."),
     source: str = typer.Argument(..., help="Dataset name or file with the model's target (or --target-column)."),
-    split: Optional[str] = typer.Option(None, "--split", help="Only records whose split field is this (train/val/test)."),
+    split: Optional[str] = typer.Option(
+        None, "--split",
+        help="Only records whose split field is this (train/val/test), or 'heldout': the test part a default "
+             "'crystalframes train' uses (the records' test split, or for data with train/val only, such as "
+             "mp_2018_demo, 10%% of train held out with data.split_seed 123)."),
     target_column: Optional[str] = typer.Option(
         None, "--target-column",
         help="The dataset's name for the true values when it differs from the model's target "
@@ -149,7 +153,15 @@ def eval_command(
     target = predictor.targets[0]
     column = target_column or target
     result = load_dataset(source, target=column)
-    crystals = [c for c in result.crystals if split is None or c.split == split]
+    if split == "heldout":
+        from crystalframes.train.config import DataConfig
+        from crystalframes.train.data import split_crystals, usable_records
+
+        # the records training would use, split as training splits them
+        usable, _ = usable_records(result.crystals, column, predictor.members[0].model if hasattr(predictor, "members") else predictor.model)
+        crystals = split_crystals(usable, DataConfig(source=source, target=column))["test"] if usable else []
+    else:
+        crystals = [c for c in result.crystals if split is None or c.split == split]
     if not crystals:
         hint = ""
         if target_column is None:
@@ -164,8 +176,12 @@ def eval_command(
         raise InputError(source, f"none of the {len(errors)} records could be predicted (listed above)")
     pred = pred[:, 0]
     true = np.array([c.target(target) for c in crystals])
+    # what predicting the model's training mean everywhere would score: the floor a model must beat
+    normaliser = predictor.members[0].normaliser if hasattr(predictor, "members") else predictor.normaliser
+    train_mean = float(np.asarray(normaliser.mean).reshape(-1)[0])
     metrics = {"model": str(model), "source": source, "split": split, "target": target, "target_column": column,
-               "units": predictor.units[0], **metrics_of(pred, true), "failed": len(errors)}
+               "units": predictor.units[0], **metrics_of(pred, true),
+               "mean_baseline_mae": float(np.abs(true - train_mean).mean()), "failed": len(errors)}
     output.mkdir(parents=True, exist_ok=True)
     write_json(output / "metrics.json", metrics)
     write_predictions(output / "predictions.csv", crystals, pred, target, predictor.units[0])
