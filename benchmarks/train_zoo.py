@@ -2,6 +2,8 @@
 
     python benchmarks/train_zoo.py mp_e_form                 # train (resumable) and write the entry
     python benchmarks/train_zoo.py mp_gap --seeds 0 1 2 3
+    python benchmarks/train_zoo.py mp_gap --seeds 1 --train-only --threads 1 &   # seeds in parallel, then
+    python benchmarks/train_zoo.py mp_gap                                        # package (trains what is missing)
 
 Each entry is an ensemble: one run per seed of ENTRIES[name] (spec, target, epochs) on the
 embedded ``mp_2018_demo`` data with its own split (10 % of train held out as test, seed 123).
@@ -44,6 +46,8 @@ def main(argv=None) -> None:
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     p.add_argument("--runs", type=Path, default=ROOT.parent / "zoo_runs")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--train-only", action="store_true",
+                   help="train (or resume) these seeds' runs and stop: to train seeds in parallel processes, then package them with one run without it")
     args = p.parse_args(argv)
     entry = ENTRIES[args.name]
     folders = []
@@ -56,6 +60,8 @@ def main(argv=None) -> None:
             resume = (folder / "checkpoints" / "last.ckpt").exists()
             train(cfg, folder, resume=resume, overwrite=folder.exists() and not resume)
         folders.append(folder)
+    if args.train_only:
+        return
     # float16 members, checked against the float32 ones on the validation split
     data = load_dataset(DATA, target=entry["target"])
     val = [c for c in data.crystals if c.split == "val"]
