@@ -38,7 +38,9 @@ def main(argv=None) -> None:
     from crystalframes.atomic import atomic_write
     from crystalframes.data.sources import load_dataset
     from crystalframes.train.card import data_hash, source_commit
-    from crystalframes.train.config import config_with_preset_training, explicit_keys, load_config
+    from crystalframes import __version__
+    from crystalframes.train.config import DataConfig, config_with_preset_training, explicit_keys, load_config
+    from crystalframes.train.data import split_crystals
     from crystalframes.train.run import train
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -64,7 +66,9 @@ def main(argv=None) -> None:
         return
     # float16 members, checked against the float32 ones on the validation split
     data = load_dataset(DATA, target=entry["target"])
-    val = [c for c in data.crystals if c.split == "val"]
+    parts = {"val": [c for c in data.crystals if c.split == "val"],
+             # the held-out part every member tested on (train records held out with the default seed)
+             "heldout": split_crystals(data.crystals, DataConfig(source=DATA, target=entry["target"]))["test"]}
     out = ZOO / args.name
     out.mkdir(parents=True, exist_ok=True)
     members, worst = [], 0.0
@@ -73,32 +77,50 @@ def main(argv=None) -> None:
         path = out / f"member{i}.pt"
         save_model_file(path, full.model, full.spec, full.options, full.normaliser, full.targets, full.units, storage_dtype=torch.float16)
         half = load_model(path)
-        worst = max(worst, float(np.abs(half.predict_crystals(val) - full.predict_crystals(val)).max()))
+        worst = max(worst, float(np.abs(half.predict_crystals(parts["val"]) - full.predict_crystals(parts["val"])).max()))
         members.append(half)
     if worst > 1e-3:
         raise SystemExit(f"float16 storage moves a validation prediction by {worst:.2e} > 1e-3: store float32 or pick a smaller model")
     ensemble = Ensemble(members)
+    train_mean = float(np.asarray(members[0].normaliser.mean).reshape(-1)[0])
+    runs = [json.loads((f / "metrics.json").read_text()) for f in folders]
     metrics = {}
-    for split in ("val", "test"):
-        chosen = [json.loads((f / "metrics.json").read_text()) for f in folders]
-        if split == "val":
-            _, pred, _ = ensemble.predict_each(val)
-            metrics["val_mae"] = float(np.abs(pred[:, 0] - np.array([c.target(entry["target"]) for c in val])).mean())
-        metrics[f"member_{split}_mae"] = [m[split]["mae"] for m in chosen]
+    for split, crystals in parts.items():
+        kept, pred, _, errors = ensemble.predict_each_with_std(crystals)
+        if errors:
+            raise SystemExit(f"{len(errors)} {split} structures could not be predicted: {errors[0]}")
+        true = np.array([c.target(entry["target"]) for c in kept])
+        metrics[split] = {"mae": float(np.abs(pred[:, 0] - true).mean()), "n": len(kept),
+                          "mean_baseline_mae": float(np.abs(true - train_mean).mean()),
+                          "member_mae": [m["val" if split == "val" else "test"]["mae"] for m in runs]}
     size = sum((out / f"member{i}.pt").stat().st_size for i in range(len(folders)))
     command = f"python benchmarks/train_zoo.py {args.name} --seeds {' '.join(map(str, args.seeds))}"
+    commit, digest, units = source_commit(), data_hash(DATA), members[0].units[0]
     index_path = ZOO / "index.json"
     index = json.loads(index_path.read_text()) if index_path.exists() else {}
     index[args.name] = {"members": [f"{args.name}/member{i}.pt" for i in range(len(folders))], "card": f"{args.name}/card.md",
-                        "spec": entry["spec"], "target": entry["target"], "units": members[0].units[0], "data": DATA,
-                        "val_mae": metrics["val_mae"], "seeds": args.seeds, "epochs": entry["epochs"], "size_bytes": size,
-                        "float16_max_change": worst, "command": command, "commit": source_commit(), "data_sha256": data_hash(DATA)}
-    card = "\n".join([f"# Model card: {args.name}", "", f"- spec `{entry['spec']}`, target `{entry['target']}` ({members[0].units[0]})",
-                      f"- ensemble of {len(folders)} seeds ({args.seeds}), {entry['epochs']} epochs each, on `{DATA}` (its own split)",
-                      f"- validation MAE of the ensemble: {metrics['val_mae']:.4f}; members val {metrics['member_val_mae']}, "
-                      f"test {metrics['member_test_mae']}",
-                      f"- weights in float16 ({size / 1e6:.2f} MB; largest change of a validation prediction {worst:.1e})",
-                      f"- trained by `{command}` at commit `{source_commit()[:12]}`; data sha256 `{data_hash(DATA)[:16]}...`", ""])
+                        "spec": entry["spec"], "target": entry["target"], "units": units, "data": DATA,
+                        "val_mae": metrics["val"]["mae"], "heldout_mae": metrics["heldout"]["mae"], "metrics": metrics,
+                        "seeds": args.seeds, "epochs": entry["epochs"], "size_bytes": size, "float16_max_change": worst,
+                        "command": command, "commit": commit, "data_sha256": digest, "version": __version__}
+
+    def row(split: str) -> str:
+        m = metrics[split]
+        members_mae = ", ".join(f"{x:.4f}" for x in m["member_mae"])
+        return (f"| {split} | {m['n']} | **{m['mae']:.4f}** | {np.mean(m['member_mae']):.4f} ({members_mae}) | "
+                f"{m['mean_baseline_mae']:.4f} |")
+
+    card = "\n".join([
+        f"# Model card: {args.name}", "",
+        f"- **predicts** `{entry['target']}` ({units}) with `{entry['spec']}`",
+        f"- **ensemble** of {len(folders)} seeds ({', '.join(map(str, args.seeds))}), {entry['epochs']} epochs each; "
+        "the prediction is their mean, the uncertainty their standard deviation",
+        f"- **training data** `{DATA}` (sha256 `{digest[:16]}...`): the records' own train/val split; "
+        f"{metrics['heldout']['n']} train records held out as test (10 %, seed 123)",
+        f"- **size** {size / 1e6:.2f} MB (float16 weights; largest change of a validation prediction against float32: {worst:.1e} {units})",
+        f"- **retrain** `{command}` (commit `{commit[:12]}`, crystalframes {__version__})", "",
+        f"| split | structures | ensemble MAE ({units}) | one member: mean (each) | mean of training targets |",
+        "|---|---:|---:|---:|---:|", row("val"), row("heldout"), ""])
     with atomic_write(out / "card.md", "w") as fh:
         fh.write(card)
     with atomic_write(index_path, "w") as fh:
