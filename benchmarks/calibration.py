@@ -1,9 +1,12 @@
 """How far to trust an ensemble's standard deviation: calibration on a validation split.
 
     python benchmarks/calibration.py RUN_A RUN_B RUN_C [--split val] [--plot calibration.png] [--json out.json]
+    python benchmarks/calibration.py mp_e_form --split heldout --plot docs/img/calibration_mp_e_form_heldout.png
 
 The runs (or model files) must predict the same target; the data and split are read from the
-first run's config.yaml (or given with --data). For every structure: the ensemble mean, its
+first run's config.yaml (or given with --data). One name of a pretrained model (an ensemble)
+takes the data it was trained on. ``--split heldout``: the part of train a default training
+holds out as test. For every structure: the ensemble mean, its
 standard deviation over members (ddof = 1) and the absolute error. Printed: the fraction of
 errors within 1 and 2 standard deviations (a calibrated Gaussian: 68 % and 95 %), the Spearman
 correlation between std and error, and per std-quantile bin the RMSE against the mean std
@@ -43,16 +46,29 @@ def main(argv=None) -> None:
     from crystalframes.data.sources import load_dataset
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("models", nargs="+", help="run folders or model files (at least two)")
+    p.add_argument("models", nargs="+", help="run folders or model files (at least two), or one pretrained model's name")
     p.add_argument("--data", help="dataset (default: the first run's data.source)")
     p.add_argument("--split", default="val")
     p.add_argument("--plot", type=Path)
     p.add_argument("--json", type=Path)
     args = p.parse_args(argv)
-    ensemble = load_ensemble(args.models)
-    source = args.data or yaml.safe_load((Path(args.models[0]) / "config.yaml").read_text())["data"]["source"]
+    from crystalframes import zoo
+    from crystalframes.api import load_model
+
+    if len(args.models) == 1 and args.models[0] in zoo.pretrained():
+        ensemble, source = load_model(args.models[0]), args.data or zoo.pretrained()[args.models[0]]["data"]
+    else:
+        ensemble = load_ensemble(args.models)
+        source = args.data or yaml.safe_load((Path(args.models[0]) / "config.yaml").read_text())["data"]["source"]
     target = ensemble.targets[0]
-    crystals = [c for c in load_dataset(source, target=target).crystals if c.split == args.split]
+    data = load_dataset(source, target=target).crystals
+    if args.split == "heldout":
+        from crystalframes.train.config import DataConfig
+        from crystalframes.train.data import split_crystals
+
+        crystals = split_crystals(data, DataConfig(source=source, target=target))["test"]
+    else:
+        crystals = [c for c in data if c.split == args.split]
     kept, mean, std, errors = ensemble.predict_each_with_std(crystals)
     true = np.array([c.target(target) for c in kept])
     result = {"models": args.models, "data": source, "split": args.split, "target": target, "units": ensemble.units[0],
@@ -68,15 +84,25 @@ def main(argv=None) -> None:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
 
+        units = result["units"]
+        fig, (left, right) = plt.subplots(1, 2, figsize=(9, 4))
+        # every structure: absolute error against predicted std, with the 1 and 2 std lines
+        s, e = std[:, 0], np.abs(mean[:, 0] - true)
+        left.scatter(s, e, s=6, alpha=0.5)
+        top = max(s.max(), 1e-12) * 1.05
+        left.plot([0, top], [0, top], "k--", lw=0.8, label="1 std")
+        left.plot([0, top], [0, 2 * top], "k:", lw=0.8, label="2 std")
+        left.set(xlabel=f"predicted std ({units})", ylabel=f"|error| ({units})",
+                 title=f"{result['within_1_std']:.0%} within 1 std, {result['within_2_std']:.0%} within 2")
+        left.legend()
+        # binned by std: RMSE against mean std (a calibrated Gaussian lies on the diagonal)
         x = [b["mean_std"] for b in result["bins"]]
         y = [b["rmse"] for b in result["bins"]]
-        fig, ax = plt.subplots(figsize=(4.5, 4))
-        ax.plot(x, y, "o-", label="ensemble")
+        right.plot(x, y, "o-", label="ensemble")
         top = max(x + y) * 1.1
-        ax.plot([0, top], [0, top], "k--", lw=0.8, label="calibrated")
-        ax.set(xlabel=f"predicted std ({result['units']})", ylabel=f"RMSE ({result['units']})",
-               title=f"{target}, {args.split}: {result['within_1_std']:.0%} within 1 std, {result['within_2_std']:.0%} within 2")
-        ax.legend()
+        right.plot([0, top], [0, top], "k--", lw=0.8, label="calibrated")
+        right.set(xlabel=f"predicted std, bin mean ({units})", ylabel=f"RMSE ({units})", title=f"{target}, {args.split} (n = {result['n']})")
+        right.legend()
         fig.tight_layout()
         fig.savefig(args.plot, dpi=120)
 
