@@ -24,6 +24,32 @@ RESULTS = ROOT / "benchmarks" / "results" / "finetune_vs_scratch.json"
 JARVIS = Path(os.environ.get("CRYSTALFRAMES_SHARED_DATA") or ROOT.parent / "shared" / "data") / "jarvis_dft_3d_sample.jsonl.gz"
 
 
+def plot_curves(groups: dict[str, list[dict]], path: Path) -> None:
+    """Validation MAE against epochs per group: mean over seeds, shaded between min and max."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    fig, ax = plt.subplots(figsize=(5.5, 4))
+    units = ""
+    for label, rows in groups.items():
+        if not rows:
+            continue
+        units = rows[0]["units"]
+        n = min(len(r["val_mae_per_epoch"]) for r in rows)
+        curves = np.array([r["val_mae_per_epoch"][:n] for r in rows])
+        epochs = np.arange(1, n + 1)
+        ax.plot(epochs, curves.mean(0), label=f"{label} ({len(rows)} seeds)")
+        ax.fill_between(epochs, curves.min(0), curves.max(0), alpha=0.2)
+    ax.set(xlabel="epoch", ylabel=f"val MAE ({units})", yscale="log", title="JARVIS formation energy: fine-tuned vs scratch")
+    ax.legend()
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+
+
 def main(argv=None) -> None:
     from crystalframes.api import load_model
     from crystalframes.train.study import load_rows, run_grid, summarise
@@ -35,6 +61,7 @@ def main(argv=None) -> None:
     p.add_argument("--runs", type=Path, default=ROOT.parent / "finetune_runs")
     p.add_argument("--results", type=Path, default=RESULTS)
     p.add_argument("--table", action="store_true", help="only print the table of the finished runs")
+    p.add_argument("--plot", type=Path, help="also draw validation MAE against epochs (mean over seeds, band: min-max)")
     args = p.parse_args(argv)
     init = load_model(args.init)
     first = getattr(init, "members", [init])[0]
@@ -50,6 +77,8 @@ def main(argv=None) -> None:
         print(f"{kind:10s} {s['spec']}: test MAE {s['test_mean']:.4f} +- {s['test_std']:.4f} over seeds {s['seeds']}")
     import numpy as np
 
+    if args.plot:
+        plot_curves({"scratch": list(scratch.values()), "fine-tuned": tuned}, args.plot)
     from crystalframes.train.study import paired_bootstrap, seed_averaged_errors, t_interval
 
     pairs = [(t, scratch[t["seed"]]) for t in tuned if t["seed"] in scratch]
