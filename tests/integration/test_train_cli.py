@@ -118,6 +118,12 @@ def test_eval_and_predict_commands(subset, tmp_path):
     assert heldout["n"] == own["n"] == 12
     assert heldout["mae"] == pytest.approx(own["mae"], abs=1e-6)
     assert heldout["mean_baseline_mae"] == pytest.approx(own["mean_baseline_mae"], abs=1e-6)
+    # records without a split field have no held-out part: a clear error, not an empty split
+    unlabelled = tmp_path / "unlabelled.jsonl"
+    unlabelled.write_text("".join(json.dumps({k: v for k, v in json.loads(line).items() if k != "split"}) + "\n"
+                                  for line in subset.read_text().splitlines()[:5]))
+    ev = cli("eval", str(out), str(unlabelled), "--split", "heldout", "-o", str(tmp_path / "ev_none"), tmp_path=tmp_path)
+    assert ev.returncode == 2 and "needs records with a split field" in ev.stderr and "Traceback" not in ev.stderr
     # predict on files: one good CIF, one broken file -> the good one is predicted, the bad listed
     from pymatgen.core import Lattice, Structure
 

@@ -159,6 +159,9 @@ def eval_command(
 
         # the records training would use, split as training splits them
         usable, _ = usable_records(result.crystals, column, predictor.members[0].model if hasattr(predictor, "members") else predictor.model)
+        if usable and not any(c.split == "train" for c in usable):
+            raise InputError(source, "--split heldout needs records with a split field of 'train' (the held-out part is drawn "
+                                     "from them, as training does); these records have none: use --split train/val/test or no --split")
         crystals = split_crystals(usable, DataConfig(source=source, target=column))["test"] if usable else []
     else:
         crystals = [c for c in result.crystals if split is None or c.split == split]
