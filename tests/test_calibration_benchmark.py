@@ -19,6 +19,7 @@ def test_a_calibrated_gaussian_ensemble_gives_68_and_95_percent():
     r = calibration.calibration(std, error)
     assert abs(r["within_1_std"] - 0.683) < 0.01 and abs(r["within_2_std"] - 0.954) < 0.01
     assert all(abs(b["rmse"] / b["mean_std"] - 1) < 0.1 for b in r["bins"]) and r["spearman_std_error"] > 0.3
+    assert abs(r["scale_for_68"] - 1.0) < 0.05
 
 
 def test_an_overconfident_ensemble_is_seen_as_one():
@@ -27,3 +28,6 @@ def test_an_overconfident_ensemble_is_seen_as_one():
     error = np.abs(rng.normal(0.0, 3 * std))
     r = calibration.calibration(std, error)
     assert r["within_1_std"] < 0.3 and all(b["rmse"] > 2 * b["mean_std"] for b in r["bins"])
+    assert abs(r["scale_for_68"] - 3.0) < 0.15  # the std is 3x too small
+    rescaled = calibration.calibration(r["scale_for_68"] * std, error)
+    assert abs(rescaled["within_1_std"] - 0.683) < 0.01
