@@ -7,8 +7,8 @@
 
 Each entry is an ensemble: one run per seed of ENTRIES[name] (spec, target, epochs) on the
 embedded ``mp_2018_demo`` data with its own split (10 % of train held out as test, seed 123).
-The members are stored in float16 (the script measures the largest change this makes to a
-validation prediction and refuses more than 1e-3 in the target's units), the ensemble's val and
+The members are stored in float16 where that moves no validation prediction by more than 1e-3 in
+the target's units, otherwise in float32 (measured and recorded), the ensemble's val and
 test MAE go into the model card and the index, with this command, the commit and the sha256 of
 the data. tests/integration/test_zoo.py checks every shipped entry against its card.
 """
@@ -64,23 +64,28 @@ def main(argv=None) -> None:
         folders.append(folder)
     if args.train_only:
         return
-    # float16 members, checked against the float32 ones on the validation split
     data = load_dataset(DATA, target=entry["target"])
     parts = {"val": [c for c in data.crystals if c.split == "val"],
              # the held-out part every member tested on (train records held out with the default seed)
              "heldout": split_crystals(data.crystals, DataConfig(source=DATA, target=entry["target"]))["test"]}
     out = ZOO / args.name
     out.mkdir(parents=True, exist_ok=True)
-    members, worst = [], 0.0
-    for i, folder in enumerate(folders):
-        full = load_model(folder)
-        path = out / f"member{i}.pt"
-        save_model_file(path, full.model, full.spec, full.options, full.normaliser, full.targets, full.units, storage_dtype=torch.float16)
-        half = load_model(path)
-        worst = max(worst, float(np.abs(half.predict_crystals(parts["val"]) - full.predict_crystals(parts["val"])).max()))
-        members.append(half)
-    if worst > 1e-3:
-        raise SystemExit(f"float16 storage moves a validation prediction by {worst:.2e} > 1e-3: store float32 or pick a smaller model")
+    # float16 halves the size; where it moves a validation prediction by more than 1e-3 in the
+    # target's units (measured: the band-gap ensemble, 4.5e-3 eV), the members stay float32
+    for dtype in (torch.float16, torch.float32):
+        members, worst = [], 0.0
+        for i, folder in enumerate(folders):
+            full = load_model(folder)
+            path = out / f"member{i}.pt"
+            save_model_file(path, full.model, full.spec, full.options, full.normaliser, full.targets, full.units, storage_dtype=dtype)
+            stored = load_model(path)
+            worst = max(worst, float(np.abs(stored.predict_crystals(parts["val"]) - full.predict_crystals(parts["val"])).max()))
+            members.append(stored)
+        if worst <= 1e-3:
+            break
+    else:
+        raise SystemExit(f"float32 storage moves a validation prediction by {worst:.2e} > 1e-3: the stored model is not the trained one")
+    storage = str(dtype).removeprefix("torch.")
     ensemble = Ensemble(members)
     train_mean = float(np.asarray(members[0].normaliser.mean).reshape(-1)[0])
     runs = [json.loads((f / "metrics.json").read_text()) for f in folders]
@@ -101,7 +106,7 @@ def main(argv=None) -> None:
     index[args.name] = {"members": [f"{args.name}/member{i}.pt" for i in range(len(folders))], "card": f"{args.name}/card.md",
                         "spec": entry["spec"], "target": entry["target"], "units": units, "data": DATA,
                         "val_mae": metrics["val"]["mae"], "heldout_mae": metrics["heldout"]["mae"], "metrics": metrics,
-                        "seeds": args.seeds, "epochs": entry["epochs"], "size_bytes": size, "float16_max_change": worst,
+                        "seeds": args.seeds, "epochs": entry["epochs"], "size_bytes": size, "storage_dtype": storage, "storage_max_change": worst,
                         "command": command, "commit": commit, "data_sha256": digest, "version": __version__}
 
     def row(split: str) -> str:
@@ -117,7 +122,7 @@ def main(argv=None) -> None:
         "the prediction is their mean, the uncertainty their standard deviation",
         f"- **training data** `{DATA}` (sha256 `{digest[:16]}...`): the records' own train/val split; "
         f"{metrics['heldout']['n']} train records held out as test (10 %, seed 123)",
-        f"- **size** {size / 1e6:.2f} MB (float16 weights; largest change of a validation prediction against float32: {worst:.1e} {units})",
+        f"- **size** {size / 1e6:.2f} MB ({storage} weights; largest change of a validation prediction against the trained float32 weights: {worst:.1e} {units})",
         f"- **retrain** `{command}` (commit `{commit[:12]}`, crystalframes {__version__})", "",
         f"| split | structures | ensemble MAE ({units}) | one member: mean (each) | mean of training targets |",
         "|---|---:|---:|---:|---:|", row("val"), row("heldout"), ""])
@@ -126,6 +131,8 @@ def main(argv=None) -> None:
     with atomic_write(index_path, "w") as fh:
         json.dump(index, fh, indent=1)
     print(card)
+    total = sum(e["size_bytes"] for e in index.values())
+    print(f"zoo: {len(index)} entries, {total / 1e6:.2f} MB of weights" + (" (over the 15 MB budget)" if total > 15e6 else ""))
 
 
 if __name__ == "__main__":
