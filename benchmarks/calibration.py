@@ -69,10 +69,9 @@ def main(argv=None) -> None:
     target = ensemble.targets[0]
     data = load_dataset(source, target=target).crystals
     if args.split == "heldout":
-        from crystalframes.train.config import DataConfig
-        from crystalframes.train.data import split_crystals
+        from crystalframes.train.data import heldout_part
 
-        crystals = split_crystals(data, DataConfig(source=source, target=target))["test"]
+        crystals = heldout_part(data, source, target)
     else:
         crystals = [c for c in data if c.split == args.split]
     kept, mean, std, errors = ensemble.predict_each_with_std(crystals)

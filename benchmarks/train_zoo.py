@@ -39,8 +39,8 @@ def main(argv=None) -> None:
     from crystalframes.data.sources import load_dataset
     from crystalframes.train.card import data_hash, source_commit
     from crystalframes import __version__
-    from crystalframes.train.config import DataConfig, config_with_preset_training, explicit_keys, load_config
-    from crystalframes.train.data import split_crystals
+    from crystalframes.train.config import config_with_preset_training, explicit_keys, load_config
+    from crystalframes.train.data import heldout_part
     from crystalframes.train.run import train
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -67,7 +67,7 @@ def main(argv=None) -> None:
     data = load_dataset(DATA, target=entry["target"])
     parts = {"val": [c for c in data.crystals if c.split == "val"],
              # the held-out part every member tested on (train records held out with the default seed)
-             "heldout": split_crystals(data.crystals, DataConfig(source=DATA, target=entry["target"]))["test"]}
+             "heldout": heldout_part(data.crystals, DATA, entry["target"])}
     out = ZOO / args.name
     out.mkdir(parents=True, exist_ok=True)
     # float16 halves the size; where it moves a validation prediction by more than 1e-3 in the

@@ -85,14 +85,13 @@ def test_shipped_models_match_their_cards(name):
     """A fresh evaluation of the shipped (float16) weights reproduces the card's ensemble MAE on
     the validation records and on the held-out part of train (to 1e-4 in the target's units)."""
     from crystalframes.data.sources import load_dataset
-    from crystalframes.train.config import DataConfig
-    from crystalframes.train.data import split_crystals
+    from crystalframes.train.data import heldout_part
 
     entry = zoo.pretrained()[name]
     model = load_model(name)
     data = load_dataset(entry["data"], target=entry["target"])
     parts = {"val": [c for c in data.crystals if c.split == "val"],
-             "heldout": split_crystals(data.crystals, DataConfig(source=entry["data"], target=entry["target"]))["test"]}
+             "heldout": heldout_part(data.crystals, entry["data"], entry["target"])}
     for split, crystals in parts.items():
         _, pred, errors = model.predict_each(crystals)
         true = np.array([c.target(entry["target"]) for c in crystals])

@@ -154,15 +154,14 @@ def eval_command(
     column = target_column or target
     result = load_dataset(source, target=column)
     if split == "heldout":
-        from crystalframes.train.config import DataConfig
-        from crystalframes.train.data import split_crystals, usable_records
+        from crystalframes.train.data import heldout_part, usable_records
 
         # the records training would use, split as training splits them
         usable, _ = usable_records(result.crystals, column, predictor.members[0].model if hasattr(predictor, "members") else predictor.model)
         if usable and not any(c.split == "train" for c in usable):
             raise InputError(source, "--split heldout needs records with a split field of 'train' (the held-out part is drawn "
                                      "from them, as training does); these records have none: use --split train/val/test or no --split")
-        crystals = split_crystals(usable, DataConfig(source=source, target=column))["test"] if usable else []
+        crystals = heldout_part(usable, source, column) if usable else []
     else:
         crystals = [c for c in result.crystals if split is None or c.split == split]
     if not crystals:

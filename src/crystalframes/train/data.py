@@ -141,6 +141,16 @@ def split_crystals(crystals: list[Crystal], cfg: DataConfig) -> dict[str, list[C
     return splits
 
 
+def heldout_part(crystals: list[Crystal], source: str, target: str) -> list[Crystal]:
+    """The test part a default training of ``target`` on ``source`` uses: the records' own test
+    split, or, for data with train/val only (``mp_2018_demo``), the train records it holds out
+    (``data.test_from_train`` with ``data.split_seed``). ``crystalframes eval --split heldout``,
+    the zoo's cards and the calibration figures all mean this part."""
+    from crystalframes.train.config import DataConfig
+
+    return split_crystals(crystals, DataConfig(source=source, target=target))["test"]
+
+
 # Larger than any physical property the datasets hold (eV/atom, eV, GPa, K, ...) by orders of
 # magnitude, and small enough that standardising (squares of deviations) cannot overflow.
 MAX_TARGET_MAGNITUDE = 1e6
