@@ -152,12 +152,13 @@ def eval_command(
     predictor = _load(model, device)
     target = predictor.targets[0]
     column = target_column or target
+    single = getattr(predictor, "members", [predictor])[0]  # an ensemble's members share data and target
     result = load_dataset(source, target=column)
     if split == "heldout":
         from crystalframes.train.data import heldout_part, usable_records
 
         # the records training would use, split as training splits them
-        usable, _ = usable_records(result.crystals, column, predictor.members[0].model if hasattr(predictor, "members") else predictor.model)
+        usable, _ = usable_records(result.crystals, column, single.model)
         if usable and not any(c.split == "train" for c in usable):
             raise InputError(source, "--split heldout needs records with a split field of 'train' (the held-out part is drawn "
                                      "from them, as training does); these records have none: use --split train/val/test or no --split")
@@ -179,8 +180,7 @@ def eval_command(
     pred = pred[:, 0]
     true = np.array([c.target(target) for c in crystals])
     # what predicting the model's training mean everywhere would score: the floor a model must beat
-    normaliser = predictor.members[0].normaliser if hasattr(predictor, "members") else predictor.normaliser
-    train_mean = float(np.asarray(normaliser.mean).reshape(-1)[0])
+    train_mean = float(np.asarray(single.normaliser.mean).reshape(-1)[0])
     metrics = {"model": str(model), "source": source, "split": split, "target": target, "target_column": column,
                "units": predictor.units[0], **metrics_of(pred, true),
                "mean_baseline_mae": float(np.abs(true - train_mean).mean()), "failed": len(errors)}

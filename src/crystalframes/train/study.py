@@ -68,9 +68,9 @@ def save_rows(path: Path, rows: list[dict]) -> None:
         fh.write("\n")
 
 
-def append_row(path: Path, row: dict) -> list[dict]:
+def append_row(path: Path, row: dict) -> None:
     """Add one row to a results file, reread under an exclusive lock so processes that split a
-    grid between them keep each other's rows; returns every row."""
+    grid between them keep each other's rows."""
     import fcntl
 
     path = Path(path)
@@ -80,7 +80,6 @@ def append_row(path: Path, row: dict) -> list[dict]:
         rows = [r for r in load_rows(path) if r["key"] != row["key"]]
         rows.append(row)
         save_rows(path, rows)
-    return rows
 
 
 def _folder_name(spec: str, seed: int, overrides: Iterable[str] = ()) -> str:
@@ -158,7 +157,7 @@ def run_grid(specs: list[str], overrides: list[str], seeds: Iterable[int], outpu
                 resume = (folder / "checkpoints" / "last.ckpt").exists()
                 train(cfg, folder, resume=resume, overwrite=folder.exists() and not resume)
             row = row_of_run(folder, spec, seed, overrides)
-            rows = append_row(results, row)
+            append_row(results, row)
             if on_row is not None:
                 on_row(row)
     return load_rows(results)
