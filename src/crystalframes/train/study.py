@@ -95,6 +95,8 @@ def _folder_name(spec: str, seed: int, overrides: Iterable[str] = ()) -> str:
 def row_of_run(folder: Path, spec: str, seed: int, overrides: list[str]) -> dict:
     """One results row from a finished run folder (metrics.json, predictions_test.csv, the
     per-epoch log)."""
+    from crystalframes.models.specs import parse_spec
+
     m = json.loads((folder / "metrics.json").read_text())
     ids, errors = [], []
     with open(folder / "predictions_test.csv", newline="") as fh:
@@ -115,7 +117,7 @@ def row_of_run(folder: Path, spec: str, seed: int, overrides: list[str]) -> dict
     cfg = yaml.safe_load((folder / "config.yaml").read_text())
     return {
         "key": run_key(spec, seed, overrides),
-        "spec": m["spec"],
+        "spec": str(parse_spec(m["spec"])),  # canonical: a run trained as "x@cpu" joins "x+qr@cpu"
         "seed": seed,
         "overrides": budget_overrides(overrides),
         "target": m["target"],
