@@ -12,7 +12,8 @@ errors within 1 and 2 standard deviations (a calibrated Gaussian: 68 % and 95 %)
 correlation between std and error, and per std-quantile bin the RMSE against the mean std
 (a calibrated ensemble lies on the diagonal; --plot draws it), and the factor by which the std
 would have to be scaled to hold 68 % of the errors (``--scale`` applies one, e.g. fitted on val
-and checked on the held-out part).
+and checked on the held-out part). A pretrained model reports its spread times the factor it
+ships (fitted on its validation split); ``--raw`` measures the spread without it.
 """
 
 from __future__ import annotations
@@ -23,24 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-
-def calibration(std: np.ndarray, error: np.ndarray, bins: int = 8) -> dict:
-    """The figures of the module docstring from per-structure std and absolute error."""
-    from scipy import stats
-
-    order = np.argsort(std)
-    groups = [g for g in np.array_split(order, bins) if len(g)]
-    return {
-        "n": int(len(std)),
-        "mae": float(error.mean()),
-        "mean_std": float(std.mean()),
-        "within_1_std": float(np.mean(error <= std)),
-        "within_2_std": float(np.mean(error <= 2 * std)),
-        "spearman_std_error": float(stats.spearmanr(std, error).statistic) if len(std) > 2 else float("nan"),
-        # the factor k that puts 68.3 % of the errors within k std here (1 when calibrated)
-        "scale_for_68": float(np.quantile(error / np.maximum(std, np.finfo(float).tiny), 0.6827)),
-        "bins": [{"mean_std": float(std[g].mean()), "rmse": float(np.sqrt(np.mean(error[g] ** 2))), "n": int(len(g))} for g in groups],
-    }
+from crystalframes.analysis.uncertainty import calibration  # noqa: F401 (also this script's API)
 
 
 def main(argv=None) -> None:
@@ -56,6 +40,7 @@ def main(argv=None) -> None:
     p.add_argument("--plot", type=Path)
     p.add_argument("--scale", type=float, default=1.0,
                    help="multiply the std by this factor first (check on one split a scale_for_68 fitted on another)")
+    p.add_argument("--raw", action="store_true", help="a pretrained model: the members' spread, without the std scale it ships")
     p.add_argument("--json", type=Path)
     args = p.parse_args(argv)
     from crystalframes import zoo
@@ -66,6 +51,9 @@ def main(argv=None) -> None:
     else:
         ensemble = load_ensemble(args.models)
         source = args.data or yaml.safe_load((Path(args.models[0]) / "config.yaml").read_text())["data"]["source"]
+    shipped_scale = ensemble.std_scale
+    if args.raw:
+        ensemble.std_scale = 1.0
     target = ensemble.targets[0]
     data = load_dataset(source, target=target).crystals
     if args.split == "heldout":
@@ -77,7 +65,7 @@ def main(argv=None) -> None:
     kept, mean, std, errors = ensemble.predict_each_with_std(crystals)
     true = np.array([c.target(target) for c in kept])
     result = {"models": args.models, "data": source, "split": args.split, "target": target, "units": ensemble.units[0],
-              "std_scale": args.scale, **calibration(args.scale * std[:, 0], np.abs(mean[:, 0] - true)), "failed": len(errors)}
+              "std_scale": args.scale * ensemble.std_scale, "shipped_std_scale": shipped_scale, **calibration(args.scale * std[:, 0], np.abs(mean[:, 0] - true)), "failed": len(errors)}
     print(json.dumps({k: v for k, v in result.items() if k != "bins"}, indent=1))
     for b in result["bins"]:
         print(f"  mean std {b['mean_std']:.4f}  rmse {b['rmse']:.4f}  (n={b['n']})")

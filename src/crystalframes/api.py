@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -176,10 +177,16 @@ class Ensemble:
     when every member can take it; otherwise it is an error naming it."""
 
     members: list[Predictor]
+    # The reported std is the members' spread times this factor. Ensembles of a few seeds are
+    # overconfident; a pretrained model ships the factor fitted on its validation split
+    # (crystalframes.analysis.uncertainty.calibration), 1 leaves the spread as it is.
+    std_scale: float = 1.0
 
     def __post_init__(self):
         if len(self.members) < 2:
             raise ValueError("an ensemble needs at least two models")
+        if not (math.isfinite(self.std_scale) and self.std_scale > 0):
+            raise ValueError(f"std_scale must be a positive number, not {self.std_scale}")
         first = self.members[0]
         for m in self.members[1:]:
             if (m.targets, m.units) != (first.targets, first.units):
@@ -204,7 +211,8 @@ class Ensemble:
         return self
 
     def predict_each_with_std(self, crystals: Sequence, batch_size: int = 64):
-        """``(crystals, mean (n, n_targets), std (n, n_targets), errors)``."""
+        """``(crystals, mean (n, n_targets), std (n, n_targets), errors)``; std is the members'
+        spread (ddof = 1) times :attr:`std_scale`."""
         crystals = list(crystals)
         results, errors = [], {}
         for member in self.members:
@@ -214,7 +222,7 @@ class Ensemble:
                 errors.setdefault((e.source, e.problem), e)
         kept = [c for c in crystals if all(id(c) in r for r in results)]
         stacked = np.stack([np.stack([r[id(c)] for c in kept]) for r in results]) if kept else np.zeros((len(results), 0, len(self.targets)))
-        return kept, stacked.mean(axis=0), stacked.std(axis=0, ddof=1), list(errors.values())
+        return kept, stacked.mean(axis=0), self.std_scale * stacked.std(axis=0, ddof=1), list(errors.values())
 
     def predict_each(self, crystals: Sequence, batch_size: int = 64):
         """``(crystals, mean (n, n_targets), errors)``, like :meth:`Predictor.predict_each`."""
@@ -243,9 +251,10 @@ class Ensemble:
         return self.members[0].embed(structures, batch_size, per_atom)
 
 
-def load_ensemble(paths: Sequence, device: str | torch.device = "cpu") -> Ensemble:
-    """An :class:`Ensemble` of the model files or run folders ``paths``."""
-    return Ensemble([load_model(p, device=device) for p in paths])
+def load_ensemble(paths: Sequence, device: str | torch.device = "cpu", std_scale: float = 1.0) -> Ensemble:
+    """An :class:`Ensemble` of the model files or run folders ``paths`` (``std_scale``: see
+    :class:`Ensemble`; ``benchmarks/calibration.py`` measures the factor for your ensemble)."""
+    return Ensemble([load_model(p, device=device) for p in paths], std_scale=std_scale)
 
 
 def resolve_model_path(path_or_name) -> Path:
@@ -285,7 +294,8 @@ def load_model(path_or_name, device: str | torch.device = "cpu"):
 
     if isinstance(path_or_name, str) and path_or_name in pretrained() and not Path(path_or_name).exists():
         members = [load_model(p, device) for p in member_paths(path_or_name)]
-        return Ensemble(members) if len(members) > 1 else members[0]
+        scale = pretrained()[path_or_name].get("std_scale", 1.0)
+        return Ensemble(members, std_scale=scale) if len(members) > 1 else members[0]
     path = resolve_model_path(path_or_name)
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)

@@ -32,7 +32,8 @@ def tiny_zoo(tmp_path, monkeypatch):
         members.append(f"tiny/member{seed}.pt")
     (root / "tiny" / "card.md").write_text("# Model card: tiny\n\nthree untrained members\n")
     (root / "index.json").write_text(json.dumps({"tiny": {"members": members, "card": "tiny/card.md", "target": "mp2018_e_form",
-                                                          "units": "eV/atom", "spec": "crystalformer:none@cpu_small"}}))
+                                                          "units": "eV/atom", "spec": "crystalformer:none@cpu_small",
+                                                          "std_scale": 2.5}}))
     monkeypatch.setattr(zoo, "_root", lambda: root)
     return root
 
@@ -50,6 +51,12 @@ def test_a_name_loads_the_ensemble_of_its_members(tiny_zoo, tmp_path):
     assert isinstance(model, Ensemble) and len(model.members) == 3
     mean, std = model.predict([cif(tmp_path)], return_std=True)
     assert np.isfinite(mean).all() and (std > 0).all()
+    # the reported std is the members' spread times the factor the entry ships
+    each = np.array([m.predict([cif(tmp_path)]) for m in model.members])
+    assert model.std_scale == 2.5 and np.allclose(std, 2.5 * each.std(axis=0, ddof=1), rtol=1e-6)
+    assert np.allclose(mean, each.mean(axis=0), rtol=1e-6)
+    with pytest.raises(ValueError, match="std_scale"):
+        Ensemble(model.members, std_scale=float("nan"))
 
 
 def test_float16_storage_moves_predictions_by_less_than_1e_3(tmp_path):
@@ -83,7 +90,9 @@ def test_cli_predict_models_and_init_take_the_name(run, tiny_zoo, tmp_path, demo
 @pytest.mark.parametrize("name", sorted(zoo.pretrained()))
 def test_shipped_models_match_their_cards(name):
     """A fresh evaluation of the shipped (float16) weights reproduces the card's ensemble MAE on
-    the validation records and on the held-out part of train (to 1e-4 in the target's units)."""
+    the validation records and on the held-out part of train (to 1e-4 in the target's units),
+    and the fractions of errors within 1 and 2 of the reported (scaled) std (to 1 structure);
+    the shipped scale puts 68 % of the validation errors within 1 std."""
     from crystalframes.data.sources import load_dataset
     from crystalframes.train.data import heldout_part
 
@@ -93,8 +102,14 @@ def test_shipped_models_match_their_cards(name):
     parts = {"val": [c for c in data.crystals if c.split == "val"],
              "heldout": heldout_part(data.crystals, entry["data"], entry["target"])}
     for split, crystals in parts.items():
-        _, pred, errors = model.predict_each(crystals)
+        _, pred, std, errors = model.predict_each_with_std(crystals)
         true = np.array([c.target(entry["target"]) for c in crystals])
-        assert not errors and len(crystals) == entry["metrics"][split]["n"]
-        assert abs(np.abs(pred[:, 0] - true).mean() - entry["metrics"][split]["mae"]) < 1e-4, split
+        card, n = entry["metrics"][split], len(crystals)
+        assert not errors and n == card["n"]
+        error = np.abs(pred[:, 0] - true)
+        assert abs(error.mean() - card["mae"]) < 1e-4, split
+        for k in (1, 2):
+            assert abs(np.mean(error <= k * std[:, 0]) - card[f"within_{k}_std"]) <= 1.5 / n, (split, k)
+        if split == "val":
+            assert abs(np.mean(error <= std[:, 0]) - 0.6827) <= 1.5 / n
     assert f"Model card: {name}" in zoo.card(name) and entry["version"] and len(entry["commit"]) == 40
