@@ -239,7 +239,12 @@ def summarise(rows: list[dict]) -> list[dict]:
                 _, s["diff_boot_low"], s["diff_boot_high"] = paired_bootstrap(np.array([ea[i] for i in ids]), np.array([eb[i] for i in ids]))
                 s["diff_structures"] = len(ids)
         out.append(s)
-    return out
+    # rows a reader can scan: grouped by backbone, then by baseline (preset), the baseline first
+    first: dict[str, int] = {}
+    for s in out:
+        for k in (s["spec"].split(":")[0], baseline_spec(s["spec"])):
+            first.setdefault(k, len(first))
+    return sorted(out, key=lambda s: (first[s["spec"].split(":")[0]], first[baseline_spec(s["spec"])], s["spec"] != baseline_spec(s["spec"])))
 
 
 def _pm(mean: float, std: float) -> str:
