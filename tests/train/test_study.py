@@ -123,6 +123,25 @@ def test_the_summary_pairs_every_frame_with_its_backbone(calls, tmp_path):
     assert "| `crystalformer:max@cpu_small` | 3 |" in table and "+0.0100" in table
 
 
+def test_a_run_trained_under_another_spelling_joins_its_spec_and_rows_group_by_backbone(calls, tmp_path):
+    """A finished folder whose metrics say `...@cpu_small` (a run made elsewhere, e.g. the zoo's,
+    linked into the runs folder) becomes a row of the canonical `...+qr@cpu_small`; the table
+    lists each backbone's rows together, its baseline first, whatever order runs landed in."""
+    import crystalframes.train.run as run
+
+    canonical = "ecomformer:spframe_quaternion+qr@cpu_small"
+    run.train(type("C", (), {"model": type("M", (), {"spec": "ecomformer:spframe_quaternion@cpu_small"}),
+                             "trainer": type("T", (), {"seed": 0, "epochs": 3, "batch_size": 8})}), tmp_path / "elsewhere")
+    (tmp_path / "runs").mkdir()
+    (tmp_path / "runs" / study._folder_name(canonical, 0, [])).symlink_to(tmp_path / "elsewhere")
+    specs = ["crystalformer:max@cpu_small", canonical, "crystalformer:none@cpu_small", "ecomformer:none@cpu_small"]
+    rows = study.run_grid(specs, [], [0], tmp_path / "runs", tmp_path / "r.json")
+    assert len(calls) == 4  # the linked run was collected, not trained again
+    assert {r["spec"] for r in rows} == set(specs)
+    assert [s["spec"] for s in study.summarise(rows)] == [
+        "crystalformer:none@cpu_small", "crystalformer:max@cpu_small", "ecomformer:none@cpu_small", canonical]
+
+
 def test_t_interval_and_paired_bootstrap():
     mean, lo, hi = study.t_interval(np.array([1.0, 2.0, 3.0]))
     assert mean == 2.0 and hi - mean == pytest.approx(4.302652729911275 * 1.0 / math.sqrt(3))
