@@ -55,7 +55,9 @@ def main(argv=None) -> None:
     entry = ENTRIES[args.name]
     folders = []
     for seed in args.seeds:
-        folder = args.runs / f"{args.name}-s{seed}"
+        # the folder names the recipe, so a changed ENTRIES trains afresh instead of packaging old runs
+        recipe = "".join(ch if ch.isalnum() else "-" for ch in entry["spec"]) + f"-e{entry['epochs']}"
+        folder = args.runs / f"{args.name}-{recipe}-s{seed}"
         if not (folder / "metrics.json").exists():
             sets = [f"model.spec={entry['spec']}", f"data.source={DATA}", f"data.target={entry['target']}",
                     f"trainer.epochs={entry['epochs']}", f"trainer.seed={seed}", f"trainer.threads={args.threads}"]
