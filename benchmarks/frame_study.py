@@ -33,8 +33,14 @@ GRID = tuple(f"{backbone}:{frame}@cpu" for backbone in ("ecomformer", "crystalfo
 )
 # The two papers' own pairs at three times the budget: does the gap open, close or stay?
 LONG = ("ecomformer:none@cpu", "ecomformer:spframe_quaternion@cpu", "crystalformer:none@cpu", "crystalformer:max@cpu")
-# Settings of the official code at `cpu` size: which should the `cpu` preset use?
-SETTINGS = ("crystalformer:max@cpu_lightweight_pe", "crystalformer:none@cpu_first_batch_rho", "crystalformer:max@cpu_first_batch_rho")
+# Settings of the official code at `cpu` size, each against the same model at the `cpu` preset
+# (which the main grid trains): which should the `cpu` preset use?
+SETTING_PAIRS = (("crystalformer:max@cpu_lightweight_pe", "crystalformer:max@cpu"),
+                 ("crystalformer:none@cpu_first_batch_rho", "crystalformer:none@cpu"),
+                 ("crystalformer:max@cpu_first_batch_rho", "crystalformer:max@cpu"))
+SETTINGS = tuple(spec for spec, _ in SETTING_PAIRS)
+# every comparison that is not "frame against no frame" (those are in the main table)
+COMPARISONS = SETTING_PAIRS + (("ecomformer:none@cpu_original_order", "ecomformer:none@cpu"),)
 GRIDS = {"main": (GRID, []), "long": (LONG, ["trainer.epochs=54"]), "settings": (SETTINGS, [])}
 
 
@@ -85,7 +91,7 @@ def write_docs(rows: list[dict]) -> None:
     import time
 
     from crystalframes.atomic import atomic_write
-    from crystalframes.train.study import summary_table
+    from crystalframes.train.study import comparison_table, summary_table
 
     doc = ROOT / "docs" / "results.md"
     head = doc.read_text().split("## Results")[0]
@@ -95,10 +101,15 @@ def write_docs(rows: list[dict]) -> None:
              f"{len(rows)} finished runs. Read a spec with fewer than 3 seeds as preliminary: without a spread, "
              "a difference says nothing.\n"]
     for budget in sorted({tuple(r["overrides"]) for r in rows}):
-        parts.append(summary_table([r for r in rows if tuple(r["overrides"]) == budget]))
-    if rows:
-        plot_curves(rows, figure)
-        parts.append(f"![validation MAE against epochs](img/{figure.name})\n")
+        group = [r for r in rows if tuple(r["overrides"]) == budget]
+        parts.append(summary_table(group))
+        # one figure per budget: the 54-epoch pairs' curves are not drowned in the 18-epoch grid
+        name = figure.stem + "".join("_" + "".join(ch if ch.isalnum() else "-" for ch in o) for o in budget) + figure.suffix
+        plot_curves(group, figure.with_name(name))
+        label = ", ".join(budget) or "the presets' budget"
+        parts.append(f"![validation MAE against epochs, {label}](img/{name})\n")
+    parts.append("Settings and baselines against each other (same seeds, paired as above):\n")
+    parts.append(comparison_table(rows, COMPARISONS))
     with atomic_write(doc, "w") as fh:
         fh.write("\n".join(parts))
     # the README's accuracy table: the main grid (the presets' own budget), between its markers
@@ -114,7 +125,7 @@ def write_docs(rows: list[dict]) -> None:
 
 
 def main(argv=None) -> None:
-    from crystalframes.train.study import load_rows, run_grid, summary_table
+    from crystalframes.train.study import comparison_table, load_rows, run_grid, summary_table
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--grid", choices=sorted(GRIDS), default="main", help="main: the frame grid at the presets' budget; long: the papers' pairs at 54 epochs; settings: official settings at cpu size")
@@ -130,7 +141,8 @@ def main(argv=None) -> None:
     p.add_argument("--docs", action="store_true", help="only rewrite the Results section of docs/results.md (table and figure) from the finished runs")
     args = p.parse_args(argv)
     if args.table:
-        print(summary_table(load_rows(args.results)))
+        rows = load_rows(args.results)
+        print(summary_table(rows) + "\n" + comparison_table(rows, COMPARISONS))
         return
     if args.plot:
         plot_curves(load_rows(args.results), args.plot)

@@ -121,6 +121,10 @@ def test_the_summary_pairs_every_frame_with_its_backbone(calls, tmp_path):
     assert "diff_mean" not in summary["crystalformer:none@cpu_small"]
     table = study.summary_table(rows)
     assert "| `crystalformer:max@cpu_small` | 3 |" in table and "+0.0100" in table
+    # any two specs compared the same way (a setting against the preset it changes)
+    pair = study.comparison_table(rows, [("crystalformer:max@cpu_small", "crystalformer:none@cpu_small")])
+    assert "| `crystalformer:max@cpu_small` | `crystalformer:none@cpu_small` | - | 3 |" in pair and "| +0.0100 | [+0.0100, +0.0100] |" in pair
+    assert study.comparison_table(rows, [("ecomformer:max@cpu_small", "ecomformer:none@cpu_small")]) == "(no finished pairs)\n"
 
 
 def test_a_run_trained_under_another_spelling_joins_its_spec_and_rows_group_by_backbone(calls, tmp_path):

@@ -210,6 +210,56 @@ def seed_averaged_errors(rows: list[dict]) -> dict[str, float]:
     return out
 
 
+def paired_difference(rows: list[dict], reference: list[dict]) -> dict | None:
+    """Test MAE of ``rows`` minus that of ``reference`` (runs of two specs), paired by seed: the
+    mean difference with its t interval over seeds and its paired bootstrap interval over the
+    test structures both sides have (None when no seed is shared)."""
+    by_seed = {r["seed"]: r for r in reference}
+    paired = [(r, by_seed[r["seed"]]) for r in sorted(rows, key=lambda r: r["seed"]) if r["seed"] in by_seed]
+    if not paired:
+        return None
+    out = {"paired_seeds": [a["seed"] for a, _ in paired]}
+    out["diff_mean"], out["diff_seed_low"], out["diff_seed_high"] = t_interval(np.array([a["test_mae"] - b["test_mae"] for a, b in paired]))
+    ea, eb = seed_averaged_errors([a for a, _ in paired]), seed_averaged_errors([b for _, b in paired])
+    ids = sorted(set(ea) & set(eb))
+    _, out["diff_boot_low"], out["diff_boot_high"] = paired_bootstrap(np.array([ea[i] for i in ids]), np.array([eb[i] for i in ids]))
+    out["diff_structures"] = len(ids)
+    return out
+
+
+def comparison_table(rows: list[dict], pairs: Iterable[tuple[str, str]]) -> str:
+    """Markdown: for each (spec, reference spec) pair with finished runs on both sides (same
+    overrides), both test MAEs (mean +- std over the paired seeds) and the paired difference
+    with its two 95 % intervals: how one setting compares with another, not only with no frame."""
+    from crystalframes.models.specs import parse_spec
+
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        groups.setdefault((r["spec"], tuple(r["overrides"])), []).append(r)
+    lines = []
+    for spec, reference in pairs:
+        spec, reference = str(parse_spec(spec)), str(parse_spec(reference))
+        for (name, overrides), rs in groups.items():
+            if name != spec or (reference, overrides) not in groups:
+                continue
+            ref = groups[(reference, overrides)]
+            d = paired_difference(rs, ref)
+            if d is None:
+                continue
+            a = np.array([r["test_mae"] for r in rs if r["seed"] in d["paired_seeds"]])
+            b = np.array([r["test_mae"] for r in ref if r["seed"] in d["paired_seeds"]])
+            sd = (lambda x: float(x.std(ddof=1)) if len(x) > 1 else math.nan)
+            lines.append(f"| `{spec}` | `{reference}` | {', '.join(overrides) or '-'} | {len(a)} | {_pm(float(a.mean()), sd(a))} | "
+                         f"{_pm(float(b.mean()), sd(b))} | {d['diff_mean']:+.4f} | {_interval(d['diff_seed_low'], d['diff_seed_high'])} | "
+                         f"{_interval(d['diff_boot_low'], d['diff_boot_high'])} |")
+    if not lines:
+        return "(no finished pairs)\n"
+    units = rows[0]["units"]
+    head = [f"| model | against | overrides | seeds | test MAE ({units}) | against: test MAE | difference | 95% CI over seeds (t) | "
+            "95% CI over test structures (paired bootstrap) |", "|---|---|---|---:|---:|---:|---:|---|---|"]
+    return "\n".join(head + lines) + "\n"
+
+
 def summarise(rows: list[dict]) -> list[dict]:
     """One summary per (spec, overrides): seeds, mean +- std of val/test MAE, and the paired
     difference of test MAE to the backbone without a frame (see the module docstring)."""
@@ -227,17 +277,9 @@ def summarise(rows: list[dict]) -> list[dict]:
              "train_seconds": float(np.mean([r["train_wall_seconds"] for r in rs]))}
         base = groups.get((baseline_spec(spec), overrides))
         if base is not None and baseline_spec(spec) != spec:
-            by_seed = {r["seed"]: r for r in base}
-            paired = [(r, by_seed[r["seed"]]) for r in rs if r["seed"] in by_seed]
-            if paired:
-                diffs = np.array([a["test_mae"] - b["test_mae"] for a, b in paired])
-                s["baseline"] = baseline_spec(spec)
-                s["paired_seeds"] = [a["seed"] for a, _ in paired]
-                s["diff_mean"], s["diff_seed_low"], s["diff_seed_high"] = t_interval(diffs)
-                ea, eb = seed_averaged_errors([a for a, _ in paired]), seed_averaged_errors([b for _, b in paired])
-                ids = sorted(set(ea) & set(eb))
-                _, s["diff_boot_low"], s["diff_boot_high"] = paired_bootstrap(np.array([ea[i] for i in ids]), np.array([eb[i] for i in ids]))
-                s["diff_structures"] = len(ids)
+            diff = paired_difference(rs, base)
+            if diff is not None:
+                s.update(baseline=baseline_spec(spec), **diff)
         out.append(s)
     # rows a reader can scan: grouped by backbone, then by baseline (preset), the baseline first
     first: dict[str, int] = {}
