@@ -83,6 +83,11 @@ def test_cli_predict_models_and_init_take_the_name(run, tiny_zoo, tmp_path, demo
     code, _, err = run("train", "--init", "tiny", "--set", "model.init_member=2", "--set", f"data.source={data}",
                        "--set", "trainer.epochs=1", "--set", "trainer.threads=1", "--output", tmp_path / "tuned")
     assert code == 0, err
+    # the run records what it started from: the member's file, by content (a retrained zoo model keeps its name)
+    import hashlib
+
+    started = json.loads((tmp_path / "tuned" / "metrics.json").read_text())["init"]
+    assert started == {"source": "tiny", "member": 2, "sha256": hashlib.sha256((tiny_zoo / "tiny" / "member2.pt").read_bytes()).hexdigest()}
     code, _, err = run("train", "--init", "tiny", "--set", "model.init_member=7", "--output", tmp_path / "bad")
     assert code == 2 and "has 3 members" in err
 

@@ -9,6 +9,8 @@ model predicts) the last layer of the output head starts afresh, unless ``model.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from crystalframes.io.errors import UserError
 
 
@@ -23,6 +25,17 @@ def _init_model(cfg):
     if cfg.model.init_member >= len(members):
         raise UserError(f"model.init_member {cfg.model.init_member}: {cfg.model.init} has {len(members)} members (0..{len(members) - 1})")
     return members[cfg.model.init_member]
+
+
+def init_identity(cfg) -> dict:
+    """What a fine-tuning run started from: ``model.init`` as given, the ensemble member, and the
+    sha256 of that model file (a pretrained name keeps its name when its weights are retrained;
+    the hash tells the versions apart)."""
+    import hashlib
+
+    init = _init_model(cfg)
+    digest = hashlib.sha256(Path(init.path).read_bytes()).hexdigest() if init.path else None
+    return {"source": str(cfg.model.init), "member": cfg.model.init_member, "sha256": digest}
 
 
 def config_with_init(cfg, explicit: set[str]):

@@ -313,6 +313,10 @@ def train(cfg: RunConfig | None, output: str | Path | None = None, resume: bool 
         metrics = {"spec": cfg.model.spec, "target": data.target, "units": units, "epochs_completed": trainer.current_epoch,
                    "global_step": trainer.global_step, "train_wall_seconds": round(wall, 1), "num_bad_records": data.num_bad_records,
                    "num_train": len(data.splits["train"]), "params": num_parameters(model)}
+        if cfg.model.init:
+            from crystalframes.train.finetune import init_identity
+
+            metrics["init"] = init_identity(cfg)
         train_mean = float(data.normaliser.mean[0])
         for split in ("val", "test"):
             crystals = data.splits[split]

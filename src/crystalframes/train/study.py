@@ -134,6 +134,8 @@ def row_of_run(folder: Path, spec: str, seed: int, overrides: list[str]) -> dict
         "test_ids": ids,
         "test_abs_errors": [round(e, 7) for e in errors],
         "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        # a fine-tuning run: the sha256 of the model file it started from (see train.finetune)
+        **({"init_sha256": m["init"]["sha256"]} if "init" in m else {}),
     }
 
 
