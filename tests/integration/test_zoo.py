@@ -77,6 +77,15 @@ def test_cli_predict_models_and_init_take_the_name(run, tiny_zoo, tmp_path, demo
     assert code == 0, err
     (row,) = list(csv.DictReader(open(out)))
     assert "mp2018_e_form std (eV/atom)" in row
+    # --std-scale replaces the shipped factor (2.5 in this zoo); nonsense and single models are refused
+    code, _, err = run("predict", "tiny", cif(tmp_path), "-o", tmp_path / "q.csv", "--std-scale", "5")
+    assert code == 0, err
+    (scaled,) = list(csv.DictReader(open(tmp_path / "q.csv")))
+    assert float(scaled["mp2018_e_form std (eV/atom)"]) == pytest.approx(2 * float(row["mp2018_e_form std (eV/atom)"]), rel=1e-5)
+    for bad, message in ((["tiny", "--std-scale", "-1"], "positive number"), (["tiny", "--std-scale", "nan"], "positive number"),
+                         ([tiny_zoo / "tiny" / "member0.pt", "--std-scale", "2"], "not an ensemble")):
+        code, _, err = run("predict", bad[0], cif(tmp_path), "-o", tmp_path / "r.csv", *bad[1:])
+        assert code == 2 and message in err and "Traceback" not in err, err
     code, text, _ = run("models", "--pretrained")
     assert code == 0 and "Model card: tiny" in text
     data = demo_subset(40, 10)

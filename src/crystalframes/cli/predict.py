@@ -41,11 +41,22 @@ def _refuse_folder(output: Path, what: str) -> None:
         raise UserError(f"{output}: is a folder; give the name of the {what} to write (-o FILE)")
 
 
-def _load(model: str, device: str, ensemble: Optional[List[str]] = None):
-    """The model, or with ``ensemble`` (more model files / run folders) an ensemble of it and them."""
-    from crystalframes.api import load_ensemble, load_model
+def _load(model: str, device: str, ensemble: Optional[List[str]] = None, std_scale: Optional[float] = None):
+    """The model, or with ``ensemble`` (more model files / run folders) an ensemble of it and them;
+    ``std_scale`` replaces an ensemble's std factor (a pretrained model's shipped one included)."""
+    import math
 
-    return load_ensemble([model, *ensemble], device=device) if ensemble else load_model(model, device=device)
+    from crystalframes.api import load_ensemble, load_model
+    from crystalframes.io import UserError
+
+    if std_scale is not None and not (math.isfinite(std_scale) and std_scale > 0):
+        raise UserError(f"--std-scale {std_scale}: give a positive number (e.g. scale_for_68 of benchmarks/calibration.py)")
+    predictor = load_ensemble([model, *ensemble], device=device) if ensemble else load_model(model, device=device)
+    if std_scale is not None:
+        if not hasattr(predictor, "std_scale"):
+            raise UserError(f"--std-scale: {model} is one model, not an ensemble (add --ensemble RUN ...)")
+        predictor.std_scale = std_scale
+    return predictor
 
 
 def _write_embeddings(path: Path, predictor, crystals, batch_size: int, per_atom: bool) -> int:
@@ -71,6 +82,7 @@ def predict_command(
     device: str = typer.Option("cpu", "--device", callback=device_option, help="Where to run the model: cpu, cuda, cuda:N or mps."),
     ensemble: List[str] = typer.Option([], "--ensemble", help="More trained models of the same target (repeatable): predict the mean over MODEL and these, with a std column per target."),
     embeddings: Optional[Path] = typer.Option(None, "--embeddings", help="Also write the per-structure embeddings (the pooled features the output head sees; the first model's for an ensemble) with their ids to this .npz file."),
+    std_scale: Optional[float] = typer.Option(None, "--std-scale", help="An ensemble's std is the members' spread times this factor (default: 1 for --ensemble; a pretrained model's own, fitted on its validation split). Measure yours with crystalframes.analysis.uncertainty.calibration."),
     atom_embeddings: bool = typer.Option(False, "--atom-embeddings", help="With --embeddings: also the per-atom features (atom_features, atom_offsets)."),
 ):
     """Predict properties; bad inputs are listed in an error column while the good ones are predicted.
@@ -84,7 +96,7 @@ def predict_command(
         _refuse_folder(embeddings, ".npz file")
     if atom_embeddings and embeddings is None:
         raise UserError("--atom-embeddings needs --embeddings FILE.npz")
-    predictor = _load(model, device, ensemble)
+    predictor = _load(model, device, ensemble, std_scale)
     crystals, errors = collect_structures(inputs)
     std = None
     if hasattr(predictor, "predict_each_with_std"):  # an ensemble (--ensemble, or a pretrained model)
