@@ -61,12 +61,13 @@ def main(argv=None) -> None:
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     p.add_argument("--runs", type=Path, default=ROOT.parent / "finetune_runs")
     p.add_argument("--results", type=Path, default=RESULTS)
+    p.add_argument("--threads", type=int, default=2, help="CPU threads per run (not part of a run's identity)")
     p.add_argument("--table", action="store_true", help="only print the table of the finished runs")
     p.add_argument("--plot", type=Path, help="also draw validation MAE against epochs (mean over seeds, band: min-max)")
     args = p.parse_args(argv)
     init = load_model(args.init)
     first = getattr(init, "members", [init])[0]
-    base = [f"data.source={JARVIS}", "data.target=formation_energy_peratom", f"trainer.epochs={args.epochs}", "trainer.threads=2"]
+    base = [f"data.source={JARVIS}", "data.target=formation_energy_peratom", f"trainer.epochs={args.epochs}", f"trainer.threads={args.threads}"]
     # the fine-tuned rows must come from these weights: a retrained zoo model keeps its name
     import hashlib
 
