@@ -53,6 +53,7 @@ def plot_curves(groups: dict[str, list[dict]], path: Path) -> None:
 def main(argv=None) -> None:
     from crystalframes.api import load_model
     from crystalframes.models.specs import parse_spec
+    from crystalframes.train.card import file_sha256
     from crystalframes.train.study import load_rows, run_grid, summarise
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -67,22 +68,21 @@ def main(argv=None) -> None:
     args = p.parse_args(argv)
     init = load_model(args.init)
     first = getattr(init, "members", [init])[0]
+    spec = str(parse_spec(first.spec))
     base = [f"data.source={JARVIS}", "data.target=formation_energy_peratom", f"trainer.epochs={args.epochs}", f"trainer.threads={args.threads}"]
     # the fine-tuned rows must come from these weights: a retrained zoo model keeps its name
-    import hashlib
-
-    digest = hashlib.sha256(Path(first.path).read_bytes()).hexdigest()
-    stale = [r for r in load_rows(args.results) if r["spec"] == str(parse_spec(first.spec))
+    digest = file_sha256(first.path)
+    stale = [r for r in load_rows(args.results) if r["spec"] == spec
              and f"model.init={args.init}" in r["overrides"] and r.get("init_sha256") != digest]
     if stale and not args.table:
         raise SystemExit(f"{args.results}: {len(stale)} fine-tuned rows started from another version of {args.init} "
                          f"(seeds {sorted(r['seed'] for r in stale)}; now sha256 {digest[:12]}): move them and "
                          f"{args.runs / 'finetuned'} aside to rerun them")
     if not args.table:
-        run_grid([first.spec], base, args.seeds, args.runs / "scratch", args.results)
-        run_grid([first.spec], base + [f"model.init={args.init}"], args.seeds, args.runs / "finetuned", args.results)
+        run_grid([spec], base, args.seeds, args.runs / "scratch", args.results)
+        run_grid([spec], base + [f"model.init={args.init}"], args.seeds, args.runs / "finetuned", args.results)
     # this init model's spec only: rows of an earlier zoo model (another spec) stay in the file
-    rows = [r for r in load_rows(args.results) if r["spec"] == str(parse_spec(first.spec))]
+    rows = [r for r in load_rows(args.results) if r["spec"] == spec]
     scratch = {r["seed"]: r for r in rows if not any(o.startswith("model.init=") for o in r["overrides"])}
     tuned = [r for r in rows if any(o.startswith("model.init=") for o in r["overrides"]) and r.get("init_sha256") == digest]
     for s in summarise(rows):

@@ -91,7 +91,7 @@ def write_docs(rows: list[dict]) -> None:
     import time
 
     from crystalframes.atomic import atomic_write
-    from crystalframes.train.study import comparison_table, summary_table
+    from crystalframes.train.study import comparison_table, slug, summary_table
 
     doc = ROOT / "docs" / "results.md"
     head = doc.read_text().split("## Results")[0]
@@ -104,7 +104,7 @@ def write_docs(rows: list[dict]) -> None:
         group = [r for r in rows if tuple(r["overrides"]) == budget]
         parts.append(summary_table(group))
         # one figure per budget: the 54-epoch pairs' curves are not drowned in the 18-epoch grid
-        name = figure.stem + "".join("_" + "".join(ch if ch.isalnum() else "-" for ch in o) for o in budget) + figure.suffix
+        name = figure.stem + "".join("_" + slug(o) for o in budget) + figure.suffix
         plot_curves(group, figure.with_name(name))
         label = ", ".join(budget) or "the presets' budget"
         parts.append(f"![validation MAE against epochs, {label}](img/{name})\n")

@@ -47,6 +47,7 @@ def main(argv=None) -> None:
     from crystalframes.train.config import config_with_preset_training, explicit_keys, load_config
     from crystalframes.train.data import heldout_part
     from crystalframes.train.run import train
+    from crystalframes.train.study import slug
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("name", choices=sorted(ENTRIES))
@@ -57,10 +58,10 @@ def main(argv=None) -> None:
                    help="train (or resume) these seeds' runs and stop: to train seeds in parallel processes, then package them with one run without it")
     args = p.parse_args(argv)
     entry = ENTRIES[args.name]
+    # the folder names the recipe, so a changed ENTRIES trains afresh instead of packaging old runs
+    recipe = slug(entry["spec"]) + f"-e{entry['epochs']}"
     folders = []
     for seed in args.seeds:
-        # the folder names the recipe, so a changed ENTRIES trains afresh instead of packaging old runs
-        recipe = "".join(ch if ch.isalnum() else "-" for ch in entry["spec"]) + f"-e{entry['epochs']}"
         folder = args.runs / f"{args.name}-{recipe}-s{seed}"
         if not (folder / "metrics.json").exists():
             sets = [f"model.spec={entry['spec']}", f"data.source={DATA}", f"data.target={entry['target']}",

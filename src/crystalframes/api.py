@@ -292,10 +292,10 @@ def load_model(path_or_name, device: str | torch.device = "cpu"):
     from crystalframes.models.specs import SpecError, build_model
     from crystalframes.zoo import member_paths, pretrained
 
-    if isinstance(path_or_name, str) and path_or_name in pretrained() and not Path(path_or_name).exists():
+    shipped = pretrained() if isinstance(path_or_name, str) else {}
+    if path_or_name in shipped and not Path(path_or_name).exists():
         members = [load_model(p, device) for p in member_paths(path_or_name)]
-        scale = pretrained()[path_or_name].get("std_scale", 1.0)
-        return Ensemble(members, std_scale=scale) if len(members) > 1 else members[0]
+        return Ensemble(members, std_scale=shipped[path_or_name].get("std_scale", 1.0)) if len(members) > 1 else members[0]
     path = resolve_model_path(path_or_name)
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)

@@ -44,18 +44,19 @@ def _refuse_folder(output: Path, what: str) -> None:
 def _load(model: str, device: str, ensemble: Optional[List[str]] = None, std_scale: Optional[float] = None):
     """The model, or with ``ensemble`` (more model files / run folders) an ensemble of it and them;
     ``std_scale`` replaces an ensemble's std factor (a pretrained model's shipped one included)."""
-    import math
+    import dataclasses
 
-    from crystalframes.api import load_ensemble, load_model
+    from crystalframes.api import Ensemble, load_ensemble, load_model
     from crystalframes.io import UserError
 
-    if std_scale is not None and not (math.isfinite(std_scale) and std_scale > 0):
-        raise UserError(f"--std-scale {std_scale}: give a positive number (e.g. scale_for_68 of benchmarks/calibration.py)")
     predictor = load_ensemble([model, *ensemble], device=device) if ensemble else load_model(model, device=device)
     if std_scale is not None:
-        if not hasattr(predictor, "std_scale"):
+        if not isinstance(predictor, Ensemble):
             raise UserError(f"--std-scale: {model} is one model, not an ensemble (add --ensemble RUN ...)")
-        predictor.std_scale = std_scale
+        try:  # the Ensemble checks the factor
+            predictor = dataclasses.replace(predictor, std_scale=std_scale)
+        except ValueError as exc:
+            raise UserError(f"--std-scale: {exc} (e.g. scale_for_68 of benchmarks/calibration.py)") from None
     return predictor
 
 

@@ -8,11 +8,9 @@ import subprocess
 from pathlib import Path
 
 
-def data_hash(source: str) -> str:
-    """SHA-256 of the training data file (of every file, in name order, for a folder)."""
-    from crystalframes.data.sources import resolve_source
-
-    path = resolve_source(source)
+def file_sha256(path) -> str:
+    """SHA-256 of a file (of every file, in name order, for a folder), read in 1 MB chunks."""
+    path = Path(path)
     h = hashlib.sha256()
     files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
     for f in files:
@@ -20,6 +18,13 @@ def data_hash(source: str) -> str:
             for chunk in iter(lambda: fh.read(1 << 20), b""):
                 h.update(chunk)
     return h.hexdigest()
+
+
+def data_hash(source: str) -> str:
+    """SHA-256 of the training data file (or folder) a data source resolves to."""
+    from crystalframes.data.sources import resolve_source
+
+    return file_sha256(resolve_source(source))
 
 
 def source_commit() -> str:

@@ -9,8 +9,6 @@ model predicts) the last layer of the output head starts afresh, unless ``model.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from crystalframes.io.errors import UserError
 
 
@@ -31,10 +29,10 @@ def init_identity(cfg) -> dict:
     """What a fine-tuning run started from: ``model.init`` as given, the ensemble member, and the
     sha256 of that model file (a pretrained name keeps its name when its weights are retrained;
     the hash tells the versions apart)."""
-    import hashlib
+    from crystalframes.train.card import file_sha256
 
     init = _init_model(cfg)
-    digest = hashlib.sha256(Path(init.path).read_bytes()).hexdigest() if init.path else None
+    digest = file_sha256(init.path) if init.path else None
     return {"source": str(cfg.model.init), "member": cfg.model.init_member, "sha256": digest}
 
 

@@ -82,12 +82,17 @@ def append_row(path: Path, row: dict) -> None:
         save_rows(path, rows)
 
 
+def slug(text: str) -> str:
+    """``text`` as a file-name part: every character but letters and digits becomes '-'."""
+    return "".join(ch if ch.isalnum() else "-" for ch in text)
+
+
 def _folder_name(spec: str, seed: int, overrides: Iterable[str] = ()) -> str:
     """Run folder of one run: spec and seed, plus a hash of the overrides that change what is
     trained (all but ``trainer.threads``), so grids with other budgets share a --runs folder."""
     import hashlib
 
-    name = "".join(ch if ch.isalnum() else "-" for ch in spec) + f"-s{seed}"
+    name = slug(spec) + f"-s{seed}"
     budget = budget_overrides(overrides)
     return name if not budget else name + "-" + hashlib.sha1(";".join(budget).encode()).hexdigest()[:8]
 
@@ -212,6 +217,19 @@ def seed_averaged_errors(rows: list[dict]) -> dict[str, float]:
     return out
 
 
+def _by_spec_and_overrides(rows: list[dict]) -> dict[tuple, list[dict]]:
+    """The runs of each (spec, overrides), in the order they first appear."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        groups.setdefault((r["spec"], tuple(r["overrides"])), []).append(r)
+    return groups
+
+
+def _sample_std(values: np.ndarray) -> float:
+    """Standard deviation over seeds (ddof = 1); NaN for a single run."""
+    return float(values.std(ddof=1)) if len(values) > 1 else math.nan
+
+
 def paired_difference(rows: list[dict], reference: list[dict]) -> dict | None:
     """Test MAE of ``rows`` minus that of ``reference`` (runs of two specs), paired by seed: the
     mean difference with its t interval over seeds and its paired bootstrap interval over the
@@ -235,9 +253,7 @@ def comparison_table(rows: list[dict], pairs: Iterable[tuple[str, str]]) -> str:
     with its two 95 % intervals: how one setting compares with another, not only with no frame."""
     from crystalframes.models.specs import parse_spec
 
-    groups: dict[tuple, list[dict]] = {}
-    for r in rows:
-        groups.setdefault((r["spec"], tuple(r["overrides"])), []).append(r)
+    groups = _by_spec_and_overrides(rows)
     lines = []
     for spec, reference in pairs:
         spec, reference = str(parse_spec(spec)), str(parse_spec(reference))
@@ -250,9 +266,8 @@ def comparison_table(rows: list[dict], pairs: Iterable[tuple[str, str]]) -> str:
                 continue
             a = np.array([r["test_mae"] for r in rs if r["seed"] in d["paired_seeds"]])
             b = np.array([r["test_mae"] for r in ref if r["seed"] in d["paired_seeds"]])
-            sd = (lambda x: float(x.std(ddof=1)) if len(x) > 1 else math.nan)
-            lines.append(f"| `{spec}` | `{reference}` | {', '.join(overrides) or '-'} | {len(a)} | {_pm(float(a.mean()), sd(a))} | "
-                         f"{_pm(float(b.mean()), sd(b))} | {d['diff_mean']:+.4f} | {_interval(d['diff_seed_low'], d['diff_seed_high'])} | "
+            lines.append(f"| `{spec}` | `{reference}` | {', '.join(overrides) or '-'} | {len(a)} | {_pm(float(a.mean()), _sample_std(a))} | "
+                         f"{_pm(float(b.mean()), _sample_std(b))} | {d['diff_mean']:+.4f} | {_interval(d['diff_seed_low'], d['diff_seed_high'])} | "
                          f"{_interval(d['diff_boot_low'], d['diff_boot_high'])} |")
     if not lines:
         return "(no finished pairs)\n"
@@ -265,17 +280,15 @@ def comparison_table(rows: list[dict], pairs: Iterable[tuple[str, str]]) -> str:
 def summarise(rows: list[dict]) -> list[dict]:
     """One summary per (spec, overrides): seeds, mean +- std of val/test MAE, and the paired
     difference of test MAE to the backbone without a frame (see the module docstring)."""
-    groups: dict[tuple, list[dict]] = {}
-    for r in rows:
-        groups.setdefault((r["spec"], tuple(r["overrides"])), []).append(r)
+    groups = _by_spec_and_overrides(rows)
     out = []
     for (spec, overrides), rs in groups.items():
         rs = sorted(rs, key=lambda r: r["seed"])
         val, test = np.array([r["val_mae"] for r in rs]), np.array([r["test_mae"] for r in rs])
         s = {"spec": spec, "overrides": list(overrides), "target": rs[0]["target"], "units": rs[0]["units"],
              "seeds": [r["seed"] for r in rs], "epochs": rs[0]["epochs"], "params": rs[0]["params"],
-             "val_mean": float(val.mean()), "val_std": float(val.std(ddof=1)) if len(rs) > 1 else math.nan,
-             "test_mean": float(test.mean()), "test_std": float(test.std(ddof=1)) if len(rs) > 1 else math.nan,
+             "val_mean": float(val.mean()), "val_std": _sample_std(val),
+             "test_mean": float(test.mean()), "test_std": _sample_std(test),
              "train_seconds": float(np.mean([r["train_wall_seconds"] for r in rs]))}
         base = groups.get((baseline_spec(spec), overrides))
         if base is not None and baseline_spec(spec) != spec:
