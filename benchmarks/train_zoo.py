@@ -5,10 +5,10 @@
     python benchmarks/train_zoo.py mp_gap --seeds 1 --train-only --threads 1 &   # seeds in parallel, then
     python benchmarks/train_zoo.py mp_gap                                        # package (trains what is missing)
 
-Each entry is an ensemble: one run per seed of ENTRIES[name] (spec, target, epochs) on the
-embedded ``mp_2018_demo`` data with its own split (10 % of train held out as test, seed 123).
-The members are stored in float16 where that moves no validation prediction by more than 1e-3 in
-the target's units, otherwise in float32 (measured and recorded), the ensemble's val and
+Each entry is an ensemble: one run per seed of each of ENTRIES[name]'s recipes (spec, epochs)
+on the embedded ``mp_2018_demo`` data with its own split (10 % of train held out as test, seed
+123). Each member is stored in float16 where that moves none of its validation predictions by
+more than 1e-3 in the target's units, otherwise in float32 (measured and recorded), the ensemble's val and
 test MAE go into the model card and the index, with this command, the commit and the sha256 of
 the data. tests/integration/test_zoo.py checks every shipped entry against its card.
 """
@@ -28,11 +28,12 @@ ZOO = ROOT / "src" / "crystalframes" / "zoo"
 # without a frame had the lowest validation MAE of the models measured (and the fewest
 # parameters), so mp_e_form ships it. Its members are the same runs as the study's
 # `crystalformer:none@cpu` rows at 54 epochs (identical config), so they can be linked, not retrained.
+# An entry's members are every recipe (spec, epochs) trained with every seed.
 ENTRIES = {
-    "mp_e_form": {"spec": "crystalformer:none@cpu", "target": "mp2018_e_form", "epochs": 54},
+    "mp_e_form": {"target": "mp2018_e_form", "recipes": [("crystalformer:none@cpu", 54)]},
     # Band gap: a crystalformer:none@cpu ensemble (3 x 54 epochs) was trained and not shipped: val
     # 0.3207 but held-out 0.3261 eV, against this one's 0.3248 / 0.2990 (docs/pretrained.md).
-    "mp_gap": {"spec": "ecomformer:spframe_quaternion@cpu", "target": "mp2018_gap_pbe", "epochs": 54},
+    "mp_gap": {"target": "mp2018_gap_pbe", "recipes": [("ecomformer:spframe_quaternion@cpu", 54)]},
 }
 DATA = "mp_2018_demo"
 
@@ -58,14 +59,14 @@ def main(argv=None) -> None:
                    help="train (or resume) these seeds' runs and stop: to train seeds in parallel processes, then package them with one run without it")
     args = p.parse_args(argv)
     entry = ENTRIES[args.name]
-    # the folder names the recipe, so a changed ENTRIES trains afresh instead of packaging old runs
-    recipe = slug(entry["spec"]) + f"-e{entry['epochs']}"
+    recipes = entry["recipes"]
     folders = []
-    for seed in args.seeds:
-        folder = args.runs / f"{args.name}-{recipe}-s{seed}"
+    for (spec, epochs), seed in ((recipe, seed) for recipe in recipes for seed in args.seeds):
+        # the folder names the recipe, so a changed ENTRIES trains afresh instead of packaging old runs
+        folder = args.runs / f"{args.name}-{slug(spec)}-e{epochs}-s{seed}"
         if not (folder / "metrics.json").exists():
-            sets = [f"model.spec={entry['spec']}", f"data.source={DATA}", f"data.target={entry['target']}",
-                    f"trainer.epochs={entry['epochs']}", f"trainer.seed={seed}", f"trainer.threads={args.threads}"]
+            sets = [f"model.spec={spec}", f"data.source={DATA}", f"data.target={entry['target']}",
+                    f"trainer.epochs={epochs}", f"trainer.seed={seed}", f"trainer.threads={args.threads}"]
             cfg = config_with_preset_training(load_config(None, sets), explicit_keys(None, sets))
             resume = (folder / "checkpoints" / "last.ckpt").exists()
             train(cfg, folder, resume=resume, overwrite=folder.exists() and not resume)
@@ -78,23 +79,28 @@ def main(argv=None) -> None:
              "heldout": heldout_part(data.crystals, DATA, entry["target"])}
     out = ZOO / args.name
     out.mkdir(parents=True, exist_ok=True)
-    # float16 halves the size; where it moves a validation prediction by more than 1e-3 in the
-    # target's units (measured: the band-gap ensemble, 4.5e-3 eV), the members stay float32
-    trained = [load_model(folder) for folder in folders]
-    reference = [full.predict_crystals(parts["val"]) for full in trained]
-    for dtype in (torch.float16, torch.float32):
-        members, worst = [], 0.0
-        for i, (full, expected) in enumerate(zip(trained, reference)):
+    # float16 halves the size; where it moves one of a member's validation predictions by more
+    # than 1e-3 in the target's units (measured: eComFormer band-gap members, 4.5e-3 eV), that
+    # member stays float32
+    members, dtypes, worst = [], [], 0.0
+    for i, folder in enumerate(folders):
+        full = load_model(folder)
+        expected = full.predict_crystals(parts["val"])
+        for dtype in (torch.float16, torch.float32):
             path = out / f"member{i}.pt"
             save_model_file(path, full.model, full.spec, full.options, full.normaliser, full.targets, full.units, storage_dtype=dtype)
             stored = load_model(path)
-            worst = max(worst, float(np.abs(stored.predict_crystals(parts["val"]) - expected).max()))
-            members.append(stored)
-        if worst <= 1e-3:
-            break
-    else:
-        raise SystemExit(f"float32 storage moves a validation prediction by {worst:.2e} > 1e-3: the stored model is not the trained one")
-    storage = str(dtype).removeprefix("torch.")
+            change = float(np.abs(stored.predict_crystals(parts["val"]) - expected).max())
+            if change <= 1e-3:
+                break
+        else:
+            raise SystemExit(f"float32 storage moves a validation prediction by {change:.2e} > 1e-3: the stored model is not the trained one")
+        members.append(stored)
+        dtypes.append(str(dtype).removeprefix("torch."))
+        worst = max(worst, change)
+    for stale in set(out.glob("member*.pt")) - {out / f"member{i}.pt" for i in range(len(folders))}:
+        stale.unlink()  # members of a larger previous version of this entry
+    storage = ", ".join(f"{dtypes.count(d)} x {d}" for d in sorted(set(dtypes))) if len(set(dtypes)) > 1 else dtypes[0]
     ensemble = Ensemble(members)
     train_mean = float(np.asarray(members[0].normaliser.mean).reshape(-1)[0])
     runs = [json.loads((f / "metrics.json").read_text()) for f in folders]
@@ -118,12 +124,14 @@ def main(argv=None) -> None:
     size = sum((out / f"member{i}.pt").stat().st_size for i in range(len(folders)))
     command = f"python benchmarks/train_zoo.py {args.name} --seeds {' '.join(map(str, args.seeds))}"
     commit, digest, units = source_commit(), data_hash(DATA), members[0].units[0]
+    seeds = ", ".join(map(str, args.seeds))
+    recipe_text = " + ".join(f"`{spec}` ({epochs} epochs)" for spec, epochs in recipes)
     index_path = ZOO / "index.json"
     index = json.loads(index_path.read_text()) if index_path.exists() else {}
     index[args.name] = {"members": [f"{args.name}/member{i}.pt" for i in range(len(folders))], "card": f"{args.name}/card.md",
-                        "spec": entry["spec"], "target": entry["target"], "units": units, "data": DATA,
+                        "spec": " + ".join(spec for spec, _ in recipes), "recipes": recipes, "target": entry["target"], "units": units, "data": DATA,
                         "val_mae": metrics["val"]["mae"], "heldout_mae": metrics["heldout"]["mae"], "metrics": metrics,
-                        "std_scale": std_scale, "seeds": args.seeds, "epochs": entry["epochs"], "size_bytes": size, "storage_dtype": storage, "storage_max_change": worst,
+                        "std_scale": std_scale, "seeds": args.seeds, "size_bytes": size, "storage_dtype": storage, "storage_max_change": worst,
                         "command": command, "commit": commit, "data_sha256": digest, "version": __version__}
 
     def row(split: str) -> str:
@@ -134,8 +142,8 @@ def main(argv=None) -> None:
 
     card = "\n".join([
         f"# Model card: {args.name}", "",
-        f"- **predicts** `{entry['target']}` ({units}) with `{entry['spec']}`",
-        f"- **ensemble** of {len(folders)} seeds ({', '.join(map(str, args.seeds))}), {entry['epochs']} epochs each; "
+        f"- **predicts** `{entry['target']}` ({units}) with {recipe_text}",
+        f"- **ensemble** of {len(folders)} members: " + (f"seeds {seeds}" if len(recipes) == 1 else f"each recipe with seeds {seeds}") + "; "
         "the prediction is their mean, the uncertainty their standard deviation times "
         f"{std_scale:.2f} (the factor that puts 68 % of the validation errors within 1 std; on the held-out part "
         f"{metrics['heldout']['within_1_std']:.0%} are within 1 std, {metrics['heldout']['within_2_std']:.0%} within 2)",
