@@ -575,3 +575,15 @@ def test_rho_statistics_first_batch_freezes_the_reference_way(crystals):
         assert changed is moves, mode
     with pytest.raises(Exception, match="rho_statistics"):
         build_crystalformer("none", "cpu_small", rho_statistics="sometimes")
+
+
+def test_paper_presets_freeze_rho_statistics_like_the_reference_and_cpu_keeps_running():
+    """The presets that reproduce the papers use the reference's first-batch statistics (measured
+    better at `cpu` size, docs/crystalformer.md); `cpu` keeps running statistics, the setting every
+    Crystalformer row of the frame study was trained with, and `cpu_first_batch_rho` is its twin."""
+    from crystalframes.models.crystalformer import CRYSTALFORMER_PRESETS, crystalformer_config
+
+    expected = {"cpu": "running", "cpu_small": "running", "cpu_lightweight_pe": "running", "cpu_first_batch_rho": "first_batch"}
+    for name in CRYSTALFORMER_PRESETS:
+        assert crystalformer_config("none", name).rho_statistics == expected.get(name, "first_batch"), name
+    assert {"reference", "lightweight", "mp_e_form", "jarvis_formation_energy"} <= set(CRYSTALFORMER_PRESETS)
