@@ -41,7 +41,9 @@ SETTING_PAIRS = (("crystalformer:max@cpu_lightweight_pe", "crystalformer:max@cpu
                  ("crystalformer:none@cpu_first_batch_rho", "crystalformer:none@cpu"))
 SETTINGS = tuple(spec for spec, _ in SETTING_PAIRS)
 # every comparison that is not "frame against no frame" (those are in the main table)
-COMPARISONS = SETTING_PAIRS + (("ecomformer:none@cpu_original_order", "ecomformer:none@cpu"),)
+COMPARISONS = SETTING_PAIRS + (("ecomformer:none@cpu_original_order", "ecomformer:none@cpu"),
+                               # CrystalFramer with the official lightweight encodings against its backbone
+                               ("crystalformer:max@cpu_lightweight_pe", "crystalformer:none@cpu"))
 GRIDS = {"main": (GRID, []), "long": (LONG, ["trainer.epochs=54"]), "settings": (SETTINGS, [])}
 
 
