@@ -83,12 +83,12 @@ def main(argv=None) -> None:
     # float16 halves the size; where it moves one of a member's validation predictions by more
     # than 1e-3 in the target's units (measured: eComFormer band-gap members, 4.5e-3 eV), that
     # member stays float32
+    paths = [out / f"member{i}.pt" for i in range(len(folders))]
     members, dtypes, worst = [], [], 0.0
-    for i, folder in enumerate(folders):
+    for folder, path in zip(folders, paths):
         full = load_model(folder)
         expected = full.predict_crystals(parts["val"])
         for dtype in (torch.float16, torch.float32):
-            path = out / f"member{i}.pt"
             save_model_file(path, full.model, full.spec, full.options, full.normaliser, full.targets, full.units, storage_dtype=dtype)
             stored = load_model(path)
             change = float(np.abs(stored.predict_crystals(parts["val"]) - expected).max())
@@ -99,7 +99,7 @@ def main(argv=None) -> None:
         members.append(stored)
         dtypes.append(str(dtype).removeprefix("torch."))
         worst = max(worst, change)
-    for stale in set(out.glob("member*.pt")) - {out / f"member{i}.pt" for i in range(len(folders))}:
+    for stale in set(out.glob("member*.pt")) - set(paths):
         stale.unlink()  # members of a larger previous version of this entry
     storage = ", ".join(f"{dtypes.count(d)} x {d}" for d in sorted(set(dtypes))) if len(set(dtypes)) > 1 else dtypes[0]
     ensemble = Ensemble(members)
@@ -122,14 +122,14 @@ def main(argv=None) -> None:
                           "member_mae": [m["val" if split == "val" else "test"]["mae"] for m in runs],
                           "within_1_std": cal["within_1_std"], "within_2_std": cal["within_2_std"],
                           "spearman_std_error": cal["spearman_std_error"]}
-    size = sum((out / f"member{i}.pt").stat().st_size for i in range(len(folders)))
+    size = sum(path.stat().st_size for path in paths)
     command = f"python benchmarks/train_zoo.py {args.name} --seeds {' '.join(map(str, args.seeds))}"
     commit, digest, units = source_commit(), data_hash(DATA), members[0].units[0]
     seeds = ", ".join(map(str, args.seeds))
     recipe_text = " + ".join(f"`{spec}` ({epochs} epochs)" for spec, epochs in recipes)
     index_path = ZOO / "index.json"
     index = json.loads(index_path.read_text()) if index_path.exists() else {}
-    index[args.name] = {"members": [f"{args.name}/member{i}.pt" for i in range(len(folders))], "card": f"{args.name}/card.md",
+    index[args.name] = {"members": [f"{args.name}/{path.name}" for path in paths], "card": f"{args.name}/card.md",
                         "spec": " + ".join(spec for spec, _ in recipes), "recipes": recipes, "target": entry["target"], "units": units, "data": DATA,
                         "val_mae": metrics["val"]["mae"], "heldout_mae": metrics["heldout"]["mae"], "metrics": metrics,
                         "std_scale": std_scale, "seeds": args.seeds, "size_bytes": size, "storage_dtype": storage, "storage_max_change": worst,
