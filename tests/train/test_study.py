@@ -21,10 +21,11 @@ def fake_train(calls):
                       "batch_size": cfg.trainer.batch_size, "resume": resume, "overwrite": overwrite})
         folder.mkdir(parents=True, exist_ok=True)
         rng = np.random.default_rng(cfg.trainer.seed)
-        shift = 0.01 if "max" in cfg.model.spec else 0.0
+        target = getattr(getattr(cfg, "data", None), "target", "y")
+        shift = (0.01 if "max" in cfg.model.spec else 0.0) * (2 if "gap" in target else 1)
         errors = np.abs(rng.normal(0.1, 0.02, 20)) + shift
         (folder / "metrics.json").write_text(json.dumps({
-            "spec": cfg.model.spec, "target": "y", "units": "eV", "epochs_completed": cfg.trainer.epochs,
+            "spec": cfg.model.spec, "target": target, "units": "eV", "epochs_completed": cfg.trainer.epochs,
             "train_wall_seconds": 1.0, "params": 10,
             "val": {"mae": float(errors.mean()) + 0.01, "mean_baseline_mae": 1.0},
             "test": {"mae": float(errors.mean()), "mean_baseline_mae": 1.0}}))
@@ -125,6 +126,24 @@ def test_the_summary_pairs_every_frame_with_its_backbone(calls, tmp_path):
     pair = study.comparison_table(rows, [("crystalformer:max@cpu_small", "crystalformer:none@cpu_small")])
     assert "| `crystalformer:max@cpu_small` | `crystalformer:none@cpu_small` | - | 3 |" in pair and "| +0.0100 | [+0.0100, +0.0100] |" in pair
     assert study.comparison_table(rows, [("ecomformer:max@cpu_small", "ecomformer:none@cpu_small")]) == "(no finished pairs)\n"
+
+
+def test_the_target_table_has_a_column_per_target_and_pairs_within_each(calls, tmp_path):
+    """The papers' Table 1 layout: rows = models, columns = targets; a target set by override
+    pairs its frame rows with the backbone of the same target, runs of other budgets stay out."""
+    specs = ["crystalformer:none@cpu_small", "crystalformer:max@cpu_small"]
+    rows = study.run_grid(specs, [], [0, 1, 2], tmp_path / "runs", tmp_path / "r.json")
+    rows = study.run_grid(specs, ["data.target=mp2018_gap_pbe"], [0, 1], tmp_path / "runs", tmp_path / "r.json")
+    rows = study.run_grid(specs[1:], ["trainer.epochs=5"], [0], tmp_path / "runs", tmp_path / "r.json")
+    table = study.target_table(rows).splitlines()
+    assert "`mp2018_e_form` test MAE (eV) (seeds)" in table[0] and "`mp2018_gap_pbe` test MAE (eV) (seeds)" in table[0]
+    assert len(table) == 4  # header, rule, two models: the 5-epoch run is not a third
+    max_row = next(line for line in table if line.startswith("| `crystalformer:max@cpu_small`"))
+    cells = [c.strip() for c in max_row.strip("|").split("|")]
+    assert cells[1].endswith("(3)") and cells[2].startswith("+0.0100 [+0.0100, +0.0100]")
+    assert cells[3].endswith("(2)") and cells[4].startswith("+0.0200 [+0.0200, +0.0200]")
+    none_row = next(line for line in table if line.startswith("| `crystalformer:none@cpu_small`"))
+    assert [c.strip() for c in none_row.strip("|").split("|")][2] == "-"
 
 
 def test_a_run_trained_under_another_spelling_joins_its_spec_and_rows_group_by_backbone(calls, tmp_path):

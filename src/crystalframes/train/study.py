@@ -304,6 +304,30 @@ def summarise(rows: list[dict]) -> list[dict]:
     return sorted(out, key=lambda s: (first[s["spec"].split(":")[0]], first[baseline_spec(s["spec"])], s["spec"] != baseline_spec(s["spec"])))
 
 
+def target_table(rows: list[dict]) -> str:
+    """Markdown in the layout of the papers' Table 1: rows = models, columns = targets, for the
+    runs whose only override (if any) is the target (``data.target=...``): per target, test MAE
+    mean +- std over seeds (number of seeds) and the paired difference to the backbone without a
+    frame with its 95 % t interval over seeds (the bootstrap intervals are in the per-target
+    tables)."""
+    rows = [r for r in rows if all(o.startswith("data.target=") for o in r["overrides"])]
+    if not rows:
+        return "(no finished runs)\n"
+    summaries = summarise(rows)
+    targets = list(dict.fromkeys(s["target"] for s in summaries))
+    units = {s["target"]: s["units"] for s in summaries}
+    cells: dict[str, dict[str, tuple[str, str]]] = {}
+    for s in summaries:
+        mae = f"{_pm(s['test_mean'], s['test_std'])} ({len(s['seeds'])})"
+        diff = f"{s['diff_mean']:+.4f} {_interval(s['diff_seed_low'], s['diff_seed_high'])}" if "diff_mean" in s else "-"
+        cells.setdefault(s["spec"], {})[s["target"]] = (mae, diff)
+    head = ["| model | " + " | ".join(f"`{t}` test MAE ({units[t]}) (seeds) | `{t}`: - no frame [95% CI over seeds]" for t in targets) + " |",
+            "|---|" + "---:|---|" * len(targets)]
+    lines = [f"| `{spec}` | " + " | ".join(" | ".join(by_target.get(t, ("-", "-"))) for t in targets) + " |"
+             for spec, by_target in cells.items()]
+    return "\n".join(head + lines) + "\n"
+
+
 def _pm(mean: float, std: float) -> str:
     return f"{mean:.4f}" if math.isnan(std) else f"{mean:.4f} +- {std:.4f}"
 
