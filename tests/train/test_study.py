@@ -100,6 +100,22 @@ def test_processes_that_split_a_grid_keep_each_others_rows(monkeypatch, tmp_path
     assert all(r["overrides"] == [] for r in study.load_rows(results))
 
 
+def test_processes_given_the_same_grid_share_its_runs(calls, tmp_path):
+    """A run another process has claimed (its lock is held) is skipped, not trained twice; once
+    the lock is released (that process finished or died), the run is trained or collected."""
+    import fcntl
+
+    specs = ["crystalformer:none@cpu_small", "crystalformer:max@cpu_small"]
+    busy = tmp_path / "runs" / study._folder_name(specs[0], 0, [])
+    busy.parent.mkdir()
+    with open(busy.with_name(busy.name + ".lock"), "w") as other:
+        fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        rows = study.run_grid(specs, [], [0], tmp_path / "runs", tmp_path / "r.json")
+    assert [c["spec"] for c in calls] == [specs[1]] and [r["spec"] for r in rows] == [specs[1]]
+    rows = study.run_grid(specs, [], [0], tmp_path / "runs", tmp_path / "r.json")
+    assert [c["spec"] for c in calls] == [specs[1], specs[0]] and len(rows) == 2
+
+
 def test_the_presets_budget_is_used_unless_the_user_sets_one(calls, tmp_path):
     """cpu_small's own epochs and batch size (100 / 32 for Crystalformer), not a bench default."""
     from crystalframes.models import preset_training

@@ -13,7 +13,8 @@ the same preset, same seeds, same split) with two 95 % intervals:
 
 Runs are resumable: each finished run appends one row to a JSON file (atomically), a rerun of
 the same grid skips finished rows, and a run that was killed part-way resumes from its last
-checkpoint. Rows carry the per-structure test errors (for the bootstrap) and the validation MAE
+checkpoint. Several processes can work through one grid (one per core or GPU): each run is
+claimed with a lock, so a run another process is training is skipped, not trained twice. Rows carry the per-structure test errors (for the bootstrap) and the validation MAE
 of every epoch (for MAE-against-epochs curves).
 """
 
@@ -23,6 +24,7 @@ import csv
 import json
 import math
 import time
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Iterable
 
@@ -154,22 +156,46 @@ def run_grid(specs: list[str], overrides: list[str], seeds: Iterable[int], outpu
 
     specs = [str(parse_spec(s)) for s in specs]  # all specs valid before the first long run
     output, results = Path(output), Path(results)
+    output.mkdir(parents=True, exist_ok=True)
     for seed in seeds:
         for spec in specs:
             key = run_key(spec, seed, overrides)
             if key in {r["key"] for r in load_rows(results)}:  # reread: another process may share the file
                 continue
             folder = output / _folder_name(spec, seed, overrides)
-            if not (folder / "metrics.json").exists():
-                sets = [*overrides, f"model.spec={spec}", f"trainer.seed={seed}"]
-                cfg = config_with_preset_training(load_config(None, sets), explicit_keys(None, sets))
-                resume = (folder / "checkpoints" / "last.ckpt").exists()
-                train(cfg, folder, resume=resume, overwrite=folder.exists() and not resume)
-            row = row_of_run(folder, spec, seed, overrides)
-            append_row(results, row)
+            with _claim(folder) as claimed:
+                if not claimed:  # another process is training this run: leave it to that one
+                    print(f"skipping {spec} seed {seed}: another process is training it ({folder})", flush=True)
+                    continue
+                if key in {r["key"] for r in load_rows(results)}:  # it finished while we looked
+                    continue
+                if not (folder / "metrics.json").exists():
+                    sets = [*overrides, f"model.spec={spec}", f"trainer.seed={seed}"]
+                    cfg = config_with_preset_training(load_config(None, sets), explicit_keys(None, sets))
+                    resume = (folder / "checkpoints" / "last.ckpt").exists()
+                    train(cfg, folder, resume=resume, overwrite=folder.exists() and not resume)
+                row = row_of_run(folder, spec, seed, overrides)
+                append_row(results, row)
             if on_row is not None:
                 on_row(row)
     return load_rows(results)
+
+
+@contextmanager
+def _claim(folder: Path):
+    """An exclusive, non-blocking lock on one run (a file beside its folder, so a fresh run
+    that replaces the folder keeps it): yields False if another process holds it, so processes
+    given the same grid share its runs instead of training one twice. The operating system
+    releases the lock of a process that dies."""
+    import fcntl
+
+    with open(folder.with_name(folder.name + ".lock"), "w") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        yield True
 
 
 # ---------------------------------------------------------------------------------------------
