@@ -160,6 +160,11 @@ def test_the_target_table_has_a_column_per_target_and_pairs_within_each(calls, t
     assert cells[3].endswith("(2)") and cells[4].startswith("+0.0200 [+0.0200, +0.0200]")
     none_row = next(line for line in table if line.startswith("| `crystalformer:none@cpu_small`"))
     assert [c.strip() for c in none_row.strip("|").split("|")][2] == "-"
+    # the per-target tables: one per target, each with its own target line
+    full = study.summary_table(rows)
+    assert full.count("Target `mp2018_e_form`") == 1 and full.count("Target `mp2018_gap_pbe`") == 1
+    pairs = study.comparison_table(rows, [("crystalformer:max@cpu_small", "crystalformer:none@cpu_small")])
+    assert "| data.target=mp2018_gap_pbe | 2 |" in pairs and "| +0.0200 |" in pairs and "| - | 3 |" in pairs
 
 
 def test_a_run_trained_under_another_spelling_joins_its_spec_and_rows_group_by_backbone(calls, tmp_path):

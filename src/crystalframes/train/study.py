@@ -251,6 +251,14 @@ def _by_spec_and_overrides(rows: list[dict]) -> dict[tuple, list[dict]]:
     return groups
 
 
+def _by_target(rows: list[dict]) -> list[list[dict]]:
+    """The rows of each target, in the order the targets first appear."""
+    groups: dict[str, list[dict]] = {}
+    for r in rows:
+        groups.setdefault(r["target"], []).append(r)
+    return list(groups.values())
+
+
 def _sample_std(values: np.ndarray) -> float:
     """Standard deviation over seeds (ddof = 1); NaN for a single run."""
     return float(values.std(ddof=1)) if len(values) > 1 else math.nan
@@ -279,6 +287,9 @@ def comparison_table(rows: list[dict], pairs: Iterable[tuple[str, str]]) -> str:
     with its two 95 % intervals: how one setting compares with another, not only with no frame."""
     from crystalframes.models.specs import parse_spec
 
+    if len(split := _by_target(rows)) > 1:  # one table per target: each has its units
+        tables = [t for t in (comparison_table(rs, pairs) for rs in split) if t != "(no finished pairs)\n"]
+        return "\n".join(tables) or "(no finished pairs)\n"
     groups = _by_spec_and_overrides(rows)
     lines = []
     for spec, reference in pairs:
@@ -367,6 +378,8 @@ def summary_table(rows: list[dict]) -> str:
     the backbone without a frame and its two 95 % intervals."""
     if not rows:
         return "(no finished runs)\n"
+    if len(split := _by_target(rows)) > 1:  # one table per target: each has its units and baselines
+        return "\n".join(summary_table(rs) for rs in split)
     summaries = summarise(rows)
     units = summaries[0]["units"]
     lines = [f"| model | seeds | epochs | val MAE ({units}) | test MAE ({units}) | test - no frame | 95% CI over seeds (t) | "
