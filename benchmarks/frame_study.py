@@ -93,9 +93,10 @@ def commit(path: Path, message: str, attempts: int = 20) -> None:
 
 
 def write_docs(rows: list[dict]) -> None:
-    """Replace everything after '## Results' in docs/results.md with the table of the finished
-    runs (grouped by budget) and the validation-MAE-against-epochs figure, and the README's
-    accuracy table (between its frame-study markers) with the main grid's table."""
+    """Replace everything after '## Results' in docs/results.md with the tables of the finished
+    runs (every target at the presets' budget, then one table per target and budget) and the
+    validation-MAE-against-epochs figures, and the README's accuracy table (between its
+    frame-study markers) with the first of them."""
     import time
 
     from crystalframes.atomic import atomic_write
@@ -125,13 +126,12 @@ def write_docs(rows: list[dict]) -> None:
     parts.append(comparison_table(rows, COMPARISONS))
     with atomic_write(doc, "w") as fh:
         fh.write("\n".join(parts))
-    # the README's accuracy table: the main grid (the presets' own budget), between its markers
+    # the README's accuracy table: every target at the presets' own budget, between its markers
     readme = ROOT / "README.md"
     begin, end = "<!-- frame-study:begin -->", "<!-- frame-study:end -->"
     text = readme.read_text()
     if begin in text and end in text:
-        main_rows = [r for r in rows if not r["overrides"]]
-        table = summary_table(main_rows) if main_rows else "(no finished runs)\n"
+        table = target_table(rows)
         text = text.split(begin)[0] + begin + "\n" + table + end + text.split(end, 1)[1]
         with atomic_write(readme, "w") as fh:
             fh.write(text)
