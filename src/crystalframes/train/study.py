@@ -14,8 +14,9 @@ the same preset, same seeds, same split) with two 95 % intervals:
 Runs are resumable: each finished run appends one row to a JSON file (atomically), a rerun of
 the same grid skips finished rows, and a run that was killed part-way resumes from its last
 checkpoint. Several processes can work through one grid (one per core or GPU): each run is
-claimed with a lock, so a run another process is training is skipped, not trained twice. Rows carry the per-structure test errors (for the bootstrap) and the validation MAE
-of every epoch (for MAE-against-epochs curves).
+claimed with a lock, so a run another process is training is skipped, not trained twice. Rows
+carry the per-structure test errors (for the bootstrap) and the validation MAE of every epoch
+(for MAE-against-epochs curves).
 """
 
 from __future__ import annotations
