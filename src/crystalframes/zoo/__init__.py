@@ -1,7 +1,8 @@
 """Pretrained models shipped inside the package (no download at run time).
 
 ``index.json`` maps a name (``mp_e_form``...) to its entry: the member model files (an
-ensemble: one or more specs, each with several seeds; float16 where that is exact to 1e-3), target, units, spec and model card. Names resolve in
+ensemble: one or more specs, each with several seeds; float16 where that is exact to 1e-3),
+target, units, spec and model card. Names resolve in
 ``crystalframes.load_model(name)``, ``crystalframes predict NAME ...`` and ``train --init NAME``;
 ``crystalframes models --pretrained`` lists them. ``benchmarks/train_zoo.py`` trains and writes
 them (the card records the command, the commit and a hash of the training data).
