@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from crystalframes.version import __version__
-from crystalframes.atomic import atomic_write
+from crystalframes.atomic import save_torch
 from crystalframes.data.normalise import TargetNormaliser
 from crystalframes.io.errors import InputError
 
@@ -44,8 +44,7 @@ def save_model_file(path, model, spec: str, options: dict, normaliser: TargetNor
         "extra": extra or {},
     }
     path = Path(path)
-    with atomic_write(path) as fh:
-        torch.save(payload, fh)
+    save_torch(payload, path)
     return path
 
 

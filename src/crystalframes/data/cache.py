@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from crystalframes.version import __version__
-from crystalframes.atomic import atomic_write
+from crystalframes.atomic import save_torch
 from crystalframes.data.paths import cache_root
 from crystalframes.data.graph import CrystalGraph, GraphSettings, build_graph
 from crystalframes.io.crystal import Crystal
@@ -142,10 +142,8 @@ def _save(graphs: Sequence[CrystalGraph], key: str, path: Path) -> None:
     """Write the cache file, best effort: a folder that cannot be written (read-only, full,
     quota) costs a warning, not the graphs already built."""
     try:
-        with atomic_write(path) as fh:
-            torch.save(_pack(graphs, key), fh)
-    # torch.save reports a failed write on a file object as RuntimeError
-    except (OSError, RuntimeError) as exc:
+        save_torch(_pack(graphs, key), path)
+    except OSError as exc:
         folder = path.parent
         if folder not in _unwritable_folders:  # one warning per folder, not one per split
             _unwritable_folders.add(folder)

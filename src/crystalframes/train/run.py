@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from crystalframes.version import __version__
-from crystalframes.atomic import atomic_write
+from crystalframes.atomic import atomic_write, save_torch
 from crystalframes.io.errors import UserError
 from crystalframes.train.config import RunConfig, config_yaml
 from crystalframes.train.folder import CHECKPOINTS
@@ -38,8 +38,7 @@ def _atomic_checkpoint_io():
 
     class AtomicCheckpointIO(TorchCheckpointIO):
         def save_checkpoint(self, checkpoint, path, storage_options=None):
-            with atomic_write(path) as fh:
-                torch.save(checkpoint, fh)
+            save_torch(checkpoint, path)
 
         def load_checkpoint(self, path, map_location=None, weights_only=None):
             # tensors and plain values only, whatever the caller asks: a checkpoint is a pickle
