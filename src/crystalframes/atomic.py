@@ -40,10 +40,8 @@ def output_target(path: str | os.PathLike) -> tuple[Path, str]:
     target = Path(os.path.realpath(path)) if path.is_symlink() else path
     try:
         mode = os.stat(target).st_mode
-    except FileNotFoundError:
+    except FileNotFoundError:  # other OS errors (ENOTDIR, ELOOP ...) are the caller's to word
         return target, "file"
-    except OSError as exc:  # a symlink loop, a component that is a file (ENOTDIR)
-        raise UserError(describe_os_error(exc, path)) from None
     if stat.S_ISREG(mode):
         return target, "file"
     if stat.S_ISDIR(mode):
