@@ -6,6 +6,7 @@ from crystalframes.data.datasets import (
     benchmark_split_key,
     get_dataset_info,
     list_datasets,
+    target_is_nonnegative,
     target_units,
 )
 from crystalframes.data.download import cached_dataset, fetch_dataset, validate_archive
@@ -41,6 +42,7 @@ __all__ = [
     "resolve_source",
     "split_by_field",
     "split_by_ids",
+    "target_is_nonnegative",
     "target_units",
     "validate_archive",
 ]

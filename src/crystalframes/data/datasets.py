@@ -33,6 +33,8 @@ __all__ = [
     "get_dataset_info",
     "list_datasets",
     "target_units",
+    "NONNEGATIVE_TARGETS",
+    "target_is_nonnegative",
     "benchmark_split_key",
     "embedded_path",
 ]
@@ -239,6 +241,27 @@ def target_units(name: str) -> str:
         if _loose(known) == wanted:
             return unit
     return ""
+
+
+# Targets that cannot be below zero: band gaps, energies above the hull, elastic moduli of stable
+# crystals, refractive index, the largest piezoelectric coefficient (a magnitude). A model's
+# prediction for them can still come out slightly negative (Cu's gap: -0.001 eV); predictions
+# are clipped at 0 for these (the raw value stays available). Formation and total energies and
+# log10 moduli can be negative and are not listed.
+NONNEGATIVE_TARGETS: frozenset[str] = frozenset({
+    "optb88vdw_bandgap", "mbj_bandgap", "hse_gap", "gap pbe", "mp2018_gap_pbe", "dielectric_band_gap",
+    "ehull", "e_hull", "flla_e_above_hull",
+    "bulk_modulus_kv", "shear_modulus_gv", "K_VRH", "G_VRH",
+    "refractive_index_n", "eij_max",
+})
+
+
+def target_is_nonnegative(name: str) -> bool:
+    """Whether a target cannot physically be below zero (:data:`NONNEGATIVE_TARGETS`), so its
+    predictions are clipped at 0. Matching tolerates case and ``-``/space/``_`` differences, as
+    :func:`target_units` does; an unknown target is not clipped."""
+    wanted = _loose(name)
+    return any(_loose(known) == wanted for known in NONNEGATIVE_TARGETS)
 
 
 def _loose(name: str) -> str:
