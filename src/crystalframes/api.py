@@ -55,6 +55,98 @@ def _raise_first(errors: list[InputError]) -> None:
         raise InputError(errors[0].source, errors[0].problem + more)
 
 
+def clip_nonnegative(values: np.ndarray, targets: Sequence[str]) -> np.ndarray:
+    """A copy of ``values`` (n, n_targets) whose columns for targets that cannot be below zero
+    (:func:`crystalframes.data.datasets.target_is_nonnegative`: band gaps, moduli...) are clipped
+    at 0; NaN stays NaN. A model can predict -0.001 eV for a metal's gap; this is the one place
+    that turns it into 0."""
+    from crystalframes.data.datasets import target_is_nonnegative
+
+    values = np.array(values, dtype=np.float64, copy=True)
+    for j, name in enumerate(targets):
+        if target_is_nonnegative(name):
+            values[:, j] = np.maximum(values[:, j], 0.0)
+    return values
+
+
+@dataclass
+class Predictions:
+    """What ``predict(..., errors="collect")`` returns: one row per input, in input order.
+
+    Attributes
+    ----------
+    values
+        (n,) for one target or (n, n_targets); NaN in the rows of the inputs that failed.
+    errors
+        Position of each failed input in the input sequence -> its :class:`InputError`
+        (ascending positions).
+    std
+        An ensemble's standard deviations, shaped like ``values`` (``return_std=True``), else None.
+    """
+
+    values: np.ndarray
+    errors: dict[int, InputError]
+    std: np.ndarray | None = None
+
+    @property
+    def ok(self) -> np.ndarray:
+        """Boolean mask of the inputs that were predicted."""
+        mask = np.ones(len(self.values), dtype=bool)
+        mask[list(self.errors)] = False
+        return mask
+
+
+def _predict_inputs(predictor, structures: Iterable, batch_size: int, errors: str, clip: bool):
+    """``Predictions`` for ``structures`` (paths or objects) with a std column when ``predictor``
+    is an ensemble. With ``errors="raise"`` the first bad input raises its :class:`InputError`;
+    with ``"collect"`` each bad input is one entry of ``errors`` and costs no other input."""
+    from crystalframes.io import read_structure
+
+    if errors not in ("raise", "collect"):
+        raise ValueError(f"errors must be 'raise' or 'collect', not {errors!r}")
+
+    def run(crystals):  # (kept, mean, std or None, errors)
+        if isinstance(predictor, Ensemble):
+            return predictor.predict_each_with_std(crystals, batch_size)
+        kept, pred, errs = predictor.predict_each(crystals, batch_size)
+        return kept, pred, None, errs
+
+    structures = list(structures)
+    failed: dict[int, InputError] = {}
+    crystals, positions = [], []
+    for i, s in enumerate(structures):
+        try:
+            crystals.append(read_structure(s))
+            positions.append(i)
+        except InputError as exc:
+            if errors == "raise":
+                raise
+            failed[i] = exc
+    kept, mean, std, errs = run(crystals)
+    if errors == "raise":
+        _raise_first(errs)
+    width = len(predictor.targets)
+    values = np.full((len(structures), width), np.nan)
+    spread = np.full((len(structures), width), np.nan)
+    row = {id(c): k for k, c in enumerate(kept)}
+    for i, c in zip(positions, crystals):
+        k = row.get(id(c))
+        if k is not None:
+            values[i] = mean[k]
+            if std is not None:
+                spread[i] = std[k]
+            continue
+        # The batch's errors name a source, not an input position, and two inputs can share a
+        # source ("pymatgen Structure"): predicting the failed one alone gives its own error.
+        own = run([c])[3]
+        failed[i] = own[0] if own else InputError(c.where, "could not be predicted")
+    if clip:
+        values = clip_nonnegative(values, predictor.targets)
+    if width == 1:
+        values, spread = values[:, 0], spread[:, 0]
+    return Predictions(values, dict(sorted(failed.items())), spread if std is not None else None)
+
+
 @dataclass
 class Predictor:
     """A trained model ready to predict; ``predict`` takes pymatgen Structures, ASE Atoms,
@@ -159,13 +251,16 @@ class Predictor:
         _raise_first(errors)
         return result
 
-    def predict(self, structures: Iterable, batch_size: int = 64) -> np.ndarray:
-        """Predictions (n,) for one target, or (n, n_targets); bad inputs raise InputError."""
-        from crystalframes.io import read_structure
+    def predict(self, structures: Iterable, batch_size: int = 64, errors: str = "raise", clip: bool = True):
+        """Predictions (n,) for one target, or (n, n_targets).
 
-        crystals = [read_structure(s) for s in structures]
-        pred = self.predict_crystals(crystals, batch_size)
-        return pred[:, 0] if len(self.targets) == 1 else pred
+        ``errors="raise"``: the first bad input raises its :class:`InputError`. ``"collect"``:
+        returns a :class:`Predictions` (``.values`` with NaN rows for the bad inputs, ``.errors``
+        position -> error); a bad input never costs the good ones. ``clip``: targets that cannot
+        be below zero (band gaps, moduli: :func:`clip_nonnegative`) are clipped at 0; ``False``
+        gives the model's raw values."""
+        result = _predict_inputs(self, structures, batch_size, errors, clip)
+        return result if errors == "collect" else result.values
 
 
 @dataclass
@@ -228,17 +323,16 @@ class Ensemble:
         kept, mean, _, errors = self.predict_each_with_std(crystals, batch_size)
         return kept, mean, errors
 
-    def predict(self, structures: Iterable, batch_size: int = 64, return_std: bool = False):
+    def predict(self, structures: Iterable, batch_size: int = 64, return_std: bool = False,
+                errors: str = "raise", clip: bool = True):
         """Mean predictions (n,) or (n, n_targets), and with ``return_std`` also the standard
-        deviations over members; bad inputs raise :class:`InputError`."""
-        from crystalframes.io import read_structure
-
-        crystals = [read_structure(s) for s in structures]
-        _, mean, std, errors = self.predict_each_with_std(crystals, batch_size)
-        _raise_first(errors)
-        if len(self.targets) == 1:
-            mean, std = mean[:, 0], std[:, 0]
-        return (mean, std) if return_std else mean
+        deviations over members. ``errors`` and ``clip`` as in :meth:`Predictor.predict` (the
+        mean is clipped, the std is not); with ``errors="collect"`` the :class:`Predictions`
+        holds the std (``.std``) when ``return_std``."""
+        result = _predict_inputs(self, structures, batch_size, errors, clip)
+        if errors == "collect":
+            return result if return_std else Predictions(result.values, result.errors)
+        return (result.values, result.std) if return_std else result.values
 
 
     def embed_each(self, crystals: Sequence, batch_size: int = 64, per_atom: bool = False):
