@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import errno
 import logging
 import sys
 import time
@@ -16,7 +17,7 @@ import numpy as np
 import torch
 
 from crystalframes.version import __version__
-from crystalframes.atomic import atomic_write, save_torch
+from crystalframes.atomic import atomic_write, describe_os_error, save_torch, write_error
 from crystalframes.io.errors import UserError
 from crystalframes.train.config import RunConfig, config_yaml
 from crystalframes.train.folder import CHECKPOINTS
@@ -31,14 +32,25 @@ class RunResult:
     metrics: dict
 
 
-def _atomic_checkpoint_io():
+def _atomic_checkpoint_io(folder: Path):
     """Lightning's checkpoint writer, but through a temporary file and a rename: a run killed
-    while saving keeps its previous ``last.ckpt`` intact instead of a truncated one."""
+    while saving keeps its previous ``last.ckpt`` intact instead of a truncated one.
+
+    A failed save (full disk, read-only folder) is the one place an OS error surfaces from inside
+    Lightning's loop, which re-raises what the plugin raises: it becomes one line naming the
+    file and the reason, and what the run keeps (see :func:`_checkpoint_failed`)."""
     from lightning.pytorch.plugins.io import TorchCheckpointIO
 
     class AtomicCheckpointIO(TorchCheckpointIO):
+        saved_step: int | None = None  # the global step of the last.ckpt this process wrote
+
         def save_checkpoint(self, checkpoint, path, storage_options=None):
-            save_torch(checkpoint, path)
+            try:
+                save_torch(checkpoint, path)
+            except OSError as exc:
+                raise _checkpoint_failed(exc, Path(path), folder, self.saved_step) from None
+            if Path(path).name == "last.ckpt":
+                self.saved_step = checkpoint.get("global_step")
 
         def load_checkpoint(self, path, map_location=None, weights_only=None):
             # tensors and plain values only, whatever the caller asks: a checkpoint is a pickle
@@ -47,6 +59,49 @@ def _atomic_checkpoint_io():
             return load_checkpoint(Path(path))
 
     return AtomicCheckpointIO()
+
+
+def _checkpoint_failed(exc: OSError, path: Path, folder: Path, saved_step: int | None) -> UserError:
+    """The error of a checkpoint that could not be written, saying what the run keeps: the
+    previous ``last.ckpt`` is untouched (checkpoints are replaced atomically), so the run can
+    be continued once the cause is gone."""
+    last = folder / CHECKPOINTS / "last.ckpt"
+    if saved_step is not None or last.exists():
+        at = f" (step {saved_step})" if saved_step is not None else ""
+        kept = f"{last}{at} is intact: fix that and continue with `crystalframes train --output {folder} --resume`"
+    else:
+        kept = f"no checkpoint was saved yet: fix that and start again with `--output {folder} --overwrite`"
+    return UserError(f"{write_error(exc, path, 'a checkpoint')}; training stopped; {kept}")
+
+
+@contextlib.contextmanager
+def _final_file(path: Path, what: str, folder: Path):
+    """Writing one of the files made after training: a failed write is one line naming the
+    file and the reason; the checkpoints are complete, so ``--resume`` writes the files again."""
+    try:
+        yield
+    except OSError as exc:
+        raise UserError(f"{write_error(exc, path, what)}; training finished and {folder / CHECKPOINTS} is intact: "
+                        f"fix that and run `crystalframes train --output {folder} --resume` to write the final files") from None
+
+
+def _folder_error(exc: OSError, folder: Path) -> UserError:
+    """The run folder cannot be made (a file of that name, a read-only or full file system)."""
+    where, _, reason = describe_os_error(exc, exc.filename or folder).partition(": ")
+    hint = "; --output names a folder" if exc.errno in (errno.EEXIST, errno.ENOTDIR) else ""
+    return UserError(f"{where}: cannot create the run folder: {reason}{hint}; nothing was written")
+
+
+def _slurm_requeue() -> list:
+    """Under SLURM, Lightning's pre-emption handling: on SIGUSR1 (``#SBATCH --signal=SIGUSR1@90``)
+    it saves ``hpc_ckpt_N.ckpt`` in the run folder and runs ``scontrol requeue``; SLURM then sends
+    SIGTERM, which stops the run at the batch end with ``last.ckpt`` saved (see Interruption); the
+    requeued job continues it with ``--resume`` (docs: README, "Interrupted runs")."""
+    import signal
+
+    from lightning.pytorch.plugins.environments import SLURMEnvironment
+
+    return [SLURMEnvironment(auto_requeue=True, requeue_signal=signal.SIGUSR1)] if SLURMEnvironment.detect() else []
 
 
 def default_run_folder(cfg: RunConfig) -> Path:
@@ -157,7 +212,7 @@ def train(cfg: RunConfig | None, output: str | Path | None = None, resume: bool 
     from crystalframes.train import folder as run_folder
     from crystalframes.train.data import ResumeDataPosition, loader, prepare_data
     from crystalframes.train.module import PropertyModule
-    from crystalframes.train.progress import CheckpointExtras, ProgressLines, RunCSVLogger, read_log_rows
+    from crystalframes.train.progress import CheckpointExtras, EpochBar, Interruption, ProgressLines, RunCSVLogger, read_log_rows
 
     # Importing Lightning sets its loggers to INFO with a console handler of their own, so its
     # INFO lines (accelerators found, tips) reach stderr twice; we print our own summary.
@@ -199,12 +254,14 @@ def train(cfg: RunConfig | None, output: str | Path | None = None, resume: bool 
         created = False
         if rank_zero:
             created = not folder.exists()
-            folder.mkdir(parents=True, exist_ok=True)
             try:
+                folder.mkdir(parents=True, exist_ok=True)
                 stack.enter_context(run_folder.run_lock(folder))
-            except BaseException:
+            except BaseException as exc:
                 if created:
                     _remove_empty_folder(folder)
+                if isinstance(exc, OSError):
+                    raise _folder_error(exc, folder) from None
                 raise
         try:
             if rank_zero and not resume:
@@ -224,10 +281,15 @@ def train(cfg: RunConfig | None, output: str | Path | None = None, resume: bool 
         if rank_zero:
             if overwrite:
                 run_folder.remove_run(folder)
-            with atomic_write(folder / "config.yaml", "w") as fh:
-                fh.write(config_yaml(cfg))
-            if not resume:
-                write_json(folder / "versions.json", {"crystalframes": __version__, "torch": str(torch.__version__), "python": sys.version.split()[0], "lightning": L.__version__})
+            written = folder / "config.yaml"
+            try:
+                with atomic_write(written, "w") as fh:
+                    fh.write(config_yaml(cfg))
+                if not resume:
+                    written = folder / "versions.json"
+                    write_json(written, {"crystalframes": __version__, "torch": str(torch.__version__), "python": sys.version.split()[0], "lightning": L.__version__})
+            except OSError as exc:
+                raise UserError(f"{write_error(exc, written, 'the run settings')}; training did not start") from None
 
         mk = dict(batch_size=cfg.trainer.batch_size, dtype=dtype, num_workers=cfg.trainer.num_workers, targets=[data.target])
         train_loader = loader(data.graphs["train"], shuffle=True, seed=cfg.trainer.seed, **mk)
@@ -260,8 +322,9 @@ def train(cfg: RunConfig | None, output: str | Path | None = None, resume: bool 
             loggers.append(WandbLogger(save_dir=str(folder), name=folder.name))
         # a progress bar on a terminal; periodic lines where output goes to a file or a pipe
         progress_bar = sys.stdout.isatty() and sys.stderr.isatty()
-        if not progress_bar:
-            callbacks.append(ProgressLines(cfg.trainer.progress_seconds, units))
+        callbacks.append(EpochBar() if progress_bar else ProgressLines(cfg.trainer.progress_seconds, units))
+        interruption = Interruption(folder, last_ckpt)  # SIGTERM / SIGINT: save `last` at the step, exit 143 / 130
+        callbacks.append(interruption)
         multi = world > 1
         on_gpu = cfg.trainer.accelerator in ("gpu", "cuda") or (cfg.trainer.accelerator == "auto" and torch.cuda.is_available())
         trainer = L.Trainer(
@@ -282,7 +345,7 @@ def train(cfg: RunConfig | None, output: str | Path | None = None, resume: bool 
             enable_progress_bar=progress_bar,
             enable_model_summary=False,
             default_root_dir=folder,
-            plugins=[_atomic_checkpoint_io()],
+            plugins=[_atomic_checkpoint_io(folder), *_slurm_requeue()],
         )
         # ResumableSampler + ResumeDataPosition make mid-epoch resumption exact; Lightning cannot see that.
         warnings.filterwarnings("ignore", message=".*resuming from a checkpoint that ended before the epoch ended.*")
@@ -292,7 +355,14 @@ def train(cfg: RunConfig | None, output: str | Path | None = None, resume: bool 
         # two callbacks write `last` (by step and by epoch); Lightning warns that they share the folder
         warnings.filterwarnings("ignore", message=".*Checkpoint directory .* exists and is not empty.*")
         start = time.perf_counter()
-        trainer.fit(module, train_loader, val_loader, ckpt_path=str(last_ckpt) if resume else None, weights_only=True)
+        try:
+            with interruption.sigint_stops_cleanly():
+                trainer.fit(module, train_loader, val_loader, ckpt_path=str(last_ckpt) if resume else None, weights_only=True)
+        except SystemExit as exc:  # how Lightning ends fit on SIGTERM (SIGTERMException) and on Ctrl+C (exit 1)
+            stopped = interruption.error(exc, trainer)
+            if stopped is None:
+                raise
+            raise stopped from None
         wall = time.perf_counter() - start
         if not trainer.is_global_zero:
             return RunResult(folder, {})
@@ -302,10 +372,11 @@ def train(cfg: RunConfig | None, output: str | Path | None = None, resume: bool 
             state = run_folder.load_checkpoint(Path(best))["state_dict"]
             module.load_state_dict(state)
         model = module.model.cpu().eval()
-        model_file = save_model_file(
-            folder / "model.pt", model, cfg.model.spec, {"num_targets": 1, **cfg.model.options}, data.normaliser, [data.target], [units],
-            extra={"config": cfg.model_dump(mode="json")},
-        )
+        with _final_file(folder / "model.pt", "the model", folder):
+            model_file = save_model_file(
+                folder / "model.pt", model, cfg.model.spec, {"num_targets": 1, **cfg.model.options}, data.normaliser, [data.target], [units],
+                extra={"config": cfg.model_dump(mode="json")},
+            )
         from crystalframes.api import load_model
 
         predictor = load_model(model_file)
@@ -325,15 +396,19 @@ def train(cfg: RunConfig | None, output: str | Path | None = None, resume: bool 
             pred = predictor.predict_crystals(crystals)[:, 0]
             metrics[split] = metrics_of(pred, true)
             metrics[split]["mean_baseline_mae"] = float(np.abs(true - train_mean).mean())
-            write_predictions(folder / f"predictions_{split}.csv", crystals, pred, data.target, units)
+            with _final_file(folder / f"predictions_{split}.csv", "the predictions", folder):
+                write_predictions(folder / f"predictions_{split}.csv", crystals, pred, data.target, units)
             if split == "test":
-                parity_plot(folder / "parity.png", true, pred, data.target, units, metrics[split]["mae"])
-        learning_curve(folder / "learning_curve.png", folder / "logs" / "metrics.csv", units)
+                with _final_file(folder / "parity.png", "the parity plot", folder):
+                    parity_plot(folder / "parity.png", true, pred, data.target, units, metrics[split]["mae"])
+        with _final_file(folder / "learning_curve.png", "the learning curve", folder):
+            learning_curve(folder / "learning_curve.png", folder / "logs" / "metrics.csv", units)
         from crystalframes.train.card import model_card
 
-        with atomic_write(folder / "model_card.md", "w") as fh:
+        with _final_file(folder / "model_card.md", "the model card", folder), atomic_write(folder / "model_card.md", "w") as fh:
             fh.write(model_card(folder, cfg, metrics, model_file))
-        write_json(folder / "metrics.json", metrics)
+        with _final_file(folder / "metrics.json", "the metrics", folder):
+            write_json(folder / "metrics.json", metrics)
         return RunResult(folder, metrics)
 
 
