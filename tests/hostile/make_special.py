@@ -1,8 +1,9 @@
 """The hostile inputs git cannot hold, made at test time next to a copy of the committed corpus.
 
 ``build(folder)`` copies ``files/`` into ``folder`` and adds a FIFO, a self-looping symlink, a
-symlink to a missing file, a non-UTF-8 file name, a 250-character file name and an unreadable
-(chmod 000) file. It returns manifest entries for them in the format of ``manifest.json``.
+symlink to a missing file, a non-UTF-8 file name, a 250-character file name, a 3 MB JSON array
+of a million zeros and an unreadable (chmod 000) file. It returns manifest entries for them in the
+format of ``manifest.json``.
 """
 
 from __future__ import annotations
@@ -51,6 +52,13 @@ def build(folder: Path) -> list[dict]:
 
     shutil.copyfile(FILES / "good_si.cif", folder / LONG_NAME)
     entries.append({"file": LONG_NAME, "expect": "good", "defect": "11", "note": "250-character file name"})
+
+    # 2 MB, so made here rather than committed: a million numbers used to be parsed whole and
+    # reported as a million bad records (12 s, 2 GB, a million lines); now refused at once
+    zeros = folder / "special_million_zeros.json"
+    zeros.write_text("[" + ", ".join(["0"] * 1_000_000) + "]")
+    entries.append({"file": zeros.name, "expect": "bad", "defect": "24", "note": "JSON array of a million zeros",
+                    "match": "not structure records"})
 
     unreadable = folder / "special_unreadable.cif"
     shutil.copyfile(FILES / "good_crlf.cif", unreadable)
