@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import json
 from pathlib import Path
@@ -60,12 +61,19 @@ def _load(model: str, device: str, ensemble: Optional[List[str]] = None, std_sca
     return predictor
 
 
-def _write_embeddings(path: Path, predictor, crystals, batch_size: int, per_atom: bool) -> int:
+def _write_embeddings(path: Path, predictor, crystals, batches, per_atom: bool) -> int:
     """``ids``, ``embeddings`` (n, C) and, with ``per_atom``, ``atom_features`` (sum n_atoms, C)
-    with ``atom_offsets`` (n + 1,) to an .npz file, atomically. Returns the rows written."""
+    with ``atom_offsets`` (n + 1,) to an .npz file, atomically, computed in the planned batches
+    (the same memory budget as the predictions). Returns the rows written."""
     from crystalframes.atomic import atomic_write
 
-    kept, pooled, atoms, _ = predictor.embed_each(crystals, batch_size, per_atom)  # an ensemble's: its first member's
+    kept, pooled, atoms = [], [], []
+    for start, stop in batches:  # an ensemble's: its first member's
+        k, p, a, _ = predictor.embed_each(crystals[start:stop], stop - start, per_atom)
+        kept += k
+        pooled.append(p)
+        atoms += a or []
+    pooled = np.concatenate(pooled) if pooled else np.zeros((0, 0))
     arrays = {"ids": np.array([c.id for c in kept]), "embeddings": pooled.astype(np.float32)}
     if per_atom:
         arrays["atom_features"] = (np.concatenate(atoms) if atoms else np.zeros((0, pooled.shape[1]))).astype(np.float32)
@@ -75,66 +83,175 @@ def _write_embeddings(path: Path, predictor, crystals, batch_size: int, per_atom
     return len(kept)
 
 
+def _fingerprint(model: str, ensemble, predictor, inputs, crystals, errors, batch_size: int, batch_atoms: int, device: str) -> dict:
+    """What ties a partial file to one command: a different model, input or batching never
+    continues it (the batches, and so the numbers, would differ)."""
+    from crystalframes.predict_run import crystals_digest, file_digest
+    from crystalframes.version import __version__
+
+    members = getattr(predictor, "members", [predictor])
+    return {"model": [model, *ensemble], "model_sha256": file_digest(m.path for m in members),
+            "std_scale": getattr(predictor, "std_scale", None), "inputs": list(inputs),
+            "inputs_sha256": crystals_digest(crystals, errors), "batch_size": batch_size, "batch_atoms": batch_atoms,
+            "device": device, "crystalframes": __version__}
+
+
+def _std_note(model: str, predictor, std_scale: Optional[float]) -> str:
+    """What the std column is, for the summary: a pretrained model's calibration and coverage."""
+    from crystalframes.zoo import pretrained
+
+    if not hasattr(predictor, "std_scale"):
+        return ""
+    entry = pretrained().get(model) if isinstance(model, str) and not Path(model).exists() else None
+    if entry and std_scale is None:
+        held = entry.get("metrics", {}).get("heldout", {})
+        cover = ""
+        if "within_1_std" in held:
+            cover = f"; on its held-out split the truth fell within 1 std for {held['within_1_std']:.0%}"
+            cover += f", within 2 std for {held['within_2_std']:.0%}" if "within_2_std" in held else ""
+        return (f"predict: std = the ensemble spread x {predictor.std_scale:.3g}, the calibration factor measured on "
+                f"{model}'s validation split{cover} (see its model card: crystalframes models --pretrained)")
+    return f"predict: std = the ensemble spread x {predictor.std_scale:.3g} (not calibrated by crystalframes)"
+
+
 def predict_command(
     model: str = typer.Argument(..., help="Model file (model.pt), run folder, or the name of a pretrained model (crystalframes models --pretrained)."),
     inputs: List[str] = typer.Argument(..., help="Structure files, folders, JSONL datasets."),
-    output: Path = typer.Option(Path("predictions.csv"), "-o", "--output", help="CSV to write (replaced if it exists)."),
-    batch_size: int = typer.Option(64, min=1, help="Structures per batch."),
+    output: Path = typer.Option(Path("predictions.csv"), "-o", "--output", help="CSV to write (replaced if it exists, only once every structure is done; a symlink's target is replaced, a FIFO or device is written into)."),
+    batch_size: int = typer.Option(64, min=1, help="Most structures per batch (fewer when --batch-atoms is reached)."),
+    batch_atoms: int = typer.Option(4096, "--batch-atoms", min=1, help="Most atoms per batch: the memory budget (~75 kB per atom for mp_gap); a --batch-size the budget cannot hold is capped, with a warning."),
     device: str = typer.Option("cpu", "--device", callback=device_option, help="Where to run the model: cpu, cuda, cuda:N or mps."),
     ensemble: List[str] = typer.Option([], "--ensemble", help="More trained models of the same target (repeatable): predict the mean over MODEL and these, with a std column per target."),
     embeddings: Optional[Path] = typer.Option(None, "--embeddings", help="Also write the per-structure embeddings (the pooled features the output head sees; the first model's for an ensemble) with their ids to this .npz file."),
     std_scale: Optional[float] = typer.Option(None, "--std-scale", help="An ensemble's std is the members' spread times this factor (default: 1 for --ensemble; a pretrained model's own, fitted on its validation split). Measure yours with crystalframes.analysis.uncertainty.calibration."),
     atom_embeddings: bool = typer.Option(False, "--atom-embeddings", help="With --embeddings: also the per-atom features (atom_features, atom_offsets)."),
+    restart: bool = typer.Option(False, "--restart", help="Discard the partial file of an earlier, interrupted run (OUTPUT.partial) instead of continuing it."),
 ):
     """Predict properties; bad inputs are listed in an error column while the good ones are predicted.
 
+    For an ensemble (--ensemble, or a pretrained model) each target has a 'TARGET std' column:
+    the members' spread (standard deviation) times the calibration factor (a pretrained model's
+    is measured on its validation split so that ~68% of errors fall within 1 std; the summary
+    line gives the held-out coverage from its model card). A target that cannot be negative (band
+    gap, moduli...) is clipped at 0, its unclipped value in a 'TARGET raw' column.
+
+    Finished batches are kept in OUTPUT.partial: after an interruption (Ctrl-C: exit 130,
+    SIGTERM: exit 143) the same command continues from it and writes the same CSV an
+    uninterrupted run would. Progress: a bar on a terminal, a line every 30 s otherwise.
+
     Exit code 1 when nothing could be predicted (the CSV is then left as it was)."""
-    from crystalframes.atomic import atomic_write
+    import shlex
+    import sys
+
+    from crystalframes.data.datasets import target_is_nonnegative
     from crystalframes.io import UserError
+    from crystalframes.predict_run import (Interrupted, Partial, Progress, budget_cap, partial_path, plan_batches,
+                                           predict_batches, stop_on_signals)
 
     _refuse_folder(output, "CSV")
     if embeddings is not None:
         _refuse_folder(embeddings, ".npz file")
     if atom_embeddings and embeddings is None:
         raise UserError("--atom-embeddings needs --embeddings FILE.npz")
-    predictor = _load(model, device, ensemble, std_scale)
-    crystals, errors = collect_structures(inputs)
-    std = None
-    if hasattr(predictor, "predict_each_with_std"):  # an ensemble (--ensemble, or a pretrained model)
-        crystals, pred, std, model_errors = predictor.predict_each_with_std(crystals, batch_size)
-    else:
-        crystals, pred, model_errors = predictor.predict_each(crystals, batch_size)
-    errors += model_errors
+    again = "crystalframes " + shlex.join(sys.argv[1:])
+    run = _Run()
+    with stop_on_signals():
+        try:
+            predictor = _load(model, device, ensemble, std_scale)
+            crystals, errors = collect_structures(inputs)
+            run.total = len(crystals)
+            atoms = [c.num_atoms for c in crystals]
+            cap = budget_cap(atoms, batch_size, batch_atoms)
+            if cap is not None:
+                typer.echo(f"warning: --batch-size {batch_size} capped: a batch holds at most {batch_atoms} atoms "
+                           f"(--batch-atoms, the memory budget), i.e. about {cap} structures of these", err=True)
+            batches = plan_batches(atoms, batch_size, batch_atoms)
+            run.partial = partial = Partial(partial_path(output), _fingerprint(
+                model, ensemble, predictor, inputs, crystals, errors, batch_size, batch_atoms, device))
+            note = partial.load(restart)
+            if note:
+                typer.echo(note, err=True)
+            clip = [target_is_nonnegative(t) for t in predictor.targets]
+            run.progress = Progress(len(crystals), done=sum(b - a for a, b in batches[:len(partial.batches)]))
+            predict_batches(predictor, crystals, batches, partial, run.progress.update, clip)
+            run.progress.close()
+            _finish(output, embeddings, atom_embeddings, predictor, crystals, errors, partial, clip,
+                    batch_size, batch_atoms, run.progress)
+        except Interrupted as stop:
+            if run.progress is not None:
+                run.progress.close()
+            partial = run.partial
+            done = sum(len(b["kept"]) + len(b["errors"]) for b in partial.batches) if partial else 0
+            if partial is not None and partial.kept():
+                partial.close()
+                kept = f"the finished rows are kept in {partial.path}; continue with: {again}"
+            else:
+                kept = "nothing kept" + (f" ({partial.failed})" if partial is not None and partial.failed else "")
+            of = f" of {run.total}" if run.total is not None else ""
+            typer.echo(f"predict: interrupted by {stop.name} after {done}{of} structure(s); {output} left as it was; {kept}", err=True)
+            raise typer.Exit(stop.code)
+        finally:
+            if run.partial is not None:
+                run.partial.close()
+    note = _std_note(model, predictor, std_scale)
+    if note:
+        typer.echo(note, err=True)
+
+
+@dataclasses.dataclass
+class _Run:
+    """What an interruption message needs to know of the run so far."""
+
+    total: Optional[int] = None
+    partial: object = None
+    progress: object = None
+
+
+def _finish(output, embeddings, atom_embeddings, predictor, crystals, errors, partial, clip, batch_size, batch_atoms, progress):
+    """Write the CSV (and embeddings) from the finished batches; the partial file goes once
+    everything is written, so a failed write never costs the predictions."""
+    from crystalframes.atomic import atomic_write, write_error
+    from crystalframes.io import InputError, UserError
+    from crystalframes.predict_run import column_labels, plan_batches
+
     total = len(crystals) + len(errors)
-    if not crystals:
+    kept_idx = [i for b in partial.batches for i in b["kept"]]
+    errors = errors + [InputError(s, p) for b in partial.batches for s, p in b["errors"]]
+    if not kept_idx:
         _summary_of_errors(errors)
+        partial.remove()
         typer.echo(f"predict: nothing predicted: all {total} input(s) failed (listed above); {output} not written", err=True)
         raise typer.Exit(1)
     buf = io.StringIO()
     w = csv.writer(buf)
-    labels = [f"{t} ({u})" if u else t for t, u in zip(predictor.targets, predictor.units)]
-    if std is not None:  # one std column after each target
-        labels = [x for t, u in zip(predictor.targets, predictor.units) for x in (f"{t} ({u})" if u else t, f"{t} std ({u})" if u else f"{t} std")]
+    labels = column_labels(predictor, hasattr(predictor, "predict_each_with_std"), clip)
     w.writerow(["id", "source", "formula", "n_atoms", *labels, "error"])
-    for i, (c, p) in enumerate(zip(crystals, pred)):
-        values = p if std is None else [x for pair in zip(p, std[i]) for x in pair]
-        w.writerow([c.id, c.source, c.formula, c.num_atoms, *(f"{v:.6g}" for v in values), ""])
+    for b in partial.batches:
+        for i, values in zip(b["kept"], b["values"]):
+            c = crystals[i]
+            w.writerow([c.id, c.source, c.formula, c.num_atoms, *values, ""])
     for e in errors:
         w.writerow(["", e.source, "", "", *([""] * len(labels)), e.problem])
+    again = " (run the same command again to write {} without predicting again)"
+    keep_note = f"; the finished rows stay in {partial.path}" if partial.kept() else ""
     try:
         with atomic_write(output, "w") as fh:
             fh.write(buf.getvalue())
     except OSError as exc:
-        raise UserError(f"{output}: cannot write the predictions ({exc.strerror or exc})") from None
+        raise UserError(f"{write_error(exc, output, 'the predictions')}; nothing written, {output} left as it was"
+                        f"{keep_note and keep_note + again.format('it')}") from None
     if embeddings is not None:
+        kept = [crystals[i] for i in kept_idx]
         try:
-            rows = _write_embeddings(embeddings, predictor, crystals, batch_size, atom_embeddings)
+            rows = _write_embeddings(embeddings, predictor, kept, plan_batches([c.num_atoms for c in kept], batch_size, batch_atoms), atom_embeddings)
         except OSError as exc:
-            raise UserError(f"{embeddings}: cannot write the embeddings ({exc.strerror or exc})") from None
+            raise UserError(f"{write_error(exc, embeddings, 'the embeddings')}; the predictions were written to {output}"
+                            f"{keep_note and keep_note + again.format('the embeddings')}") from None
         typer.echo(f"predict: embeddings of {rows} structure(s) -> {embeddings}", err=True)
+    partial.remove()
     _summary_of_errors(errors)
     failed = f"; {len(errors)} failed (see the 'error' column)" if errors else ""
-    typer.echo(f"predict: {len(crystals)} of {total} structure(s) predicted -> {output}{failed}", err=True)
+    typer.echo(f"predict: {len(kept_idx)} of {total} structure(s) predicted -> {output}{failed} ({progress.rate()})", err=True)
 
 
 def eval_command(
@@ -156,6 +273,7 @@ def eval_command(
     """Metrics (MAE, RMSE, R^2, n) of a model on a dataset, plus a predictions CSV."""
     from dataclasses import replace
 
+    from crystalframes.atomic import describe_os_error, write_error
     from crystalframes.data.sources import load_dataset
     from crystalframes.io import InputError, UserError
     from crystalframes.train.metrics import metrics_of, write_json, write_predictions
@@ -197,10 +315,24 @@ def eval_command(
     metrics = {"model": str(model), "source": source, "split": split, "target": target, "target_column": column,
                "units": predictor.units[0], **metrics_of(pred, true),
                "mean_baseline_mae": float(np.abs(true - train_mean).mean()), "failed": len(errors)}
-    output.mkdir(parents=True, exist_ok=True)
-    write_json(output / "metrics.json", metrics)
-    write_predictions(output / "predictions.csv", crystals, pred, target, predictor.units[0])
+    # printed before the files are written: a failed write (full disk, read-only folder) keeps them
     typer.echo(json.dumps(metrics, indent=2))
+    try:
+        output.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        where, _, reason = describe_os_error(exc, exc.filename or output).partition(": ")
+        raise UserError(f"{where}: cannot create the output folder: {reason}; nothing was written (the metrics are on standard output)") from None
+    written = []
+    for name, what, write in (
+        ("metrics.json", "the metrics", lambda path: write_json(path, metrics)),
+        ("predictions.csv", "the predictions", lambda path: write_predictions(path, crystals, pred, target, predictor.units[0])),
+    ):
+        try:
+            write(output / name)
+        except OSError as exc:
+            done = f"{' and '.join(written)} written" if written else "nothing was written"
+            raise UserError(f"{write_error(exc, output / name, what)}; {done} (the metrics are on standard output)") from None
+        written.append(str(output / name))
     if errors:
         typer.echo(f"eval: {len(crystals)} record(s) evaluated, {len(errors)} failed (listed above)", err=True)
 
