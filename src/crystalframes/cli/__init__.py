@@ -4,12 +4,18 @@ Errors: typer's own standalone mode reports every usage mistake (missing argumen
 option, bad value) as a short message with exit code 2, whichever typer release is installed
 (typer 0.29 carries its own click; older releases use the ``click`` package). We catch only our
 own :class:`~crystalframes.io.errors.UserError` (bad input, bad spec, unsafe output), which the
-commands raise: one ``error:`` line, exit code 2. Anything else is a bug and keeps its traceback.
+commands raise: one ``error:`` line, exit code 2. The commands word their own failed writes (the
+file, the OS reason, what was kept); an ``OSError`` that still escapes one (a full disk under
+standard output, say) is the same: one line with the path, the reason and its errno symbol
+(``ENOSPC``, ``EROFS`` ...), exit code 2. A reader that stops early (``| head``) ends the command
+quietly with exit code 141, as a shell's SIGPIPE would. Anything else is a bug and keeps its
+traceback.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from typing import Optional
 
@@ -71,3 +77,34 @@ def main(argv: list[str] | None = None) -> None:
     except UserError as exc:
         typer.secho(f"error: {exc}", err=True, fg=typer.colors.RED)
         raise SystemExit(2)
+    except OSError as exc:
+        from crystalframes.atomic import describe_os_error
+
+        path = exc.filename or ("standard output" if _from_echo(exc) else "(a file the OS did not name)")
+        if path == "standard output":
+            # what is still buffered for it cannot be written either: no second complaint at exit
+            _silence_stdout()
+            if isinstance(exc, BrokenPipeError):  # the reader stopped early (| head): not an error to report
+                raise SystemExit(141)
+        typer.secho(f"error: {describe_os_error(exc, path)}", err=True, fg=typer.colors.RED)
+        raise SystemExit(2)
+
+
+def _from_echo(exc: BaseException) -> bool:
+    """Whether the error came from printing (click's echo, which every command uses)."""
+    tb = exc.__traceback__
+    while tb is not None:
+        if tb.tb_frame.f_code.co_name == "echo" and "click" in tb.tb_frame.f_code.co_filename:
+            return True
+        tb = tb.tb_next
+    return False
+
+
+def _silence_stdout() -> None:
+    """Point standard output at the null device, as Python's documentation advises after a
+    failed write to it, so the interpreter's final flush does not fail again."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):
+        pass
