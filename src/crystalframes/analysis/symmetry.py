@@ -253,7 +253,7 @@ def plot_frames(crystal, frames, path: Path, orbits=None) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from crystalframes.atomic import atomic_write
+    from crystalframes.atomic import atomic_write, write_error
 
     lat = crystal.lattice
     pos = np.mod(crystal.frac_coords, 1.0) @ lat
@@ -276,6 +276,10 @@ def plot_frames(crystal, frames, path: Path, orbits=None) -> None:
             ax.quiver(*p, *(scale * axis), color=col, lw=1.2)
     ax.set_title(f"{crystal.formula}: frame axes e1 (red), e2 (green), e3 (blue)")
     ax.set_box_aspect(np.ptp(np.concatenate([pos, corners @ lat]), axis=0) + 1e-9)
-    with atomic_write(path, "wb") as fh:
-        fig.savefig(fh, format="png", dpi=110, bbox_inches="tight")
-    plt.close(fig)
+    try:
+        with atomic_write(path, "wb") as fh:
+            fig.savefig(fh, format="png", dpi=110, bbox_inches="tight")
+    except OSError as exc:  # a full disk, a read-only folder: one line naming the file
+        raise write_error(exc, path, "the plot") from None
+    finally:
+        plt.close(fig)
