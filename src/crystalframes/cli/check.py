@@ -11,6 +11,9 @@ from crystalframes.cli.common import collect_structures, model_for_checks
 from crystalframes.cli.options import choice_option
 from crystalframes.testing import DEFAULT_TOLERANCES  # numpy only: the dtypes a check can run in
 
+# Bad inputs listed one per line on stderr before "... and K more" (--json lists them all).
+MAX_LISTED = 20
+
 REPORT_KEYS = {
     "rotation": "max_rotation_error",
     "translation": "max_translation_error",
@@ -67,5 +70,7 @@ def check_command(
     for p in per:
         for note in p["notes"]:
             typer.echo(f"note: {p['id']}: {note}")
-    for e in errors:
+    for e in errors[:MAX_LISTED]:
         typer.echo(f"bad input: {e}", err=True)
+    if len(errors) > MAX_LISTED:
+        typer.echo(f"... and {len(errors) - MAX_LISTED} more bad inputs (--json lists all)", err=True)

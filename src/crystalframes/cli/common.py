@@ -35,27 +35,41 @@ def collect_structures(inputs: List[str], model=None):
 
 
 def model_for_checks(model: str, dtype: str):
-    """A trained model (file or run folder) or a freshly initialised one from a spec (seeded).
+    """The network behind ``model``: a pretrained name, a model file, a run folder or a spec
+    (a spec gives a freshly initialised, seeded network).
 
-    A name that is no model file is read as a spec; if it is neither, the error says both
-    (with the spec's own complaint when the name looks like a spec)."""
+    A pretrained model is an ensemble; its first member is checked and one line on stderr says
+    so (the members share their architecture, so the first stands for the frames of all). A name
+    that is none of the four gets one error listing the four kinds of model it could have been."""
     import torch
+    import typer
 
-    from crystalframes.api import load_model, resolve_model_path
+    from crystalframes.api import Ensemble, load_model, resolve_model_path
     from crystalframes.io import InputError
     from crystalframes.models.specs import SpecError, build_model, parse_spec
+    from crystalframes.zoo import pretrained
 
+    shipped = pretrained()
     try:
-        resolve_model_path(model)
-    except InputError as not_a_file:
+        if model not in shipped:
+            resolve_model_path(model)
+    except InputError:
         try:
             parse_spec(model)
         except SpecError as bad_spec:
             if ":" in model or "@" in model:
                 raise bad_spec from None
-            raise InputError(model, f"{not_a_file.problem}, and not a model spec: {bad_spec}") from None
+            names = ", ".join(sorted(shipped)) or "none installed"
+            raise InputError(model, "not a pretrained model name, a model file, a run folder or a model spec "
+                                    f"(pretrained: {names}; specs look like ecomformer:spframe_quaternion)") from None
         torch.manual_seed(0)
         net = build_model(model)
     else:
-        net = load_model(model).model
+        loaded = load_model(model)
+        if isinstance(loaded, Ensemble):
+            first = loaded.members[0]
+            typer.echo(f"{model}: an ensemble of {len(loaded.members)} models; checking its first member "
+                       f"({first.spec}, {first.path})", err=True)
+            loaded = first
+        net = loaded.model
     return net.to(getattr(torch, dtype)).eval()
