@@ -179,7 +179,8 @@ def bench_accuracy(specs, overrides: list[str], seeds=(0,), output: Path | None 
     of :func:`crystalframes.train.study.summary_table` (mean +- std over seeds, paired difference
     to the backbone without a frame) and the result rows. Resumable: rerun with the same
     ``output`` (and ``results``, default ``output/results.json``) to continue a grid."""
-    from crystalframes.atomic import atomic_write
+    from crystalframes.atomic import atomic_write, write_error
+    from crystalframes.io.errors import UserError
     from crystalframes.train.study import budget_overrides, run_grid, summary_table
 
     base = Path(output) if output else Path("runs") / f"bench-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -190,6 +191,10 @@ def bench_accuracy(specs, overrides: list[str], seeds=(0,), output: Path | None 
     wanted = {str(parse_spec(s)) for s in specs}
     rows = [r for r in rows if r["spec"] in wanted and r["overrides"] == budget_overrides(overrides) and r["seed"] in set(seeds)]
     table = summary_table(rows)
-    with atomic_write(base / "accuracy.md", "w") as fh:
-        fh.write(table)
+    try:
+        with atomic_write(base / "accuracy.md", "w") as fh:
+            fh.write(table)
+    except OSError as exc:  # the runs and results.json are complete: say so, and how to get the table
+        raise UserError(f"{write_error(exc, base / 'accuracy.md', 'the table')}; the runs and {results} are complete: "
+                        "fix that and rerun the same command to write the table") from None
     return table, rows
