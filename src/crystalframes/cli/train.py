@@ -47,9 +47,18 @@ def train_command(
     if print_config:
         typer.echo(config_yaml(cfg), nl=False)
         return
+    from crystalframes.train.progress import TrainingInterrupted
     from crystalframes.train.run import train
 
-    result = train(cfg, output, resume=resume, overwrite=overwrite)
+    try:
+        result = train(cfg, output, resume=resume, overwrite=overwrite)
+    except TrainingInterrupted as stop:  # SIGTERM / SIGINT: `last` saved; exit 143 / 130, never 0
+        if stop.rank_zero:
+            typer.echo(stop.message(), err=True)
+        raise typer.Exit(stop.code)
+    except KeyboardInterrupt:  # Ctrl+C before training started: nothing to continue from
+        typer.echo("train: interrupted by SIGINT before training started", err=True)
+        raise typer.Exit(130)
     m = result.metrics
     if not m:
         return  # a non-zero DDP rank

@@ -3,13 +3,17 @@ metrics CSV that survives kills and resumes, and what each checkpoint records be
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import logging
+import signal
 import sys
 import time
 from datetime import timedelta
 from pathlib import Path
 
 import lightning as L
+from lightning.pytorch.callbacks import TQDMProgressBar
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from lightning.pytorch.loggers.logger import rank_zero_experiment
@@ -66,6 +70,160 @@ class ProgressLines(L.Callback):
         # Lightning runs the epoch's validation before this hook: val_mae is this epoch's
         if trainer.is_global_zero:
             self._emit(self._line(trainer, end_of_epoch=True))
+
+
+class EpochBar(TQDMProgressBar):
+    """Lightning's progress bar on a terminal, but counting epochs as people do and as the
+    progress lines do: "Epoch 1/300" ... "Epoch 300/300" (Lightning shows "Epoch 0" ... "Epoch 299")."""
+
+    def on_train_epoch_start(self, trainer, *args) -> None:
+        super().on_train_epoch_start(trainer, *args)
+        self.train_progress_bar.set_description(f"Epoch {trainer.current_epoch + 1}/{trainer.max_epochs}")
+
+
+class TrainingInterrupted(SystemExit):
+    """Training stopped by SIGTERM or SIGINT; the exit code is the shell's 128 + signal number
+    (143, 130), so a killed batch job never looks finished. ``checkpoint`` is the run's
+    ``last.ckpt`` (None if the run stopped before its first one), at ``epoch`` (1-based) and ``step``."""
+
+    def __init__(self, signum: int, folder: Path, epoch: int, step: int, checkpoint: Path | None, rank_zero: bool = True,
+                 requeued: bool | None = None):
+        super().__init__(128 + signum)
+        self.signum, self.folder, self.epoch, self.step, self.checkpoint = signum, folder, epoch, step, checkpoint
+        self.rank_zero = rank_zero  # under DDP every rank stops; only rank zero should say so
+        self.requeued = requeued  # SLURM pre-emption (SIGUSR1): did `scontrol requeue` succeed
+
+    def message(self) -> str:
+        head = f"train: interrupted by {signal.Signals(self.signum).name} at epoch {self.epoch} step {self.step}"
+        if self.checkpoint is None:
+            return f"{head}; no checkpoint yet: start again with crystalframes train ... --output {self.folder} --overwrite"
+        resume = f"crystalframes train --output {self.folder} --resume"
+        if self.requeued is True:
+            return f"{head}; last checkpoint: {self.checkpoint}; SLURM requeued the job: its script continues with {resume}"
+        if self.requeued is False:
+            return f"{head}; last checkpoint: {self.checkpoint}; requeue failed: resubmit with {resume}"
+        return f"{head}; last checkpoint: {self.checkpoint}; continue with {resume}"
+
+
+class Interruption(L.Callback):
+    """A stop by SIGTERM (SLURM, Kubernetes, `timeout`) or SIGINT (Ctrl+C) that loses nothing:
+    training ends after the batch in progress and ``last.ckpt`` is saved at that exact step.
+
+    Lightning sets ``trainer.received_sigterm`` on SIGTERM and stops the loops at the next batch
+    end by raising its SIGTERMException, a SystemExit without code (so the process used to exit 0).
+    SIGINT is routed through Lightning's SIGTERM handler too (see :meth:`sigint_stops_cleanly`)
+    instead of a KeyboardInterrupt thrown into the middle of an optimiser step."""
+
+    def __init__(self, folder: Path, last: Path):
+        self.folder, self.last = folder, last
+        self.signum: int | None = None
+        self.saved: tuple[int, int] | None = None  # (epoch, step) of the last checkpoint this session saved
+        self._held = False
+        self.requeued: bool | None = None
+
+    @contextlib.contextmanager
+    def sigint_stops_cleanly(self):
+        def on_sigint(signum, frame):
+            lightning_sigterm = signal.getsignal(signal.SIGTERM)
+            if self.signum is not None or not callable(lightning_sigterm):
+                raise KeyboardInterrupt  # a second Ctrl+C, or before Lightning's loops run: stop now
+            self.signum = signal.SIGINT
+            lightning_sigterm(signal.SIGTERM, frame)
+
+        previous = signal.signal(signal.SIGINT, on_sigint)
+        try:
+            yield
+        finally:
+            signal.signal(signal.SIGINT, previous)
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        """Under SLURM, Lightning handles the pre-emption signal (SIGUSR1): it saves hpc_ckpt_N.ckpt
+        (a snapshot taken wherever the signal lands) and runs ``scontrol requeue``, then trains on
+        until SLURM's SIGTERM. Its handler is in place by now; wrap it so that the run also stops at
+        the batch end with ``last`` saved, and learns whether the requeue worked (Lightning only
+        logs a failure, and a job that failed to requeue would be killed at its time limit)."""
+        from lightning.pytorch.plugins.environments import SLURMEnvironment
+
+        lightning_sigusr = signal.getsignal(signal.SIGUSR1)
+        if not (SLURMEnvironment.detect() and callable(lightning_sigusr)):
+            return
+        connector_log = logging.getLogger("lightning.pytorch.trainer.connectors.signal_connector")
+
+        def on_preemption(signum, frame):
+            failures = _Failures()
+            connector_log.addHandler(failures)
+            connector_log.propagate = False  # its warning becomes part of our one line
+            try:
+                lightning_sigusr(signum, frame)
+            finally:
+                connector_log.removeHandler(failures)
+                connector_log.propagate = True
+            self.requeued = not failures.seen
+            if self.signum is None:
+                self.signum = signum
+            lightning_sigterm = signal.getsignal(signal.SIGTERM)
+            if callable(lightning_sigterm):
+                lightning_sigterm(signal.SIGTERM, frame)  # stop at the batch end, as on SIGTERM
+
+        signal.signal(signal.SIGUSR1, on_preemption)
+
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint) -> None:
+        self.saved = (checkpoint["epoch"] + 1, checkpoint["global_step"])
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        # Lightning stops right after this batch: save `last` here, where the step checkpoints are
+        # saved (and resume exactly). Not after the epoch's last batch: the epoch-end checkpoint
+        # follows its validation. Not under DDP: a save waits for every rank, and a signal may
+        # reach one rank only (a rank that waits alone would hang); the periodic `last` serves there.
+        if (trainer.received_sigterm and trainer.world_size == 1 and not trainer.fit_loop.epoch_loop.batch_progress.is_last_batch
+                and (self.saved is None or self.saved[1] != trainer.global_step)):
+            trainer.save_checkpoint(self.last)
+
+    # A signal during validation would stop it part-way (Lightning checks after each batch) and
+    # lose the epoch: let the epoch's validation and its checkpoint finish, then stop.
+    def on_validation_batch_end(self, trainer, *args) -> None:
+        if trainer.received_sigterm and not trainer.sanity_checking:
+            self._held = True
+            trainer._signal_connector.received_sigterm = False
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        self._release(trainer)
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        self._release(trainer)
+
+    def _release(self, trainer) -> None:
+        if self._held:
+            self._held = False
+            trainer._signal_connector.received_sigterm = True
+
+    def error(self, exc: BaseException, trainer) -> TrainingInterrupted | None:
+        """The :class:`TrainingInterrupted` for what ended ``trainer.fit`` with ``exc``, or None if
+        it was not a signal (Lightning's SIGTERMException, or its exit(1) after a KeyboardInterrupt)."""
+        from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+        if isinstance(exc, SIGTERMException):
+            signum = self.signum or signal.SIGTERM
+        elif isinstance(exc, SystemExit) and isinstance(exc.__context__, KeyboardInterrupt):
+            signum = signal.SIGINT
+        else:
+            return None
+        checkpoint = self.last if self.last.exists() else None
+        epoch, step = min(trainer.current_epoch + 1, trainer.max_epochs), trainer.global_step
+        if self.saved is not None and self.saved[1] == step:
+            epoch = self.saved[0]
+        return TrainingInterrupted(signum, self.folder, epoch, step, checkpoint, trainer.is_global_zero, self.requeued)
+
+
+class _Failures(logging.Handler):
+    """Notes Lightning's "Requeuing SLURM job ... failed" warning."""
+
+    def __init__(self):
+        super().__init__(logging.WARNING)
+        self.seen = False
+
+    def emit(self, record) -> None:
+        self.seen = True
 
 
 def read_log_rows(path: Path, up_to_step: int) -> list[dict]:
