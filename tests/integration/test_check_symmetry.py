@@ -52,7 +52,8 @@ def test_check_reports_a_declared_dependence_as_declared_not_failed(run, three_s
     assert report["overall"]["max_rotation_error"] > 1e-6
     assert "rotation" in report["declared_dependences"] and report["failed"] == []
     code, out, err = run("check", "crystalformer:global+identity@cpu_small", str(src), "--trials", "1")
-    assert "declared dependence (rotation)" in out
+    assert "expected by design (a declared dependence" in out
+    assert "  rotation: the identity does not rotate with the crystal (global frame 'identity')" in out
 
 
 @pytest.mark.parametrize("jid, group", [("JVASP-5371", "P2_1"), ("JVASP-22709", "P4_12_12"), ("JVASP-42053", "P6_3")])
@@ -146,3 +147,95 @@ def test_symmetry_frames_use_the_spec_names_and_accept_the_old_ones(run, tmp_pat
         code_old, out_old, _ = run("symmetry", str(cif), "--frame", old, "--json")
         assert code_new == code_old == 0, err
         assert json.loads(out_new)["orbits"] == json.loads(out_old)["orbits"]
+
+
+# --- issue 24: pretrained names, large cells, plain wording ---------------------------------
+
+
+def test_check_takes_a_pretrained_name_and_says_which_member_it_checks(run, tmp_path, nacl):
+    from crystalframes.testing import supercell
+
+    cif = write_cif(nacl, tmp_path / "nacl.cif")
+    code, out, err = run("check", "mp_e_form", cif, "--trials", "1")
+    assert code == 0, err
+    assert "mp_e_form: an ensemble of 4 models; checking its first member (crystalformer:none@cpu" in err
+    assert "passed (within tolerance): rotation, translation, permutation, supercell" in out
+    assert "no failures" in out and "More on each check: docs/diagnostics.md" in out
+
+
+def test_a_name_that_is_no_model_says_so_without_contradiction(run):
+    code, out, err = run("check", "mp_e_frm", "x.cif")
+    assert code == 2
+    assert ("error: mp_e_frm: not a pretrained model name, a model file, a run folder or a model spec "
+            "(pretrained: mp_e_form, mp_gap; specs look like ecomformer:spframe_quaternion)") in err
+
+
+def test_symmetry_takes_a_pretrained_name(run, tmp_path, nacl):
+    cif = write_cif(nacl, tmp_path / "nacl.cif")
+    code, out, err = run("symmetry", cif, "--model", "mp_gap", "--json")
+    assert code == 0, err
+    assert json.loads(out)["model"] == "ecomformer:none@cpu" and "checking its first member" in err
+
+
+def test_translation_copies_are_not_reported_as_collapsed(run, tmp_path, nacl):
+    """Rock salt's conventional cell: each orbit's 4 atoms are copies of one atom by the face
+    centring translations; identical in any frame, which the old output called COLLAPSED."""
+    cif = write_cif(nacl, tmp_path / "nacl.cif")
+    code, out, err = run("symmetry", cif, "--json")
+    report = json.loads(out)
+    assert [(o["verdict"], o["translation_copies"], o["collapsed"]) for o in report["orbits"]] == [
+        ("translation copies", 3, None)] * 2
+    code, out, err = run("symmetry", cif)
+    assert "COLLAPSED" not in out and "translation copies only (nothing to tell apart)" in out
+    assert "identical in any frame, not a collapse" in out
+
+
+def test_a_supercell_is_measured_on_its_distinct_atoms_with_progress(run, tmp_path, by_id):
+    """A 2x2x2 supercell of the P2_1 crystal JVASP-5371 (112 atoms): still collapsed by the
+    equivariant frame, measured among the 2 atoms per orbit that are not translation copies;
+    the cost is announced and the steps are shown on stderr."""
+    from crystalframes.testing import supercell
+
+    cif = write_cif(supercell(by_id["JVASP-5371"], (2, 2, 2)), tmp_path / "big.cif")
+    code, out, err = run("symmetry", cif, "--frame", "equivariant_gram_schmidt")
+    assert code == 0, err
+    assert "big.cif: 112 atoms: this will take about" in err
+    assert "symmetry: comparing the neighbourhoods of 14 atoms in 7 orbits ..." in err
+    assert out.count("COLLAPSED: the frames show these atoms as identical (14 translation copies set aside)") == 7
+
+
+def test_symmetry_refuses_a_cell_above_max_atoms_with_its_cost(run, tmp_path, nacl):
+    from crystalframes.testing import supercell
+
+    cif = write_cif(supercell(nacl, (2, 2, 2)), tmp_path / "nacl64.cif")
+    code, out, err = run("symmetry", cif, "--max-atoms", "50")
+    assert code == 2 and out == ""
+    assert err.startswith("error: ") and len(err.strip().splitlines()) == 1
+    assert "nacl64.cif: 64 atoms, more than --max-atoms 50; the analysis would take about" in err
+    assert "pass --max-atoms 64 (or 0 for no limit) to run it anyway" in err
+    code, out, err = run("symmetry", cif, "--max-atoms", "64")
+    assert code == 0, err
+
+
+def test_check_skips_a_structure_above_max_atoms_and_says_how_to_lift_it(run, tmp_path, nacl):
+    from crystalframes.testing import supercell
+
+    small = write_cif(nacl, tmp_path / "nacl.cif")
+    big = write_cif(supercell(nacl, (2, 2, 2)), tmp_path / "nacl64.cif")
+    code, out, err = run("check", "crystalformer:none@cpu_small", small, big, "--trials", "1", "--max-atoms", "50")
+    assert code == 0, err
+    assert "bad input: " in err and "64 atoms, more than --max-atoms 50" in err and "pass --max-atoms 64" in err
+
+
+def test_symmetry_names_the_atoms_that_fell_back_to_the_global_frame(run, tmp_path, by_id):
+    """P6_3 (JVASP-42053): the atoms on the 3-fold axis (2a, 2b) admit no equivariant frame and
+    take the global one; the report names them instead of calling the orbit kept apart silently."""
+    cif = write_cif(by_id["JVASP-42053"], tmp_path / "p63.cif")
+    code, out, err = run("symmetry", cif, "--frame", "equivariant_gram_schmidt", "--json")
+    report = json.loads(out)
+    on_axis = [o for o in report["orbits"] if o["site_symmetry"].strip(".") == "3"]
+    assert on_axis and all(o["fallback_atoms"] == o["atoms"] for o in on_axis)
+    general = [o for o in report["orbits"] if o["site_symmetry"].strip(".") == "1"]
+    assert general and all(o["fallback_atoms"] == [] for o in general)
+    code, out, err = run("symmetry", cif, "--frame", "equivariant_gram_schmidt")
+    assert "atoms fell back to the global frame" in out and "no equivariant frame exists" in out

@@ -42,7 +42,7 @@ def symmetry_command(
     frames: 0 means the frame makes them look identical to a network (COLLAPSED); SO(3)-
     equivariant local frames do this, SPFrame does not. Copies of one atom by a lattice
     translation (a supercell's repeated cells) are identical by construction and reported as
-    translation copies. More: docs/symmetry.md."""
+    translation copies. More: docs/diagnostics.md."""
     from crystalframes.analysis.symmetry import check_frame, estimated_cost, plot_frames, symmetry_analysis
     from crystalframes.io import read_structure
     from crystalframes.io.errors import UserError

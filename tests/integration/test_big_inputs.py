@@ -1,0 +1,83 @@
+"""Issue 24, big inputs: a JSON array that holds no records is refused at once (bounded time and
+memory, a few lines of output) and lists of bad inputs are capped."""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+MAX_SECONDS = 10
+MAX_RSS_MB = 600
+
+
+def measured(args, cwd: Path):
+    """(exit code, stdout, stderr, seconds, peak RSS in MB) of ``crystalframes *args`` in a fresh
+    interpreter; the peak is this child's own (os.wait4), not that of earlier children."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT / "src"), OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore",
+               CRYSTALFRAMES_CACHE_DIR=str(cwd / "cache"))
+    out, err = cwd / "stdout.txt", cwd / "stderr.txt"
+    start = time.monotonic()
+    with open(out, "wb") as fo, open(err, "wb") as fe:
+        # a CPU-time limit: the old code's 200 MB case ran for minutes; the test must end anyway
+        proc = subprocess.Popen([sys.executable, "-m", "crystalframes", *map(str, args)], cwd=cwd, env=env,
+                                stdout=fo, stderr=fe,
+                                preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_CPU, (120, 120)))
+        _, status, usage = os.wait4(proc.pid, 0)
+        proc.returncode = os.waitstatus_to_exitcode(status)
+    seconds = time.monotonic() - start
+    return proc.returncode, out.read_text(errors="replace"), err.read_text(errors="replace"), seconds, usage.ru_maxrss / 1024
+
+
+@pytest.fixture
+def million_zeros(tmp_path):
+    path = tmp_path / "zeros.json"
+    path.write_text(json.dumps([0] * 1_000_000))  # 3 MB, made here rather than committed
+    return path
+
+
+@pytest.mark.parametrize("command", [["data", "info"], ["predict", "mp_e_form"]])
+def test_a_million_zeros_is_refused_at_once(tmp_path, million_zeros, command):
+    code, out, err, seconds, rss = measured([*command, million_zeros], tmp_path)
+    assert code in (1, 2), err[-2000:]
+    assert "Traceback" not in out + err
+    assert seconds < MAX_SECONDS and rss < MAX_RSS_MB, f"{seconds:.1f} s, {rss:.0f} MB"
+    assert len((out + err).splitlines()) < 10, (out + err)[:2000]
+    assert "zeros.json: a JSON array whose first 8 elements are numbers, not structure records" in err
+
+
+def test_an_array_whose_first_elements_are_not_records_is_refused_as_a_whole(tmp_path, run):
+    small = tmp_path / "three.json"
+    small.write_text('["a", null, [1]]')
+    code, out, err = run("data", "info", small)
+    assert code == 2
+    assert "three.json: a JSON array whose 3 elements are arrays / nulls / strings, not structure records" in err
+
+
+def test_an_array_holding_records_keeps_its_per_record_errors(tmp_path, run):
+    mixed = tmp_path / "mixed.json"
+    mixed.write_text(json.dumps([0, {"id": "x"}]))
+    code, out, err = run("data", "info", mixed)
+    assert code == 0, err
+    assert "mixed.json[0]: record must be a JSON object, got int" in out
+    assert "not structure records" not in out + err
+
+
+def test_check_lists_the_first_bad_inputs_and_counts_the_rest(tmp_path, run, nacl):
+    lines = [json.dumps({"id": "nacl", "lattice": nacl.lattice.tolist(), "species": ["Na"] * 4 + ["Cl"] * 4,
+                         "frac_coords": nacl.frac_coords.tolist()})]
+    lines += [json.dumps({"id": f"bad{i}"}) for i in range(30)]
+    src = tmp_path / "many_bad.jsonl"
+    src.write_text("\n".join(lines) + "\n")
+    code, out, err = run("check", "crystalformer:none@cpu_small", src, "--trials", "1")
+    assert code == 0, err
+    listed = [line for line in err.splitlines() if line.startswith("bad input:")]
+    assert len(listed) == 20
+    assert "... and 10 more bad inputs (--json lists all)" in err
