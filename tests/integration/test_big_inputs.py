@@ -59,9 +59,7 @@ def test_an_array_whose_first_elements_are_not_records_is_refused_as_a_whole(tmp
     code, out, err = run("data", "info", small)
     assert code == 2
     assert "three.json: a JSON array whose 3 elements are arrays / nulls / strings, not structure records" in err
-
-
-def test_an_array_holding_records_keeps_its_per_record_errors(tmp_path, run):
+    # an array that holds a record among its first elements keeps its per-record errors
     mixed = tmp_path / "mixed.json"
     mixed.write_text(json.dumps([0, {"id": "x"}]))
     code, out, err = run("data", "info", mixed)
