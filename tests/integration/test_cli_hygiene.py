@@ -91,6 +91,8 @@ CASES = [
     ("check-negative-trials", ["check", "ecomformer:spframe_quaternion", "NaCl.vasp", "--trials", "-1"], {2}, r"trials"),
     ("check-bad-dtype", ["check", "ecomformer:spframe_quaternion", "NaCl.vasp", "--dtype", "foo"], {2}, r"dtype|foo"),
     ("model-not-found", ["predict", "no_such_model.pt", "NaCl.vasp"], {2}, r"no_such_model"),
+    ("predict-batch-atoms-zero", ["predict", "model.pt", "NaCl.vasp", "--batch-atoms", "0"], {2}, r"Invalid value for '--batch-atoms'"),
+    ("predict-restart-output-is-folder", ["predict", "model.pt", "NaCl.vasp", "--restart", "-o", "existing_dir"], {2}, r"existing_dir: is a folder"),
 ]
 
 
