@@ -261,7 +261,7 @@ def eval_command(
         None, "--split",
         help="Only records whose split field is this (train/val/test), or 'heldout': the test part a default "
              "'crystalframes train' uses (the records' test split, or for data with train/val only, such as "
-             "mp_2018_demo, 10%% of train held out with data.split_seed 123)."),
+             "mp_2018_demo, 10% of train held out with data.split_seed 123; for records without a split field, the test part of the random split)."),
     target_column: Optional[str] = typer.Option(
         None, "--target-column",
         help="The dataset's name for the true values when it differs from the model's target "
@@ -290,12 +290,15 @@ def eval_command(
 
         # the records training would use, split as training splits them
         usable, _ = usable_records(result.crystals, column, single.model)
-        if usable and not any(c.split == "train" for c in usable):
+        if usable and any(c.split for c in usable) and not any(c.split == "train" for c in usable):
             raise InputError(source, "--split heldout needs records with a split field of 'train' (the held-out part is drawn "
                                      "from them, as training does); these records have none: use --split train/val/test or no --split")
         crystals = heldout_part(usable, source, column) if usable else []
     else:
         crystals = [c for c in result.crystals if split is None or c.split == split]
+    if not crystals and split not in (None, "heldout") and result.crystals and not any(c.split for c in result.crystals):
+        raise InputError(source, f"no record has a split field, so --split {split} selects nothing; training split such "
+                                 "records at random: --split heldout gives the test part it held out, no --split all records")
     if not crystals:
         hint = ""
         if target_column is None:

@@ -176,6 +176,11 @@ def split_by_ids(
     return out
 
 
+def has_split_field(crystal: Crystal) -> bool:
+    """True when the record carries its own split label (train/val/test)."""
+    return crystal.split is not None and str(crystal.split).strip() != ""
+
+
 def split_by_field(crystals: Sequence[Crystal]) -> dict[str, list[Crystal]]:
     """Split by each crystal's own ``split`` label; crystals without one are left out.
 
@@ -183,7 +188,7 @@ def split_by_field(crystals: Sequence[Crystal]) -> dict[str, list[Crystal]]:
     """
     out: dict[str, list[Crystal]] = {name: [] for name in SPLIT_NAMES}
     for crystal in crystals:
-        if crystal.split is None or str(crystal.split).strip() == "":
+        if not has_split_field(crystal):
             continue
         out[_normalise_label(crystal.split, crystal.where)].append(crystal)
     return out

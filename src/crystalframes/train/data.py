@@ -113,8 +113,15 @@ class PreparedData:
 
 
 def split_crystals(crystals: list[Crystal], cfg: DataConfig) -> dict[str, list[Crystal]]:
-    from crystalframes.data.splits import make_split
+    from crystalframes.data.splits import has_split_field, make_split
 
+    if cfg.split == "field" and crystals and not any(has_split_field(c) for c in crystals):
+        # one's own data (an id_prop.csv folder, structure files) has no split labels: the
+        # random split is the only one that can work. Said at WARNING level because the CLI
+        # shows no INFO lines, and a user must know which records were held out.
+        cfg = cfg.model_copy(update={"split": "random"})
+        log.warning("%s: the records have no split field (train/val/test); split at random instead: val %g, test %g, "
+                 "seed %d (data.split_seed)", cfg.source, cfg.val_ratio, cfg.test_ratio, cfg.split_seed)
     if cfg.split == "random":
         kw = {"seed": cfg.split_seed, "val_ratio": cfg.val_ratio, "test_ratio": cfg.test_ratio}
         if cfg.train_ratio is not None:
