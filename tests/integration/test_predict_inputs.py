@@ -92,3 +92,134 @@ def test_ensemble_collects_errors_with_std(gap_model, tmp_path):
     assert list(result.errors) == [1]
     mean, std = ensemble.predict([nacl()], return_std=True, clip=False)
     assert mean[0] < -1 and std.shape == (1,)
+
+
+# ---------------------------------------------------------------------------------------------
+# The command line: inputs
+# ---------------------------------------------------------------------------------------------
+
+
+def _predict(folder, *args, stdin=b"", cache=None):
+    """``crystalframes predict`` in a fresh interpreter (stdin given as bytes), as a shell runs it."""
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, COLUMNS="200", CRYSTALFRAMES_CACHE_DIR=str(cache or folder / "cache"))
+    return subprocess.run([sys.executable, "-m", "crystalframes", "predict", *map(str, args)], cwd=folder,
+                          input=stdin, capture_output=True, timeout=300, env=env)
+
+
+def _rows(path):
+    import csv
+
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def _nacl_dict_json(**extra) -> str:
+    import json
+
+    return json.dumps({**extra, "structure": nacl().as_dict()} if extra else nacl().as_dict())
+
+
+def test_predict_reads_stdin_json_lines(gap_model):
+    folder = gap_model.parent
+    lines = [_nacl_dict_json(), '{"id": "rec", "lattice": [[4,0,0],[0,4,0],[0,0,4]], "species": ["Na", "Cl"], '
+             '"frac_coords": [[0,0,0],[0.5,0.5,0.5]]}', "{broken"]
+    result = _predict(folder, gap_model, "-", "-o", "stdin.csv", stdin="\n".join(lines).encode() + b"\n")
+    assert result.returncode == 0, result.stderr.decode()
+    rows = _rows(folder / "stdin.csv")
+    assert [r["source"] for r in rows] == ["<stdin>:1", "<stdin>:2", "<stdin>:3"]
+    assert [r["id"] for r in rows[:2]] == ["NaCl", "rec"] and "not valid JSON" in rows[2]["error"]
+
+
+@pytest.mark.parametrize("fmt", ["cif", "poscar"])
+def test_predict_reads_one_structure_from_stdin(gap_model, fmt):
+    folder = gap_model.parent
+    text = nacl().to(fmt=fmt) if fmt == "cif" else NACL_POSCAR
+    result = _predict(folder, gap_model, "-", "-o", f"stdin_{fmt}.csv", stdin=text.encode())
+    assert result.returncode == 0, result.stderr.decode()
+    [row] = _rows(folder / f"stdin_{fmt}.csv")
+    assert (row["id"], row["source"], row["formula"], row["error"]) == ("stdin", "<stdin>", "NaCl", "")
+
+
+def test_predict_empty_stdin_is_one_clear_error(gap_model):
+    result = _predict(gap_model.parent, gap_model, "-", "-o", "never.csv", stdin=b"  \n")
+    assert result.returncode == 1
+    assert "<stdin>: standard input is empty" in result.stderr.decode()
+    assert not (gap_model.parent / "never.csv").exists()
+
+
+def test_predict_reads_a_record_wrapping_a_structure_dict(gap_model):
+    """``{"material_id", "structure": Structure.as_dict(), ...}``, as Materials Project exports are."""
+    folder = gap_model.parent
+    (folder / "mp.json").write_text(_nacl_dict_json(material_id="mp-22862", band_gap=5.0))
+    result = _predict(folder, gap_model, "mp.json", "-o", "mp.csv")
+    assert result.returncode == 0, result.stderr.decode()
+    [row] = _rows(folder / "mp.csv")
+    assert (row["formula"], row["error"]) == ("NaCl", "")
+
+
+def _tiny_mp_2018_archive(path):
+    """A two-record stand-in for the MEGNet archive (the member name and JARVIS record layout of
+    the real one), so a registered name resolves to a small cached download."""
+    import json
+    import zipfile
+
+    atoms = {"lattice_mat": [[4.0, 0, 0], [0, 4.0, 0], [0, 0, 4.0]], "coords": [[0, 0, 0], [0.5, 0.5, 0.5]],
+             "elements": ["Na", "Cl"], "cartesian": False}
+    records = [{"id": f"mp-{i}", "atoms": atoms, "e_form": -1.0, "gap pbe": 4.0} for i in (1, 2)]
+    with zipfile.ZipFile(path, "w") as zf:
+        zf.writestr("megnet.json", json.dumps(records))
+    return path
+
+
+def test_predict_takes_a_registered_dataset_name(gap_model, tmp_path):
+    import subprocess
+    import sys
+
+    cache = tmp_path / "cache"
+    env_fetch = [sys.executable, "-m", "crystalframes", "data", "fetch", "mp_2018", "--file",
+                 str(_tiny_mp_2018_archive(tmp_path / "tiny.zip"))]
+    import os
+
+    fetched = subprocess.run(env_fetch, capture_output=True, timeout=300,
+                             env=dict(os.environ, CRYSTALFRAMES_CACHE_DIR=str(cache)))
+    assert fetched.returncode == 0, fetched.stderr.decode()
+    result = _predict(tmp_path, gap_model, "megnet", "-o", "named.csv", cache=cache)  # an alias, as eval takes
+    assert result.returncode == 0, result.stderr.decode()
+    assert [r["id"] for r in _rows(tmp_path / "named.csv")] == ["mp-1", "mp-2"]
+
+
+def test_predict_dataset_name_not_downloaded_says_how_to_fetch(gap_model, tmp_path):
+    result = _predict(tmp_path, gap_model, "jarvis_dft_3d_2021", gap_model.parent / "NaCl.vasp", "-o", "some.csv")
+    assert result.returncode == 0, result.stderr.decode()
+    rows = _rows(tmp_path / "some.csv")
+    assert "crystalframes data fetch jarvis_dft_3d_2021" in rows[1]["error"]
+    assert rows[0]["formula"] == "NaCl"
+
+
+def test_embedded_dataset_name_resolves_to_its_records():
+    """The whole 5,955-structure demo takes minutes to predict: its resolution is checked here."""
+    from itertools import islice
+
+    from crystalframes.data.sources import iter_input_structures
+    from crystalframes.io import Crystal
+
+    first = list(islice(iter_input_structures("mp_demo"), 3))
+    assert len(first) == 3 and all(isinstance(c, Crystal) for c in first)
+
+
+def test_predict_does_not_leak_pymatgen_electronegativity_warnings(gap_model):
+    """He has no Pauling electronegativity: pymatgen warns when it writes the formula."""
+    import json
+
+    folder = gap_model.parent
+    record = {"id": "HeF", "lattice": [[4, 0, 0], [0, 4, 0], [0, 0, 4]], "species": ["He", "F"],
+              "frac_coords": [[0, 0, 0], [0.5, 0.5, 0.5]]}
+    (folder / "HeF.json").write_text(json.dumps(record))
+    result = _predict(folder, gap_model, "HeF.json", "-o", "hef.csv")
+    assert result.returncode == 0, result.stderr.decode()
+    assert "electronegativity" not in result.stderr.decode()
+    assert _rows(folder / "hef.csv")[0]["id"] == "HeF"

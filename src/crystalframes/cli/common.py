@@ -18,15 +18,27 @@ def require_training_stack() -> None:
 
 
 def collect_structures(inputs: List[str], model=None):
-    """Crystals and errors from files, folders and datasets; bad inputs are listed, not fatal.
-    With ``model``, structures holding elements it cannot encode are errors too (found here,
-    before batching, so they never cost the good structures of their batch)."""
-    from crystalframes.io import InputError, iter_structures
+    """Crystals and errors from files, folders, registered dataset names and ``-`` (standard
+    input; :func:`crystalframes.data.sources.iter_input_structures`); bad inputs are listed, not
+    fatal. With ``model``, structures holding elements it cannot encode are errors too (found
+    here, before batching, so they never cost the good structures of their batch)."""
+    from crystalframes.data.sources import iter_input_structures
+    from crystalframes.io import InputError
+    from crystalframes.io.stdin import STDIN, read_stdin
     from crystalframes.models.elements import split_supported
 
     crystals, errors = [], []
+    stdin = None
+    if STDIN in inputs:
+        if inputs.count(STDIN) > 1:  # a stream is read once: a second '-' would silently be empty
+            raise UserError(f"'{STDIN}' (standard input) is named {inputs.count(STDIN)} times; name it once")
+        try:
+            stdin = read_stdin()
+        except InputError as exc:
+            stdin, errors = b"", [exc]
+            inputs = [item for item in inputs if item != STDIN]
     for item in inputs:
-        for rec in iter_structures(item):
+        for rec in iter_input_structures(item, stdin):
             (errors if isinstance(rec, InputError) else crystals).append(rec)
     if model is not None:
         crystals, unsupported = split_supported(model, crystals)

@@ -7,12 +7,14 @@ both ways: this module uses both."""
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 from crystalframes.data.datasets import DATASETS, embedded_path, get_dataset_info
 from crystalframes.data.download import cached_dataset, fetch_dataset
-from crystalframes.io.errors import DatasetError
-from crystalframes.io.datasets import ReadResult, read_dataset
+from crystalframes.io.crystal import Crystal
+from crystalframes.io.errors import DatasetError, InputError
+from crystalframes.io.datasets import ReadResult, iter_records, iter_structures, read_dataset
 
 
 def resolve_source(source: str | os.PathLike, *, download: bool = False) -> Path:
@@ -46,6 +48,39 @@ def resolve_source(source: str | os.PathLike, *, download: bool = False) -> Path
         f"not downloaded yet: run `crystalframes data fetch {info.name}` "
         f"(or `crystalframes data fetch {info.name} --file LOCAL` if you already have the archive)",
     )
+
+
+def iter_input_structures(item: str | os.PathLike, stdin: bytes | None = None) -> Iterator[Crystal | InputError]:
+    """Every structure one input of ``predict`` / ``check`` names, each a :class:`Crystal` or the
+    :class:`InputError` saying why it is bad; never raises.
+
+    - ``-``: standard input (``stdin``: its bytes, read by the caller once), see
+      :mod:`crystalframes.io.stdin`;
+    - an existing path: :func:`crystalframes.io.iter_structures` (a structure file, folder or container);
+    - a registered dataset name (as ``eval`` resolves it: :func:`resolve_source`): its records; one
+      not downloaded yet is one error saying how to fetch it.
+    """
+    from crystalframes.io.stdin import STDIN, iter_stream_structures
+
+    if os.fspath(item) == STDIN:
+        yield from iter_stream_structures(stdin if stdin is not None else b"")
+        return
+    if not Path(os.path.expanduser(os.fspath(item))).exists():
+        name = os.fspath(item)
+        try:
+            info = get_dataset_info(name)
+        except DatasetError:
+            info = None
+            if not Path(name).suffix and os.sep not in name:  # looks like a name, not a file
+                yield DatasetError(name, f"no such file, folder or dataset; known datasets: {', '.join(DATASETS)}")
+                return
+        if info is not None:
+            try:
+                yield from iter_records(resolve_source(item), member=info.member)
+            except InputError as exc:  # not downloaded yet, a corrupt cache...
+                yield exc
+            return
+    yield from iter_structures(item)
 
 
 def load_dataset(

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -19,6 +21,17 @@ MIN_NORMALISED_VOLUME = 1e-6
 MAX_LATTICE_LENGTH = 1e12
 # Up to this many atoms the closest-pair check uses the O(N^2) minimum-image shortcut.
 MINIMUM_IMAGE_MAX_ATOMS = 200
+
+
+@contextmanager
+def quiet_pymatgen():
+    """No "No Pauling electronegativity for He. Setting to NaN" warnings inside: pymatgen emits
+    one the first time it orders a noble gas (He, Ne, Ar...) by electronegativity (a formula, a
+    CIF), about its own internals, not the user's valid structure. Scoped to our reading calls,
+    so the user's own pymatgen code still sees its warnings."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="No Pauling electronegativity", category=UserWarning)
+        yield
 
 
 @dataclass
@@ -62,7 +75,8 @@ class Crystal:
         for z in self.atomic_numbers:
             sym = element_symbol(z)
             counts[sym] = counts.get(sym, 0) + 1
-        return Composition(counts).reduced_formula
+        with quiet_pymatgen():
+            return Composition(counts).reduced_formula
 
     @property
     def where(self) -> str:

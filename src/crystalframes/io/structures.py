@@ -25,14 +25,18 @@ import numpy as np
 from crystalframes.io.coercion import (
     _INTERNAL_ERRORS,
     _JARVIS_ID_KEYS,
+    _JARVIS_NON_TARGET_KEYS,
+    _coerce_target,
     _coerce_targets,
+    _is_target_value,
     _label,
     _record_id,
     _short_exc,
+    _split_value,
     crystal_from_jarvis,
     crystal_from_record,
 )
-from crystalframes.io.crystal import MAX_ATOMIC_NUMBER, Crystal
+from crystalframes.io.crystal import MAX_ATOMIC_NUMBER, Crystal, quiet_pymatgen
 from crystalframes.io.errors import InputError
 from crystalframes.io.files import checked_stat, decode_text, printable, read_regular_file
 
@@ -57,6 +61,8 @@ def _crystal_from_any_record(rec: Any, where: str) -> Crystal:
     if isinstance(rec, dict):
         if rec.get("@class") in ("Structure", "IStructure"):
             return _crystal_from_pymatgen_dict(rec, where)
+        if isinstance(rec.get("structure"), dict) and rec["structure"].get("@class") in ("Structure", "IStructure"):
+            return _crystal_from_structure_record(rec, where)
         if "atoms" in rec:
             return crystal_from_jarvis(rec, where)
         if "lattice" in rec or "species" in rec or "frac_coords" in rec:
@@ -78,6 +84,28 @@ def _crystal_from_pymatgen_dict(rec: dict, where: str) -> Crystal:
     except Exception as exc:
         raise InputError(where, f"cannot read pymatgen Structure dict: {_short_exc(exc)}") from None
     return _crystal_from_pymatgen(structure, id=None, source=where).validate()
+
+
+# Where records that wrap a Structure dict keep their id (Materials Project / matminer first).
+_STRUCTURE_RECORD_ID_KEYS = ("material_id", "mpid", "jid", "id")
+
+
+def _crystal_from_structure_record(rec: dict, where: str) -> Crystal:
+    """A record holding a pymatgen ``Structure.as_dict()`` under ``"structure"``, as Materials
+    Project API and matminer exports are (``{"material_id": "mp-149", "structure": {...},
+    "band_gap": 0.6}``): the id from its id key, every other top-level number a target."""
+    record_id = _record_id(rec, _STRUCTURE_RECORD_ID_KEYS)
+    label = _label(where, record_id)
+    crystal = _crystal_from_pymatgen_dict(rec["structure"], label)
+    crystal.id = record_id or crystal.id
+    crystal.source = where
+    crystal.split = _split_value(rec.get("split"), label)
+    crystal.targets = {
+        str(k): _coerce_target(str(k), v, label)
+        for k, v in rec.items()
+        if k not in _JARVIS_NON_TARGET_KEYS and k != "structure" and _is_target_value(v)
+    }
+    return crystal.validate()
 
 
 # --------------------------------------------------------------------------------------------------
@@ -304,7 +332,14 @@ def _read_structure_file(path: Path, where: str, id: str | None, targets: dict |
             raise InputError(where, f"cannot parse as {_FORMAT_NAMES[fmt]}: {_short_exc(exc)}") from None
         return _crystal_from_ase(atoms, id, where, targets)
     text = _read_text(path, where)
+    return _structure_from_text(text, fmt, where, id, explicit_id, targets, path)
 
+
+def _structure_from_text(text: str, fmt: str | None, where: str, id: str | None, explicit_id: str | None,
+                         targets: dict | None, path: Path | None = None) -> Crystal:
+    """One crystal from a structure file's text; ``fmt`` as :func:`_structure_format` names it,
+    ``None`` to guess from the content (``path`` lets ASE guess by itself as a last resort).
+    Shared by files and standard input."""
     if fmt == "json":
         try:
             data = json.loads(text)
@@ -459,7 +494,8 @@ def read_structure(obj: Any, id: str | None = None, targets: dict | None = None)
     else:
         where = f"{type(obj).__module__.split('.')[0]} {type(obj).__name__}"
     try:
-        return _read_structure(obj, id, targets).validate()
+        with quiet_pymatgen():
+            return _read_structure(obj, id, targets).validate()
     except InputError:
         raise
     except Exception as exc:  # a parser bug or an unexpected failure: still one clear line
