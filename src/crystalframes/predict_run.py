@@ -69,7 +69,12 @@ def partial_path(output: Path) -> Optional[Path]:
         _, kind = output_target(output)
     except (OSError, UserError):
         return None
-    return None if kind == "stream" else output.parent / f"{output.name}.partial"
+    if kind == "stream":
+        return None
+    name = f"{output.name}.partial"
+    if len(os.fsencode(name)) > 255:  # a file name's limit: a long output name gets a hashed partial name
+        name = f"predict-{hashlib.sha256(os.fsencode(output.name)).hexdigest()[:16]}.partial"
+    return output.parent / name
 
 
 def file_digest(paths) -> str:
@@ -113,13 +118,15 @@ class Partial:
         """Read the batches a previous run of the same command finished. Returns a note for the
         user ("" when there was nothing to continue). A partial file of another command is
         refused (UserError) unless ``restart``."""
-        if self.path is None or not self.path.exists():
+        if self.path is None:
             return ""
-        if restart:
-            self.path.unlink()
-            return f"predict: --restart: {self.path} discarded"
         try:
+            if restart:
+                self.path.unlink()
+                return f"predict: --restart: {self.path} discarded"
             data = self.path.read_bytes()
+        except FileNotFoundError:
+            return ""
         except OSError as exc:
             from crystalframes.atomic import describe_os_error
 
