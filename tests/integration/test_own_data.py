@@ -62,6 +62,11 @@ def test_own_id_prop_folder_trains_with_a_random_split_and_eval_explains_split(o
     assert "the records have no split field (train/val/test); split at random instead: val 0.1, test 0.1" in proc.stderr
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["val"]["n"] == 6 and metrics["test"]["n"] == 6
+    # no units known for one's own target: named alone, not as "target ()"
+    card = (run / "model_card.md").read_text()
+    assert "- **target**: `target`\n" in card and "| split | n | MAE | mean-predictor MAE |" in card
+    assert "random split (seed 123)" in card and "()" not in card
+    assert "target: target   trained" in proc.stdout
 
     proc = crystalframes("eval", run, own_folder, "--split", "val", "-o", tmp_path / "ev", cwd=tmp_path)
     assert proc.returncode == 2

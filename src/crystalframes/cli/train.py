@@ -63,7 +63,7 @@ def train_command(
     if not m:
         return  # a non-zero DDP rank
     typer.echo(f"run folder: {result.folder}")
-    typer.echo(f"model:      {m['spec']}   target: {m['target']} ({m['units']})   trained {m['epochs_completed']} epochs, {m['train_wall_seconds']} s")
+    typer.echo(f"model:      {m['spec']}   target: {m['target']}{' (' + m['units'] + ')' if m['units'] else ''}   trained {m['epochs_completed']} epochs, {m['train_wall_seconds']} s")
     typer.echo(f"{'split':6s} {'n':>6s} {'MAE':>10s} {'RMSE':>10s} {'R2':>7s} {'mean-baseline MAE':>18s}")
     for split in ("val", "test"):
         if split in m:

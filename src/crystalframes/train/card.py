@@ -50,11 +50,13 @@ def model_card(folder: Path, cfg, metrics: dict, model_file: Path) -> str:
             m = metrics[name]
             rows.append(f"| {name} | {m['n']} | {m['mae']:.4f} | {m['mean_baseline_mae']:.4f} |")
     size = model_file.stat().st_size
+    # a target without units (one's own id_prop.csv) is named alone, not as "target ()"
+    units = f" ({metrics['units']})" if metrics["units"] else ""
     return "\n".join([
         f"# Model card: {folder.name}",
         "",
         f"- **spec**: `{cfg.model.spec}`" + (f" with options `{cfg.model.options}`" if cfg.model.options else ""),
-        f"- **target**: `{metrics['target']}` ({metrics['units']})",
+        f"- **target**: `{metrics['target']}`{units}",
         f"- **data**: `{d.source}` (sha256 `{data_hash(d.source)[:16]}...`), {split}; test "
         f"{'held out from train, ' + str(d.test_from_train) + ' of it (seed ' + str(d.split_seed) + ')' if d.split == 'field' else 'from the split'}; "
         f"{metrics['num_train']} training records",
@@ -64,7 +66,7 @@ def model_card(folder: Path, cfg, metrics: dict, model_file: Path) -> str:
         f"- **trained again by**: `crystalframes train {folder / 'config.yaml'}` (the resolved config of this run)",
         f"- **versions**: crystalframes {__version__}" + (f", commit `{source_commit()[:12]}`" if source_commit() else ""),
         "",
-        f"| split | n | MAE ({metrics['units']}) | mean-predictor MAE |",
+        f"| split | n | MAE{units} | mean-predictor MAE |",
         "|---|---:|---:|---:|",
         *rows,
         "",

@@ -119,7 +119,9 @@ def split_crystals(crystals: list[Crystal], cfg: DataConfig) -> dict[str, list[C
         # one's own data (an id_prop.csv folder, structure files) has no split labels: the
         # random split is the only one that can work. Said at WARNING level because the CLI
         # shows no INFO lines, and a user must know which records were held out.
-        cfg = cfg.model_copy(update={"split": "random"})
+        # Set on the run's own config (not a copy): its model card and saved config then name
+        # the split the run used, and training again from that config draws the same one.
+        cfg.split = "random"
         log.warning("%s: the records have no split field (train/val/test); split at random instead: val %g, test %g, "
                  "seed %d (data.split_seed)", cfg.source, cfg.val_ratio, cfg.test_ratio, cfg.split_seed)
     if cfg.split == "random":
