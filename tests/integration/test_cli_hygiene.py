@@ -93,6 +93,21 @@ CASES = [
     ("model-not-found", ["predict", "no_such_model.pt", "NaCl.vasp"], {2}, r"no_such_model"),
     ("predict-batch-atoms-zero", ["predict", "model.pt", "NaCl.vasp", "--batch-atoms", "0"], {2}, r"Invalid value for '--batch-atoms'"),
     ("predict-restart-output-is-folder", ["predict", "model.pt", "NaCl.vasp", "--restart", "-o", "existing_dir"], {2}, r"existing_dir: is a folder"),
+    # issue 24: pretrained names everywhere a model is taken, eval's help, symmetry's size limit
+    ("check-pretrained-name", ["check", "mp_e_form", "NaCl.vasp", "--trials", "1"], {0},
+     r"passed \(within tolerance\).*mp_e_form: an ensemble of 4 models; checking its first member"),
+    ("symmetry-pretrained-name", ["symmetry", "NaCl.vasp", "--model", "mp_e_form"], {0},
+     r"Fm-3m.*translation copies only.*checking its first member"),
+    ("check-no-such-model", ["check", "mp_e_frm", "NaCl.vasp"], {2},
+     r"mp_e_frm: not a pretrained model name, a model file, a run folder or a model spec \(pretrained: mp_e_form"),
+    ("eval-help-percent", ["eval", "--help"], {0}, r"^(?!.*%%).*10% of train"),
+    ("symmetry-over-max-atoms", ["symmetry", "NaCl.vasp", "--max-atoms", "4"], {2},
+     r"NaCl\.vasp: 8 atoms, more than --max-atoms 4; the analysis would take about .* pass --max-atoms 8"),
+    # issue 24: predict's inputs: '-' is standard input (empty here), dataset names like eval's
+    ("predict-stdin-empty", ["predict", "model.pt", "-", "-o", "out.csv"], {1}, r"<stdin>: standard input is empty"),
+    ("predict-stdin-twice", ["predict", "model.pt", "-", "-", "-o", "out.csv"], {2}, r"standard input.*name it once"),
+    ("predict-unknown-dataset-name", ["predict", "model.pt", "no_such_dataset", "-o", "out.csv"], {1},
+     r"no_such_dataset: no such file, folder or dataset; known datasets: mp_2018_demo"),
 ]
 
 
