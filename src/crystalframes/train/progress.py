@@ -13,7 +13,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import lightning as L
-from lightning.pytorch.callbacks import TQDMProgressBar
+from lightning.pytorch.callbacks import RichProgressBar
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from lightning.pytorch.loggers.logger import rank_zero_experiment
@@ -72,13 +72,13 @@ class ProgressLines(L.Callback):
             self._emit(self._line(trainer, end_of_epoch=True))
 
 
-class EpochBar(TQDMProgressBar):
-    """Lightning's progress bar on a terminal, but counting epochs as people do and as the
-    progress lines do: "Epoch 1/300" ... "Epoch 300/300" (Lightning shows "Epoch 0" ... "Epoch 299")."""
+class EpochBar(RichProgressBar):
+    """Lightning's progress bar for a terminal (rich's: typer installs rich, and Lightning picks
+    it then), but counting epochs as people do and as the progress lines do: "Epoch 1/300" ...
+    "Epoch 300/300" (Lightning shows "Epoch 0/299" ... "Epoch 299/299")."""
 
-    def on_train_epoch_start(self, trainer, *args) -> None:
-        super().on_train_epoch_start(trainer, *args)
-        self.train_progress_bar.set_description(f"Epoch {trainer.current_epoch + 1}/{trainer.max_epochs}")
+    def _get_train_description(self, current_epoch: int) -> str:
+        return f"Epoch {current_epoch + 1}/{self.trainer.max_epochs}"
 
 
 class TrainingInterrupted(SystemExit):
