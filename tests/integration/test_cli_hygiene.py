@@ -108,6 +108,11 @@ CASES = [
     ("predict-stdin-twice", ["predict", "model.pt", "-", "-", "-o", "out.csv"], {2}, r"standard input.*name it once"),
     ("predict-unknown-dataset-name", ["predict", "model.pt", "no_such_dataset", "-o", "out.csv"], {1},
      r"no_such_dataset: no such file, folder or dataset; known datasets: mp_2018_demo"),
+    # issue 24: an output that cannot be created: one line with the path and the errno symbol
+    ("train-output-is-a-file", ["train", "--output", "existing.csv"], {2}, r"existing\.csv: cannot create the run folder.*\(EEXIST\)"),
+    ("train-output-under-a-file", ["train", "--output", "existing.csv/run"], {2}, r"existing\.csv/run: cannot create the run folder.*\(ENOTDIR\)"),
+    ("eval-output-under-a-file", ["eval", "model.pt", "labelled", "--target-column", "target", "-o", "existing.csv/ev"], {2},
+     r"existing\.csv/ev: cannot create the output folder.*\(ENOTDIR\)"),
 ]
 
 
