@@ -7,8 +7,8 @@ own :class:`~crystalframes.io.errors.UserError` (bad input, bad spec, unsafe out
 commands raise: one ``error:`` line, exit code 2. The commands word their own failed writes (the
 file, the OS reason, what was kept); an ``OSError`` that still escapes one (a full disk under
 standard output, say) is the same: one line with the path, the reason and its errno symbol
-(``ENOSPC``, ``EROFS`` ...), exit code 2. A reader that stops early (``| head``) ends the command
-quietly with exit code 141, as a shell's SIGPIPE would. Anything else is a bug and keeps its
+(``ENOSPC``, ``EROFS`` ...), exit code 2. (A reader that stops early, ``| head``, is click's to
+handle: it ends the command quietly with exit code 1.) Anything else is a bug and keeps its
 traceback.
 """
 
@@ -81,11 +81,8 @@ def main(argv: list[str] | None = None) -> None:
         from crystalframes.atomic import describe_os_error
 
         path = exc.filename or ("standard output" if _from_echo(exc) else "(a file the OS did not name)")
-        if path == "standard output":
-            # what is still buffered for it cannot be written either: no second complaint at exit
-            _silence_stdout()
-            if isinstance(exc, BrokenPipeError):  # the reader stopped early (| head): not an error to report
-                raise SystemExit(141)
+        if path == "standard output":  # what is still buffered for it cannot be written either:
+            _silence_stdout()  # no second complaint when the interpreter exits
         typer.secho(f"error: {describe_os_error(exc, path)}", err=True, fg=typer.colors.RED)
         raise SystemExit(2)
 
