@@ -12,7 +12,6 @@ import sys
 import pytest
 
 from crystalframes.io import Crystal, InputError, read_structure
-from crystalframes.io.stdin import iter_stream_structures, read_stdin
 
 
 def _nacl():
@@ -22,6 +21,8 @@ def _nacl():
 
 
 def _read(data: bytes) -> list:
+    from crystalframes.io.stdin import iter_stream_structures
+
     return list(iter_stream_structures(data))
 
 
@@ -80,12 +81,16 @@ class _Terminal:
 
 
 def test_terminal_says_how_to_end_the_input(monkeypatch, capsys):
+    from crystalframes.io.stdin import read_stdin
+
     monkeypatch.setattr(sys, "stdin", _Terminal(b"abc"))
     assert read_stdin() == b"abc"
     assert "reading structures from standard input (Ctrl-D to end)" in capsys.readouterr().err
 
 
 def test_closed_stdin_is_an_error(monkeypatch):
+    from crystalframes.io.stdin import read_stdin
+
     monkeypatch.setattr(sys, "stdin", None)
     with pytest.raises(InputError, match="no standard input"):
         read_stdin()
