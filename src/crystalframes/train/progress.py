@@ -130,7 +130,11 @@ class Interruption(L.Callback):
             self.signum = signal.SIGINT
             lightning_sigterm(signal.SIGTERM, frame)
 
-        previous = signal.signal(signal.SIGINT, on_sigint)
+        previous = signal.getsignal(signal.SIGINT)
+        if previous == signal.SIG_IGN:  # started in the background (`cmd &`, nohup): Ctrl+C is not for us
+            yield
+            return
+        signal.signal(signal.SIGINT, on_sigint)
         try:
             yield
         finally:
