@@ -223,3 +223,28 @@ def test_predict_does_not_leak_pymatgen_electronegativity_warnings(gap_model):
     assert result.returncode == 0, result.stderr.decode()
     assert "electronegativity" not in result.stderr.decode()
     assert _rows(folder / "hef.csv")[0]["id"] == "HeF"
+
+
+def test_predict_on_a_terminal_says_how_to_end_the_input(gap_model):
+    """``-`` with standard input on a terminal: the hint first, then what is typed up to Ctrl-D."""
+    import os
+    import pty
+    import subprocess
+    import sys
+
+    folder = gap_model.parent
+    master, slave = pty.openpty()
+    try:
+        proc = subprocess.Popen([sys.executable, "-m", "crystalframes", "predict", str(gap_model), "-", "-o", "tty.csv"],
+                                cwd=folder, stdin=slave, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                env=dict(os.environ, CRYSTALFRAMES_CACHE_DIR=str(folder / "cache")))
+        for line in NACL_POSCAR.splitlines(keepends=True):
+            os.write(master, line.encode())
+        os.write(master, b"\x04")  # Ctrl-D at the start of a line: end of input
+        _, err = proc.communicate(timeout=300)
+    finally:
+        os.close(master)
+        os.close(slave)
+    assert proc.returncode == 0, err.decode()
+    assert "reading structures from standard input (Ctrl-D to end)" in err.decode()
+    assert _rows(folder / "tty.csv")[0]["formula"] == "NaCl"
