@@ -64,7 +64,7 @@ def test_an_unwritable_graph_cache_only_warns(tiny_data, tmp_path, monkeypatch, 
     def read_only(path, *a, **k):
         raise PermissionError(13, "Permission denied", str(path))
 
-    monkeypatch.setattr(cache, "atomic_write", read_only)
+    monkeypatch.setattr(cache, "save_torch", read_only)
     with caplog.at_level(logging.WARNING, logger="crystalframes"):
         result = train(tiny_config(tiny_data, 1), tmp_path / "run")
     assert result.metrics["epochs_completed"] == 1
