@@ -15,6 +15,7 @@ import hashlib
 import json
 import os
 import signal
+import stat
 import sys
 import time
 from contextlib import contextmanager
@@ -117,13 +118,13 @@ class Partial:
     def load(self, restart: bool) -> str:
         """Read the batches a previous run of the same command finished. Returns a note for the
         user ("" when there was nothing to continue). A partial file of another command is
-        refused (UserError) unless ``restart``."""
+        refused (UserError) unless ``restart``; a file that is not a partial file never is replaced."""
         if self.path is None:
             return ""
         try:
-            if restart:
-                self.path.unlink()
-                return f"predict: --restart: {self.path} discarded"
+            if not stat.S_ISREG(os.lstat(self.path).st_mode):  # a FIFO would hang the read, a link is not ours
+                raise UserError(f"{self.path}: is not a crystalframes predict partial file (not a regular file); "
+                                f"refusing to read or replace it (move it away, or give another -o)")
             data = self.path.read_bytes()
         except FileNotFoundError:
             return ""
@@ -131,14 +132,20 @@ class Partial:
             from crystalframes.atomic import describe_os_error
 
             raise UserError(f"{describe_os_error(exc, self.path)}; cannot read the partial file of an earlier run "
-                            f"(move it away or give --restart)") from None
+                            f"(move it away, or give another -o)") from None
+        # ours (even a header torn by a full disk) or a file of the user's, which is never touched
+        if not data.startswith(b'{"format": "%s"' % PARTIAL_FORMAT.encode()):
+            raise UserError(f"{self.path}: is not a crystalframes predict partial file; refusing to continue from or "
+                            f"replace it (move it away, or give another -o)")
+        if restart:
+            self.path.unlink()
+            return f"predict: --restart: {self.path} discarded"
         lines = data.split(b"\n")
         try:
             header = json.loads(lines[0])
-            assert header["format"] == PARTIAL_FORMAT
-        except Exception:
-            raise UserError(f"{self.path}: is not a crystalframes predict partial file; refusing to continue from or "
-                            f"replace it (move it away, or give --restart to discard it)") from None
+        except ValueError:  # torn while its header was written (a full disk): no batch in it
+            self.path.unlink()
+            return f"predict: {self.path} held no finished batch; starting afresh"
         old = header.get("fingerprint", {})
         differ = [_FIELDS.get(k, k) for k in sorted(set(old) | set(self.fingerprint)) if old.get(k) != self.fingerprint.get(k)]
         if header.get("version") != PARTIAL_VERSION or differ:
@@ -222,6 +229,11 @@ def stop_on_signals() -> Iterator[None]:
         name = signal.Signals(signum).name
         raise Interrupted(name, 128 + signum)
 
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():  # only the main thread may set handlers
+        yield
+        return
     old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield

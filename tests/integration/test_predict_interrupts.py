@@ -288,3 +288,19 @@ def test_progress_lines_when_piped(model_file, many, tmp_path):
     lines = [x for x in proc.stderr.splitlines() if x.endswith("structures/s") and f"of {N_STRUCTURES} structure(s)," in x]
     assert lines, proc.stderr
     assert "structures/s)" in proc.stderr.splitlines()[-1], proc.stderr  # the summary line
+
+
+@pytest.mark.parametrize("kind", ["file", "fifo"])
+def test_a_file_of_the_users_named_like_the_partial_file_is_never_touched(model_file, few, tmp_path, kind):
+    """Even with --restart: only a file that is a predict partial file is continued or discarded."""
+    theirs = tmp_path / "out.csv.partial"
+    if kind == "file":
+        theirs.write_text("my notes\n")
+    else:
+        os.mkfifo(theirs)  # reading it would hang
+    for extra in ([], ["--restart"]):
+        proc = cli("predict", model_file, few, "-o", "out.csv", *extra, cwd=tmp_path, timeout=120)
+        assert proc.returncode == 2, proc.stderr
+        one_line(proc.stderr, "out.csv.partial: is not a crystalframes predict partial file")
+    assert (theirs.read_text() == "my notes\n") if kind == "file" else stat.S_ISFIFO(os.lstat(theirs).st_mode)
+    assert not (tmp_path / "out.csv").exists()
