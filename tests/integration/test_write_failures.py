@@ -296,3 +296,37 @@ def test_symmetry_plot_write_failure(tmp_path, read_only):
         assert proc.returncode == 2, proc.stderr[-3000:]
         one_error_line(proc, disk / "frames.png", "cannot write the plot", "(EROFS)" if read_only else "(ENOSPC)")
         assert_user_files(disk)
+
+
+# --- bench accuracy ---------------------------------------------------------------------------
+
+
+def bench_args(subset, out):
+    return ["bench", "accuracy", "ecomformer:none@cpu_small", *TINY[2:], "--set", f"data.source={subset}", "--set", "trainer.epochs=1",
+            "-o", str(out)]
+
+
+def test_bench_accuracy_table_on_a_full_disk(subset, tmp_path):
+    """The grid finished but accuracy.md does not fit: the runs and results are said to be
+    complete, and rerunning the command (nothing is retrained) writes the table."""
+    with tmpfs(tmp_path / "disk", 4 * 1024 * 1024, files=USER) as disk:
+        out = disk / "bench"
+        assert cli(*bench_args(subset, out), tmp_path=tmp_path).returncode == 0
+        (out / "accuracy.md").unlink()
+        fill(disk)
+        proc = cli(*bench_args(subset, out), tmp_path=tmp_path)
+        assert proc.returncode == 2, proc.stderr[-3000:]
+        one_error_line(proc, out / "accuracy.md", "(ENOSPC)", f"the runs and {out / 'results.json'} are complete")
+        assert_user_files(disk)
+        (disk / "filler").unlink()
+        assert cli(*bench_args(subset, out), tmp_path=tmp_path).returncode == 0 and (out / "accuracy.md").exists()
+
+
+def test_an_os_error_no_command_words_is_still_one_line(subset, tmp_path):
+    """bench accuracy into a read-only folder fails in the grid's bookkeeping, which does not
+    word its errors: the CLI's safety net prints the path and errno symbol, exit 2."""
+    with tmpfs(tmp_path / "disk", 64 * 1024, read_only=True, files=USER) as disk:
+        proc = cli(*bench_args(subset, disk / "bench"), tmp_path=tmp_path)
+        assert proc.returncode == 2, proc.stderr[-3000:]
+        one_error_line(proc, disk / "bench", "(EROFS)")
+        assert_user_files(disk)
