@@ -139,6 +139,32 @@ def test_slurm_preemption_whose_requeue_fails_says_to_resubmit(subset, tmp_path)
     assert rest == f"requeue failed: resubmit with crystalframes train --output {out} --resume"
 
 
+def test_sigterm_during_validation_lets_the_epoch_finish(subset, tmp_path):
+    """Lightning stops a validation part-way on SIGTERM, losing the epoch's result and its
+    checkpoint; the run instead finishes the validation, saves the epoch-end `last` and stops.
+    The signal is sent from inside the run, at the first validation batch of epoch 2."""
+    out = tmp_path / "run"
+    code = ("import os, signal, sys\n"
+            "from crystalframes.train import module\n"
+            "step = module.PropertyModule.validation_step\n"
+            "def signalling(self, batch, batch_idx, *args, **kwargs):\n"
+            "    if self.trainer.current_epoch == 1 and batch_idx == 0 and not self.trainer.sanity_checking:\n"
+            "        os.kill(os.getpid(), signal.SIGTERM)\n"
+            "    return step(self, batch, batch_idx, *args, **kwargs)\n"
+            "module.PropertyModule.validation_step = signalling\n"
+            "from crystalframes.cli import main\n"
+            "main(sys.argv[1:])\n")
+    proc = subprocess.run([sys.executable, "-c", code, *train_args(subset, out, epochs=3)], capture_output=True, text=True,
+                          env=env(tmp_path), timeout=600)
+    assert proc.returncode == 143, proc.stderr[-3000:]
+    step, _ = check_message(proc.stderr, out, "SIGTERM")
+    assert step == 12  # the end of epoch 2 (6 steps an epoch), not the step checkpoint before it
+    logged = (out / "logs" / "metrics.csv").read_text().splitlines()
+    header = logged[0].split(",")
+    epochs_validated = {row.split(",")[header.index("epoch")] for row in logged[1:] if row.split(",")[header.index("val_mae")]}
+    assert epochs_validated == {"0", "1"}
+
+
 def test_progress_bar_on_a_terminal_counts_epochs_from_one(subset, tmp_path):
     import fcntl
     import pty
