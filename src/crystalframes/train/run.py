@@ -89,7 +89,8 @@ def _folder_error(exc: OSError, folder: Path) -> UserError:
     """The run folder cannot be made (a file of that name, a read-only or full file system)."""
     where, _, reason = describe_os_error(exc, exc.filename or folder).partition(": ")
     hint = "; --output names a folder" if exc.errno in (errno.EEXIST, errno.ENOTDIR) else ""
-    return UserError(f"{where}: cannot create the run folder: {reason}{hint}; nothing was written")
+    action = "cannot write in the run folder" if folder.is_dir() else "cannot create the run folder"
+    return UserError(f"{where}: {action}: {reason}{hint}; nothing was written")
 
 
 def _slurm_requeue() -> list:
