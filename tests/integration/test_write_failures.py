@@ -108,12 +108,13 @@ def model_file(tmp_path_factory):
 
 
 def test_train_full_disk_before_any_checkpoint(subset, tmp_path):
+    """The run folder is the user's folder (holding their notes): they stay, whatever fails."""
     with tmpfs(tmp_path / "disk", 64 * 1024, files=USER) as disk:
-        proc = cli(*train_args(subset, disk / "run"), tmp_path=tmp_path)
+        proc = cli(*train_args(subset, disk), tmp_path=tmp_path)
         assert proc.returncode == 2, proc.stderr[-3000:]
-        one_error_line(proc, disk / "run" / "checkpoints" / "last.ckpt", "(ENOSPC)", "no checkpoint was saved yet", "--overwrite")
+        one_error_line(proc, disk / "checkpoints" / "last.ckpt", "(ENOSPC)", "no checkpoint was saved yet", "--overwrite")
         assert_user_files(disk)
-        assert not list((disk / "run" / "checkpoints").iterdir()), "a half-written checkpoint was left behind"
+        assert not list((disk / "checkpoints").iterdir()), "a half-written checkpoint was left behind"
 
 
 def test_train_full_disk_keeps_the_last_checkpoint_and_resumes(subset, tmp_path):
