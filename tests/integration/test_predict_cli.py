@@ -180,7 +180,7 @@ def test_bad_numbers_and_dtypes_are_usage_errors(run, model_file, good, tmp_path
 @pytest.mark.parametrize("args, says", [
     (["check", "ecomformer:nonsense", "{good}"], "unknown frame 'nonsense'"),
     (["check", "ecomformr:none", "{good}"], "did you mean 'ecomformer'"),
-    (["check", "no_such_model_or_spec", "{good}"], "not a model spec"),
+    (["check", "no_such_model_or_spec", "{good}"], "not a pretrained model name, a model file, a run folder or a model spec"),
     (["symmetry", "{good}", "--frame", "nonsense"], "unknown frame 'nonsense'"),
     (["symmetry", "{good}", "--model", "ecomformer:nonsense"], "unknown frame 'nonsense'"),
 ])
