@@ -184,3 +184,12 @@ def test_a_failed_torch_save_names_the_os_reason(tmp_path, monkeypatch):
     monkeypatch.undo()
     assert describe_os_error(info.value, tmp_path / "m.pt") == f"{tmp_path / 'm.pt'}: no space left on the device (ENOSPC)"
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_failed_write_names_the_output_not_the_temporary_file(tmp_path):
+    import errno
+
+    with pytest.raises(OSError) as info:
+        with atomic_write(tmp_path / "out.csv", "w"):
+            raise OSError(errno.ENOSPC, "No space left on device")
+    assert info.value.filename == str(tmp_path / "out.csv")

@@ -99,6 +99,11 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
             os.replace(tmp, target)
         else:
             _stream_into(target, tmp)
+    except OSError as exc:
+        # a failed write() names no file, a failed rename the temporary one: name the output
+        if exc.filename is None or exc.filename == tmp:
+            exc.filename = str(path)
+        raise
     finally:
         Path(tmp).unlink(missing_ok=True)
 

@@ -40,11 +40,13 @@ def test_a_started_run_is_not_overwritten(tiny_data, tmp_path, marker):
 def test_overwrite_replaces_the_run_and_nothing_else(done_run, tiny_data):
     (done_run / "logs" / "stale.txt").write_text("from the old run")
     (done_run / "notes.txt").write_text("the user's own file")
+    (done_run / "hpc_ckpt_1.ckpt").write_text("a SLURM requeue snapshot of the old run")
     old_model = (done_run / "model.pt").read_bytes()
     result = train(tiny_config(tiny_data, 1, "trainer.seed=1"), done_run, overwrite=True)
     assert result.metrics["epochs_completed"] == 1
     assert (done_run / "model.pt").read_bytes() != old_model and not (done_run / "logs" / "stale.txt").exists()
     assert (done_run / "notes.txt").read_text() == "the user's own file"
+    assert not (done_run / "hpc_ckpt_1.ckpt").exists()
     assert yaml.safe_load((done_run / "config.yaml").read_text())["trainer"]["seed"] == 1
 
 

@@ -21,6 +21,8 @@ LOCK = ".lock"
 RUN_FILES = ("config.yaml", "versions.json", "model.pt", "model_card.md", "metrics.json", "predictions_val.csv", "predictions_test.csv",
              "parity.png", "learning_curve.png")
 RUN_FOLDERS = (CHECKPOINTS, "logs", "tensorboard", "wandb")
+# Lightning's SLURM requeue snapshots (hpc_ckpt_N.ckpt in the run folder); ours is last.ckpt
+HPC_CHECKPOINTS = "hpc_ckpt_*.ckpt"
 
 # Settings a resumed run may change: how and where it runs, not what it learns. trainer.epochs
 # is checked separately (it may grow only where the schedule does not depend on it).
@@ -60,6 +62,8 @@ def remove_run(folder: Path) -> None:
     for name in RUN_FOLDERS:
         if (folder / name).is_dir():
             shutil.rmtree(folder / name)
+    for path in folder.glob(HPC_CHECKPOINTS):
+        path.unlink(missing_ok=True)
 
 
 @contextmanager
