@@ -257,7 +257,7 @@ class Progress:
         if sys.stderr.isatty():
             from tqdm import tqdm
 
-            self.bar = tqdm(total=self.total, initial=self.done, unit="structure", file=sys.stderr, leave=False)
+            self.bar = tqdm(total=self.total, initial=self.done, unit=" structure", file=sys.stderr, leave=False)
 
     def update(self, n: int) -> None:
         self.done += n
