@@ -7,12 +7,10 @@ per line), else one CIF, extended XYZ or POSCAR structure. Gzipped input is unpa
 
 from __future__ import annotations
 
-import gzip
 import io
 import json
 import re
 import sys
-import zlib
 from typing import BinaryIO, Iterator
 
 from crystalframes.io.coercion import _short_exc
@@ -20,7 +18,7 @@ from crystalframes.io.crystal import Crystal, quiet_pymatgen
 from crystalframes.io.datasets import _iter_json, _iter_json_lines, _safe
 from crystalframes.io.errors import InputError
 from crystalframes.io.files import decode_text
-from crystalframes.io.structures import _crystal_from_any_record, _structure_from_text
+from crystalframes.io.structures import _crystal_from_any_record, _structure_from_text, gunzip
 
 __all__ = ["STDIN", "STDIN_WHERE", "iter_stream_structures", "read_stdin"]
 
@@ -48,10 +46,7 @@ def read_stdin(stream: BinaryIO | None = None) -> bytes:
 
 def _text(data: bytes, where: str) -> str:
     if data[:2] == b"\x1f\x8b":
-        try:
-            data = gzip.decompress(data)
-        except (OSError, EOFError, zlib.error) as exc:
-            raise InputError(where, f"truncated / corrupt gzip ({_short_exc(exc)})") from None
+        data = gunzip(data, where, "truncated / corrupt gzip")
     text = decode_text(data, where)
     if not text.strip():
         raise InputError(where, f"standard input is empty; pipe in {_FORMATS_TEXT}")

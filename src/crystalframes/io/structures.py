@@ -212,6 +212,14 @@ def _default_id(path: Path) -> str:
     return name
 
 
+def gunzip(data: bytes, where: str, problem: str) -> bytes:
+    """``data`` decompressed; an :class:`InputError` (``problem`` and the cause) if it is not gzip."""
+    try:
+        return gzip.decompress(data)
+    except (OSError, EOFError, zlib.error) as exc:
+        raise InputError(where, f"{problem} ({_short_exc(exc)})") from None
+
+
 def _read_text(path: Path, where: str) -> str:
     """The file's text (gunzipped if needed); InputError for missing / empty / corrupt / special files."""
     st = checked_stat(path, where)
@@ -221,10 +229,7 @@ def _read_text(path: Path, where: str) -> str:
     if path.name.lower().endswith(".gz"):
         if not data:
             raise InputError(where, "file is empty")
-        try:
-            data = gzip.decompress(data)
-        except (OSError, EOFError, zlib.error) as exc:
-            raise InputError(where, f"file is truncated / corrupt gzip ({_short_exc(exc)})") from None
+        data = gunzip(data, where, "file is truncated / corrupt gzip")
     text = decode_text(data, where)
     if not text.strip():
         raise InputError(where, "file is empty")
