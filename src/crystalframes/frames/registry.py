@@ -44,6 +44,7 @@ import torch
 from torch import nn
 
 from crystalframes.frames.global_frames import GLOBAL_FRAMES, global_frame, qr_frame
+from crystalframes.precision import full_precision
 
 NEEDS = ("lattice", "neighbours", "attention", "features")
 DEFAULT_GLOBAL_FRAME = "qr"
@@ -161,6 +162,15 @@ class Frame(nn.Module):
     global_frame_is_fallback: ClassVar[bool] = False
     dependences: ClassVar[dict[str, str]] = {}
 
+    def __init_subclass__(cls, **kwargs):
+        # Every frame is built in float32 or float64 whatever autocast does to the dense layers
+        # (crystalframes.precision): a subclass's setup / forward inherit that here.
+        super().__init_subclass__(**kwargs)
+        for name in ("setup", "forward"):
+            method = cls.__dict__.get(name)
+            if method is not None and not getattr(method, "full_precision", False):
+                setattr(cls, name, full_precision(method))
+
     def __init__(self, global_frame: str = DEFAULT_GLOBAL_FRAME, *, dim: int = 0, edge_dim: int = 0, edge_weight_dim: int = 0, layers: int = 1, **options):
         super().__init__()
         if global_frame not in GLOBAL_FRAMES:
@@ -174,6 +184,7 @@ class Frame(nn.Module):
         the others may be built once per forward (a backbone may cache them)."""
         return bool(self.needs & {"features", "attention"})
 
+    @full_precision
     def setup(self, lattice: torch.Tensor, frac_coords: torch.Tensor, batch: torch.Tensor) -> FrameSetup:
         """Once per forward: the per-atom global and tie-breaking frames this frame uses."""
         g = global_frame(self.global_frame, lattice, frac_coords, batch).index_select(0, batch) if self.composes_with_global else None

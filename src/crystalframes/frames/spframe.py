@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from crystalframes.precision import full_precision
+
 # Quaternions with norm below this have no direction; they map to the identity rotation.
 QUATERNION_EPS = 1e-8
 
@@ -37,6 +39,7 @@ def compose_spframe(local_frames: torch.Tensor, global_frames: torch.Tensor, bat
     return local_frames @ global_frames[batch]
 
 
+@full_precision  # the rotated edges feed the equivariant layers: exact, not bf16 (crystalframes.precision)
 def edges_in_frames(edge_vec: torch.Tensor, frames: torch.Tensor, centre: torch.Tensor) -> torch.Tensor:
     """Edge vectors expressed in the frame of their centre atom: e_ij F_i^T
     (= e_ij F_global^T F_INV,i^T, seed 000 Eq. 5). ``edge_vec`` (E, 3), ``frames`` (N, 3, 3),

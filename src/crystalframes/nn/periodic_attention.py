@@ -59,6 +59,7 @@ from crystalframes.nn.chebyshev import (  # noqa: F401
     gaussian,
 )
 from crystalframes.nn.graph import MessageGraph
+from crystalframes.precision import full_precision
 from crystalframes.nn.periodic_entries import (  # noqa: F401
     DEFAULT_MEMORY_BUDGET,
     MIN_DISTANCE,
@@ -247,6 +248,15 @@ class PeriodicAttention(nn.Module):
         q = self.q_proj(x).view(n, h, d)
         k = self.k_proj(x).view(n, h, d)
         v = self.v_proj(x).view(n, h, d)
+        out = self._attend(x, q, k, v, geometry, frame, layer)
+        return self.out_proj(out.reshape(n, h * d))
+
+    @full_precision
+    def _attend(self, x, q, k, v, geometry: PeriodicGeometry, frame: Frame | None, layer: int) -> torch.Tensor:
+        """Widths, entries, attention weights, frames and position encodings (N, H, d) in
+        float32 or float64 whatever autocast does to the projections around them: distances,
+        cutoffs, softmax over thousands of images and frames need it (crystalframes.precision)."""
+        n, h, d = x.shape[0], self.heads, self.head_dim
         rho = self.rho(q)
         a = rho * (-0.5 / self.r0**2)  # (N, H)
         head_cutoff = (self.cutoff_sigmas * self.r0) * torch.rsqrt(rho.detach())  # c sigma_ih
@@ -288,8 +298,7 @@ class PeriodicAttention(nn.Module):
         out = take(torch.cat(pe), torch.argsort(order))
         # values: sum_(j,n) w v_j = sum_j (sum_n w) v_j, through the distinct pairs
         w_pair = x.new_zeros(ent.pair_centre.shape[0], h).index_add_(0, torch.cat(pair_ids), torch.cat(pair_w))
-        out = out.index_add(0, ent.pair_centre, w_pair.unsqueeze(-1) * take(v, ent.pair_neighbour))
-        return self.out_proj(out.reshape(n, h * d))
+        return out.index_add(0, ent.pair_centre, w_pair.unsqueeze(-1) * take(v, ent.pair_neighbour))
 
     def _weights(self, bucket: Bucket, ent: PeriodicEntries, s, a, head_cutoff):
         """Attention weights (n, H, M) of one bucket's centres, their entries' distances (n, M)
