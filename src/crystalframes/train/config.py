@@ -95,7 +95,12 @@ class TrainerConfig(_Strict):
     devices: int = Field(1, ge=1)
     num_nodes: int = Field(1, ge=1)
     accelerator: str = Field("auto", description="cpu, gpu or auto")
-    dtype: Literal["float32", "float64"] = "float32"
+    dtype: Literal["float32", "float64"] = Field("float32", description="weights and inputs; precision 64 == dtype float64")
+    precision: Optional[Literal["32", "64", "bf16-mixed", "16-mixed"]] = Field(
+        None,
+        description="32, 64, bf16-mixed or 16-mixed (Lightning's autocast: dense layers in low precision, "
+        "frames and geometry in float32); default: from trainer.dtype",
+    )
     seed: int = Field(0, ge=0, lt=2**32, description="0 <= seed < 2**32 (numpy's range)")
     deterministic: bool = False
     num_workers: int = Field(0, ge=0)
@@ -108,6 +113,27 @@ class TrainerConfig(_Strict):
     progress_seconds: float = Field(
         60, gt=0, description="when output is not a terminal: a progress line at most this often within an epoch"
     )
+
+    @field_validator("precision", mode="before")
+    @classmethod
+    def _precision_as_text(cls, value):
+        # `precision: 32` in YAML (and --set trainer.precision=32) is a number
+        return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
+
+    @model_validator(mode="after")
+    def _precision_and_dtype(self):
+        # One setting decides the weights' dtype: precision 64 is dtype float64, the others
+        # (mixed ones included: autocast keeps float32 weights) are dtype float32.
+        if self.precision is None:
+            self.precision = "64" if self.dtype == "float64" else "32"
+        wanted = "float64" if self.precision == "64" else "float32"
+        if self.dtype != wanted and "dtype" in self.model_fields_set:
+            raise ValueError(
+                f"precision {self.precision} keeps {wanted} weights but dtype is {self.dtype}: "
+                f"set one of them (precision 64 == dtype float64; precision 32, bf16-mixed, 16-mixed == dtype float32)"
+            )
+        self.dtype = wanted
+        return self
 
 
 class RunConfig(_Strict):

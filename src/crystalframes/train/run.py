@@ -337,7 +337,7 @@ def train(cfg: RunConfig | None, output: str | Path | None = None, resume: bool 
             strategy="ddp" if multi else "auto",
             use_distributed_sampler=False,  # ResumableSampler shards across ranks itself
             sync_batchnorm=multi and on_gpu,  # PyTorch's SyncBatchNorm exists for GPU modules only
-            precision="64-true" if dtype == torch.float64 else "32-true",
+            precision={"32": "32-true", "64": "64-true"}.get(cfg.trainer.precision, cfg.trainer.precision),  # mixed: crystalframes.precision
             gradient_clip_val=cfg.optim.grad_clip,
             deterministic=cfg.trainer.deterministic,
             callbacks=callbacks,
