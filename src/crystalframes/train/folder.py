@@ -34,10 +34,31 @@ RESUMABLE_CHANGES = frozenset({
 LENGTH_DEPENDENT_SCHEDULES = ("onecycle", "polynomial")
 
 
+def global_rank(devices_per_node: int = 1) -> int:
+    """This process's rank among all training processes, before Lightning starts any: read
+    from the launcher's environment by Lightning's own cluster environments, chosen in
+    Lightning's order (torchrun: ``RANK``; SLURM: ``SLURM_PROCID``; LSF; MPI), else Lightning's
+    launcher, which sets only ``NODE_RANK`` and ``LOCAL_RANK``: ``NODE_RANK x devices per node
+    + LOCAL_RANK`` (0 in the process a user started)."""
+    from lightning.fabric.plugins.environments import (
+        LightningEnvironment, LSFEnvironment, MPIEnvironment, SLURMEnvironment, TorchElasticEnvironment,
+    )
+
+    for kind in (TorchElasticEnvironment, SLURMEnvironment, LSFEnvironment, MPIEnvironment):
+        if kind.detect():
+            try:
+                return kind().global_rank()
+            except RuntimeError as exc:  # e.g. SLURM's --ntasks without --ntasks-per-node (Lightning's check)
+                raise UserError(f"cannot start a distributed training: {exc}") from None
+    env = LightningEnvironment()
+    return env.node_rank() * devices_per_node + env.local_rank()
+
+
 def is_rank_zero() -> bool:
-    """True in the launching process; False in the DDP workers Lightning starts (which re-run
-    the command and must not guard, lock or write the folder's files)."""
-    return int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", 0))) == 0
+    """True in the one process that guards, locks and writes the run folder's files; False in
+    every other training process, on this node or another (they re-run the same command).
+    Global rank 0 is node 0's local rank 0 whatever the devices per node."""
+    return global_rank() == 0
 
 
 def run_contents(folder: Path) -> list[str]:
