@@ -30,6 +30,7 @@ that can be rearranged exactly:
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -107,8 +108,18 @@ def _weight_network(edge_dim: int, weight_numel: int) -> nn.Sequential:
     return nn.Sequential(nn.Linear(edge_dim, edge_dim), nn.Softplus(), nn.Linear(edge_dim, weight_numel))
 
 
-def _irrep_slices(irreps) -> list[slice]:
-    return list(irreps.slices())
+class _Path(NamedTuple):
+    """One tensor-product instruction as plain numbers (see _TensorProductConv.__init__)."""
+
+    i_in1: int
+    i_in2: int
+    i_out: int
+    mul_in: int
+    mul_out: int
+    path_weight: float
+    weight_rows: slice  # its block of rows in the weight vector
+    key: tuple  # (l1, l2, l3)
+    index: int
 
 
 class _TensorProductConv(nn.Module):
@@ -128,20 +139,28 @@ class _TensorProductConv(nn.Module):
             self.irreps_in, self.irreps_sh, self.irreps_out, shared_weights=False, internal_weights=False
         )
         self.fc = _weight_network(edge_dim, self.tp.weight_numel)
-        # Per instruction: its block of rows in the weight vector and its Wigner 3j symbol.
-        self._paths = []
+        # Everything forward reads about the irreps, as plain ints, floats and slices: torch.compile
+        # guards on what forward reads, and guarding an e3nn Irrep (a tuple whose len() raises)
+        # crashed dynamo. The e3nn objects above serve the literal ("e3nn") path only.
+        self._sh_slices = tuple(self.irreps_sh.slices())
+        self._in_slices = tuple(self.irreps_in.slices())
+        self._out_dims = tuple(s.stop - s.start for s in self.irreps_out.slices())
+        self._paths: list[_Path] = []
         offset = 0
-        for ins in self.tp.instructions:
+        for index, ins in enumerate(self.tp.instructions):
             if ins.connection_mode != "uvw" or self.irreps_sh[ins.i_in2].mul != 1:
                 raise ValueError("only 'uvw' paths with single spherical harmonics are supported")
             mul_in, _, mul_out = ins.path_shape
             l1, l2, l3 = (self.irreps_in[ins.i_in1].ir.l, self.irreps_sh[ins.i_in2].ir.l, self.irreps_out[ins.i_out].ir.l)
-            self._paths.append((ins, slice(offset, offset + mul_in * mul_out), (l1, l2, l3)))
+            self._paths.append(_Path(ins.i_in1, ins.i_in2, ins.i_out, mul_in, mul_out, float(ins.path_weight),
+                                     slice(offset, offset + mul_in * mul_out), (l1, l2, l3), index))
             offset += mul_in * mul_out
-        self._w3j = {key: o3.wigner_3j(*key) for _, _, key in self._paths}
+            # Each path's Wigner 3j symbol as a buffer: it follows the model's device and dtype
+            # (no host-to-device copy per forward); not persistent, so model files do not change.
+            self.register_buffer(f"_w3j_{index}", o3.wigner_3j(l1, l2, l3), persistent=False)
 
-    def w3j(self, key, like: torch.Tensor) -> torch.Tensor:
-        return self._w3j[key].to(dtype=like.dtype, device=like.device)
+    def w3j(self, path: "_Path", like: torch.Tensor) -> torch.Tensor:
+        return getattr(self, f"_w3j_{path.index}").to(dtype=like.dtype)
 
     def reference(self, x: torch.Tensor, sh: torch.Tensor, edge: EdgeTable, graph: MessageGraph) -> torch.Tensor:
         """The literal computation: materialise every edge's weights, e3nn tensor product, mean."""
@@ -178,31 +197,29 @@ class ScalarToIrrepsConv(_TensorProductConv):
             raise ValueError(f"ScalarToIrrepsConv needs one block of scalars as input, got {self.irreps_in}")
 
     def fused(self, h, sh, edge, graph):
-        sh_slices, out_slices = _irrep_slices(self.irreps_sh), _irrep_slices(self.irreps_out)
         z = self.hidden(edge).per_edge()  # (E, C)
-        a_blocks, b_blocks, muls = [], [], []
-        for ins, weight_rows, _ in self._paths:
-            mul_in, _, mul_out = ins.path_shape
-            a, b = self._path_weights(weight_rows, mul_in, mul_out)
+        a_blocks, b_blocks = [], []
+        for path in self._paths:
+            a, b = self._path_weights(path.weight_rows, path.mul_in, path.mul_out)
             a_blocks.append(a)
             b_blocks.append(b)
-            muls.append(mul_out)
         a = torch.cat(a_blocks, dim=2)  # (ns, C, K), K = sum of output multiplicities
         b = torch.cat(b_blocks, dim=1)  # (ns, K)
         ns, hidden, k = a.shape
         per_node = (h @ a.reshape(ns, hidden * k)).view(-1, hidden, k)  # (N, C, K)
         weighted = graph.neighbour_matmul(z, per_node) + rows(h @ b, graph.neighbour)  # (E, K)
-        pieces = [None] * len(self.irreps_out)
+        pieces = [None] * len(self._out_dims)
         start = 0
-        for (ins, _, key), mul in zip(self._paths, muls):
-            y = sh[:, sh_slices[ins.i_in2]] @ self.w3j(key, sh)[0]  # (E, 2l+1)
-            part = ins.path_weight * weighted[:, start : start + mul].unsqueeze(-1) * y.unsqueeze(1)
+        for path in self._paths:
+            mul = path.mul_out
+            y = sh[:, self._sh_slices[path.i_in2]] @ self.w3j(path, sh)[0]  # (E, 2l+1)
+            part = path.path_weight * weighted[:, start : start + mul].unsqueeze(-1) * y.unsqueeze(1)
             start += mul
             part = part.reshape(part.shape[0], -1)
-            pieces[ins.i_out] = part if pieces[ins.i_out] is None else pieces[ins.i_out] + part
+            pieces[path.i_out] = part if pieces[path.i_out] is None else pieces[path.i_out] + part
         for idx, piece in enumerate(pieces):
             if piece is None:  # an output irrep no path reaches stays zero, as in e3nn
-                pieces[idx] = sh.new_zeros(sh.shape[0], out_slices[idx].stop - out_slices[idx].start)
+                pieces[idx] = sh.new_zeros(sh.shape[0], self._out_dims[idx])
         return graph.mean_at_centre(torch.cat(pieces, dim=1))
 
 
@@ -221,26 +238,25 @@ class IrrepsToScalarConv(_TensorProductConv):
             raise ValueError(f"IrrepsToScalarConv needs one block of scalars as output, got {self.irreps_out}")
 
     def fused(self, x, sh, edge, graph):
-        in_slices, sh_slices = _irrep_slices(self.irreps_in), _irrep_slices(self.irreps_sh)
         z = self.hidden(edge)
         nb = graph.neighbour
         out = None
         edge_scalars, a_edge, b_edge = [], [], []
-        for ins, weight_rows, key in self._paths:
-            mul_in, _, mul_out = ins.path_shape
-            a, b = self._path_weights(weight_rows, mul_in, mul_out)  # (mul_in, C, ns), (mul_in, ns)
-            xin = x[:, in_slices[ins.i_in1]].view(x.shape[0], mul_in, -1)  # (N, mul, 2l+1)
-            y = sh[:, sh_slices[ins.i_in2]]  # (E, 2l+1)
-            w3j = self.w3j(key, x)[..., 0]  # (2l+1, 2l+1)
-            if key[1] == 0:  # the per-edge factor is a scalar: node-level contraction
-                scalar = ins.path_weight * (y @ w3j)[:, 0]  # (E,): pw Y_0 3j(0, 0, 0)
+        for path in self._paths:
+            mul_in, mul_out = path.mul_in, path.mul_out
+            a, b = self._path_weights(path.weight_rows, mul_in, mul_out)  # (mul_in, C, ns), (mul_in, ns)
+            xin = x[:, self._in_slices[path.i_in1]].view(x.shape[0], mul_in, -1)  # (N, mul, 2l+1)
+            y = sh[:, self._sh_slices[path.i_in2]]  # (E, 2l+1)
+            w3j = self.w3j(path, x)[..., 0]  # (2l+1, 2l+1)
+            if path.key[1] == 0:  # the per-edge factor is a scalar: node-level contraction
+                scalar = path.path_weight * (y @ w3j)[:, 0]  # (E,): pw Y_0 3j(0, 0, 0)
                 feats = xin[..., 0]  # (N, mul)
                 per_node = (feats @ a.reshape(mul_in, -1)).view(-1, a.shape[1], a.shape[2])
                 part = (graph.neighbour_matmul(z.per_edge(), per_node) + rows(feats @ b, nb)) * scalar.unsqueeze(-1)
                 out = part if out is None else out + part
             else:
                 t = torch.einsum("num,mk->nuk", xin, w3j)  # (N, mul, 2l+1), node level
-                edge_scalars.append(ins.path_weight * torch.einsum("euk,ek->eu", rows(t, nb), y))
+                edge_scalars.append(path.path_weight * torch.einsum("euk,ek->eu", rows(t, nb), y))
                 a_edge.append(a)
                 b_edge.append(b)
         if edge_scalars:

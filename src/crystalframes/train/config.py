@@ -105,6 +105,7 @@ class TrainerConfig(_Strict):
     deterministic: bool = False
     num_workers: int = Field(0, ge=0)
     threads: Optional[int] = Field(None, ge=1, description="torch CPU threads (default: torch's choice)")
+    compile: bool = Field(False, description="torch.compile the model's forward (inductor; graph breaks: docs/models.md)")
     checkpoint_every_n_steps: int = Field(50, ge=1, description="how often the `last` checkpoint is refreshed")
     log_every_n_steps: int = Field(20, ge=1)
     logger: Literal["csv", "tensorboard", "wandb"] = Field(

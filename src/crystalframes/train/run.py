@@ -275,6 +275,10 @@ def train(cfg: RunConfig | None, output: str | Path | None = None, resume: bool 
         units = target_units(data.target)
         world = cfg.trainer.devices * cfg.trainer.num_nodes
         steps_per_epoch = -(-len(data.graphs["train"]) // (cfg.trainer.batch_size * world))
+        if cfg.trainer.compile:
+            # in place (nn.Module.compile): the state_dict keeps its keys, so checkpoints and
+            # model files are those of an eager run
+            model.compile()
         module = PropertyModule(model, data.normaliser, cfg.optim, total_steps=steps_per_epoch * cfg.trainer.epochs)
         if ckpt is not None:
             run_folder.check_checkpoint_matches(ckpt, module, cfg, last_ckpt)
@@ -372,15 +376,15 @@ def train(cfg: RunConfig | None, output: str | Path | None = None, resume: bool 
         if best and Path(best).exists() and not swa:  # with SWA the averaged weights are the result
             state = run_folder.load_checkpoint(Path(best))["state_dict"]
             module.load_state_dict(state)
-        model = module.model.cpu().eval()
+        # Evaluated where it trained (Lightning's teardown moved it to the CPU), on the graphs
+        # already built; the model file gets CPU copies of the weights.
+        module.to(trainer.strategy.root_device).eval()
+        model = module.model
         with _final_file(folder / "model.pt", "the model", folder):
             model_file = save_model_file(
                 folder / "model.pt", model, cfg.model.spec, {"num_targets": 1, **cfg.model.options}, data.normaliser, [data.target], [units],
                 extra={"config": cfg.model_dump(mode="json")},
             )
-        from crystalframes.api import load_model
-
-        predictor = load_model(model_file)
         metrics = {"spec": cfg.model.spec, "target": data.target, "units": units, "epochs_completed": trainer.current_epoch,
                    "global_step": trainer.global_step, "train_wall_seconds": round(wall, 1), "num_bad_records": data.num_bad_records,
                    "num_train": len(data.splits["train"]), "params": num_parameters(model)}
@@ -394,7 +398,7 @@ def train(cfg: RunConfig | None, output: str | Path | None = None, resume: bool 
             if not crystals:
                 continue
             true = np.array([c.target(data.target) for c in crystals])
-            pred = predictor.predict_crystals(crystals)[:, 0]
+            pred = module.predict_graphs(data.graphs[split], crystals, cfg.trainer.batch_size)[:, 0]
             metrics[split] = metrics_of(pred, true)
             metrics[split]["mean_baseline_mae"] = float(np.abs(true - train_mean).mean())
             with _final_file(folder / f"predictions_{split}.csv", "the predictions", folder):
