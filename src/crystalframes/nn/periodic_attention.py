@@ -103,6 +103,24 @@ def _distinct_frames_per_centre(frames: torch.Tensor) -> tuple[torch.Tensor, tor
     members = torch.nonzero(is_leader).squeeze(-1)
     return group, torch.div(members, h, rounding_mode="floor"), take(flat.reshape(n * h, 9), members).view(-1, 3, 3)
 
+
+def _batch_moments(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and biased variance over all elements of ``x``, for the width standardisation.
+
+    In a distributed run (torch.distributed initialised with several processes) they are those
+    of the global batch: element counts, sums and sums of squares are summed over the ranks in
+    float64, so every rank gets bit-identical statistics. Every rank then has to run its training
+    forward passes together (one all-reduce per layer and step), as DDP's training steps do."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+        return x.mean(), x.var(unbiased=False)
+    x64 = x.detach().to(torch.float64)
+    sums = torch.stack([x64.new_tensor(float(x.numel())), x64.sum(), x64.square().sum()])
+    dist.all_reduce(sums)
+    mean = sums[1] / sums[0]
+    return mean, (sums[2] / sums[0] - mean.square()).clamp_min(0.0)
+
 # ---------------------------------------------------------------------------------------------
 # The attention layer
 # ---------------------------------------------------------------------------------------------
@@ -146,7 +164,10 @@ class PeriodicAttention(nn.Module):
     batch sets them) in evaluation; ``rho_statistics="first_batch"`` instead freezes those of the
     first training batch for training and evaluation alike, as the reference does. They live in
     ``rho_stats`` = (mean, variance, batches seen), a frozen Parameter rather than a buffer so that parameter counts match the
-    reference, which stores its first-batch scale as frozen Parameters too.
+    reference, which stores its first-batch scale as frozen Parameters too. DDP neither reduces
+    nor broadcasts a frozen Parameter after the start, so in a distributed run the batch moments
+    are summed over the ranks (:func:`_batch_moments`): every rank holds the same statistics,
+    those of the global batch, and ``first_batch`` means the global first batch.
     """
 
     def __init__(
@@ -227,7 +248,7 @@ class PeriodicAttention(nn.Module):
         stats = self.rho_stats
         if self.training and not (self.rho_statistics == "first_batch" and stats[2] > 0):
             with torch.no_grad():
-                mean, var = x.mean(), x.var(unbiased=False)
+                mean, var = _batch_moments(x)
                 m = 1.0 if stats[2] == 0 else self.rho_momentum
                 new = torch.stack([(1 - m) * stats[0] + m * mean.to(stats), (1 - m) * stats[1] + m * var.to(stats), stats[2] + 1])
                 stats.copy_(new)

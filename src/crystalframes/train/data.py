@@ -40,7 +40,8 @@ class ResumableSampler(Sampler):
     """Epoch-seeded order that can start part-way through an epoch, on one or many processes.
 
     The order of epoch e is a permutation drawn from ``seed + e`` (or the natural order), split
-    across DDP ranks like a DistributedSampler (padded to equal length). ``skip`` items are
+    across DDP ranks like a DistributedSampler (padded to equal length, so that every rank runs
+    as many steps; validation counts only the first :meth:`counted` items). ``skip`` items are
     dropped from the start of the next epoch's order: a resumed run continues with exactly the
     batches an uninterrupted run would have seen (:class:`ResumeDataPosition` sets it).
     """
@@ -63,6 +64,12 @@ class ResumableSampler(Sampler):
 
     def __len__(self) -> int:
         return -(-self.n // self._rank_world()[1])
+
+    def counted(self) -> int:
+        """How many of this rank's items are not padding. The padding repeats the first items of
+        the order and comes last in every rank's share (global positions past ``n``)."""
+        rank, world = self._rank_world()
+        return max(0, -(-(self.n - rank) // world))
 
     def __iter__(self):
         if self.shuffle:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 
 import lightning as L
+import numpy as np
 import torch
 
 from crystalframes.data.normalise import TargetNormaliser
@@ -114,9 +115,15 @@ class PropertyModule(L.LightningModule):
         finally:
             if recorded is not None:
                 recorded[1].remove()
-        mae = (self.normaliser.inverse(pred) - batch.targets).abs().mean()
-        self.log("val_loss", self.loss_fn(pred, target), batch_size=batch.num_graphs, sync_dist=True)
-        self.log("val_mae", mae, batch_size=batch.num_graphs, sync_dist=True, prog_bar=True)
+        # Sums over the structures, reduced over the ranks at the epoch end: means of per-rank
+        # means would weight the ranks' unequal counts wrongly, and the padding repeats that give
+        # every rank as many batches must not count twice.
+        keep = self._counted(batch_idx, batch.num_graphs)
+        error = (self.normaliser.inverse(pred)[:keep].double() - batch.targets[:keep].double()).abs()
+        diff = (pred - target)[:keep].double()
+        loss = diff.abs() if self.optim_cfg.loss == "l1" else diff.square()
+        counts = error.new_tensor(float(keep))
+        self._val_sums += torch.stack([error.mean(-1).sum(), loss.mean(-1).sum(), counts]).to(self._val_sums)
         if recorded is not None and recorded[0]:
             usage = frame_usage(per_atom_frames(recorded[0], batch.batch.shape[0]), batch)
             # share of atoms whose learned Gram-Schmidt vectors were degenerate (fallback frame)
@@ -126,6 +133,28 @@ class PropertyModule(L.LightningModule):
             for name, value in usage.items():
                 self.log(name, value, batch_size=batch.num_graphs)
 
+    def on_validation_epoch_start(self):
+        # |error| in physical units, loss and structures of this rank's validation so far (float64
+        # where the device has it: the sums of a large validation set keep their digits)
+        dtype = torch.float32 if self.device.type == "mps" else torch.float64
+        self._val_sums = torch.zeros(3, dtype=dtype, device=self.device)
+
+    def on_validation_epoch_end(self):
+        total = self.trainer.strategy.reduce(self._val_sums.clone(), reduce_op="sum")
+        count = total[2].clamp_min(1)
+        # the same on every rank already: Lightning's sync by max keeps it exact (a mean over the
+        # ranks could round it) and spares its warning about unsynced epoch metrics
+        self.log("val_loss", total[1] / count, sync_dist=True, reduce_fx="max")
+        self.log("val_mae", total[0] / count, sync_dist=True, reduce_fx="max", prog_bar=True)
+
+    def _counted(self, batch_idx: int, size: int) -> int:
+        """How many leading structures of validation batch ``batch_idx`` count (not padding)."""
+        loader = self.trainer.val_dataloaders
+        sampler = getattr(loader, "sampler", None)
+        if not hasattr(sampler, "counted"):
+            return size
+        return min(size, max(0, sampler.counted() - batch_idx * loader.batch_size))
+
     def _record_frames(self):
         """(list, hook handle): the frames the model's frame builds in the next forward pass."""
         frame = getattr(self.model, "frame", None)
@@ -133,6 +162,28 @@ class PropertyModule(L.LightningModule):
             return None
         calls: list = []  # (layer, centres, frames) of every call; a backbone may build a layer's frames in parts
         return calls, frame.register_forward_hook(lambda module, args, out: calls.append((args[0], args[2].centres, out.detach())))
+
+    @torch.no_grad()
+    def predict_graphs(self, graphs: list, crystals: list, batch_size: int) -> np.ndarray:
+        """Predictions (n, n_targets) in physical units (float64) for the prepared ``graphs`` of
+        ``crystals``, in evaluation mode on the module's device: the end of a training, without
+        building any graph again. A non-finite output is an error naming its structure, as in
+        :meth:`crystalframes.api.Predictor.predict_crystals`."""
+        from crystalframes.data.batch import collate
+        from crystalframes.io.errors import InputError
+
+        self.eval()
+        dtype = next(self.model.parameters()).dtype
+        out = [np.zeros((0, np.atleast_1d(self.normaliser.mean).shape[0]))]
+        for start in range(0, len(graphs), batch_size):
+            batch = collate(graphs[start : start + batch_size], dtype=dtype).to(self.device)
+            out.append(self.normaliser.inverse(self.model(batch)).cpu().numpy().astype(np.float64))
+        pred = np.concatenate(out)
+        bad = np.flatnonzero(~np.isfinite(pred).all(axis=1))
+        if len(bad):
+            more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
+            raise InputError(crystals[bad[0]].where, "the model's output is not finite (NaN or infinity)" + more)
+        return pred
 
     def predict_step(self, batch, batch_idx):
         return self.normaliser.inverse(self.model(batch))
