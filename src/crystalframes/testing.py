@@ -230,3 +230,22 @@ def randomise_parameters(model, seed: int = 0):
             else:
                 p.copy_(torch.randn(p.shape, generator=g, dtype=p.dtype) * 0.1)
     return model
+
+
+def relative_rotation_error(model, crystals, autocast=None, trials: int = 1, seed: int = 0) -> float:
+    """max |f(Qx) - f(x)| / max |f(x)| over ``crystals`` and ``trials`` random rotations Q
+    (eval mode). ``autocast`` (e.g. ``torch.bfloat16``) runs both predictions under
+    ``torch.autocast`` on the model's device, as ``trainer.precision=bf16-mixed`` does: the
+    figure of :mod:`crystalframes.precision` and benchmarks/mixed_precision.py."""
+    import contextlib
+
+    import torch
+
+    device = next(model.parameters()).device.type
+    context = torch.autocast(device, dtype=autocast) if autocast is not None else contextlib.nullcontext()
+    rng = np.random.default_rng(seed)
+    with context:
+        ref = predict(model, crystals).double()
+        change = max(float((predict(model, [rotated(c, random_rotation(rng)) for c in crystals]).double() - ref).abs().max())
+                     for _ in range(int(trials)))
+    return change / float(ref.abs().max())
