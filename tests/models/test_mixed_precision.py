@@ -175,3 +175,44 @@ def test_rotation_error_of_bf16_mixed_output(crystals):
         if not bf16 <= bound:  # also NaN
             over[spec] = (bf16, bound)
     assert not over, over
+
+
+TINY = ["--set", "model.spec=crystalformer:max@cpu_small", "--set", "trainer.batch_size=20", "--set", "trainer.threads=1",
+        "--set", "trainer.epochs=1", "--set", "trainer.checkpoint_every_n_steps=2"]
+
+
+def test_train_cli_bf16_mixed_trains_and_a_resume_keeps_its_precision(run, demo_subset, tmp_path):
+    """`crystalframes train --set trainer.precision=bf16-mixed`: one epoch on 40 real crystals
+    with a finite loss, Lightning's bf16 autocast in the run, the precision in config.yaml; a
+    resume that would change the precision is refused in one line."""
+    data = demo_subset(40, 10)
+    out = tmp_path / "run"
+    code, stdout, stderr = run("train", *TINY, "--set", f"data.source={data}", "--set", "trainer.precision=bf16-mixed", "--output", out)
+    assert code == 0, stderr[-2000:]
+    assert "precision: bf16-mixed" in (out / "config.yaml").read_text()
+    rows = (out / "logs" / "metrics.csv").read_text().splitlines()
+    header = rows[0].split(",")
+    losses = [float(r.split(",")[header.index("train_loss_epoch")]) for r in rows[1:] if r.split(",")[header.index("train_loss_epoch")]]
+    assert losses and all(math.isfinite(x) for x in losses), rows
+    code, _, stderr = run("train", "--resume", "--output", out, "--set", "trainer.precision=32", "--set", "trainer.epochs=2")
+    assert code == 2 and "cannot change trainer.precision ('bf16-mixed' -> '32')" in stderr, stderr[-2000:]
+
+
+@pytest.mark.parametrize(("settings", "precision", "dtype"), [
+    ([], "32", "float32"),
+    (["trainer.dtype=float64"], "64", "float64"),
+    (["trainer.precision=64"], "64", "float64"),
+    (["trainer.precision=bf16-mixed"], "bf16-mixed", "float32"),
+    (["trainer.precision=16-mixed", "trainer.dtype=float32"], "16-mixed", "float32"),
+])
+def test_precision_and_dtype_are_one_setting(settings, precision, dtype):
+    from crystalframes.train.config import load_config
+
+    trainer = load_config(None, settings).trainer
+    assert (trainer.precision, trainer.dtype) == (precision, dtype)
+
+
+@pytest.mark.parametrize("settings", [["trainer.precision=bf16-mixed", "trainer.dtype=float64"], ["trainer.precision=64", "trainer.dtype=float32"]])
+def test_contradictory_precision_and_dtype_are_refused(settings, run):
+    code, _, stderr = run("train", *[a for s in settings for a in ("--set", s)], "--print-config")
+    assert code == 2 and "set one of them (precision 64 == dtype float64" in stderr and "Traceback" not in stderr, stderr
