@@ -28,7 +28,10 @@ def tie_tolerance(dtype: torch.dtype) -> float:
     """Relative tolerance for "equal" weights and tie-break coordinates: sqrt(machine eps)
     (1.5e-8 in float64, 3.5e-4 in float32). Symmetry makes true ties equal to ~eps, while the
     near-ties of slightly imperfect real structures (~1e-7 to 1e-6 in DFT-relaxed data) stay
-    distinct in float64, so no real value sits near the threshold by accident.
+    distinct in float64, so no real value sits near the threshold by accident. Under mixed
+    precision (``trainer.precision=bf16-mixed`` / ``16-mixed``) frames run in float32
+    (:mod:`crystalframes.precision`), so the float32 figure applies; a bfloat16 / float16
+    value never reaches this function.
     """
     return torch.finfo(dtype).eps ** 0.5
 

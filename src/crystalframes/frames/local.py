@@ -9,7 +9,11 @@ import torch
 from crystalframes.frames._util import right_handed
 
 # Vectors shorter than this (and a second vector whose part orthogonal to the first is shorter
-# than this fraction of its length) cannot define an axis.
+# than this fraction of its length) cannot define an axis. What it resolves depends on the
+# precision the vector was summed in: frames run in float32 or float64 at every
+# trainer.precision (crystalframes.precision); a vector that vanishes by symmetry comes out at
+# ~1e-16 of its terms in float64 (caught), ~1e-7 in float32 and ~1e-2 when its weights come from
+# bf16 features (both above 1e-8: its direction is then rounding noise; docs/training.md).
 GRAM_SCHMIDT_EPS = 1e-8
 
 
