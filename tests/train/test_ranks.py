@@ -30,6 +30,12 @@ def lightning_launcher(rank):  # `--set trainer.num_nodes=2 trainer.devices=2`, 
 
 @pytest.fixture
 def launched(monkeypatch):
+    # A Trainer sets the process-wide rank of Lightning's rank_zero_only (which every logger
+    # checks); restore it, or later trainings in this process log nothing.
+    from lightning.pytorch.utilities.rank_zero import rank_zero_only
+
+    monkeypatch.setattr(rank_zero_only, "rank", getattr(rank_zero_only, "rank", 0))
+
     def set_env(env):
         for name in LAUNCHER_VARIABLES:
             monkeypatch.delenv(name, raising=False)
