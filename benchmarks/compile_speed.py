@@ -19,21 +19,9 @@ import copy
 import statistics
 import time
 
-import numpy as np
 import torch
 
-
-def crystals(n: int, seed: int = 0) -> list:
-    """``n`` random crystals of 2..8 atoms (no data files needed)."""
-    from crystalframes.io import Crystal
-
-    rng = np.random.default_rng(seed)
-    out = []
-    for k in range(n):
-        atoms = int(rng.integers(2, 9))
-        lattice = np.diag(rng.uniform(3.5, 6.0, 3)) + rng.uniform(-0.8, 0.8, (3, 3))
-        out.append(Crystal(f"r{k}", lattice, rng.choice([3, 8, 11, 14, 17, 26, 29], atoms).tolist(), rng.uniform(0, 1, (atoms, 3))))
-    return out
+from crystalframes.testing import random_crystals as crystals
 
 
 def graph_breaks(model, batch) -> dict:

@@ -18,7 +18,6 @@ from pathlib import Path
 
 import torch
 
-from crystalframes.analysis.symmetry import symmetry_dataset
 from crystalframes.cli.models import model_rows
 from crystalframes.io import read_dataset
 from crystalframes.models import build_model
@@ -26,16 +25,10 @@ from crystalframes.testing import predict, randomise_parameters, relative_rotati
 
 
 def contract_crystals(shared: Path, per_kind: int = 2, max_atoms: int = 6) -> list:
-    picked, want = [], {"cubic": per_kind, "hexagonal": per_kind, "other": per_kind}
-    for name in ("jarvis_dft_3d_sample.jsonl.gz", "mp_2018_sample.jsonl.gz"):
-        for c in read_dataset(shared / name).crystals:
-            if 2 <= c.num_atoms <= max_atoms:
-                number = symmetry_dataset(c, 1e-3).number
-                kind = "cubic" if number >= 195 else "hexagonal" if 168 <= number <= 194 else "other"
-                if want[kind]:
-                    want[kind] -= 1
-                    picked.append(c)
-    return picked
+    from crystalframes.testing import by_crystal_system
+
+    samples = [c for name in ("jarvis_dft_3d_sample.jsonl.gz", "mp_2018_sample.jsonl.gz") for c in read_dataset(shared / name).crystals]
+    return by_crystal_system(samples, per_kind, max_atoms)
 
 
 def main() -> None:

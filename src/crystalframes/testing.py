@@ -249,3 +249,34 @@ def relative_rotation_error(model, crystals, autocast=None, trials: int = 1, see
         change = max(float((predict(model, [rotated(c, random_rotation(rng)) for c in crystals]).double() - ref).abs().max())
                      for _ in range(int(trials)))
     return change / float(ref.abs().max())
+
+
+def random_crystals(n: int, seed: int = 0) -> list:
+    """``n`` random crystals of 2..8 atoms in skewed cells (no data files needed): inputs for
+    speed and device checks, never for accuracy."""
+    from crystalframes.io import Crystal
+
+    rng = np.random.default_rng(seed)
+    out = []
+    for k in range(n):
+        atoms = int(rng.integers(2, 9))
+        lattice = np.diag(rng.uniform(3.5, 6.0, 3)) + rng.uniform(-0.8, 0.8, (3, 3))
+        out.append(Crystal(f"r{k}", lattice, rng.choice([3, 8, 11, 14, 17, 26, 29], atoms).tolist(), rng.uniform(0, 1, (atoms, 3))))
+    return out
+
+
+def by_crystal_system(crystals, per_kind: int, max_atoms: int) -> list:
+    """The first ``per_kind`` cubic, hexagonal and lower-symmetry crystals of ``crystals`` with
+    2..``max_atoms`` atoms (spglib, symprec 1e-3): symmetric crystals are where frames meet ties.
+    Fewer when ``crystals`` hold fewer of a kind."""
+    from crystalframes.analysis.symmetry import symmetry_dataset
+
+    picked, want = [], {"cubic": per_kind, "hexagonal": per_kind, "other": per_kind}
+    for c in crystals:
+        if 2 <= c.num_atoms <= max_atoms:
+            number = symmetry_dataset(c, 1e-3).number
+            kind = "cubic" if number >= 195 else "hexagonal" if 168 <= number <= 194 else "other"
+            if want[kind]:
+                want[kind] -= 1
+                picked.append(c)
+    return picked

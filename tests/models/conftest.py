@@ -19,18 +19,11 @@ def by_crystal_system(jarvis_sample, mp_sample):
     """``pick(per_kind, max_atoms)``: the first ``per_kind`` cubic, hexagonal and lower-symmetry
     crystals with 2..``max_atoms`` atoms of the shared JARVIS, then MP samples (spglib, symprec
     1e-3): symmetric crystals are where frames meet ties."""
-    from crystalframes.analysis.symmetry import symmetry_dataset
+    from crystalframes.testing import by_crystal_system as select
 
     def pick(per_kind: int, max_atoms: int) -> list:
-        picked, want = [], {"cubic": per_kind, "hexagonal": per_kind, "other": per_kind}
-        for c in jarvis_sample + mp_sample:
-            if 2 <= c.num_atoms <= max_atoms:
-                number = symmetry_dataset(c, 1e-3).number
-                kind = "cubic" if number >= 195 else "hexagonal" if 168 <= number <= 194 else "other"
-                if want[kind]:
-                    want[kind] -= 1
-                    picked.append(c)
-        assert not any(want.values()), want
+        picked = select(jarvis_sample + mp_sample, per_kind, max_atoms)
+        assert len(picked) == 3 * per_kind, [c.id for c in picked]
         return picked
 
     return pick
