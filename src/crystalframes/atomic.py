@@ -136,20 +136,24 @@ _REASONS = {
 }
 
 
-def describe_os_error(exc: OSError, path: str | os.PathLike | None = None) -> str:
-    """One line for an OS error: the path, the reason in words and its errno symbol, e.g.
-    ``runs/x: no space left on the device (ENOSPC)``."""
-    where = path if path is not None else (exc.filename or "")
+def os_reason(exc: OSError) -> str:
+    """The reason of an OS error in words with its errno symbol, e.g. ``no space left on the
+    device (ENOSPC)``."""
     code = exc.errno
     symbol = errno.errorcode.get(code, "") if code is not None else ""
     reason = _REASONS.get(code) or exc.strerror or str(exc) or type(exc).__name__
-    return f"{where}: {reason}" + (f" ({symbol})" if symbol else "")
+    return reason + (f" ({symbol})" if symbol else "")
+
+
+def describe_os_error(exc: OSError, path: str | os.PathLike | None = None) -> str:
+    """One line for an OS error: the path, then :func:`os_reason`, e.g.
+    ``runs/x: no space left on the device (ENOSPC)``."""
+    where = path if path is not None else (exc.filename or "")
+    return f"{where}: {os_reason(exc)}"
 
 
 def write_error(exc: OSError, path: str | os.PathLike, what: str = "") -> UserError:
     """The :class:`UserError` a command raises when writing ``what`` to ``path`` failed."""
-    line = describe_os_error(exc, path)
-    if what:
-        where, _, reason = line.partition(": ")
-        line = f"{where}: cannot write {what}: {reason}"
-    return UserError(line)
+    if not what:
+        return UserError(describe_os_error(exc, path))
+    return UserError(f"{path}: cannot write {what}: {os_reason(exc)}")

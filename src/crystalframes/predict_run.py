@@ -78,15 +78,6 @@ def partial_path(output: Path) -> Optional[Path]:
     return output.parent / name
 
 
-def file_digest(paths) -> str:
-    h = hashlib.sha256()
-    for p in paths:
-        with open(p, "rb") as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                h.update(block)
-    return h.hexdigest()
-
-
 def crystals_digest(crystals, errors) -> str:
     """What the inputs hold (ids, sources, structures, and the inputs that failed to read)."""
     h = hashlib.sha256()

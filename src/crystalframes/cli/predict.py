@@ -86,11 +86,12 @@ def _write_embeddings(path: Path, predictor, crystals, batches, per_atom: bool) 
 def _fingerprint(model: str, ensemble, predictor, inputs, crystals, errors, batch_size: int, batch_atoms: int, device: str) -> dict:
     """What ties a partial file to one command: a different model, input or batching never
     continues it (the batches, and so the numbers, would differ)."""
-    from crystalframes.predict_run import crystals_digest, file_digest
+    from crystalframes.data.download import file_sha256
+    from crystalframes.predict_run import crystals_digest
     from crystalframes.version import __version__
 
     members = getattr(predictor, "members", [predictor])
-    return {"model": [model, *ensemble], "model_sha256": file_digest(m.path for m in members),
+    return {"model": [model, *ensemble], "model_sha256": [file_sha256(m.path) for m in members],
             "std_scale": getattr(predictor, "std_scale", None), "inputs": list(inputs),
             "inputs_sha256": crystals_digest(crystals, errors), "batch_size": batch_size, "batch_atoms": batch_atoms,
             "device": device, "crystalframes": __version__}
@@ -273,7 +274,7 @@ def eval_command(
     """Metrics (MAE, RMSE, R^2, n) of a model on a dataset, plus a predictions CSV."""
     from dataclasses import replace
 
-    from crystalframes.atomic import describe_os_error, write_error
+    from crystalframes.atomic import os_reason, write_error
     from crystalframes.data.sources import load_dataset
     from crystalframes.io import InputError, UserError
     from crystalframes.train.metrics import metrics_of, write_json, write_predictions
@@ -323,8 +324,7 @@ def eval_command(
     try:
         output.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        where, _, reason = describe_os_error(exc, exc.filename or output).partition(": ")
-        raise UserError(f"{where}: cannot create the output folder: {reason}; nothing was written (the metrics are on standard output)") from None
+        raise UserError(f"{exc.filename or output}: cannot create the output folder: {os_reason(exc)}; nothing was written (the metrics are on standard output)") from None
     written = []
     for name, what, write in (
         ("metrics.json", "the metrics", lambda path: write_json(path, metrics)),

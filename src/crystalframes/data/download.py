@@ -80,10 +80,13 @@ def _sidecar(path: Path) -> Path:
 
 
 def file_sha256(path: str | os.PathLike) -> str:
+    """SHA-256 of a file (of every file, in name order, for a folder), read in 1 MB chunks."""
+    path = Path(path)
     digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(CHUNK_SIZE):
-            digest.update(chunk)
+    for f in sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]:
+        with open(f, "rb") as fh:
+            while chunk := fh.read(CHUNK_SIZE):
+                digest.update(chunk)
     return digest.hexdigest()
 
 

@@ -3,21 +3,10 @@ was trained on, how well it did and how to train it again."""
 
 from __future__ import annotations
 
-import hashlib
 import subprocess
 from pathlib import Path
 
-
-def file_sha256(path) -> str:
-    """SHA-256 of a file (of every file, in name order, for a folder), read in 1 MB chunks."""
-    path = Path(path)
-    h = hashlib.sha256()
-    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
-    for f in files:
-        with open(f, "rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 20), b""):
-                h.update(chunk)
-    return h.hexdigest()
+from crystalframes.data.download import file_sha256
 
 
 def data_hash(source: str) -> str:

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from crystalframes.version import __version__
-from crystalframes.atomic import atomic_write, describe_os_error, save_torch, write_error
+from crystalframes.atomic import atomic_write, os_reason, save_torch, write_error
 from crystalframes.io.errors import UserError
 from crystalframes.train.config import RunConfig, config_yaml
 from crystalframes.train.folder import CHECKPOINTS
@@ -87,7 +87,7 @@ def _final_file(path: Path, what: str, folder: Path):
 
 def _folder_error(exc: OSError, folder: Path) -> UserError:
     """The run folder cannot be made (a file of that name, a read-only or full file system)."""
-    where, _, reason = describe_os_error(exc, exc.filename or folder).partition(": ")
+    where, reason = exc.filename or folder, os_reason(exc)
     hint = "; --output names a folder" if exc.errno in (errno.EEXIST, errno.ENOTDIR) else ""
     action = "cannot write in the run folder" if folder.is_dir() else "cannot create the run folder"
     return UserError(f"{where}: {action}: {reason}{hint}; nothing was written")
