@@ -14,6 +14,7 @@ the code runs on the CPU; ``torch.cuda.set_sync_debug_mode("warn")`` is the GPU-
 from __future__ import annotations
 
 import collections
+import os
 import traceback
 from pathlib import Path
 
@@ -44,11 +45,16 @@ DATA_DEPENDENT = {
 _SCALAR = "aten::_local_scalar_dense"
 
 
-def _where(stack_limit: int = 40) -> str:
-    """``file:line`` of the innermost frame in the crystalframes package (or '?')."""
+def _where(roots: tuple[str, ...] = (_PACKAGE,), stack_limit: int = 40) -> str:
+    """``file:line`` (relative to the root's parent) of the innermost frame in one of the source
+    ``roots`` (by default the crystalframes package; profiling.py itself excluded), or '?'."""
     for frame in reversed(traceback.extract_stack(limit=stack_limit)):
-        if frame.filename.startswith(_PACKAGE) and not frame.filename.endswith("profiling.py"):
-            return f"{Path(frame.filename).relative_to(Path(_PACKAGE).parent)}:{frame.lineno}"
+        if frame.filename.endswith("profiling.py"):
+            continue
+        for root in roots:
+            # root + separator: a sibling folder sharing the prefix (crystalframes_before) is not inside
+            if frame.filename.startswith(root + os.sep):
+                return f"{Path(frame.filename).relative_to(Path(root).parent)}:{frame.lineno}"
     return "?"
 
 
@@ -99,9 +105,14 @@ class StepCounter:
         with StepCounter() as count:
             model(batch).sum().backward()
         print(count.ops, count.syncs, count.where.most_common(10))
+
+    ``roots``: the source folders whose lines count (default: this package); another copy of the
+    package, imported under another name, is counted by passing its folder (benchmarks/step_profile.py
+    counts an older revision with today's counter that way).
     """
 
-    def __init__(self):
+    def __init__(self, roots=None):
+        self.roots = tuple(str(Path(r).resolve()) for r in roots) if roots is not None else (_PACKAGE,)
         self.ops = 0
         self.syncs = 0
         self.where: collections.Counter = collections.Counter()
@@ -110,7 +121,7 @@ class StepCounter:
         self._modes = (_Reads(self), _Ops(self))
 
     def _record(self, kind: str) -> None:
-        where = _where()
+        where = _where(self.roots)
         if where == "?":
             # torch's own host reads of host tensors (Adam's step counters live on the CPU by
             # design) and of code outside this package: listed, not counted
