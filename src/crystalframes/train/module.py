@@ -84,6 +84,9 @@ class PropertyModule(L.LightningModule):
         self.optim_cfg = optim
         self.total_steps = max(int(total_steps), 1)
         self.loss_fn = torch.nn.L1Loss() if optim.loss == "l1" else torch.nn.MSELoss()
+        self._recent: list = []  # (epoch, step, structure ids) of the training steps since the last check
+        self._flag: torch.Tensor | None = None  # on the device: first non-finite position in _recent or -1, its loss, last loss
+        self.last_train_loss: float | None = None  # the training loss at the last check, for progress displays
 
     def forward(self, batch):
         return self.model(batch)
@@ -99,14 +102,62 @@ class PropertyModule(L.LightningModule):
     def training_step(self, batch, batch_idx):
         pred, target = self._step(batch)
         loss = self.loss_fn(pred, target)
-        if not torch.isfinite(loss):
-            ids = ", ".join(batch.ids[:20]) + (" ..." if len(batch.ids) > 20 else "")
-            raise NonFiniteLossError(
-                f"training loss is {loss.item()} at epoch {self.current_epoch}, step {self.global_step}; "
-                f"batch structures: {ids}. Lower the learning rate or check these inputs."
-            )
-        self.log("train_loss", loss, batch_size=batch.num_graphs, on_step=True, on_epoch=True, prog_bar=True)
+        self._watch_loss(loss.detach(), batch)
+        # Not in Lightning's progress-bar metrics: Lightning converts those to numbers after every
+        # batch (a host read of the loss each step); logged values are read only when they are
+        # written, every log_every_n_steps. The bars show the loss of the last check instead.
+        self.log("train_loss", loss, batch_size=batch.num_graphs, on_step=True, on_epoch=True)
+        if len(self._recent) >= self.trainer.log_every_n_steps:
+            self.check_finite_loss()
         return loss
+
+    # A non-finite training loss stops the run, naming the step and its structures, but testing
+    # `isfinite(loss)` on the host would make every GPU step wait for the device. The device keeps
+    # the position of the first non-finite loss among the steps since the last check, the host the
+    # (epoch, step, structure ids) of those steps; one read every log_every_n_steps, at the epoch
+    # end, before validation and before any checkpoint is written (so no checkpoint ever holds the
+    # weights that a NaN step produced: the check raises before Lightning writes the file).
+    def _watch_loss(self, loss: torch.Tensor, batch) -> None:
+        if self._flag is None or self._flag.device != loss.device:
+            # float32 holds the positions exactly (far beyond any logging interval); float64 losses keep theirs
+            dtype = torch.float64 if loss.dtype == torch.float64 else torch.float32
+            self._flag = torch.tensor([-1.0, 0.0, 0.0], dtype=dtype, device=loss.device)
+            self._recent = []
+        flag, value = self._flag, loss.to(self._flag.dtype)
+        new = ~torch.isfinite(loss) & (flag[0] < 0)
+        flag[0] = torch.where(new, float(len(self._recent)), flag[0])
+        flag[1] = torch.where(new, value, flag[1])
+        flag[2] = value
+        self._recent.append((self.current_epoch, self.global_step, list(batch.ids)))
+
+    def check_finite_loss(self) -> None:
+        """Raise :class:`NonFiniteLossError` for the first non-finite training loss since the last
+        check (one host read; nothing to do when no step ran since)."""
+        if not self._recent:
+            return
+        first, value, last = self._flag.tolist()
+        recent, self._recent = self._recent, []
+        if first >= 0:
+            self._flag = None
+            epoch, step, ids = recent[int(first)]
+            shown = ", ".join(ids[:20]) + (" ..." if len(ids) > 20 else "")
+            raise NonFiniteLossError(
+                f"training loss is {value} at epoch {epoch}, step {step}; "
+                f"batch structures: {shown}. Lower the learning rate or check these inputs."
+            )
+        self.last_train_loss = last
+
+    def on_train_epoch_end(self):
+        self.check_finite_loss()
+
+    def on_train_end(self):
+        self.check_finite_loss()
+
+    def on_validation_start(self):
+        self.check_finite_loss()
+
+    def on_save_checkpoint(self, checkpoint):
+        self.check_finite_loss()
 
     def validation_step(self, batch, batch_idx):
         recorded = self._record_frames() if batch_idx == 0 else None

@@ -39,7 +39,7 @@ class ProgressLines(L.Callback):
         self._start = self._last = time.monotonic()
         self._first_step = trainer.global_step
 
-    def _line(self, trainer, end_of_epoch: bool) -> str:
+    def _line(self, trainer, pl_module, end_of_epoch: bool) -> str:
         per_epoch = int(trainer.num_training_batches) if trainer.num_training_batches != float("inf") else 0
         total = per_epoch * trainer.max_epochs
         step = trainer.global_step
@@ -47,7 +47,9 @@ class ProgressLines(L.Callback):
         done = step - self._first_step
         parts = [f"epoch {trainer.current_epoch + 1}/{trainer.max_epochs}", f"step {step}/{total}" if total else f"step {step}"]
         metrics = trainer.callback_metrics
-        loss = metrics.get("train_loss_epoch" if end_of_epoch else "train_loss_step", metrics.get("train_loss"))
+        # within an epoch, the loss the module last read (at its finiteness check): reading the
+        # logged tensor here would make a GPU step wait for the device
+        loss = metrics.get("train_loss_epoch") if end_of_epoch else getattr(pl_module, "last_train_loss", None)
         if loss is not None:
             parts.append(f"train_loss {float(loss):.4g}")
         if end_of_epoch and "val_mae" in metrics:
@@ -64,12 +66,12 @@ class ProgressLines(L.Callback):
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if trainer.is_global_zero and time.monotonic() - self._last >= self.every_seconds:
-            self._emit(self._line(trainer, end_of_epoch=False))
+            self._emit(self._line(trainer, pl_module, end_of_epoch=False))
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
         # Lightning runs the epoch's validation before this hook: val_mae is this epoch's
         if trainer.is_global_zero:
-            self._emit(self._line(trainer, end_of_epoch=True))
+            self._emit(self._line(trainer, pl_module, end_of_epoch=True))
 
 
 class EpochBar(RichProgressBar):
@@ -79,6 +81,15 @@ class EpochBar(RichProgressBar):
 
     def _get_train_description(self, current_epoch: int) -> str:
         return f"Epoch {current_epoch + 1}/{self.trainer.max_epochs}"
+
+    def get_metrics(self, trainer, pl_module) -> dict:
+        # the bar refreshes after every batch: it shows the training loss of the module's last
+        # check (every log_every_n_steps), a number already on the host, not the step's tensor
+        items = super().get_metrics(trainer, pl_module)
+        loss = getattr(pl_module, "last_train_loss", None)
+        if loss is not None:
+            items["train_loss"] = loss
+        return items
 
 
 class TrainingInterrupted(SystemExit):
