@@ -153,6 +153,24 @@ def test_elements_beyond_californium_are_rejected_by_name():
     assert torch.isfinite(predict(model, [californium])).all()
 
 
+def test_element_check_of_embed_is_not_a_counted_read_and_never_fails_on_a_device():
+    """On the CPU, NumPy reads the atomic numbers (no device wait); on another device (meta: no
+    values) unsupported elements get NaN rows instead of an error or an out-of-range index."""
+    from crystalframes.profiling import StepCounter
+
+    model = build_crystalformer("none", "cpu_small").eval()
+    with StepCounter() as count:
+        model.embed(torch.tensor([1, 8, 98]))
+    assert count.syncs == 0, count.where
+    with pytest.raises(ValueError, match=r"H\.\.Cf .* contains Es \(Z=99\)"):
+        model.embed(torch.tensor([1, 99]))
+    meta = build_crystalformer("none", "cpu_small").to("meta")
+    assert meta.embed(torch.tensor([0, 5, 99], device="meta")).shape[0] == 3
+    if torch.cuda.is_available():
+        rows = build_crystalformer("none", "cpu_small").cuda().embed(torch.tensor([1, 0, 99], device="cuda")).cpu()
+        assert torch.isfinite(rows[0]).all() and torch.isnan(rows[1:]).all()
+
+
 # ---------------------------------------------------------------------------------------------
 # the periodic sum
 # ---------------------------------------------------------------------------------------------

@@ -520,6 +520,24 @@ def test_atom_features(nacl):
         AtomFeatureTable()(torch.tensor([11, 101]))
 
 
+def test_atom_features_check_without_a_counted_read_and_never_fail_on_a_device():
+    """On the CPU the check reads the atomic numbers with NumPy (no device wait, none counted); on
+    another device (meta here: no values) the lookup of an unsupported element cannot fail: its
+    row is NaN (crystalframes.nn.atom_features says why)."""
+    from crystalframes.nn import AtomFeatureTable
+    from crystalframes.profiling import StepCounter
+
+    table = AtomFeatureTable()
+    with StepCounter() as count:
+        table(torch.tensor([11, 17, 8]))
+    assert count.syncs == 0, count.where
+    meta = AtomFeatureTable().to("meta")
+    assert meta(torch.tensor([11, 0, 101, -3], device="meta")).shape == (4, 92)
+    if torch.cuda.is_available():
+        rows = AtomFeatureTable().cuda()(torch.tensor([11, 0, 101], device="cuda")).cpu()
+        assert torch.isfinite(rows[0]).all() and torch.isnan(rows[1:]).all()
+
+
 def test_no_cuda_specific_code():
     """CPU and CUDA from the same code: no .cuda() calls, no CUDA-only or scatter packages."""
     root = Path(__file__).resolve().parents[2] / "src" / "crystalframes"

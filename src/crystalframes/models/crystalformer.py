@@ -36,6 +36,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -46,6 +47,7 @@ from crystalframes.frames.registry import DEFAULT_GLOBAL_FRAME
 from crystalframes.io.elements import element_label
 from crystalframes.models import presets
 from crystalframes.models.presets import Preset
+from crystalframes.nn.atom_features import unsupported_elements
 from crystalframes.nn.periodic_attention import (
     ANGLE_WIDTH_SCALE,
     DEFAULT_CUTOFF_SIGMAS,
@@ -80,7 +82,8 @@ class CrystalformerConfig:
     ``spframe_gram_schmidt``). cutoff_sigmas: each head of each atom sums over the images within this many
     sigma_ih = r0 / sqrt(rho_ih) (the reference sizes an image box with 3.5; see
     :mod:`crystalframes.nn.periodic_attention`). memory_budget: elements of the largest
-    temporary tensor of an attention layer.
+    temporary tensor of an attention layer on a CPU (16x that on a GPU: ``budget_on`` in
+    :mod:`crystalframes.nn.periodic_entries`); it changes speed and memory, never a result.
     """
 
     frame: str = DEFAULT_FRAME
@@ -209,13 +212,16 @@ class Crystalformer(nn.Module):
 
     def embed(self, atomic_numbers: torch.Tensor) -> torch.Tensor:
         """Linear(98, C) of the one-hot encoding, i.e. column Z - 1 of its weight."""
-        bad = (atomic_numbers < 1) | (atomic_numbers > NUM_ELEMENTS)
-        if bool(bad.any()):
-            names = ", ".join(element_label(z) for z in torch.unique(atomic_numbers[bad]).tolist())
-            raise ValueError(
-                f"Crystalformer encodes elements H..Cf (Z = 1..{NUM_ELEMENTS}) only; this batch contains {names}"
-            )
-        return self.atom_embedding.weight.t()[atomic_numbers - 1]
+        # checked on the CPU only, NaN rows elsewhere: why in crystalframes.nn.atom_features
+        z = atomic_numbers
+        if z.device.type == "cpu":
+            bad = unsupported_elements(z, np.arange(NUM_ELEMENTS + 1) >= 1)
+            if bad:
+                names = ", ".join(element_label(v) for v in bad)
+                raise ValueError(f"Crystalformer encodes elements H..Cf (Z = 1..{NUM_ELEMENTS}) only; this batch contains {names}")
+            return self.atom_embedding.weight.t()[z - 1]
+        rows = self.atom_embedding.weight.t()[(z - 1).clamp(0, NUM_ELEMENTS - 1)]
+        return rows.masked_fill(((z < 1) | (z > NUM_ELEMENTS)).unsqueeze(-1), float("nan"))
 
     def geometry(self, batch: GraphBatch) -> PeriodicGeometry:
         setup = self.frame.setup(batch.lattice, batch.frac_coords, batch.batch) if self.frame.active else None

