@@ -79,7 +79,7 @@ class ChebyshevMoments(torch.autograd.Function):
 
     Differentiable in ``w`` (R, H, M) and in ``c`` (R, M, A) in [-1, 1] (the cosines of a learned
     frame). Row r only uses its first ``lengths[r]`` columns (w is zero beyond them); rows must
-    come sorted by length. Evaluated with the recurrence T_n = 2c T_(n-1) - T_(n-2) and one
+    come sorted by length, and ``lengths`` is a host array (the chunk plan is made on the host). Evaluated with the recurrence T_n = 2c T_(n-1) - T_(n-2) and one
     batched matmul per degree, in chunks of rows of at most ``budget`` elements of c; the
     backward pass, g_w = sum_(a,n) g_S T_n(c), reruns the recurrence instead of storing
     anything. The recurrence runs on c transposed, (rows, A, M): MKL's batched (H x M)(M x A)
@@ -100,7 +100,7 @@ class ChebyshevMoments(torch.autograd.Function):
         """(start, stop, width) row chunks (width = the longest row of the chunk) within the
         element budget; a chunk of more than budget/16 elements also stops before rows ~15%
         longer than its first (padding), smaller ones do not (per-op overhead)."""
-        lengths = np.maximum(lengths.cpu().numpy(), 1)
+        lengths = np.maximum(np.asarray(lengths), 1)  # host numbers: planning reads no device
         out, start = [], 0
         while start < len(lengths):
             rest = lengths[start:]

@@ -39,6 +39,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -65,6 +66,7 @@ from crystalframes.nn.periodic_entries import (  # noqa: F401
     MIN_DISTANCE,
     Bucket,
     PeriodicEntries,
+    budget_on,
     entry_buckets,
     periodic_entries,
     take,
@@ -88,20 +90,37 @@ RHO_STATISTICS = ("running", "first_batch")
 ENUMERATION_HEADROOM = 1.15
 
 
-def _distinct_frames_per_centre(frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Per-head frames (n, H, 3, 3) -> (group (n, H), centre (G,), frame (G, 3, 3)): the distinct
-    frames of every centre (bitwise equality; frames of different centres never merge) and which
-    one every (centre, head) uses. Groups are numbered by centre, then by first head."""
+def _frame_leaders(frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-head frames (n, H, 3, 3) -> (leader (n, H): the first head of the same centre with
+    bitwise the same frame, is_leader (n H,)); no host synchronisation."""
     n, h = frames.shape[:2]
     flat = frames.reshape(n, h, 9)
     heads = torch.arange(h, device=frames.device)
     same = (flat.unsqueeze(2) == flat.unsqueeze(1)).all(dim=-1) | torch.eye(h, dtype=torch.bool, device=frames.device)
-    leader = torch.where(same, heads, h).amin(dim=-1)  # (n, H): first head with the same frame
-    is_leader = (leader == heads).reshape(-1)
+    leader = torch.where(same, heads, h).amin(dim=-1)
+    return leader, (leader == heads).reshape(-1)
+
+
+def _frame_groups(frames: torch.Tensor, leader: torch.Tensor, is_leader: torch.Tensor, is_leader_host: np.ndarray):
+    """The distinct frames of every centre (frames of different centres never merge) and which
+    one every (centre, head) uses: (group (n, H), centre (G,), the same centres on the host,
+    frame (G, 3, 3)); groups are numbered by centre, then by first head. The host copy of the
+    leader mask sizes the groups (``nonzero_static``: no synchronisation)."""
+    n, h = frames.shape[:2]
+    members_host = np.flatnonzero(is_leader_host)
     number = torch.cumsum(is_leader, 0) - 1  # group number of every leading (centre, head)
     group = take(number, (torch.arange(n, device=frames.device).unsqueeze(1) * h + leader).reshape(-1)).view(n, h)
-    members = torch.nonzero(is_leader).squeeze(-1)
-    return group, torch.div(members, h, rounding_mode="floor"), take(flat.reshape(n * h, 9), members).view(-1, 3, 3)
+    members = torch.nonzero_static(is_leader, size=len(members_host)).squeeze(-1)
+    centre = torch.div(members, h, rounding_mode="floor")
+    return group, centre, members_host // h, take(frames.reshape(n * h, 9), members).view(-1, 3, 3)
+
+
+def _distinct_frames_per_centre(frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(group (n, H), centre (G,), frame (G, 3, 3)) of per-head frames (n, H, 3, 3): the two
+    steps above at once (one synchronisation), for a single set of frames."""
+    leader, is_leader = _frame_leaders(frames)
+    group, centre, _, distinct = _frame_groups(frames, leader, is_leader, is_leader.cpu().numpy())
+    return group, centre, distinct
 
 
 def _batch_moments(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -141,11 +160,16 @@ class PeriodicGeometry:
 
     def entries(self, cutoff: torch.Tensor, budget: int = DEFAULT_MEMORY_BUDGET) -> PeriodicEntries:
         """:func:`periodic_entries` for per-atom ``cutoff`` (N,), reusing an earlier layer's
-        enumeration when it covers the cutoff (the result is identical either way)."""
+        enumeration when it covers the cutoff (the result is identical either way). Reusing it
+        costs one host synchronisation (:meth:`PeriodicEntries.within`), which also carries
+        whether the cutoff was covered."""
         cutoff = cutoff.detach()
-        if self.cached_entries is None or bool((cutoff > self.cached_cutoff).any()):
-            self.cached_cutoff = cutoff * ENUMERATION_HEADROOM
-            self.cached_entries = periodic_entries(self.pos, self.frac, self.lattice, self.batch, self.num_atoms, self.cached_cutoff, budget)
+        if self.cached_entries is not None:
+            ent, uncovered = self.cached_entries.within(cutoff, flag=(cutoff > self.cached_cutoff).any())
+            if not uncovered:
+                return ent
+        self.cached_cutoff = cutoff * ENUMERATION_HEADROOM
+        self.cached_entries = periodic_entries(self.pos, self.frac, self.lattice, self.batch, self.num_atoms, self.cached_cutoff, budget)
         return self.cached_entries.within(cutoff)
 
 
@@ -243,14 +267,23 @@ class PeriodicAttention(nn.Module):
     # -- Gaussian width of every atom and head --------------------------------------------------
 
     def rho(self, q: torch.Tensor) -> torch.Tensor:
-        """rho_ih = (1 - b) ELU(beta x / (1 - b)) + 1, x = standardised q_ih . w_h; (N, H)."""
+        """rho_ih = (1 - b) ELU(beta x / (1 - b)) + 1, x = standardised q_ih . w_h; (N, H).
+
+        Whether statistics exist yet (``rho_stats[2]``, batches seen) is decided on the device
+        with ``torch.where``, not read on the host: a read would stall a GPU every layer."""
         x = (q * self.width_weight).sum(-1)
         stats = self.rho_stats
-        if self.training and not (self.rho_statistics == "first_batch" and stats[2] > 0):
+        if self.training:
             with torch.no_grad():
-                mean, var = _batch_moments(x)
-                m = 1.0 if stats[2] == 0 else self.rho_momentum
-                new = torch.stack([(1 - m) * stats[0] + m * mean.to(stats), (1 - m) * stats[1] + m * var.to(stats), stats[2] + 1])
+                batch_mean, batch_var = _batch_moments(x)
+                fresh = stats[2] == 0
+                m = torch.where(fresh, 1.0, self.rho_momentum).to(stats)
+                new = torch.stack([(1 - m) * stats[0] + m * batch_mean.to(stats), (1 - m) * stats[1] + m * batch_var.to(stats), stats[2] + 1])
+                if self.rho_statistics == "first_batch":  # frozen once the first batch has set them
+                    new = torch.where(fresh, new, stats)
+                    mean, var = new[0], new[1]
+                else:
+                    mean, var = batch_mean, batch_var
                 stats.copy_(new)
         else:
             mean, var = stats[0], stats[1]
@@ -281,14 +314,15 @@ class PeriodicAttention(nn.Module):
         rho = self.rho(q)
         a = rho * (-0.5 / self.r0**2)  # (N, H)
         head_cutoff = (self.cutoff_sigmas * self.r0) * torch.rsqrt(rho.detach())  # c sigma_ih
-        ent = geometry.entries(head_cutoff.amax(dim=1), self.memory_budget)
+        budget = budget_on(self.memory_budget, x.device)
+        ent = geometry.entries(head_cutoff.amax(dim=1), budget)
         s = (take(q, ent.pair_centre) * take(k, ent.pair_neighbour)).sum(-1) * d**-0.5  # (U, H)
 
         unit = ent.unit_vectors() if self.angle_proj is not None else None
         # widest per-entry temporaries of a bucket: distance bases (K), attention rows (H) and
         # the frame construction (~8 H); the Chebyshev moments chunk themselves
         widest = max(self.distance_centres.shape[0], 8 * h)
-        buckets, order = entry_buckets(ent, max(1, self.memory_budget // widest))
+        buckets, order = entry_buckets(ent, max(1, budget // widest))
         atom_frames = None
         if frame is not None and frame.active and ("features" in frame.needs or "neighbours" not in frame.needs):
             # frames of whole atoms, built once for the layer (learned and global frames)
@@ -296,7 +330,7 @@ class PeriodicAttention(nn.Module):
             if "features" in frame.needs:
                 hood = self._pair_neighbourhood(x, ent, s, a, head_cutoff, unit, buckets)
             atom_frames = frame(layer, geometry.frame_setup, hood)
-        pe, pair_ids, pair_w = [], [], []
+        pe, pair_ids, pair_w, angle_inputs = [], [], [], []
         for bucket in buckets:
             w, dist, inside = self._weights(bucket, ent, s, a, head_cutoff)
             basis = gaussian(dist, self.distance_centres.to(dist.dtype), self.distance_width)  # (n, M, K)
@@ -309,12 +343,15 @@ class PeriodicAttention(nn.Module):
                 else:  # frames of the bucket's entries (static, or from this layer's attention)
                     rows = EntryRows(take(ent.vec, bucket.index), dist, bucket.valid, w.detach() if "attention" in frame.needs else None)
                     frames = frame(layer, geometry.frame_setup, Neighbourhood(bucket.centres, rows=rows))
-                # a head's entries are a prefix of its row (rows are sorted by distance)
-                angle = self._angle_encoding(w, inside.sum(-1), bucket, ent, unit, frames)
-                features = features + (angle if self.angle_coef == 1.0 else angle * self.angle_coef)
+                angle_inputs.append((w, bucket, frames.to(w.dtype)))
             pair_ids.append(take(ent.pair, bucket.entries))
             pair_w.append(take(w.transpose(1, 2).reshape(-1, h), bucket.flat))
             pe.append(features)
+        if angle_inputs:
+            # after every bucket's frames exist: per-head frames are grouped for the whole layer
+            # with one host synchronisation (_frame_groups), not one per bucket
+            for i, angle in enumerate(self._angle_encodings(angle_inputs, ent, unit)):
+                pe[i] = pe[i] + (angle if self.angle_coef == 1.0 else angle * self.angle_coef)
         # position encodings per atom, bucket order -> atom order
         out = take(torch.cat(pe), torch.argsort(order))
         # values: sum_(j,n) w v_j = sum_j (sum_n w) v_j, through the distinct pairs
@@ -355,41 +392,54 @@ class PeriodicAttention(nn.Module):
             direction.index_add_(0, pair, w.mean(-1, keepdim=True) * u)
             sizes.index_add_(0, pair, w.mean(-1) * u.norm(dim=-1))
             moments.index_add_(0, pair, w.mean(-1)[:, None, None] * u.unsqueeze(-1) * u.unsqueeze(-2))
-        graph = MessageGraph(torch.stack([ent.pair_centre, ent.pair_neighbour]), n, x.dtype, group_edges=False)
+        # the pairs with an image within the cutoff only (the entries keep every pair of a crystal)
+        used, _ = ent.used_pairs()
+        mass, direction, sizes, moments = (take(t, used) for t in (mass, direction, sizes, moments))
+        graph = MessageGraph(torch.stack([take(ent.pair_centre, used), take(ent.pair_neighbour, used)]), n, x.dtype, group_edges=False)
         return Neighbourhood(torch.arange(n, device=x.device), features=x, graph=graph, edge_weights=mass,
                              edge_directions=direction, edge_direction_sizes=sizes, edge_direction_moments=moments)
 
-    def _angle_encoding(self, w, lengths, bucket: Bucket, ent: PeriodicEntries, unit, frames) -> torch.Tensor:
-        """sum_k Wk sum_(j,n) w b_angl(e_k . r_hat) with e_k the rows of each centre's (and head's)
-        frame; the atom itself has no direction and contributes no angle feature. ``lengths``
-        (n, H): entries of each head (a prefix of the row).
+    def _angle_encodings(self, inputs: list, ent: PeriodicEntries, unit) -> list[torch.Tensor]:
+        """sum_k Wk sum_(j,n) w b_angl(e_k . r_hat) (n, H, d) for every bucket's (weights (n, H, M),
+        bucket, frames (n, [H,] 3, 3)), e_k the rows of each centre's (and head's) frame; the atom
+        itself has no direction and contributes no angle feature. A head's entries are a prefix
+        of its row (rows are sorted by distance), so every head of a row lies within the row's
+        length (``bucket.lengths``, on the host).
 
         The moments are computed once per distinct (centre, frame): the heads of a centre that
         share a frame share the cosines, so their weights go through one (H x M)(M x 3) product
         per degree instead of H products of one row each. Per-head max frames mostly coincide
         (1.07 distinct frames per centre among 8 heads on the MP sample, benchmarks/angle_moments.py:
         the heaviest entries are the nearest neighbours in every head); per-atom frames are one
-        group per centre.
+        group per centre. Groups come in centre order and a bucket's rows ascend in length, so
+        the groups are already sorted by length, as :class:`ChebyshevMoments` needs. The leader
+        masks of all buckets reach the host in one transfer.
         """
-        frames = frames.to(w.dtype)
-        w = w * (take(ent.dist, bucket.index) > MIN_DISTANCE).unsqueeze(1).to(w.dtype)
-        n, h, m = w.shape
-        if frames.dim() == 4:  # per head: group the (centre, head) rows by their frame
-            group, centre, frames = _distinct_frames_per_centre(frames)
-        else:
-            group, centre = torch.arange(n, device=w.device).unsqueeze(1).expand(n, h), torch.arange(n, device=w.device)
-        u = take(take(unit, bucket.index), centre)  # (G, M, 3); padding repeats an entry, but with weight 0
-        cos = torch.einsum("gmc,gkc->gmk", u, frames).clamp_(-1.0, 1.0)
-        lengths = take(lengths.amax(dim=-1), centre)
-        coef = self.angle_basis_coefficients(w)
+        per_head = inputs[0][2].dim() == 4
+        if per_head:
+            leaders = [_frame_leaders(frames) for _, _, frames in inputs]
+            host = torch.cat([is_leader for _, is_leader in leaders]).cpu().numpy()
+            splits = np.cumsum([len(is_leader) for _, is_leader in leaders])[:-1]
+            host = np.split(host, splits)
+        coef = self.angle_basis_coefficients(inputs[0][0])
         terms = coef.shape[0]
-        order = torch.argsort(lengths, stable=True)
-        rows = take(centre, order)
-        moments = ChebyshevMoments.apply(take(w, rows), take(cos, order), take(lengths, order), terms, self.memory_budget)
-        moments = take(moments, torch.argsort(order))  # (G, H, 3, terms)
-        # each (centre, head) takes its head's moments from its frame's group
-        moments = take(moments.reshape(-1, 3, terms), group * h + torch.arange(h, device=w.device))  # (n, H, 3, terms)
-        return torch.einsum("nhkr,rm,khcm->nhc", moments, coef, self.angle_proj)
+        out = []
+        for i, (w, bucket, frames) in enumerate(inputs):
+            w = w * (take(ent.dist, bucket.index) > MIN_DISTANCE).unsqueeze(1).to(w.dtype)
+            n, h, m = w.shape
+            if per_head:  # group the (centre, head) rows by their frame
+                group, centre, centre_host, frames = _frame_groups(frames, *leaders[i], host[i])
+                lengths = bucket.lengths[centre_host]
+            else:
+                group, centre = torch.arange(n, device=w.device).unsqueeze(1).expand(n, h), torch.arange(n, device=w.device)
+                lengths = bucket.lengths
+            u = take(take(unit, bucket.index), centre)  # (G, M, 3); padding repeats an entry, but with weight 0
+            cos = torch.einsum("gmc,gkc->gmk", u, frames).clamp_(-1.0, 1.0)
+            moments = ChebyshevMoments.apply(take(w, centre), cos, lengths, terms, budget_on(self.memory_budget, w.device))  # (G, H, 3, terms)
+            # each (centre, head) takes its head's moments from its frame's group
+            moments = take(moments.reshape(-1, 3, terms), group * h + torch.arange(h, device=w.device))  # (n, H, 3, terms)
+            out.append(torch.einsum("nhkr,rm,khcm->nhc", moments, coef, self.angle_proj))
+        return out
 
     def angle_basis_coefficients(self, like: torch.Tensor) -> torch.Tensor:
         """Chebyshev coefficients (r, D) of the angle Gaussians at ``like``'s working precision."""
