@@ -19,8 +19,7 @@ import torch
 
 from crystalframes.data.batch import collate
 from crystalframes.data.graph import GraphSettings, build_graph
-from crystalframes.frames import FRAMES, Neighbourhood, frame_names, max_frame, static_local_frame, weighted_pca_frame
-from crystalframes.frames import dynamic
+from crystalframes.frames import FRAMES, frame_names, max_frame, static_local_frame, weighted_pca_frame
 from crystalframes.io import Crystal
 from crystalframes.models.crystalformer import CRYSTALFORMER_PRESETS, build_crystalformer
 from crystalframes.models import num_parameters
@@ -354,34 +353,6 @@ def test_chebyshev_moments_values_and_gradient():
     chebyshev = torch.cos(torch.arange(9, dtype=torch.float64) * torch.arccos(c).unsqueeze(-1))  # (R, M, 3, 9)
     assert torch.allclose(moments, torch.einsum("rhm,rmkn->rhkn", w, chebyshev), atol=1e-13)
     assert torch.autograd.gradcheck(lambda w: pa.ChebyshevMoments.apply(w * mask, c, lengths, 9, 40), (w,))
-
-
-def test_max_frame_prefilter_is_exact(crystals, monkeypatch):
-    """The max frames built from the pre-filtered entries equal max_frame over every entry,
-    also when the verification sends rows back to the full computation."""
-    for threshold in (dynamic.MAX_FRAME_PREFILTER, 0.9):
-        monkeypatch.setattr(dynamic, "MAX_FRAME_PREFILTER", threshold)
-        model = small_model("max", crystals[:6])
-        b = batch_of(crystals[:6])
-        att, geometry = model.layers[1].attention, model.geometry(b)
-        x = model.layers[0](model.embed(b.atomic_numbers).double(), geometry, model.frame, 0)
-        captured = []
-        original = dynamic.max_frame_of_rows
-
-        def spy(rows, tie):
-            frames = original(rows, tie)
-            captured.append((rows, tie, frames))
-            return frames
-
-        monkeypatch.setattr(dynamic, "max_frame_of_rows", spy)
-        with torch.no_grad():
-            att(x, geometry, model.frame, 1)
-        monkeypatch.setattr(dynamic, "max_frame_of_rows", original)
-        assert captured
-        for rows, tie, frames in captured:
-            vec, centre, weights = Neighbourhood(torch.arange(len(tie)), rows=rows).entries()
-            full = max_frame(vec, weights, centre, len(tie), tie)
-            assert torch.equal(frames, full)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -39,9 +39,6 @@ def tie_tolerance(dtype: torch.dtype) -> float:
 MAX_COLLINEAR_COS = 0.9999
 # Entries shorter than this (the atom itself, n = 0) have no direction and are skipped.
 MIN_DISTANCE = 1e-6
-# max_frame_of_rows builds the max frame from the entries with w >= MAX_FRAME_PREFILTER x the
-# largest weight of the centre (and head) only, then verifies the result (see there).
-MAX_FRAME_PREFILTER = 1e-3
 
 
 def _flatten_heads(edge_vec, weights, centre, num_atoms, tie_frame):
@@ -153,44 +150,63 @@ def static_local_frame(
     return max_frame(edge_vec, weights, centre, num_atoms, tie_frame)
 
 
+def _select_in_rows(score: torch.Tensor, coords: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`_select` per row of padded rows, densely: ``score`` (n, H, M) with -inf at the
+    entries that are not candidates, ``coords`` (n, 3, M) the tie-frame coordinates (shared by
+    the heads). Column (n, H) of the entry of largest score, ties broken as there (tie-frame
+    coordinates in turn, then the first column), and a mask of the rows with a candidate.
+
+    Reductions over M only: no output size depends on the data, so nothing waits for the
+    device. Candidate scores are finite (attention weights), so a row has a candidate iff its
+    best score is finite, and in such a row a non-candidate (-inf) never passes a threshold:
+    the tests need no "& candidate". Rows without a candidate return column 0."""
+    tie = tie_tolerance(score.dtype)
+    best = score.amax(dim=-1, keepdim=True)
+    keep = score >= best - tie * best.abs()
+    for c in range(3):
+        key = torch.where(keep, coords[:, c : c + 1], float("-inf"))
+        keep = key >= key.amax(dim=-1, keepdim=True) - tie
+    has = best.squeeze(-1).isfinite()
+    first = keep.to(torch.int8).argmax(dim=-1)  # argmax returns the first maximum
+    return torch.where(has, first, 0), has
+
+
 @torch.no_grad()
 def max_frame_of_rows(rows: EntryRows, tie_frame: torch.Tensor) -> torch.Tensor:
-    """:func:`max_frame` per (centre, head) of padded rows, (n, H, 3, 3), built from the entries
-    with w >= t = MAX_FRAME_PREFILTER w_max only: with infinitely connected attention most
-    entries are the Gaussian tail, never selected. Exact: an excluded entry has w < t, so its e2
-    score w (1 - |cos|) is < t too; wherever the best e2 score among the kept entries is not
-    clearly above t (>= 2t; this also covers e1 and ties), the frame is rebuilt from all the
-    entries of that row."""
-    w, vec, dist, valid = rows.weights, rows.vec, rows.dist, rows.valid
+    """:func:`max_frame` per (centre, head) of padded rows, (n, H, 3, 3), computed densely over
+    the rows' M columns with the same rules and the same arithmetic, so the frames are
+    bit-identical to max_frame of the flat entries (padding cells may hold any finite values).
+
+    No host synchronisation (issue 25): selecting entries (nonzero, boolean-mask indexing) would
+    make the host wait for their count, as did the former shortcut of building the frame from
+    the entries of large weight only and redoing the rows it could not vouch for. On a CPU the
+    dense passes cost no more than that shortcut did, because the unit vectors are laid out
+    (n, 3, M): every per-entry step is an elementwise pass over contiguous rows (a sum over a
+    last axis of 3 is several times slower), and what does not depend on the head (unit
+    vectors, tie-frame coordinates, usability) is computed once for all H heads."""
+    w, vec, valid = rows.weights, rows.vec, rows.valid
     n, h, m = w.shape
-    t = MAX_FRAME_PREFILTER * w.amax(dim=-1, keepdim=True)  # (n, H, 1)
-    valid = valid.unsqueeze(1)
-    tie_rows = tie_frame.repeat_interleave(h, dim=0)  # (n H, 3, 3)
-    cells = vec.reshape(n * m, 3)
+    dist = vec.norm(dim=-1)  # as max_frame computes it (rows.dist need not be bit-equal)
+    unit = (vec / dist.clamp_min(MIN_DISTANCE).unsqueeze(-1)).transpose(1, 2).contiguous()  # (n, 3, M)
+    # invariant coordinates for tie-breaking, (n, 3, M): row a = tie axis a . unit
+    coords = tie_frame[:, :, 0:1] * unit[:, 0:1] + tie_frame[:, :, 1:2] * unit[:, 1:2] + tie_frame[:, :, 2:3] * unit[:, 2:3]
+    # 0 at the usable entries, -inf elsewhere (padding, the atom itself), shared by the heads
+    unusable = torch.where(valid & (dist > MIN_DISTANCE), 0.0, float("-inf")).to(w.dtype).unsqueeze(1)
+    tie_rows = tie_frame.unsqueeze(1).expand(n, h, 3, 3)
 
-    def build(mask: torch.Tensor, rows_wanted: torch.Tensor | None = None) -> torch.Tensor:
-        flat = torch.nonzero(mask.reshape(-1)).squeeze(-1)
-        row = torch.div(flat, m, rounding_mode="floor")
-        if rows_wanted is not None:  # renumber the selected rows 0..R-1
-            row = (torch.cumsum(rows_wanted, 0) - 1).index_select(0, row)
-        size = n * h if rows_wanted is None else int(rows_wanted.sum())
-        ties = tie_rows if rows_wanted is None else tie_rows[rows_wanted]
-        # (centre, head, column) -> (centre, column): the heads share the entry vectors
-        cell = torch.div(flat, h * m, rounding_mode="floor") * m + flat % m
-        return max_frame(cells.index_select(0, cell), w.reshape(-1).index_select(0, flat), row, size, ties)
+    def entry(index: torch.Tensor) -> torch.Tensor:
+        """Unit vectors (n, H, 3) at columns (n, H); contiguous, because gram_schmidt rounds
+        strided rows differently from max_frame's contiguous ones (found: 1 ulp)."""
+        return unit.gather(2, index.unsqueeze(1).expand(n, 3, h)).transpose(1, 2).contiguous()
 
-    kept = valid & (w >= t)
-    frames = build(kept).view(n, h, 3, 3)
-    # verification: the best e2 score among the kept entries, with max_frame's own rules
-    d = dist.unsqueeze(1)  # (n, 1, M)
-    cos = torch.einsum("nmc,nhc->nhm", vec, frames[:, :, 0]) / d.clamp_min(MIN_DISTANCE)
-    candidate = kept & (d > MIN_DISTANCE) & (cos.abs() < MAX_COLLINEAR_COS)
-    best = torch.where(candidate, w * (1 - cos.abs()), torch.zeros_like(w)).amax(dim=-1)  # (n, H)
-    redo = (best < 2 * t.squeeze(-1)).reshape(-1)
-    if bool(redo.any()):
-        every = (valid.expand(n, h, m).reshape(n * h, m) & redo.unsqueeze(-1)).view(n, h, m)
-        frames = frames.reshape(n * h, 3, 3).index_copy(0, torch.nonzero(redo).squeeze(-1), build(every, redo)).view(n, h, 3, 3)
-    return frames
+    i1, has1 = _select_in_rows(w + unusable, coords)
+    e1 = torch.where(has1.unsqueeze(-1), entry(i1), tie_rows[:, :, 0])
+    cos = (unit[:, 0:1] * e1[:, :, 0:1] + unit[:, 1:2] * e1[:, :, 1:2] + unit[:, 2:3] * e1[:, :, 2:3]).abs()  # |cos| (n, H, M)
+    score = torch.where(cos < MAX_COLLINEAR_COS, w * (1 - cos), float("-inf")) + unusable
+    i2, has2 = _select_in_rows(score, coords)
+    v2 = torch.where(has2.unsqueeze(-1), entry(i2), torch.zeros_like(e1))
+    frame = gram_schmidt(e1, v2, fallback=tie_rows)  # zero v2 -> least-aligned tie-frame axis
+    return torch.where(has1[:, :, None, None], frame, tie_rows)
 
 
 # ---------------------------------------------------------------------------------------------
