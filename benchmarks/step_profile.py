@@ -27,9 +27,10 @@ in one process: the same model is built in both, the weights copied from the cur
 the old one (the outputs are compared, float32, tolerance 1e-5), both are counted by the same
 (current) counter, and their steps are timed interleaved (each round runs both, the order
 alternating between rounds). ``ratio`` = before / after of the median times: above 1 the current
-code is faster. Timings on a shared machine scatter (+-30 %): the load average is printed.
+code is faster; ``ratio_paired``, the median of each round's before / after, is less moved by load
+that changes during the run. Timings on a shared machine scatter (+-30 %): the load average is printed.
 
-    python benchmarks/step_profile.py --before 47d4258                 # ~8 min on 2 cores (4 specs, 12 rounds)
+    python benchmarks/step_profile.py --before 47d4258                 # 6-9 min on 2 cores (4 specs, 10 rounds)
     python benchmarks/step_profile.py --specs ecomformer:max@cpu_small --batch-size 8 --rounds 2
 
 Prints a markdown table, the top sync sources, then one JSON line with everything.
@@ -235,6 +236,10 @@ def profile_spec(spec: str, versions: list[Version], crystals, rounds: int, seed
     if len(runners) == 2:
         for kind in ("train", "infer"):
             row[f"{kind}_ratio"] = row["before"][f"{kind}_ms_per_structure"] / row["after"][f"{kind}_ms_per_structure"]
+            # each round's two versions ran back to back: their ratio is blind to load that
+            # changes between rounds (other jobs come and go), which moves both medians
+            row[f"{kind}_ratio_paired"] = statistics.median(
+                b / a for b, a in zip(times["before"][kind], times["after"][kind]))
     return row
 
 
@@ -247,13 +252,17 @@ def table(report: dict) -> str:
     lines = ["| spec | ops before | ops after | syncs before | syncs after | train ms/structure before / after | ratio "
              "| infer ms/structure before / after | ratio |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for spec, row in report["specs"].items():
-        ratio = {k: f"{row[k + '_ratio']:.2f}" if k + "_ratio" in row else "-" for k in ("train", "infer")}
+        ratio = {k: f"{row[k + '_ratio']:.2f} ({row[k + '_ratio_paired']:.2f})" if k + "_ratio" in row else "-"
+                 for k in ("train", "infer")}
         lines.append(
             f"| {spec} | {cell(row, 'before', 'ops')} | {cell(row, 'after', 'ops')} | {cell(row, 'before', 'syncs')} "
             f"| {cell(row, 'after', 'syncs')} | {cell(row, 'before', 'train_ms_per_structure', '{:.2f}')} / "
             f"{cell(row, 'after', 'train_ms_per_structure', '{:.2f}')} | {ratio['train']} "
             f"| {cell(row, 'before', 'infer_ms_per_structure', '{:.2f}')} / "
             f"{cell(row, 'after', 'infer_ms_per_structure', '{:.2f}')} | {ratio['infer']} |")
+    if any("train_ratio" in row for row in report["specs"].values()):
+        lines.append("\nratio: before / after of the median times (in brackets: the median of each round's "
+                     "before / after); above 1 the current code is faster")
     return "\n".join(lines)
 
 
@@ -261,7 +270,7 @@ def parse_args(argv):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--specs", nargs="+", default=list(DEFAULT_SPECS))
     parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--rounds", type=int, default=12, help="timed rounds per spec (each: a training step and a "
+    parser.add_argument("--rounds", type=int, default=10, help="timed rounds per spec (each: a training step and a "
                         "forward pass of every version)")
     parser.add_argument("--before", metavar="REF", help="git ref of this repository to compare against")
     parser.add_argument("--threads", type=int, default=1)

@@ -66,12 +66,13 @@ def test_reduced_run_against_head(step_profile, capsys):
     report = run(step_profile, capsys, "--before", "HEAD")
     assert report["before"] == "HEAD" and len(report["before_commit"]) == 40
     for spec, row in report["specs"].items():
-        assert set(row) == {"before", "after", "max_output_difference", "outputs_agree", "train_ratio", "infer_ratio"}
+        assert set(row) == {"before", "after", "max_output_difference", "outputs_agree", "train_ratio", "infer_ratio",
+                            "train_ratio_paired", "infer_ratio_paired"}
         for label in ("before", "after"):
             check_version(row[label])
         # the old copy is counted by its own lines, under its own name
         assert all(where.startswith("crystalframes_before/") for where in row["before"]["where"])
         assert row["outputs_agree"] and row["max_output_difference"] <= step_profile.AGREE
-        assert math.isfinite(row["train_ratio"]) and row["train_ratio"] > 0
+        assert all(math.isfinite(row[k]) and row[k] > 0 for k in ("train_ratio", "infer_ratio", "train_ratio_paired", "infer_ratio_paired"))
     # the temporary copy is gone from the process afterwards
     assert not any(name.startswith("crystalframes_before") for name in sys.modules)
