@@ -15,7 +15,8 @@ Checks (each ``{"passed": bool, ...}``; ``"passed"`` at the top is all of them):
   backward, Adam) in float32, under bf16 autocast, and with the model compiled in place
   (``trainer.compile``; inductor on CUDA, aot_eager in the reduced form, which needs no C
   compiler and compiles in seconds; the full form compiles one spec per backbone): finite
-  losses and ms per structure.
+  losses and ms per structure; ``train_32`` also counts the host synchronisations and aten
+  operators of one step (``host_syncs_per_step``; on CUDA with ``set_sync_debug_mode`` too).
 - ``ddp``: with several visible GPUs, DistributedDataParallel over all of them (nccl), a few
   steps, then every parameter and buffer compared across ranks (bit-identical); skipped with
   one GPU; the reduced form runs it over 2 CPU processes (gloo).
@@ -125,10 +126,42 @@ def check_training(specs, device, mode: str, steps: int, batch_size: int) -> dic
             ms = 1000 * (time.perf_counter() - t0) / (steps * batch_size)
             finite = all(math.isfinite(float(x)) for x in losses)
             rows[spec] = {"passed": finite, "ms_per_structure": round(ms, 2), "structures_per_s": round(1000 / ms, 1)}
+            if mode == "32":
+                rows[spec]["host_syncs_per_step"] = count_syncs(model, opt, batch, target, device)
         except Exception as exc:
             rows[spec] = {"passed": False, "error": f"{type(exc).__name__}: {exc}"[:300]}
         passed &= rows[spec]["passed"]
     return {"passed": passed, "batch_size": batch_size, "steps": steps, "specs": rows}
+
+
+def count_syncs(model, opt, batch, target, device) -> dict:
+    """Host synchronisations of one training step: recognised by name in our source
+    (:class:`crystalframes.profiling.StepCounter`, any device), and on CUDA also as the driver
+    sees them (``torch.cuda.set_sync_debug_mode("warn")`` warns at every synchronising call,
+    including torch's own, e.g. linalg error checks)."""
+    import warnings
+
+    from crystalframes.profiling import StepCounter
+
+    def step():
+        opt.zero_grad()
+        torch.nn.functional.l1_loss(model(batch).float(), target.expand(batch.num_graphs, -1)).backward()
+        opt.step()
+
+    with StepCounter() as counter:
+        step()
+    out = {"counted": counter.syncs, "aten_ops": counter.ops}
+    if device.type == "cuda":
+        sync(device)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            torch.cuda.set_sync_debug_mode("warn")
+            try:
+                step()
+            finally:
+                torch.cuda.set_sync_debug_mode(0)
+        out["cuda_sync_warnings"] = sum("synchroniz" in str(w.message) for w in caught)
+    return out
 
 
 def _ddp_worker(rank: int, world: int, spec: str, use_cuda: bool, port: int, out_dir: str) -> None:

@@ -39,7 +39,8 @@ class MessageGraph:
         self.neighbour = edge_index[1]
         self.num_nodes = int(num_nodes)
         self.num_edges = int(edge_index.shape[1])
-        count = torch.bincount(self.centre, minlength=self.num_nodes).to(dtype)
+        # index_add, not bincount: bincount reads its input's maximum on the host (a device wait)
+        count = torch.zeros(self.num_nodes, dtype=dtype, device=self.centre.device).index_add_(0, self.centre, torch.ones_like(self.centre, dtype=dtype))
         self.inv_count = torch.where(count > 0, 1.0 / count.clamp_min(1.0), torch.zeros_like(count)).unsqueeze(-1)
         self.group_edges = group_edges
         self._slots: tuple[torch.Tensor, int] | None = None

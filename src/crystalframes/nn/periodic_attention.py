@@ -37,6 +37,7 @@ How this differs from the reference implementation, on purpose:
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 
 import numpy as np
@@ -418,9 +419,9 @@ class PeriodicAttention(nn.Module):
         per_head = inputs[0][2].dim() == 4
         if per_head:
             leaders = [_frame_leaders(frames) for _, _, frames in inputs]
-            host = torch.cat([is_leader for _, is_leader in leaders]).cpu().numpy()
-            splits = np.cumsum([len(is_leader) for _, is_leader in leaders])[:-1]
-            host = np.split(host, splits)
+            every = torch.cat([is_leader for _, is_leader in leaders]).cpu().numpy()
+            ends = list(itertools.accumulate(int(is_leader.shape[0]) for _, is_leader in leaders))
+            host = [every[end - int(is_leader.shape[0]) : end] for end, (_, is_leader) in zip(ends, leaders)]
         coef = self.angle_basis_coefficients(inputs[0][0])
         terms = coef.shape[0]
         out = []
