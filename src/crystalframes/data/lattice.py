@@ -83,3 +83,103 @@ def tie_aware_order(values: np.ndarray, tol: float, tie_keys: np.ndarray) -> np.
     group[first] = np.concatenate([[0], np.cumsum(np.diff(values[first]) > tol)])
     keys = [tie_keys[:, c] for c in range(tie_keys.shape[1] - 1, -1, -1)]
     return np.lexsort((*keys, group))
+
+
+# ---------------------------------------------------------------------------------------------
+# The same integer coordinates for a batch of lattices on their device, without a host read
+# ---------------------------------------------------------------------------------------------
+
+# Sweeps of pairwise Lagrange steps (b_j -= round(b_j.b_i / b_i.b_i) b_i for every ordered pair):
+# a fixed number, so the computation has no data-dependent control flow. Each step only shortens
+# b_j, so the rows stay within the longest input row (inside the candidate radius).
+REDUCTION_SWEEPS = 4
+# The candidates: integer combinations with coefficients in -BOX..BOX of the reduced rows.
+BOX = 2
+
+
+def _box(device, dtype) -> "torch.Tensor":
+    import torch
+
+    axis = torch.arange(-BOX, BOX + 1, device=device, dtype=dtype)
+    grid = torch.cartesian_prod(axis, axis, axis)
+    middle = (2 * BOX + 1) ** 3 // 2  # the zero vector
+    return torch.cat([grid[:middle], grid[middle + 1 :]])
+
+
+def batched_reduced_lattice_vectors(lattice: "torch.Tensor") -> "torch.Tensor":
+    """:func:`reduced_lattice_vectors` of a batch (B, 3, 3) on the lattices' device, with no host
+    read: (B, 3, 3) integer-valued float64 (float32 on MPS, which has no float64).
+
+    :func:`reduced_lattice_vectors` sorts every lattice vector up to the longest basis row by
+    (tie group of length, integer coordinates) and takes the first, the first not collinear with
+    it and the first not coplanar with both. Only the front of that order decides, so a fixed set
+    of candidates serves every lattice: the combinations with coefficients -2..2 of a reduced
+    basis (fixed sweeps of pairwise Lagrange steps), expressed in the input basis (so that the
+    tie-breaking keys are the same integer coordinates). For a pairwise-reduced basis these hold
+    the shortest vector, the shortest ones outside its line and outside the plane of the first
+    two, and their equal-length partners, whose coefficients are 0 or +-1 (Voronoi-relevant
+    vectors of the 1- and 2-dimensional sublattices). The filters (length <= the candidate
+    radius), the tie tolerance, the lexicographic tie-break, the collinearity and coplanarity
+    tests and the sign rules are those of the NumPy function, in float64.
+
+    Where the two can differ: lattice vectors missing from the fixed candidates matter only
+    through the tie groups (a group is a chain of lengths each within the tolerance of the next),
+    i.e. a missing vector whose length is within 1e-8 relative of a chosen one and bridges two
+    groups, and the tolerance itself (1e-8 times the longest candidate, which may differ by
+    1e-9 relative); and a basis so skewed that REDUCTION_SWEEPS sweeps do not reduce it. The
+    tests hold the equality on every crystal of the MP and JARVIS samples and on random,
+    high-symmetry and skewed bases."""
+    import torch
+
+    dtype = torch.float32 if lattice.device.type == "mps" else torch.float64
+    lat = lattice.detach().to(dtype)
+    batch = lat.shape[0]
+    # [reduced rows | their integer coordinates in the input basis]
+    both = torch.cat([lat, torch.eye(3, dtype=dtype, device=lat.device).expand(batch, 3, 3)], dim=-1)
+    for _ in range(REDUCTION_SWEEPS):
+        for i, j in ((0, 1), (0, 2), (1, 2), (1, 0), (2, 0), (2, 1)):
+            bi, bj = both[:, i, :3], both[:, j, :3]
+            mu = torch.round((bj * bi).sum(-1) / (bi * bi).sum(-1))
+            both[:, j] = both[:, j] - mu[:, None] * both[:, i]
+    unimodular = both[:, :, 3:]
+    ints = _box(lat.device, dtype) @ unimodular  # (B, C, 3): integer coordinates in the input basis
+    vecs = ints @ lat
+    lengths = torch.linalg.vector_norm(vecs, dim=-1)
+    rows = torch.linalg.vector_norm(lat, dim=-1).amax(-1)
+    radius = rows * (1 + 1e-9)
+    valid = lengths <= radius[:, None]
+    # the NumPy function's tolerance: relative to its longest candidate (a basis row at least)
+    tol = LENGTH_TIE_RTOL * torch.maximum(torch.where(valid, lengths, 0).amax(-1), rows)
+    sorted_lengths, by_length = torch.where(valid, lengths, torch.inf).sort(dim=-1, stable=True)
+    step = (sorted_lengths.diff(dim=-1) > tol[:, None]).to(torch.int64)
+    group_sorted = torch.cat([step.new_zeros(batch, 1), step.cumsum(-1)], dim=-1)
+    group = torch.empty_like(group_sorted).scatter_(-1, by_length, group_sorted)
+    group = torch.where(valid, group, lengths.shape[-1] + 1)
+    # lexicographic (group, -n0, -n1, -n2) by stable sorts from the least significant key
+    order = torch.arange(lengths.shape[-1], device=lat.device).expand(batch, -1)
+    for key in (-ints[..., 2], -ints[..., 1], -ints[..., 0], group):
+        order = order.gather(-1, key.gather(-1, order).sort(dim=-1, stable=True)[1])
+    ints = ints.gather(1, order[..., None].expand(-1, -1, 3))
+    vecs = vecs.gather(1, order[..., None].expand(-1, -1, 3))
+    lengths = lengths.gather(-1, order)
+    valid = valid.gather(-1, order)
+
+    first = vecs[:, 0]
+    cross = torch.linalg.vector_norm(torch.linalg.cross(first[:, None].expand_as(vecs), vecs), dim=-1)
+    second = ((cross > COLLINEAR_TOL * lengths[:, :1] * lengths) & valid).to(torch.uint8).argmax(-1)
+    take = lambda t, k: t.gather(1, k[:, None, None].expand(-1, 1, 3))[:, 0]  # noqa: E731
+    normal = torch.linalg.cross(first, take(vecs, second))
+    triple = (vecs @ normal[..., None])[..., 0].abs()
+    len2 = lengths.gather(-1, second[:, None])
+    third = ((triple > COLLINEAR_TOL * lengths[:, :1] * len2 * lengths) & valid).to(torch.uint8).argmax(-1)
+    n = torch.stack([ints[:, 0], take(ints, second), take(ints, third)], dim=1)
+    v = torch.stack([first, take(vecs, second), take(vecs, third)], dim=1)
+    sign = torch.ones(batch, 3, dtype=dtype, device=lat.device)
+    norm0 = torch.linalg.vector_norm(v[:, 0], dim=-1)
+    for a in (1, 2):
+        # perpendicular vectors keep the sign of the tie-break (see reduced_lattice_vectors)
+        flip = (v[:, 0] * v[:, a]).sum(-1) < -COLLINEAR_TOL * norm0 * torch.linalg.vector_norm(v[:, a], dim=-1)
+        sign[:, a] = torch.where(flip, -1.0, 1.0)
+    v = v * sign[..., None]
+    handed = torch.where((torch.linalg.cross(v[:, 0], v[:, 1]) * v[:, 2]).sum(-1) < 0, -1.0, 1.0)
+    return n * (sign * handed[:, None])[..., None]

@@ -7,10 +7,9 @@ rotation-invariant coordinates of a Cartesian row vector ``x``.
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 
-from crystalframes.data.lattice import reduced_lattice_vectors
+from crystalframes.data.lattice import batched_reduced_lattice_vectors
 from crystalframes.frames._util import oriented_eigenframe, right_handed
 
 
@@ -123,14 +122,16 @@ def positions_pca_frame(frac_coords: torch.Tensor, lattice: torch.Tensor, batch:
 def lattice_vector_frame(lattice: torch.Tensor) -> torch.Tensor:
     """Lattice frame (CrystalFramer baseline): the shortest lattice vector l1, the next
     non-collinear l2 and the next non-coplanar l3 (right-handed, see
-    :func:`~crystalframes.data.lattice.reduced_lattice_vectors`), orthonormalised:
+    :func:`~crystalframes.data.lattice.reduced_lattice_vectors`, computed batched by
+    :func:`~crystalframes.data.lattice.batched_reduced_lattice_vectors`), orthonormalised:
     e1 = l1/|l1|, e2 = Gram-Schmidt(l2), e3 = e1 x e2 (on the side of l3).
 
     Ties between equal-length vectors (cubic, hexagonal) are broken by integer lattice
     coordinates, which rotation does not change, so the frame is exactly equivariant.
     """
-    ints = np.stack([reduced_lattice_vectors(l) for l in lattice.detach().cpu().numpy()])
-    ints = torch.from_numpy(ints).to(device=lattice.device, dtype=lattice.dtype)
+    # on the lattices' device, without a host read (the NumPy function per structure copied
+    # every batch's lattices to the host)
+    ints = batched_reduced_lattice_vectors(lattice).to(lattice.dtype)
     vecs = ints @ lattice  # (B, 3, 3) rows l1, l2, l3
     e1 = vecs[:, 0] / vecs[:, 0].norm(dim=-1, keepdim=True)
     v2 = vecs[:, 1] - (vecs[:, 1] * e1).sum(-1, keepdim=True) * e1
