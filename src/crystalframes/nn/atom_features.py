@@ -77,6 +77,9 @@ class AtomFeatureTable(nn.Module):
 # visibly non-finite (and reported by the prediction paths) rather than another element's.
 
 
+# not compiled: dynamo would trace the NumPy code below into tensor operations (and fail on its
+# in-place masked assignment); a host-side check is a graph break either way
+@torch.compiler.disable
 def unsupported_elements(z: torch.Tensor, known: np.ndarray) -> list[int]:
     """The sorted distinct atomic numbers of the CPU tensor ``z`` that ``known`` (a boolean array
     indexed by atomic number) does not hold. Read with NumPy: on the CPU this is no device wait,
