@@ -101,3 +101,27 @@ def test_finite_losses_are_read_at_the_logging_interval_only(tiny_data, tmp_path
     assert 0 < reads_of_flag < 9  # fewer than the 9 steps
     # the progress lines read the epoch's mean loss and val_mae once an epoch, nothing a step
     assert sum(n for where, n in count.where.items() if "train/progress.py" in where) <= 2 * 3
+
+
+def test_a_nan_on_another_rank_stops_this_rank_too():
+    """At a check, the ranks agree (Lightning's reduce_boolean_decision): a rank whose own losses
+    are finite stops with the others instead of waiting in the next collective forever."""
+    from types import SimpleNamespace
+
+    from crystalframes.data.normalise import TargetNormaliser
+    from crystalframes.train.config import OptimConfig
+    from crystalframes.train.module import NonFiniteLossError, PropertyModule
+
+    module = PropertyModule(torch.nn.Linear(1, 1), TargetNormaliser(0.0, 1.0), OptimConfig(), 10)
+    decisions = []
+
+    def another_rank_says_yes(decision, all=True):
+        decisions.append((decision, all))
+        return True
+
+    strategy = SimpleNamespace(reduce_boolean_decision=another_rank_says_yes)
+    module._trainer = SimpleNamespace(strategy=strategy, current_epoch=0, global_step=1, log_every_n_steps=50)
+    module._watch_loss(torch.tensor(0.5), SimpleNamespace(ids=["a"]))
+    with pytest.raises(NonFiniteLossError, match="another process"):
+        module.check_finite_loss()
+    assert decisions == [(False, False)]  # this rank's own losses were finite

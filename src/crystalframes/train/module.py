@@ -137,6 +137,15 @@ class PropertyModule(L.LightningModule):
             return
         first, value, last = self._flag.tolist()
         recent, self._recent = self._recent, []
+        # every rank checks at the same steps; in a distributed run all of them stop together
+        # (a rank that went on alone would wait forever in the next collective)
+        anywhere = self.trainer.strategy.reduce_boolean_decision(first >= 0, all=False) if self._trainer is not None else first >= 0
+        if anywhere and first < 0:
+            self._flag = None
+            raise NonFiniteLossError(
+                f"training loss became non-finite on another process by epoch {self.current_epoch}, "
+                f"step {self.global_step} (its error names the structures). Lower the learning rate or check the inputs."
+            )
         if first >= 0:
             self._flag = None
             epoch, step, ids = recent[int(first)]
