@@ -102,6 +102,18 @@ def max_frame(
     return frame if heads is None else frame.reshape(num_atoms, heads, 3, 3)
 
 
+def _principal_frame(sigma: torch.Tensor, mean_dir: torch.Tensor, wsum: torch.Tensor, tie_frame: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The weighted PCA frame's axes from Sigma (..., 3, 3), the weighted mean direction
+    (..., 3) and the total weight (...), signs as :func:`weighted_pca_frame` states, and the
+    mask of the degenerate ones (which take the max frame instead)."""
+    # A mean direction that is rounding noise (centrosymmetric sites: exactly 0 in exact
+    # arithmetic) must not decide signs: compare it with the total weight, not with itself.
+    negligible = mean_dir.norm(dim=-1) <= tie_tolerance(mean_dir.dtype) * wsum
+    mean_dir = torch.where(negligible.unsqueeze(-1), torch.zeros_like(mean_dir), mean_dir)
+    refs = torch.cat([mean_dir.unsqueeze(-2), tie_frame], dim=-2)  # (..., 4, 3)
+    return oriented_eigenframe(sigma, refs)
+
+
 @torch.no_grad()
 def weighted_pca_frame(
     edge_vec: torch.Tensor, weights: torch.Tensor, centre: torch.Tensor, num_atoms: int, tie_frame: torch.Tensor
@@ -123,13 +135,8 @@ def weighted_pca_frame(
     sigma = torch.zeros(size, 3, 3, dtype=vec.dtype, device=vec.device)
     sigma.index_add_(0, cen, wu.unsqueeze(-1) * unit.unsqueeze(-2))
     mean_dir = torch.zeros(size, 3, dtype=vec.dtype, device=vec.device).index_add_(0, cen, wu)
-    # A mean direction that is rounding noise (centrosymmetric sites: exactly 0 in exact
-    # arithmetic) must not decide signs: compare it with the total weight, not with itself.
     wsum = torch.zeros(size, dtype=vec.dtype, device=vec.device).index_add_(0, cen, w * usable)
-    negligible = mean_dir.norm(dim=-1) <= tie_tolerance(vec.dtype) * wsum
-    mean_dir = torch.where(negligible.unsqueeze(-1), torch.zeros_like(mean_dir), mean_dir)
-    refs = torch.cat([mean_dir.unsqueeze(1), tf], dim=1)  # (size, 4, 3)
-    frame, degenerate = oriented_eigenframe(sigma, refs)
+    frame, degenerate = _principal_frame(sigma, mean_dir, wsum, tf)
     if degenerate.any():
         fallback = max_frame(vec, w, cen, size, tf)
         frame = torch.where(degenerate[:, None, None], fallback, frame)
@@ -146,8 +153,13 @@ def static_local_frame(
     +d^2 for e2, which selects the farthest image: a sign bug not copied here.)
     Ties and degenerate cases as in :func:`max_frame`.
     """
-    weights = 1.0 / edge_vec.detach().pow(2).sum(-1).clamp_min(1e-12)
-    return max_frame(edge_vec, weights, centre, num_atoms, tie_frame)
+    return max_frame(edge_vec, _inverse_square_distance(edge_vec), centre, num_atoms, tie_frame)
+
+
+def _inverse_square_distance(vec: torch.Tensor) -> torch.Tensor:
+    """The static frame's weights 1/|r|^2 of displacements (..., 3); the atom itself (r = 0)
+    gets a large finite weight, which the max frame skips as unusable anyway."""
+    return 1.0 / vec.detach().pow(2).sum(-1).clamp_min(1e-12)
 
 
 def _select_in_rows(score: torch.Tensor, coords: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -209,6 +221,55 @@ def max_frame_of_rows(rows: EntryRows, tie_frame: torch.Tensor) -> torch.Tensor:
     return torch.where(has1[:, :, None, None], frame, tie_rows)
 
 
+@torch.no_grad()
+def static_frame_of_rows(rows: EntryRows, tie_frame: torch.Tensor) -> torch.Tensor:
+    """:func:`static_local_frame` per centre of padded rows, (n, 3, 3): the max frame of the
+    weights 1/|r|^2 computed as there, so bit-identical to it on the flat entries, and without
+    host synchronisation (:func:`max_frame_of_rows`)."""
+    weights = _inverse_square_distance(rows.vec).unsqueeze(1)  # (n, 1, M): one "head"
+    return max_frame_of_rows(EntryRows(rows.vec, rows.dist, rows.valid, weights), tie_frame).squeeze(1)
+
+
+@torch.no_grad()
+def weighted_pca_frame_of_rows(rows: EntryRows, tie_frame: torch.Tensor) -> torch.Tensor:
+    """:func:`weighted_pca_frame` per (centre, head) of padded rows, (n, H, 3, 3), same rules,
+    without host synchronisation (issue 25): Sigma, the mean direction and the total weight are
+    sums over the M columns (padding and the atom itself weigh 0), and the max frame of the
+    degenerate rows is computed for every row (:func:`max_frame_of_rows`) and picked by
+    ``torch.where`` instead of after a host test of whether any row is degenerate.
+
+    Not bit-identical to the flat entries' frames: the sums over the entries run in another
+    order (weighted_pca_frame adds entry after entry), so Sigma differs by rounding and the axes
+    of the non-degenerate rows by a few eps / gap (measured up to 1e-14 in float64 and 1e-5 in
+    float32; tests/frames/test_frames_of_rows.py). The degeneracy decision (relative eigenvalue
+    gap < 1e-4) compares gaps that are either ~eps (symmetry) or far from the threshold, so
+    both take the max frame at the same rows, and there the frames are bit-identical. The sign
+    decisions agree too in float64; in float32 an axis whose projection on the mean direction
+    is zero by symmetry (a mirror plane containing the mean) can get its sign from rounding
+    (frames/_util.SIGN_ATOL, 1e-6, is below float32's rounding of the axes), here as in
+    weighted_pca_frame.
+
+    The sums are elementwise products summed over M, not a matrix product: under TF32
+    matmuls on a GPU (``torch.set_float32_matmul_precision("high")``, which Lightning suggests)
+    a matrix product would round Sigma to ~1e-3, beyond the 1e-4 degeneracy threshold, and
+    cubic sites would take arbitrary axes. Each of the 9 quantities is its own (n, H, M) pass:
+    one temporary of the size the attention budget plans for, and faster on a CPU than a
+    (n, H, 9, M) broadcast."""
+    w, vec, valid = rows.weights, rows.vec, rows.valid
+    n, h, m = w.shape
+    dist = vec.norm(dim=-1)
+    unit = (vec / dist.clamp_min(MIN_DISTANCE).unsqueeze(-1)).transpose(1, 2).contiguous()  # (n, 3, M)
+    wu = torch.where((valid & (dist > MIN_DISTANCE)).unsqueeze(1), w, 0.0)  # 0 at padding and the atom itself
+    # per column: r_hat r_hat^T by its distinct entries (xx, yy, zz, xy, yz, zx), then r_hat;
+    # slices and roll, not a list index, which a GPU would copy to the device and wait for
+    terms = torch.cat([unit * unit, unit * unit.roll(-1, dims=1), unit], dim=1)  # (n, 9, M)
+    xx, yy, zz, xy, yz, zx, *mean = ((wu * terms[:, k : k + 1]).sum(-1) for k in range(9))  # (n, H) each
+    sigma = torch.stack([xx, xy, zx, xy, yy, yz, zx, yz, zz], dim=-1).view(n, h, 3, 3)
+    tie_rows = tie_frame.unsqueeze(1).expand(n, h, 3, 3)
+    frame, degenerate = _principal_frame(sigma, torch.stack(mean, dim=-1), wu.sum(-1), tie_rows)
+    return torch.where(degenerate[..., None, None], max_frame_of_rows(rows, tie_frame), frame)
+
+
 # ---------------------------------------------------------------------------------------------
 # The frames of the registry
 # ---------------------------------------------------------------------------------------------
@@ -229,8 +290,11 @@ class StaticFrame(Frame):
     dependences = _TIES
 
     def forward(self, layer, setup, hood):
+        tie = setup.tie_frames.index_select(0, hood.centres)
+        if hood.rows is not None:
+            return static_frame_of_rows(hood.rows, tie)
         vec, centre, _ = hood.entries()
-        return static_local_frame(vec, centre, hood.num_centres, setup.tie_frames.index_select(0, hood.centres))
+        return static_local_frame(vec, centre, hood.num_centres, tie)
 
 
 class _AttentionFrame(Frame):
@@ -267,5 +331,7 @@ class WeightedPCAFrame(_AttentionFrame):
 
     def forward(self, layer, setup, hood):
         tie = setup.tie_frames.index_select(0, hood.centres)
+        if hood.rows is not None and hood.rows.weights is not None:
+            return weighted_pca_frame_of_rows(hood.rows, tie)
         vec, centre, weights = hood.entries()
         return weighted_pca_frame(vec, weights, centre, hood.num_centres, tie)
