@@ -134,3 +134,38 @@ def test_attention_passes_gradients_to_a_learned_frame():
     (grad,) = torch.autograd.grad(output(theta).square().sum(), theta)
     assert grad.abs().max() > 1e-6  # the frame really matters to the output
     assert torch.autograd.gradcheck(output, (theta,))
+
+
+@pytest.mark.parametrize("budget", [1, 10**9])  # one row per chunk / every row in one chunk
+@pytest.mark.parametrize("precision", ["float64", "float32"])
+def test_blocked_moments_match_the_plain_recurrence(precision, budget):
+    """The blocked, sign-folded recurrence of ChebyshevMoments against T_n from the plain
+    recurrence: the angle Gaussians sum_n C[n, m] T_n(c) of the model's expansion within
+    ANGLE_BASIS_TOLERANCE of the exact polynomial (the plain recurrence in float64 at the same c),
+    per degree within it in float64, and exactly at c = +-1 and c = 0."""
+    from crystalframes.nn.chebyshev import ANGLE_BASIS_TOLERANCE, angle_centres, chebyshev_expansion
+
+    dtype, tol = getattr(torch, precision), ANGLE_BASIS_TOLERANCE[precision]
+    coef = chebyshev_expansion(*angle_centres(64), tolerance=tol)  # (terms, D): 46 / 63 terms
+    terms = coef.shape[0]
+    g = torch.Generator().manual_seed(4)
+    u = torch.rand(6000, dtype=torch.float64, generator=g)
+    # uniform on [-1, 1], crowded near the ends (where the recurrence's rounding grows most), and the exact points
+    c = torch.cat([u[:3000] * 2 - 1, 1 - u[3000:4500] ** 4 / 20, -1 + u[4500:] ** 4 / 20,
+                   torch.tensor([1.0, -1.0, 0.0] * 2, dtype=torch.float64)]).to(dtype).view(-1, 1, 3)
+    rows = c.shape[0]
+    # one column per row with weight 1: S[r, 0, a, n] = T_n(c[r, 0, a])
+    t = ChebyshevMoments.apply(torch.ones(rows, 1, 1, dtype=dtype), c, [1] * rows, terms, budget)[:, 0]
+    exact = chebyshev_reference(c[:, 0].double(), terms)
+    basis_error = ((t.double() - exact) @ coef).abs().max()
+    assert basis_error <= tol, basis_error
+    if precision == "float64":
+        assert (t - exact).abs().max() <= tol
+    ends = c[:, 0].abs().eq(1) | c[:, 0].eq(0)
+    assert torch.equal(t[ends], chebyshev_reference(c[:, 0], terms)[ends])
+
+    # several columns, rows of different lengths: the chunks' widths and the blocks' padding
+    w, c, lengths, mask, _ = moments_inputs(seed=5)
+    s = ChebyshevMoments.apply(w.to(dtype), c.to(dtype), lengths, terms, budget)
+    ref = torch.einsum("rhm,rmkn->rhkn", w, chebyshev_reference(c.to(dtype).double(), terms))
+    assert (s.double() - ref).abs().max() <= (1e-12 if precision == "float64" else 1e-4)
