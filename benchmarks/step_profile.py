@@ -30,7 +30,7 @@ alternating between rounds). ``ratio`` = before / after of the median times: abo
 code is faster; ``ratio_paired``, the median of each round's before / after, is less moved by load
 that changes during the run. Timings on a shared machine scatter (+-30 %): the load average is printed.
 
-    python benchmarks/step_profile.py --before 47d4258                 # 6-9 min on 2 cores (4 specs, 10 rounds)
+    python benchmarks/step_profile.py --before 47d4258                 # 5-9 min on 2 cores (4 specs, 10 rounds)
     python benchmarks/step_profile.py --specs ecomformer:max@cpu_small --batch-size 8 --rounds 2
 
 Prints a markdown table, the top sync sources, then one JSON line with everything.
