@@ -28,6 +28,7 @@ EXP_FLOOR = -80.0
 # out of cache and run slower again. A module constant, not a class attribute: dynamo cannot
 # read attributes of an autograd.Function.
 CHEBYSHEV_BLOCK = 8
+_TABLES: dict = {}  # ChebyshevMoments._table's tensors
 
 
 def gaussian(x: torch.Tensor, centres: torch.Tensor, width: float) -> torch.Tensor:
@@ -125,18 +126,18 @@ class ChebyshevMoments(torch.autograd.Function):
         return out
 
     @staticmethod
-    @functools.lru_cache(maxsize=None)
-    def _signs(terms: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-        """s_n = +1, +1, -1, -1, +1, +1, ... (n = 0..terms-1), the signs of :meth:`_recurrence`'s
-        terms; cached: a host-to-device copy per call would wait for the device."""
-        return torch.as_tensor(np.where(np.arange(terms) % 4 < 2, 1.0, -1.0), dtype=dtype, device=device)
-
-    @staticmethod
-    @functools.lru_cache(maxsize=None)
-    def _derivative_weights(terms: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-        """n s_(n-1) for n = 1..terms-1: the factor of g_S[n] that meets s_(n-1) U_(n-1)."""
-        n = np.arange(1, terms)
-        return torch.as_tensor(n * np.where((n - 1) % 4 < 2, 1.0, -1.0), dtype=dtype, device=device)
+    def _table(name: str, terms: int, like: torch.Tensor) -> torch.Tensor:
+        """A per-degree table as a tensor of ``like``'s dtype and device, made once per process
+        (a host-to-device copy per call would wait for the device; a dict, not
+        functools.lru_cache, which dynamo cannot trace): ``signs``, s_n = +1, +1, -1, -1, +1, ...
+        for n = 0..terms-1 (the signs of :meth:`_recurrence`'s terms), or ``derivative``,
+        n s_(n-1) for n = 1..terms-1 (the factor of g_S[n] that meets s_(n-1) U_(n-1))."""
+        key = (name, terms, like.dtype, like.device)
+        if key not in _TABLES:
+            n = np.arange(terms) if name == "signs" else np.arange(1, terms)
+            values = np.where(n % 4 < 2, 1.0, -1.0) if name == "signs" else n * np.where((n - 1) % 4 < 2, 1.0, -1.0)
+            _TABLES[key] = torch.as_tensor(values, dtype=like.dtype, device=like.device)
+        return _TABLES[key]
 
     @staticmethod
     def _recurrence(c, second_kind: bool = False):
@@ -145,7 +146,7 @@ class ChebyshevMoments(torch.autograd.Function):
         (rows, A, k, M) buffer. Two buffers take turns: a block stays valid until the next-but-one
         yield, and the same two view objects come again and again.
 
-        s_n from :meth:`_signs`: with X_n = s_n T_n, T_n = 2c T_(n-1) - T_(n-2) becomes
+        s_n as in :meth:`_table`: with X_n = s_n T_n, T_n = 2c T_(n-1) - T_(n-2) becomes
         X_n = X_(n-2) - 2c X_(n-1) for even n and X_(n-2) + 2c X_(n-1) for odd n, one addcmul
         per degree instead of a multiply and a subtraction. The signs are exact, so
         |X_n| = |T_n| to the rounding of the recurrence (exactly +-1 at c = +-1, 0 or +-1 at
@@ -187,7 +188,7 @@ class ChebyshevMoments(torch.autograd.Function):
         # the last block's spare degrees are computed and dropped at the end
         full = w.new_empty(rows, heads, axes, blocks * k)
         chunks = ChebyshevMoments._chunks(lengths, axes, budget, depth=2 * k)
-        signs = ChebyshevMoments._signs(blocks * k, w.dtype, w.device).view(blocks, k)
+        signs = ChebyshevMoments._table("signs", blocks * k, w).view(blocks, k)
         for s, e, width in chunks:
             ws = w[s:e, :, :width].contiguous()
             series = ChebyshevMoments._recurrence(c[s:e, :width].transpose(1, 2).contiguous())  # (rows, A, M)
@@ -220,9 +221,9 @@ class ChebyshevMoments(torch.autograd.Function):
         gw = grad.new_zeros(rows, heads, c.shape[1]) if need_w else None
         gc = torch.zeros_like(c) if need_c else None
         if need_w:  # s_n g_S[n]: s_n s_n T_n = T_n
-            gs = ChebyshevMoments._by_block(grad, ChebyshevMoments._signs(terms, grad.dtype, grad.device), 0, k)
+            gs = ChebyshevMoments._by_block(grad, ChebyshevMoments._table("signs", terms, grad), 0, k)
         if need_c:  # n s_(n-1) g_S[n], to meet s_(n-1) U_(n-1)
-            gd = ChebyshevMoments._by_block(grad, ChebyshevMoments._derivative_weights(terms, grad.dtype, grad.device), 1, k)
+            gd = ChebyshevMoments._by_block(grad, ChebyshevMoments._table("derivative", terms, grad), 1, k)
         for s, e, width in ctx.chunks:
             ct = c[s:e, :width].transpose(1, 2).contiguous()  # (rows, A, M)
             if need_w:
