@@ -29,7 +29,7 @@ How this differs from the reference implementation, on purpose:
   and every temporary is bounded by ``memory_budget`` elements.
 * The angle Gaussians (width = 4 centre spacings, very smooth) are evaluated through their
   Chebyshev expansion in c = e_k . r_hat, accurate to ``ANGLE_BASIS_TOLERANCE`` (absolute, peak
-  1): the per-entry work becomes a three-term recurrence plus one batched matmul per degree
+  1): the per-entry work becomes a three-term recurrence plus one batched matmul per block of 8 degrees
   (no exp), and its backward pass recomputes the recurrence instead of storing anything.
 * The width standardisation of rho keeps running statistics (like BatchNorm): batch statistics
   in training, running ones in evaluation, so evaluation never depends on the batch.
