@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import List, Optional
 
@@ -17,6 +18,7 @@ def train_command(
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --output from its last checkpoint (--set may change how it runs, e.g. trainer.epochs for an extendable schedule)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace the run that --output already holds."),
     print_config: bool = typer.Option(False, "--print-config", help="Print the resolved config (preset values filled in, --set winning) as YAML and exit."),
+    store: Optional[Path] = typer.Option(None, "--store", help="Train from this graph store (built once by `crystalframes data build SOURCE -o STORE`); the same as --set data.store=STORE."),
     init: Optional[str] = typer.Option(None, "--init", help="Start from this trained model's weights (model file or run folder); the run uses its spec. With another data.target the output layer starts afresh (--set model.keep_head=true keeps it); --set model.freeze=[layers.0] keeps parts fixed."),
 ):
     """Train a model; prints validation and test MAE beside the mean-predictor baseline."""
@@ -30,6 +32,8 @@ def train_command(
         raise typer.BadParameter("give --resume (continue the run) or --overwrite (replace it), not both", param_hint="--overwrite")
     if resume and config is not None:
         raise typer.BadParameter(f"a resumed run keeps the config it was started with ({output}/config.yaml); change what may change with --set", param_hint="CONFIG")
+    if store is not None:  # quoted: a path is a YAML string whatever it looks like
+        set_ = [*set_, f"data.store={json.dumps(str(store))}"]
     if init is not None:
         if resume:
             raise typer.BadParameter("a resumed run continues from its checkpoint, not from another model", param_hint="--init")

@@ -36,6 +36,12 @@ class DataConfig(_Strict):
     )
     max_train: Optional[int] = Field(None, ge=1, description="use only the first N training records (quick runs)")
     graph_cache: bool = True
+    store: Optional[str] = Field(
+        None, description="train from this graph store (`crystalframes data build SOURCE -o STORE`) instead of reading the source"
+    )
+    store_above: int = Field(
+        50_000, ge=0, description="without data.store: a source of more records is turned into a graph store once (next to the graph cache) and trained from"
+    )
 
 
 class ModelConfig(_Strict):

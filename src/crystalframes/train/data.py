@@ -1,11 +1,22 @@
-"""From a dataset source to batched graphs for training: read, split, normalise, graph."""
+"""From a dataset source to batched graphs for training: read, split, normalise, graph.
+
+Two paths behind one :class:`PreparedData`: small sources are read whole and their graphs built
+(and cached) in memory; a graph store (``data.store``, or one built automatically for sources of
+more than ``data.store_above`` records) is never read whole: the splits are index lists computed
+from its columns, and each DataLoader worker and DDP rank reads only the graphs it is given."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
+import os
 import random
-from dataclasses import dataclass
+import sys
+from dataclasses import dataclass, field
 from functools import partial
+from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import lightning as L
@@ -34,6 +45,93 @@ class GraphDataset(Dataset):
 
     def __getitem__(self, idx: int) -> CrystalGraph:
         return self.graphs[idx]
+
+
+class StoreDataset(Dataset):
+    """The graphs ``indices`` of a graph store: item ``i`` is ``store.graph(indices[i])``, read when
+    asked for. The store pickles as its path and manifest, so each DataLoader worker and DDP rank
+    opens (memory-maps) only what it reads. A slice gives a list of graphs, so the end-of-training
+    evaluation (:meth:`PropertyModule.predict_graphs`) reads it batch by batch as it would a list."""
+
+    def __init__(self, store, indices):
+        self.store = store
+        self.indices = np.asarray(indices, dtype=np.int64)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, idx):
+        if isinstance(idx, slice):
+            return [self.store.graph(int(i)) for i in self.indices[idx]]
+        return self.store.graph(int(self.indices[idx]))
+
+
+class StoreRecord:
+    """One record of a graph store without its structure: what splitting, the usable-record
+    checks and the prediction files read (id, target value, own split label, elements), as a
+    :class:`Crystal` would give it. Elements are read from the store when asked for."""
+
+    __slots__ = ("store", "index", "id", "split", "target_name", "value")
+
+    def __init__(self, store, index: int, id: str, split, target_name: str, value: float):
+        self.store, self.index, self.id, self.split = store, int(index), id, split
+        self.target_name, self.value = target_name, float(value)
+
+    @property
+    def targets(self) -> dict:
+        return {self.target_name: self.value}
+
+    def target(self, name: str) -> float:
+        if name != self.target_name or np.isnan(self.value):
+            raise InputError(self.where, f"missing target '{name}'")
+        return self.value
+
+    @property
+    def where(self) -> str:
+        from crystalframes.io.crystal import location
+
+        return location(str(self.store.path), self.id)
+
+    @property
+    def atomic_numbers(self) -> np.ndarray:
+        return np.asarray(self.store.elements(self.index), dtype=np.int64)
+
+    @property
+    def num_atoms(self) -> int:
+        return int(self.atomic_numbers.shape[0])
+
+    @property
+    def formula(self) -> str:
+        # Crystal's own formula (one place for it); the geometry plays no part in it
+        z = self.atomic_numbers
+        return Crystal(self.id, np.eye(3), z, np.zeros((len(z), 3))).formula
+
+
+class StoreRecords(Sequence):
+    """The records ``indices`` of a store as a sequence of :class:`StoreRecord`, made when read:
+    a split of a million records costs its index and target arrays, not a million objects (the
+    ids column is read on first use: the end-of-training prediction files)."""
+
+    def __init__(self, store, indices, target: str, values: np.ndarray | None = None):
+        self.store, self.target = store, target
+        self.indices = np.asarray(indices, dtype=np.int64)
+        column = store.targets(target) if values is None else values
+        self.values = np.asarray(column, dtype=np.float64)[self.indices]
+        self._ids = None
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self)))]
+        if self._ids is None:
+            self._ids = self.store.ids()
+        index = int(self.indices[i])
+        return StoreRecord(self.store, index, self._ids[index], None, self.target, self.values[i])
+
+    def target_values(self) -> np.ndarray:
+        return self.values
 
 
 class ResumableSampler(Sampler):
@@ -99,11 +197,13 @@ class ResumeDataPosition(L.Callback):
 
 
 def loader(graphs, targets, batch_size, dtype, shuffle, seed=0, num_workers=0) -> DataLoader:
-    """A DataLoader of :class:`GraphBatch` objects over a :class:`ResumableSampler`."""
+    """A DataLoader of :class:`GraphBatch` objects over a :class:`ResumableSampler`; ``graphs`` is
+    a list of graphs or a Dataset of them (:class:`StoreDataset`)."""
+    dataset = graphs if isinstance(graphs, Dataset) else GraphDataset(graphs)
     return DataLoader(
-        GraphDataset(graphs),
+        dataset,
         batch_size=batch_size,
-        sampler=ResumableSampler(len(graphs), shuffle, seed),
+        sampler=ResumableSampler(len(dataset), shuffle, seed),
         num_workers=num_workers,
         collate_fn=partial(collate, target_names=list(targets), dtype=dtype),
         drop_last=False,
@@ -112,11 +212,22 @@ def loader(graphs, targets, batch_size, dtype, shuffle, seed=0, num_workers=0) -
 
 @dataclass
 class PreparedData:
-    splits: dict[str, list[Crystal]]
-    graphs: dict[str, list[CrystalGraph]]
+    """The records and graphs of each split: lists of :class:`Crystal` and of graphs (in memory),
+    or :class:`StoreRecords` and :class:`StoreDataset` over ``store`` (read when used)."""
+
+    splits: dict[str, Sequence]
+    graphs: dict[str, Sequence[CrystalGraph]]
     normaliser: TargetNormaliser
     target: str
     num_bad_records: int
+    store: object | None = field(default=None, repr=False)
+
+    def target_values(self, split: str) -> np.ndarray:
+        """The target of every record of ``split`` (float64), from the column when there is a store."""
+        records = self.splits[split]
+        if isinstance(records, StoreRecords):
+            return records.target_values()
+        return np.array([c.target(self.target) for c in records], dtype=np.float64)
 
 
 def split_crystals(crystals: list[Crystal], cfg: DataConfig) -> dict[str, list[Crystal]]:
@@ -161,7 +272,8 @@ def heldout_part(crystals: list[Crystal], source: str, target: str) -> list[Crys
     """The test part a default training of ``target`` on ``source`` uses: the records' own test
     split, or, for data with train/val only (``mp_2018_demo``), the train records it holds out
     (``data.test_from_train`` with ``data.split_seed``). ``crystalframes eval --split heldout``,
-    the zoo's cards and the calibration figures all mean this part."""
+    the zoo's cards and the calibration figures all mean this part. ``crystals`` may be the
+    light records of a graph store (:func:`store_records`): the part is then a list of them."""
     from crystalframes.train.config import DataConfig
 
     return split_crystals(crystals, DataConfig(source=source, target=target))["test"]
@@ -211,9 +323,16 @@ def _build_split_graphs(splits: dict[str, list[Crystal]], graph_settings: GraphS
 def prepare_data(cfg: DataConfig, graph_settings: GraphSettings, model=None) -> PreparedData:
     """Read the source, skip (and report) bad records -- unreadable ones, elements ``model``
     cannot encode, non-physical targets --, split, fit the normaliser on train only, and build
-    (cached) graphs for each split."""
+    (cached) graphs for each split. With ``cfg.store`` (or a source of more than
+    ``cfg.store_above`` records, see :func:`auto_store`) the same from a graph store, without
+    reading it whole."""
     from crystalframes.data.sources import load_dataset
 
+    if cfg.store:
+        return prepare_store_data(cfg, open_store(cfg.store, graph_settings), model)
+    store = auto_store(cfg, graph_settings)
+    if store is not None:
+        return prepare_store_data(cfg, store, model)
     result = load_dataset(cfg.source, target=cfg.target)
     crystals, skipped = usable_records(result.crystals, cfg.target, model)
     _report_skipped(skipped, cfg.source)
@@ -224,3 +343,132 @@ def prepare_data(cfg: DataConfig, graph_settings: GraphSettings, model=None) -> 
     normaliser = TargetNormaliser().fit(values[:, None], names=[cfg.target])
     graphs = _build_split_graphs(splits, graph_settings, cfg.graph_cache)
     return PreparedData(splits, graphs, normaliser, cfg.target, len(result.errors) + len(skipped))
+
+
+def open_store(path, graph_settings: GraphSettings):
+    """The graph store at ``path``, refused when its graphs were built with other settings than
+    the model's (another k, lattice edges): training would silently see other neighbourhoods."""
+    from crystalframes.data.store import GraphStore
+
+    store = GraphStore.open(Path(path).expanduser())
+    if store.settings != graph_settings:
+        raise InputError(str(path), f"the store's graphs were built with {store.settings.as_dict()}, the model needs "
+                                    f"{graph_settings.as_dict()}: build a store with those settings (crystalframes data build)")
+    return store
+
+
+def store_records(store, target: str) -> list[StoreRecord]:
+    """A light record (id, target, own split label, elements on demand) of every structure of
+    ``store`` that has a value of ``target``, in store order: what :func:`split_crystals`,
+    :func:`heldout_part` and :func:`usable_records` take in place of crystals."""
+    if target not in store.target_names():
+        raise InputError(str(store.path), f"the store holds no target '{target}'; it holds: {', '.join(store.target_names()) or 'none'}")
+    values = np.asarray(store.targets(target), dtype=np.float64)
+    ids, labels = store.ids(), store.record_splits()
+    # records without the value are left out, as load_dataset(target=...) leaves them out: not bad records
+    return [StoreRecord(store, i, ids[i], labels[i], target, values[i]) for i in np.flatnonzero(~np.isnan(values))]
+
+
+def prepare_store_data(cfg: DataConfig, store, model=None) -> PreparedData:
+    """:func:`prepare_data` over a graph store: the same checks, split and normaliser from its
+    columns (ids, targets, record splits) and each structure's elements, no graph read."""
+    where = str(store.path)
+    records = store_records(store, cfg.target)
+    usable, skipped = usable_records(records, cfg.target, model)
+    _report_skipped(skipped, where)
+    if not usable:
+        raise InputError(where, f"no usable records with target '{cfg.target}'")
+    splits = split_crystals(usable, cfg)
+    del records, usable  # the splits keep index arrays, not one object per record
+    values = np.asarray(store.targets(cfg.target), dtype=np.float64)
+    parts = {name: StoreRecords(store, [r.index for r in part], cfg.target, values) for name, part in splits.items()}
+    normaliser = TargetNormaliser().fit(parts["train"].target_values()[:, None], names=[cfg.target])
+    graphs = {name: StoreDataset(store, part.indices) for name, part in parts.items()}
+    return PreparedData(parts, graphs, normaliser, cfg.target, len(store.errors()) + len(skipped), store)
+
+
+def auto_store_path(source: str, graph_settings: GraphSettings) -> Path | None:
+    """Where the store built automatically for ``source`` lives: next to the graph cache, named by
+    the source file's path, size and modification time, the graph settings and the package
+    version (as the graph cache's key); None for a source that is not a file or folder here."""
+    from crystalframes.data.paths import cache_root
+    from crystalframes.data.sources import resolve_source
+    from crystalframes.version import __version__
+
+    try:
+        path = resolve_source(source).resolve()
+        stat = path.stat()
+    except (InputError, OSError):
+        return None
+    key = json.dumps({"source": str(path), "size": stat.st_size, "mtime": stat.st_mtime_ns,
+                      "settings": graph_settings.as_dict(), "version": __version__}, sort_keys=True)
+    return cache_root() / "stores" / f"{path.name}-{hashlib.sha256(key.encode()).hexdigest()[:16]}"
+
+
+def _more_records_than(source: str, limit: int) -> bool:
+    """True when ``source`` holds more than ``limit`` readable records; reads records one by one
+    and stops at ``limit + 1``, so a big source is never held in memory to be counted."""
+    from crystalframes.data.datasets import DATASETS
+    from crystalframes.data.sources import resolve_source
+    from crystalframes.io.datasets import iter_records
+
+    member = DATASETS[str(source)].member if str(source) in DATASETS else None
+    count = 0
+    for record in iter_records(resolve_source(source), member=member):
+        count += isinstance(record, Crystal)
+        if count > limit:
+            return True
+    return False
+
+
+def auto_store(cfg: DataConfig, graph_settings: GraphSettings):
+    """The graph store to train from when ``data.store`` is not set: for a source of more than
+    ``data.store_above`` records, one built once next to the graph cache (``data build``'s store,
+    reused by later runs), else None (the in-memory path, faster for small data). Off with
+    ``data.graph_cache: false``. Ranks started together (torchrun, srun) build it once: the others
+    wait on a lock and open it."""
+    if not cfg.graph_cache:
+        return None
+    out = auto_store_path(cfg.source, graph_settings)
+    if out is None:
+        return None
+    store = _open_if_complete(out, graph_settings)
+    if store is None:
+        try:
+            big = _more_records_than(cfg.source, cfg.store_above)
+        except InputError:
+            return None  # the in-memory path reports an unreadable source as it always has
+        if not big:
+            return None
+        store = _build_auto_store(cfg.source, out, graph_settings)
+    # WARNING: the CLI shows no INFO lines, and a user must know where the graphs come from
+    log.warning("%s holds more than %d records (data.store_above): training from the graph store %s, chosen "
+                "automatically (built once, reused by later runs; set data.store to choose one)", cfg.source, cfg.store_above, out)
+    return store
+
+
+def _open_if_complete(path: Path, graph_settings: GraphSettings):
+    from crystalframes.data.store import GraphStore
+
+    if not path.exists():
+        return None
+    try:
+        store = GraphStore.open(path)
+    except Exception:  # absent, unfinished or damaged: (re)built by build_store, which resumes
+        return None
+    return store if store.settings == graph_settings else None
+
+
+def _build_auto_store(source: str, out: Path, graph_settings: GraphSettings):
+    import fcntl
+
+    from crystalframes.data.store import build_store
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with open(out.parent / f"{out.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        store = _open_if_complete(out, graph_settings)  # another rank built it while we waited
+        if store is None:
+            log.warning("%s: building a graph store at %s (once; later runs reuse it)", source, out)
+            store = build_store(source, out, graph_settings, workers=os.cpu_count() or 1, progress=sys.stderr.isatty())
+    return store

@@ -397,7 +397,8 @@ def train(cfg: RunConfig | None, output: str | Path | None = None, resume: bool 
             crystals = data.splits[split]
             if not crystals:
                 continue
-            true = np.array([c.target(data.target) for c in crystals])
+            true = data.target_values(split)
+            # a list of graphs, or a StoreDataset read batch by batch (its slices are lists)
             pred = module.predict_graphs(data.graphs[split], crystals, cfg.trainer.batch_size)[:, 0]
             metrics[split] = metrics_of(pred, true)
             metrics[split]["mean_baseline_mae"] = float(np.abs(true - train_mean).mean())
