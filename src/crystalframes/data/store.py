@@ -38,6 +38,7 @@ sha256. A rerun of the same build keeps the shards that are intact and rebuilds 
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import json
 import logging
@@ -612,13 +613,40 @@ def _build_parallel(jobs: Iterator[tuple[int, tuple[int, int], list]], root: Pat
 # --------------------------------------------------------------------------------------------------
 
 
+def assemble_graph(graph_id: str, atomic_numbers: np.ndarray, frac_coords: np.ndarray, lattice: np.ndarray,
+                   edge_index: np.ndarray, edge_shift: np.ndarray, targets: dict, settings: GraphSettings) -> CrystalGraph:
+    """The :class:`CrystalGraph` of one structure's stored (compact) arrays, with what is not
+    stored recomputed exactly as :func:`~crystalframes.data.graph.build_graph` computes it."""
+    # fresh contiguous float64 / int64 copies, so the products below run exactly as in build_graph
+    frac = np.array(frac_coords, dtype=np.float64)
+    lattice = np.array(lattice, dtype=np.float64)
+    pos = frac @ lattice
+    ei = np.array(edge_index, dtype=np.int64)
+    shift = np.array(edge_shift, dtype=np.int64)
+    vec = pos[ei[1]] + shift @ lattice - pos[ei[0]]
+    return CrystalGraph(
+        id=graph_id,
+        atomic_numbers=np.array(atomic_numbers, dtype=np.int64),
+        frac_coords=frac,
+        pos=pos,
+        lattice=lattice,
+        edge_index=ei,
+        edge_shift=shift,
+        edge_vec=vec,
+        edge_is_lattice=_lattice_edge_mask(ei.shape[1], frac.shape[0], settings),
+        targets=targets,
+    )
+
+
 class _Shard:
     """The memory maps of one shard's arrays (opened together, read only where indexed) and its
     meta, read on first use."""
 
     def __init__(self, folder: Path):
         self.folder = folder
-        self.arrays = {name: _load_array(folder / f"{name}.npy") for name in _ARRAYS}
+        # plain ndarray views of the maps: slicing an np.memmap costs several times more
+        self.arrays = {name: np.load(folder / f"{name}.npy", mmap_mode="r", allow_pickle=False).view(np.ndarray)
+                       for name in _ARRAYS}
         self._meta: dict | None = None
 
     @property
@@ -626,11 +654,6 @@ class _Shard:
         if self._meta is None:
             self._meta = json.loads((self.folder / SHARD_META).read_text(encoding="utf-8"))
         return self._meta
-
-
-def _load_array(path: Path) -> np.ndarray:
-    arr = np.load(path, mmap_mode="r", allow_pickle=False)
-    return arr
 
 
 class GraphStore:
@@ -645,6 +668,7 @@ class GraphStore:
         self.settings = GraphSettings(**manifest["settings"])
         shards = manifest["shards"]
         self._starts = np.cumsum([0] + [e["structures"] for e in shards]).astype(np.int64)
+        self._start_list = self._starts.tolist()
         self._shards: dict[int, _Shard] = {}
         self._pid = os.getpid()
 
@@ -708,8 +732,8 @@ class GraphStore:
             i += n
         if not 0 <= i < n:
             raise IndexError(f"structure {i} out of range for a store of {n}")
-        s = int(np.searchsorted(self._starts, i, side="right")) - 1
-        return s, i - int(self._starts[s])
+        s = bisect.bisect_right(self._start_list, i) - 1
+        return s, i - self._start_list[s]
 
     def graph(self, i: int) -> CrystalGraph:
         """Structure ``i`` as :func:`~crystalframes.data.graph.build_graph` makes it: every
@@ -717,29 +741,14 @@ class GraphStore:
         s, j = self._locate(i)
         shard = self._shard(s)
         a = shard.arrays
-        a0, a1 = (int(x) for x in a["atom_offsets"][j:j + 2])
-        e0, e1 = (int(x) for x in a["edge_offsets"][j:j + 2])
-        # fresh contiguous float64 copies, so the products below run exactly as in build_graph
-        frac = np.array(a["frac_coords"][a0:a1], dtype=np.float64)
-        lattice = np.array(a["lattice"][j], dtype=np.float64)
-        pos = frac @ lattice
-        ei = np.array(a["edge_index"][:, e0:e1], dtype=np.int64)
-        shift = np.array(a["edge_shift"][e0:e1], dtype=np.int64)
-        vec = pos[ei[1]] + shift @ lattice - pos[ei[0]]
+        a0, a1 = a["atom_offsets"][j:j + 2].tolist()
+        e0, e1 = a["edge_offsets"][j:j + 2].tolist()
         meta = shard.meta
         values, present = a["targets"][j], a["target_present"][j]
-        targets = {name: float(values[c]) for c, name in enumerate(meta["target_names"]) if present[c]}
-        return CrystalGraph(
-            id=meta["ids"][j],
-            atomic_numbers=np.array(a["atomic_numbers"][a0:a1], dtype=np.int64),
-            frac_coords=frac,
-            pos=pos,
-            lattice=lattice,
-            edge_index=ei,
-            edge_shift=shift,
-            edge_vec=vec,
-            edge_is_lattice=_lattice_edge_mask(e1 - e0, a1 - a0, self.settings),
-            targets=targets,
+        return assemble_graph(
+            meta["ids"][j], a["atomic_numbers"][a0:a1], a["frac_coords"][a0:a1], a["lattice"][j],
+            a["edge_index"][:, e0:e1], a["edge_shift"][e0:e1],
+            {name: float(values[c]) for c, name in enumerate(meta["target_names"]) if present[c]}, self.settings,
         )
 
     __getitem__ = graph
