@@ -15,7 +15,9 @@ Measured, interleaved over rounds (medians; this machine's timings scatter by +-
 * write structures/s from graphs already built (building the graphs is the same for every
   format and printed once: it dominates a build);
 * random-read structures/s over random indices: cold (the files' pages dropped from the page
-  cache with posix_fadvise(DONTNEED) and a fresh reader) and warm (the same indices again).
+  cache with posix_fadvise(DONTNEED) and a fresh reader) and warm (the same indices again);
+* in-order structures/s: every structure once in the format's own order (litdata: its own
+  iteration, as a StreamingDataLoader reads), warm.
 
 Optional libraries (``pip install 'crystalframes[bench-store]'``) are skipped with a note when
 missing. Usage::
@@ -130,6 +132,11 @@ def reader_npy(folder: Path, data: Data):
     return GraphStore.open(folder).graph
 
 
+def stream_npy(folder: Path, data: Data):
+    store = GraphStore.open(folder)
+    return (store.graph(i) for i in range(len(store)))
+
+
 def write_lmdb(folder: Path, data: Data) -> None:
     import lmdb
 
@@ -155,6 +162,11 @@ def reader_lmdb(folder: Path, data: Data):
 _LITDATA_BLOBS: list[bytes] = []
 
 
+def stream_lmdb(folder: Path, data: Data):
+    fetch = reader_lmdb(folder, data)
+    return (fetch(i) for i in range(len(data.ids)))
+
+
 def _litdata_item(i: int) -> np.ndarray:
     return np.frombuffer(_LITDATA_BLOBS[i], dtype=np.uint8)
 
@@ -175,6 +187,14 @@ def reader_litdata(folder: Path, data: Data):
     return lambda i: decode(ds[i], data.ids[i], data.target_names, data.settings)
 
 
+def stream_litdata(folder: Path, data: Data):
+    """litdata's own iteration (what a StreamingDataLoader does: chunk by chunk, not shuffled)."""
+    import litdata
+
+    ds = litdata.StreamingDataset(str(folder))
+    return (decode(blob, data.ids[i], data.target_names, data.settings) for i, blob in enumerate(ds))
+
+
 def write_hdf5(folder: Path, data: Data) -> None:
     import h5py
 
@@ -192,17 +212,22 @@ def reader_hdf5(folder: Path, data: Data):
     return lambda i: decode(blobs[i], data.ids[i], data.target_names, data.settings)
 
 
+def stream_hdf5(folder: Path, data: Data):
+    fetch = reader_hdf5(folder, data)
+    return (fetch(i) for i in range(len(data.ids)))
+
+
 FORMATS = {
-    "npy-memmap (ours)": ("numpy", write_npy, reader_npy,
+    "npy-memmap (ours)": ("numpy", write_npy, reader_npy, stream_npy,
                           "shards on any shared POSIX file system (NFS, Lustre); each rank/worker maps only the "
                           "shards it reads; no object storage, no built-in rank/worker sharding (our sampler)"),
-    "lmdb": ("lmdb", write_lmdb, reader_lmdb,
+    "lmdb": ("lmdb", write_lmdb, reader_lmdb, stream_lmdb,
              "one memory-mapped B-tree file on a shared POSIX file system, many readers (lock=False); "
              "no object storage, no sharding across ranks (the sampler's job), one file per writer"),
-    "litdata": ("litdata", write_litdata, reader_litdata,
+    "litdata": ("litdata", write_litdata, reader_litdata, stream_litdata,
                 "chunks on local disk or S3/GCS/Azure; StreamingDataset splits chunks across ranks, workers "
                 "and nodes, downloads and caches them, resumable loader state; random access reads whole chunks"),
-    "hdf5": ("h5py", write_hdf5, reader_hdf5,
+    "hdf5": ("h5py", write_hdf5, reader_hdf5, stream_hdf5,
              "one file on a shared file system; a handle per process opened after fork; no object storage "
              "(ros3/fsspec are slow), no sharding"),
 }
@@ -254,12 +279,12 @@ def main(argv=None) -> None:
     import importlib.util
 
     formats = {}
-    for name, (module, write, read, multinode) in FORMATS.items():
+    for name, (module, write, read, stream, multinode) in FORMATS.items():
         if importlib.util.find_spec(module) is None:
             print(f"note: {name} skipped ({module} not installed: pip install 'crystalframes[bench-store]')",
                   file=sys.stderr)
         else:
-            formats[name] = (write, read, multinode)
+            formats[name] = (write, read, stream, multinode)
 
     settings = GraphSettings(k=args.k)
     chunks, build_s = build_chunks(args.source, settings, args.limit)
@@ -270,12 +295,12 @@ def main(argv=None) -> None:
     rng = np.random.default_rng(0)
     indices = rng.integers(0, n, size=args.reads).tolist()
     root = Path(args.workdir or tempfile.mkdtemp(prefix="store_formats-"))
-    results = {name: {"write": [], "cold": [], "warm": [], "bytes": None} for name in formats}
+    results = {name: {"write": [], "cold": [], "warm": [], "stream": [], "bytes": None} for name in formats}
     try:
         write_npy(root / "reference", data)
         reference = GraphStore.open(root / "reference").graph
         for r in range(args.rounds):
-            for name, (write, read, _) in formats.items():  # interleaved: every format in every round
+            for name, (write, read, stream, _) in formats.items():  # interleaved: every format in every round
                 folder = root / f"{name.split()[0]}-{r}"
                 start = time.perf_counter()
                 write(folder, data)
@@ -295,21 +320,28 @@ def main(argv=None) -> None:
                         for field in ("atomic_numbers", "pos", "edge_index", "edge_shift", "edge_vec"):
                             assert np.array_equal(getattr(want, field), getattr(got, field)), (name, field)
                 del fetch
+                start = time.perf_counter()
+                count = sum(1 for _ in stream(folder, data))
+                assert count == n, (name, count)
+                results[name]["stream"].append(n / (time.perf_counter() - start))
                 shutil.rmtree(folder, ignore_errors=True)
     finally:
+        shutil.rmtree(root / "reference", ignore_errors=True)
         if args.workdir is None:
             shutil.rmtree(root, ignore_errors=True)
 
     med = {name: {k: float(np.median(v)) if isinstance(v, list) else v for k, v in res.items()}
            for name, res in results.items()}
-    head = f"{'format':20s} {'bytes/structure':>16s} {'write struct/s':>15s} {'cold read/s':>12s} {'warm read/s':>12s}"
+    head = (f"{'format':20s} {'bytes/structure':>16s} {'write struct/s':>15s} {'cold read/s':>12s} "
+            f"{'warm read/s':>12s} {'in order/s':>11s}")
     print(head)
     print("-" * len(head))
     for name, m in med.items():
-        print(f"{name:20s} {m['bytes']:16.0f} {m['write']:15.0f} {m['cold']:12.0f} {m['warm']:12.0f}")
+        print(f"{name:20s} {m['bytes']:16.0f} {m['write']:15.0f} {m['cold']:12.0f} {m['warm']:12.0f} "
+              f"{m['stream']:11.0f}")
     print()
     for name in med:
-        print(f"{name}: {formats[name][2]}")
+        print(f"{name}: {formats[name][3]}")
     print(json.dumps({"source": args.source, "structures": n, "k": args.k, "graph_build_ms": build_s * 1e3,
                       "reads": args.reads, "rounds": args.rounds, "formats": med}))
 

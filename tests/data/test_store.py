@@ -139,6 +139,10 @@ def test_killed_build_resumes_and_gives_the_same_store(tmp_path, small_source, m
     assert rebuilt == [3, 4, 5]  # the three finished shards were kept
     assert _store_arrays(tmp_path / "part") == _store_arrays(tmp_path / "whole")
     assert resumed.errors() == whole.errors() and len(resumed) == len(whole)
+    # a rerun of a finished, intact build checks it and returns: nothing is built again
+    monkeypatch.setattr(store_mod, "_build", lambda *a: pytest.fail("an intact store was built again"))
+    again = build_store(small_source, tmp_path / "part", settings, shard_size=20, progress=False)
+    assert again.ids() == whole.ids()
 
 
 def test_parallel_build_equals_serial(tmp_path, small_source):

@@ -73,6 +73,9 @@ _ARRAYS = ("atom_offsets", "edge_offsets", "atomic_numbers", "frac_coords", "lat
 _SHARD_PREFIX = "shard-"
 _TEMP_PREFIX = ".tmp-"
 _READ_BLOCK = 1 << 20
+# Held (flock) while a process builds into the folder: a second builder (another DDP rank, a
+# second terminal) waits, then finds the store complete instead of writing the same shards.
+_LOCK = ".build.lock"
 
 __all__ = ["GraphStore", "StoreError", "build_store", "DEFAULT_SHARD_SIZE"]
 
@@ -338,9 +341,14 @@ def _build_id(fingerprint: dict, settings: GraphSettings, shard_size: int) -> st
 
 def rebuild_command(source: str, out: str | os.PathLike, settings: GraphSettings, shard_size: int) -> str:
     """The ``crystalframes data build`` command line that (re)builds this store."""
+    import shlex
+
     k = "none" if settings.k is None else str(settings.k)
     lattice = " --lattice-edges" if settings.lattice_edges else ""
-    return f"crystalframes data build {source} -o {out} --k {k}{lattice} --shard-size {shard_size}"
+    # absolute paths, so the command works from wherever the error is read; a dataset name stays
+    where = str(Path(source).resolve()) if Path(source).exists() else str(source)
+    return (f"crystalframes data build {shlex.quote(where)} -o {shlex.quote(str(Path(out).resolve()))} "
+            f"--k {k}{lattice} --shard-size {shard_size}")
 
 
 def _read_manifest(root: Path) -> dict | None:
@@ -369,14 +377,20 @@ def _read_manifest(root: Path) -> dict | None:
 def _iter_source(path: Path, member: str | None, skipped: list[str]) -> Iterator[Crystal | InputError]:
     """The records of the source in order, lazily (JSONL, folders, id_prop, multi-frame files;
     a .json list or a .zip member is parsed whole first by the reader); the entries a folder
-    holds that are not structure files go to ``skipped`` instead."""
+    holds that are not structure files go to ``skipped`` instead. Raises at once (DatasetError)
+    for a source that is unusable as a whole."""
     from crystalframes.io.datasets import iter_records
 
-    for item in iter_records(path, member=member):
-        if isinstance(item, SkippedInput):
-            skipped.append(str(item))
-        else:
-            yield item
+    records = iter_records(path, member=member)
+
+    def without_skipped() -> Iterator[Crystal | InputError]:
+        for item in records:
+            if isinstance(item, SkippedInput):
+                skipped.append(str(item))
+            else:
+                yield item
+
+    return without_skipped()
 
 
 def _batched(items: Iterable, size: int) -> Iterator[list]:
@@ -391,8 +405,8 @@ def _batched(items: Iterable, size: int) -> Iterator[list]:
 
 
 class _Progress:
-    """Structures done and structures/s on stderr: one line per finished shard (and at most one
-    every 2 s), so a log or a pipe shows it as well as a terminal."""
+    """Structures done and structures/s on stderr, one line when a shard finishes at most every
+    2 s (plain lines: a log or a pipe shows them as well as a terminal)."""
 
     def __init__(self, enabled: bool):
         self.enabled = enabled
@@ -424,7 +438,7 @@ def _prepare_folder(out: Path, build_id: str) -> dict | None:
         return None
     manifest = _read_manifest(out)
     if manifest is None:
-        if any(out.iterdir()):
+        if any(p.name != _LOCK for p in out.iterdir()):
             raise StoreError(str(out), "is a folder that is not a graph store (no manifest.json) and not empty; "
                                        "refusing to write into it (give a new or empty -o)")
         return None
@@ -511,8 +525,41 @@ def build_store(source: str | os.PathLike, out: str | os.PathLike, settings: Gra
     fingerprint = _fingerprint(path, member)
     build_id = _build_id(fingerprint, settings, shard_size)
     skipped: list[str] = []
-    records = _iter_source(path, member, skipped)  # raises now for a source that is unusable as a whole
-    old = _prepare_folder(out, build_id)
+    records = _iter_source(path, member, skipped)
+    _prepare_folder(out, build_id)  # refusals come before anything is written into the folder
+    with _build_lock(out):
+        old = _prepare_folder(out, build_id)  # again: another process may have built it meanwhile
+        if old is not None and old["complete"] and all(_shard_problem(out, e, full=True) is None for e in old["shards"]):
+            if progress:
+                print(f"graph store: {out} is complete and intact ({old['num_structures']} structures)",
+                      file=sys.stderr, flush=True)
+            return GraphStore(out, old)
+        return _build(source, records, skipped, out, old, settings, workers, shard_size, fingerprint, build_id,
+                      progress)
+
+
+class _build_lock:
+    """An exclusive flock on the store folder's lock file for the duration of a build."""
+
+    def __init__(self, out: Path):
+        self.path = out / _LOCK
+
+    def __enter__(self):
+        import fcntl
+
+        self.fh = open(self.path, "a+")
+        fcntl.flock(self.fh.fileno(), fcntl.LOCK_EX)
+        return self
+
+    def __exit__(self, *exc):
+        import fcntl
+
+        fcntl.flock(self.fh.fileno(), fcntl.LOCK_UN)
+        self.fh.close()
+
+
+def _build(source, records, skipped, out: Path, old: dict | None, settings: GraphSettings, workers: int,
+           shard_size: int, fingerprint: dict, build_id: str, progress: bool) -> "GraphStore":
     for stale in out.glob(f"{_TEMP_PREFIX}*"):  # a killed build's half-written shard or manifest
         shutil.rmtree(stale) if stale.is_dir() else stale.unlink()
     manifest = _new_manifest(str(source), out, settings, shard_size, fingerprint, build_id)
