@@ -1,12 +1,17 @@
-"""The work of ``crystalframes predict`` over many structures: batches bounded by a memory
-budget, a partial file that keeps finished batches so an interrupted run continues, progress on
-a terminal or in a log, and SIGINT/SIGTERM turned into a clean stop.
+"""The work of ``crystalframes predict`` over many structures, streamed: inputs are read lazily,
+batches bounded by a memory budget are planned as the records go by, each structure's graph is
+built once (in DataLoader workers) and shared by every ensemble member and by ``--embeddings``,
+and each finished batch goes to a partial file at once, so memory stays flat in the number of
+inputs. Progress shows on a terminal or in a log; SIGINT/SIGTERM become a clean stop.
 
 The partial file (``OUTPUT.partial`` beside the CSV) is JSON lines: a header holding a
 fingerprint of the run (model files, inputs, batch settings, device), then one line per finished
-batch. A run whose fingerprint differs never continues it. The batches are planned from the
-inputs and settings alone, so the continued run computes exactly the batches the interrupted
-one would have, and the CSV is the same byte for byte.
+batch holding its CSV rows (and embeddings). A run whose fingerprint differs never continues it.
+The batches are planned from the inputs and settings alone (in input order, by
+:func:`plan_stream`, the same batches as :func:`plan_batches` of all atom counts), so the
+continued run computes exactly the batches the interrupted one would have, and the CSV is the
+same byte for byte. The CSV is assembled from the partial file at the end (atomically, as any
+output).
 """
 
 from __future__ import annotations
@@ -21,14 +26,14 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator, Optional
+from typing import Callable, Iterable, Iterator, Optional
 
 import numpy as np
 
 from crystalframes.io.errors import UserError
 
 PARTIAL_FORMAT = "crystalframes-predict-partial"
-PARTIAL_VERSION = 1
+PARTIAL_VERSION = 2  # 2: batches hold their CSV rows (1: indices into the inputs held in memory)
 # Atoms per batch. Memory of a forward pass follows the atoms (and their edges) of the batch, not
 # the number of structures: measured on the mp_gap ensemble, ~75 kB per atom, so 4096 atoms keep
 # the temporaries near 0.3 GB on top of the model (64 demo structures hold ~660 atoms).
@@ -36,18 +41,36 @@ DEFAULT_BATCH_ATOMS = 4096
 PROGRESS_SECONDS = float(os.environ.get("CRYSTALFRAMES_PROGRESS_SECONDS", "30"))
 
 
+class _Planner:
+    """Where batches start, one structure at a time: a chunk takes structures while their atoms
+    fit ``batch_atoms`` (a structure larger than the budget is a chunk of its own), and a chunk
+    is cut into batches of at most ``batch_size`` structures."""
+
+    def __init__(self, batch_size: int, batch_atoms: int):
+        self.batch_size, self.batch_atoms = batch_size, batch_atoms
+        self.chunk_atoms = self.in_batch = 0
+
+    def starts_batch(self, atoms: int) -> bool:
+        """Whether a structure of ``atoms`` atoms, the next one, starts a new batch."""
+        new = False
+        if self.chunk_atoms and self.chunk_atoms + atoms > self.batch_atoms:  # the chunk is full
+            self.chunk_atoms, new = 0, True
+        if new or self.in_batch == self.batch_size:
+            self.in_batch, new = 0, self.in_batch > 0
+        self.chunk_atoms += atoms
+        self.in_batch += 1
+        return new
+
+
 def plan_batches(atoms: list[int], batch_size: int, batch_atoms: int) -> list[tuple[int, int]]:
     """Consecutive ``(start, stop)`` batches of at most ``batch_size`` structures and at most
-    ``batch_atoms`` atoms (a structure larger than the budget is a batch of its own). The atom
-    bound is the chunking the periodic attention uses for its memory budget (one function)."""
-    import torch
-
-    from crystalframes.nn.periodic_entries import _chunks_by_weight
-
-    out = []
-    for start, stop in _chunks_by_weight(torch.tensor(atoms, dtype=torch.long), batch_atoms) if atoms else []:
-        out.extend((s, min(s + batch_size, stop)) for s in range(start, stop, batch_size))
-    return out
+    ``batch_atoms`` atoms (a structure larger than the budget is a batch of its own): the batches
+    :func:`plan_stream` forms as the structures go by."""
+    planner, starts = _Planner(batch_size, batch_atoms), []
+    for i, n in enumerate(atoms):
+        if planner.starts_batch(int(n)) or i == 0:
+            starts.append(i)
+    return list(zip(starts, starts[1:] + [len(atoms)]))
 
 
 def budget_cap(atoms: list[int], batch_size: int, batch_atoms: int) -> Optional[int]:
@@ -57,6 +80,74 @@ def budget_cap(atoms: list[int], batch_size: int, batch_atoms: int) -> Optional[
         return None
     cap = max(1, int(batch_atoms // max(1.0, float(np.median(atoms)))))
     return cap if batch_size > cap else None
+
+
+@dataclass
+class Planned:
+    """One planned batch: its number, its structures and the inputs that failed to read since the
+    previous batch, as (source, problem) (kept with it so that the partial file holds every
+    input's fate in order; errors travel to and from DataLoader workers as plain pairs, an
+    exception of two arguments does not unpickle)."""
+
+    number: int
+    crystals: list
+    read_errors: list
+
+
+def plan_stream(records: Iterable, batch_size: int, batch_atoms: int) -> Iterator[Planned]:
+    """The batches of :func:`plan_batches`, planned as ``records`` (crystals and InputErrors) stream
+    by: a chunk takes structures while their atoms fit ``batch_atoms`` (a structure larger than
+    the budget is a chunk of its own), and is cut into batches of ``batch_size``. Holds one batch."""
+    from crystalframes.io import InputError
+
+    planner, number, crystals, errors = _Planner(batch_size, batch_atoms), 0, [], []
+    for rec in records:
+        if isinstance(rec, InputError):
+            errors.append((rec.source, rec.problem))
+            continue
+        if planner.starts_batch(rec.num_atoms):
+            yield Planned(number, crystals, errors)
+            number, crystals, errors = number + 1, [], []
+        crystals.append(rec)
+    if crystals or errors:
+        yield Planned(number, crystals, errors)
+
+
+@dataclass
+class Scan:
+    """What a first pass over the inputs learns, holding 4 bytes per structure: how many there
+    are (for progress), their atom counts (for the batch-size warning) and a digest of
+    everything they hold (for the partial file's fingerprint)."""
+
+    total: int
+    atoms: "array"
+    digest: str
+
+
+def scan_inputs(records: Iterable) -> Scan:
+    """One streaming pass: :class:`Scan` of ``records`` (crystals and InputErrors); the digest is
+    :func:`crystals_digest` of the crystals and errors in order."""
+    from array import array
+
+    from crystalframes.io import InputError
+
+    h, atoms = hashlib.sha256(), array("i")
+    failed = []
+    for rec in records:
+        if isinstance(rec, InputError):
+            failed.append(f"{rec.source}\0{rec.problem}\0".encode("utf-8", "backslashreplace"))
+            continue
+        _digest_crystal(h, rec)
+        atoms.append(rec.num_atoms)
+    for e in failed:
+        h.update(e)
+    return Scan(len(atoms), atoms, h.hexdigest())
+
+
+def _digest_crystal(h, c) -> None:
+    h.update(f"{c.id}\0{c.source}\0".encode("utf-8", "backslashreplace"))
+    for a in (c.lattice, c.atomic_numbers, c.frac_coords):
+        h.update(np.ascontiguousarray(a).tobytes())
 
 
 # ---------------------------------------------------------------- the partial file
@@ -82,9 +173,7 @@ def crystals_digest(crystals, errors) -> str:
     """What the inputs hold (ids, sources, structures, and the inputs that failed to read)."""
     h = hashlib.sha256()
     for c in crystals:
-        h.update(f"{c.id}\0{c.source}\0".encode("utf-8", "backslashreplace"))
-        for a in (c.lattice, c.atomic_numbers, c.frac_coords):
-            h.update(np.ascontiguousarray(a).tobytes())
+        _digest_crystal(h, c)
     for e in errors:
         h.update(f"{e.source}\0{e.problem}\0".encode("utf-8", "backslashreplace"))
     return h.hexdigest()
@@ -93,18 +182,31 @@ def crystals_digest(crystals, errors) -> str:
 # what each fingerprint field means, for the refusal message
 _FIELDS = {"model": "the model", "model_sha256": "the model files", "std_scale": "the std scale",
            "inputs": "the inputs", "inputs_sha256": "the structures the inputs hold", "batch_size": "--batch-size",
-           "batch_atoms": "--batch-atoms", "device": "--device", "crystalframes": "the crystalframes version"}
+           "batch_atoms": "--batch-atoms", "device": "--device", "crystalframes": "the crystalframes version",
+           "embeddings": "--embeddings / --atom-embeddings"}
 
 
 class Partial:
     """The finished batches of a run, appended one JSON line each (one ``os.write`` per line, so
-    an interruption leaves whole lines; a torn last line, from a full disk, is dropped)."""
+    an interruption leaves whole lines; a torn last line, from a full disk, is dropped). Only
+    their count is held in memory; :meth:`lines` reads them back. Without a file of its own (the
+    output is a stream) or once it cannot be written, the lines go to a temporary file (or, if
+    that fails too, memory) so the CSV can still be assembled."""
 
     def __init__(self, path: Optional[Path], fingerprint: dict):
         self.path, self.fingerprint = path, fingerprint
-        self.batches: list[dict] = []  # the finished ones, in order
+        self.count = 0  # finished batches
+        self.done = 0  # structures in them (predicted or failed)
+        self.kept_rows = 0  # predicted structures in them
         self.fd: Optional[int] = None
         self.failed: Optional[str] = None  # why it could not be written (the run goes on)
+        self.spool = None  # a temporary file holding the lines when the partial file cannot
+        self.memory: Optional[list[bytes]] = None  # the last resort
+
+    def _count(self, batch: dict) -> None:
+        self.count += 1
+        self.done += len(batch["rows"]) + len(batch["errors"])
+        self.kept_rows += len(batch["rows"])
 
     def load(self, restart: bool) -> str:
         """Read the batches a previous run of the same command finished. Returns a note for the
@@ -116,7 +218,7 @@ class Partial:
             if not stat.S_ISREG(os.lstat(self.path).st_mode):  # a FIFO would hang the read, a link is not ours
                 raise UserError(f"{self.path}: is not a crystalframes predict partial file (not a regular file); "
                                 f"refusing to read or replace it (move it away, or give another -o)")
-            data = self.path.read_bytes()
+            fh = open(self.path, "rb")
         except FileNotFoundError:
             return ""
         except OSError as exc:
@@ -124,69 +226,128 @@ class Partial:
 
             raise UserError(f"{describe_os_error(exc, self.path)}; cannot read the partial file of an earlier run "
                             f"(move it away, or give another -o)") from None
-        # ours (even a header torn by a full disk) or a file of the user's, which is never touched
-        if not data.startswith(b'{"format": "%s"' % PARTIAL_FORMAT.encode()):
-            raise UserError(f"{self.path}: is not a crystalframes predict partial file; refusing to continue from or "
-                            f"replace it (move it away, or give another -o)")
-        if restart:
-            self.path.unlink()
-            return f"predict: --restart: {self.path} discarded"
-        lines = data.split(b"\n")
-        try:
-            header = json.loads(lines[0])
-        except ValueError:  # torn while its header was written (a full disk): no batch in it
-            self.path.unlink()
-            return f"predict: {self.path} held no finished batch; starting afresh"
-        old = header.get("fingerprint", {})
-        differ = [_FIELDS.get(k, k) for k in sorted(set(old) | set(self.fingerprint)) if old.get(k) != self.fingerprint.get(k)]
-        if header.get("version") != PARTIAL_VERSION or differ:
-            raise UserError(f"{self.path}: holds the finished batches of a different predict command "
-                            f"({', '.join(differ) or 'another format version'} differ); not continued. Run the "
-                            f"command that wrote it again to finish it, or give --restart to discard it")
-        good = len(lines[0]) + 1
-        for line in lines[1:]:
+        with fh:
+            first = fh.readline()
+            # ours (even a header torn by a full disk) or a file of the user's, which is never touched
+            if not first.startswith(b'{"format": "%s"' % PARTIAL_FORMAT.encode()):
+                raise UserError(f"{self.path}: is not a crystalframes predict partial file; refusing to continue from or "
+                                f"replace it (move it away, or give another -o)")
+            if restart:
+                self.path.unlink()
+                return f"predict: --restart: {self.path} discarded"
             try:
-                batch = json.loads(line)
-                assert batch["batch"] == len(self.batches)
-            except Exception:
-                break  # a torn last line: the batch is computed again
-            self.batches.append(batch)
-            good += len(line) + 1
-        if good < len(data):
+                header = json.loads(first)
+            except ValueError:  # torn while its header was written (a full disk): no batch in it
+                self.path.unlink()
+                return f"predict: {self.path} held no finished batch; starting afresh"
+            old = header.get("fingerprint", {})
+            differ = [_FIELDS.get(k, k) for k in sorted(set(old) | set(self.fingerprint)) if old.get(k) != self.fingerprint.get(k)]
+            if header.get("version") != PARTIAL_VERSION or differ:
+                raise UserError(f"{self.path}: holds the finished batches of a different predict command "
+                                f"({', '.join(differ) or 'another format version'} differ); not continued. Run the "
+                                f"command that wrote it again to finish it, or give --restart to discard it")
+            good = len(first)
+            for line in fh:  # streamed: a resumed run holds no more than a fresh one
+                try:
+                    if not line.endswith(b"\n"):
+                        raise ValueError("torn")
+                    batch = json.loads(line)
+                    assert batch["batch"] == self.count
+                except Exception:
+                    break  # a torn last line: the batch is computed again
+                self._count(batch)
+                good += len(line)
+            size = os.fstat(fh.fileno()).st_size
+        if good < size:
             os.truncate(self.path, good)
-        if not self.batches:
+        if not self.count:
             return ""
-        done = sum(len(b["kept"]) + len(b["errors"]) for b in self.batches)
-        return f"predict: continuing from {self.path}: {len(self.batches)} batch(es), {done} structure(s) already done"
+        return f"predict: continuing from {self.path}: {self.count} batch(es), {self.done} structure(s) already done"
 
-    def _append(self, record: dict) -> None:
-        if self.path is None or self.failed:
+    def _append(self, line: bytes) -> None:
+        if self.path is not None and not self.failed:
+            try:
+                if self.fd is None:
+                    self.path.parent.mkdir(parents=True, exist_ok=True)
+                    self.fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o666)
+                    if os.fstat(self.fd).st_size == 0:
+                        header = {"format": PARTIAL_FORMAT, "version": PARTIAL_VERSION, "fingerprint": self.fingerprint}
+                        self._write(self.fd, json.dumps(header).encode() + b"\n")
+                self._write(self.fd, line)
+                return
+            except OSError as exc:
+                from crystalframes.atomic import write_error
+
+                self.failed = str(write_error(exc, self.path, "the partial file"))
+                print(f"warning: {self.failed}; predicting on without it (an interruption now loses the work)",
+                      file=sys.stderr, flush=True)
+                self._to_spool()
+        if self.memory is None and self.spool is None:
+            self._to_spool()
+        if self.memory is not None:
+            self.memory.append(line)
             return
-        line = (json.dumps(record, separators=(",", ":")) + "\n").encode("utf-8", "backslashreplace")
         try:
-            if self.fd is None:
-                self.path.parent.mkdir(parents=True, exist_ok=True)
-                self.fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o666)
-                if os.fstat(self.fd).st_size == 0:
-                    header = {"format": PARTIAL_FORMAT, "version": PARTIAL_VERSION, "fingerprint": self.fingerprint}
-                    self._write(json.dumps(header).encode() + b"\n")
-            self._write(line)
-        except OSError as exc:
-            from crystalframes.atomic import write_error
+            self._write(self.spool.fileno(), line)
+        except OSError:
+            self._to_memory()
+            self.memory.append(line)
 
-            self.failed = str(write_error(exc, self.path, "the partial file"))
-            print(f"warning: {self.failed}; predicting on without it (an interruption now loses the work)",
-                  file=sys.stderr, flush=True)
+    def _to_spool(self) -> None:
+        """Move the lines written so far (from the partial file, if any) to a temporary file."""
+        import tempfile
 
-    def _write(self, data: bytes) -> None:
+        try:
+            self.spool = tempfile.TemporaryFile()
+            for line in self._file_lines():
+                self._write(self.spool.fileno(), line)
+        except OSError:
+            self._to_memory()
+
+    def _to_memory(self) -> None:
+        lines = list(self._file_lines()) if self.spool is None else []
+        if self.spool is not None:
+            try:
+                self.spool.seek(0)
+                lines = self.spool.read().splitlines(keepends=True)
+            except OSError:
+                pass
+            self.spool = None
+        self.memory = lines
+
+    def _file_lines(self) -> Iterator[bytes]:
+        """The batch lines of the partial file (its header skipped)."""
+        if self.path is None or not self.path.exists():
+            return
+        with open(self.path, "rb") as fh:
+            fh.readline()
+            for line in fh:
+                if line.endswith(b"\n"):
+                    yield line
+
+    @staticmethod
+    def _write(fd: int, data: bytes) -> None:
         view = memoryview(data)
         while view:
-            view = view[os.write(self.fd, view):]
+            view = view[os.write(fd, view):]
 
     def add(self, batch: dict) -> None:
-        batch["batch"] = len(self.batches)
-        self.batches.append(batch)
-        self._append(batch)
+        batch["batch"] = self.count
+        self._count(batch)
+        self._append((json.dumps(batch, separators=(",", ":")) + "\n").encode("utf-8", "backslashreplace"))
+
+    def lines(self) -> Iterator[dict]:
+        """The finished batches, in order, read back one at a time."""
+        if self.memory is not None:
+            source = iter(self.memory)
+        elif self.spool is not None:
+            self.spool.flush()
+            self.spool.seek(0)
+            source = iter(self.spool)
+        else:
+            source = self._file_lines()
+        for line in source:
+            yield json.loads(line)
 
     def close(self) -> None:
         if self.fd is not None:
@@ -195,6 +356,9 @@ class Partial:
 
     def remove(self) -> None:
         self.close()
+        if self.spool is not None:
+            self.spool.close()
+            self.spool = None
         if self.path is not None:
             self.path.unlink(missing_ok=True)
 
@@ -271,33 +435,192 @@ class Progress:
 
 # ---------------------------------------------------------------- the run
 
-def predict_batches(predictor, crystals, batches, partial: Partial, on_batch: Callable[[int], None], targets_clip) -> None:
+class _Member:
+    """What one model needs of a built batch: the graph settings and elements of its group."""
+
+    def __init__(self, predictor):
+        from crystalframes.models.elements import supported_atomic_numbers
+
+        self.predictor = predictor
+        self.key = (predictor.graph_settings, supported_atomic_numbers(predictor.model))
+
+
+class BuildGraphs:
+    """A map-style dataset for a DataLoader whose "indices" are :class:`Planned` batches (the
+    planner runs lazily in the main process, the building in the workers): each batch becomes,
+    per distinct (graph settings, supported elements) of the members, its graphs collated, the
+    positions of the structures in it and the errors of the others. The members of an ensemble
+    (and the embeddings) share one group, so each structure's graph is built once."""
+
+    def __init__(self, keys: list, dtype):
+        self.keys, self.dtype = keys, dtype
+
+    def __getitem__(self, planned):
+        return self.__getitems__([planned])[0]
+
+    def __getitems__(self, items):
+        return [self.build(planned) for planned in items]
+
+    def build(self, planned: Planned):
+        from crystalframes.data import graph
+        from crystalframes.data.batch import collate
+        from crystalframes.io import InputError
+        from crystalframes.models.elements import element_label
+
+        groups = []
+        for settings, supported in self.keys:
+            graphs, kept, unsupported, failed = [], [], [], []
+            lo, hi = min(supported), max(supported)
+            for i, c in enumerate(planned.crystals):
+                bad = sorted({int(z) for z in np.unique(c.atomic_numbers)} - supported)
+                if bad:  # the error of crystalframes.models.elements.unsupported_elements_error, without the model
+                    names = ", ".join(element_label(z) for z in bad)
+                    unsupported.append((c.where, f"the model cannot encode element(s) {names}: it covers Z = {lo}..{hi}"))
+                    continue
+                try:
+                    graphs.append(graph.build_graph(c, settings))  # looked up here: a test counts the calls
+                    kept.append(i)
+                except InputError as exc:
+                    failed.append((exc.source, exc.problem))
+            groups.append((collate(graphs, dtype=self.dtype) if graphs else None, kept, unsupported + failed))
+        return planned, groups
+
+
+def _identity(batch):
+    return batch[0]
+
+
+def _pending(batches: Iterable[Planned], skip: int) -> Iterator[list]:
+    """The planned batches after the ``skip`` ones a partial file holds, each as the one-item
+    "index" list a DataLoader's batch sampler yields."""
+    for planned in batches:
+        if planned.number >= skip:
+            yield [planned]
+
+
+class _Sampler:
+    def __init__(self, batches):
+        self.batches = batches
+
+    def __iter__(self):
+        return iter(self.batches)
+
+
+# Below this many structures a worker process costs more to start than it saves (measured on
+# 2 CPU cores: see docs, "Predict at scale").
+SMALL_RUN = 1000
+
+
+def default_workers(device: str, total: int) -> int:
+    """Graph-building processes: on a machine with a spare core, one or two build the next
+    batches while the model runs (a GPU leaves all the cores to them); 0 (build in the main
+    process) for a small run."""
+    if total < SMALL_RUN:
+        return 0
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(0, min(2, cpus - (0 if str(device).startswith(("cuda", "mps")) else 1)))
+
+
+def predict_stream(predictor, batches: Iterable[Planned], partial: Partial, on_batch: Callable[[int], None],
+                   targets_clip, workers: int = 0, embeddings: Optional[str] = None) -> None:
     """Predict the planned batches ``partial`` does not hold yet, adding each when it is done.
-    A batch line: ``kept`` (indices into crystals), ``values`` (the CSV cells of each kept
-    structure's numbers), ``errors`` ([source, problem] of its failed structures)."""
+
+    Graphs are built by a DataLoader (``workers`` processes, 0: in this one) once per structure;
+    each member runs one forward on the batch, the first member's pooled features (and, with
+    ``embeddings="atoms"``, per-atom features) are kept from that same forward. A batch line:
+    ``rows`` (the CSV cells of each predicted structure), ``read_errors`` (inputs that failed to
+    read before it), ``errors`` ([source, problem] of its failed structures) and, with
+    ``embeddings``, ``emb`` (base64 float32, one row per ``emb_rows`` entry) and ``atoms``."""
+    import base64
+
+    import torch
+    from torch.utils.data import DataLoader
+
     from crystalframes.api import clip_nonnegative
 
-    with_std = hasattr(predictor, "predict_each_with_std")  # an ensemble (--ensemble, or a pretrained model)
-    index = {id(c): i for i, c in enumerate(crystals)}
-    for start, stop in batches[len(partial.batches):]:
-        chunk = crystals[start:stop]
-        if with_std:
-            kept, pred, std, errors = predictor.predict_each_with_std(chunk, len(chunk))
-        else:
-            (kept, pred, errors), std = predictor.predict_each(chunk, len(chunk)), None
+    members = [_Member(m) for m in getattr(predictor, "members", [predictor])]
+    ensemble = hasattr(predictor, "members")
+    keys = list(dict.fromkeys(m.key for m in members))
+    param = next(members[0].predictor.model.parameters())
+    loader = DataLoader(BuildGraphs(keys, param.dtype), batch_sampler=_Sampler(_pending(batches, partial.count)),
+                        collate_fn=_identity, num_workers=workers, **({"prefetch_factor": 2} if workers else {}))
+    for m in members:
+        m.predictor.model.eval()
+    for planned, groups in loader:
+        crystals = planned.crystals
+        results, errors, emb = [], {}, None
+        with torch.no_grad():
+            for n, m in enumerate(members):
+                batch, kept, errs = groups[keys.index(m.key)]
+                out = {}
+                if batch is not None:
+                    pred, pooled, atoms = _forward(m.predictor, batch.to(param.device), embeddings if n == 0 else None)
+                    for row, i in enumerate(kept):
+                        if np.isfinite(pred[row]).all():
+                            out[i] = pred[row]
+                        else:
+                            errs = errs + [(crystals[i].where, "the model's output is not finite (NaN or infinity)")]
+                    if pooled is not None:
+                        emb = (kept, pooled, atoms)
+                results.append(out)
+                for e in errs:  # an ensemble reports each problem once (as Ensemble.predict_each_with_std)
+                    errors.setdefault(e if ensemble else len(errors), e)
+        kept = [i for i in range(len(crystals)) if all(i in r for r in results)]
+        width = len(predictor.targets)
+        stacked = np.stack([np.stack([r[i] for i in kept]) for r in results]) if kept else np.zeros((len(results), 0, width))
+        pred = stacked.mean(axis=0)
+        std = predictor.std_scale * stacked.std(axis=0, ddof=1) if ensemble else None
         clipped = clip_nonnegative(pred, predictor.targets)  # the one place that clips (api)
-        values = []
-        for i in range(len(kept)):
-            row = []
-            for t in range(pred.shape[1]):
-                row.append(f"{clipped[i, t]:.6g}")
+        rows = []
+        for k, i in enumerate(kept):
+            c = crystals[i]
+            row = [c.id, c.source, c.formula, c.num_atoms]
+            for t in range(width):
+                row.append(f"{clipped[k, t]:.6g}")
                 if std is not None:
-                    row.append(f"{float(std[i, t]):.6g}")
+                    row.append(f"{float(std[k, t]):.6g}")
                 if targets_clip[t]:
-                    row.append(f"{pred[i, t]:.6g}")
-            values.append(row)
-        partial.add({"kept": [index[id(c)] for c in kept], "values": values, "errors": [[e.source, e.problem] for e in errors]})
-        on_batch(stop - start)
+                    row.append(f"{pred[k, t]:.6g}")
+            rows.append(row)
+        line = {"rows": rows, "read_errors": planned.read_errors, "errors": list(errors.values())}
+        if embeddings is not None and emb is not None:
+            positions, pooled, atoms = emb
+            at = {i: row for row, i in enumerate(positions)}
+            # as Predictor.embed_each over the predicted structures: a non-finite embedding is left out
+            good = [k for k, i in enumerate(kept) if np.isfinite(pooled[at[i]]).all()
+                    and (atoms is None or np.isfinite(atoms[at[i]]).all())]
+            line["emb_rows"] = good
+            line["emb"] = base64.b64encode(np.ascontiguousarray(pooled[[at[kept[k]] for k in good]], dtype=np.float32)).decode()
+            if atoms is not None:
+                parts = [atoms[at[kept[k]]] for k in good]
+                line["atom_counts"] = [len(a) for a in parts]
+                line["atoms"] = base64.b64encode(np.ascontiguousarray(np.concatenate(parts) if parts else np.zeros((0, pooled.shape[1])), dtype=np.float32)).decode()
+        partial.add(line)
+        on_batch(len(crystals))
+
+
+def _forward(predictor, batch, embed: Optional[str]):
+    """``(predictions (n, n_targets) float64 in physical units, pooled features or None, per-atom
+    features or None)`` from one pass: the model's forward is head(mean over atoms(encode))."""
+    import torch
+
+    model = predictor.model
+    if embed and hasattr(model, "encode") and hasattr(model, "head"):
+        atoms = model.encode(batch)
+        pooled_t = batch.mean_over_atoms(atoms)
+        out = model.head(pooled_t)
+    else:
+        out, atoms, pooled_t = model(batch), None, None
+        if embed:
+            atoms = model.node_features(batch)
+            pooled_t = batch.mean_over_atoms(atoms)
+    pred = predictor.normaliser.inverse(out).cpu().numpy().astype(np.float64)
+    if not embed:
+        return pred, None, None
+    pooled = pooled_t.cpu().numpy().astype(np.float64)
+    if embed != "atoms":
+        return pred, pooled, None
+    return pred, pooled, [a.numpy().astype(np.float64) for a in torch.split(atoms.cpu(), batch.num_atoms.tolist())]
 
 
 def column_labels(predictor, with_std: bool, targets_clip) -> list[str]:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import io
 import json
 from pathlib import Path
 from typing import List, Optional
@@ -12,7 +11,6 @@ from typing import List, Optional
 import numpy as np
 import typer
 
-from crystalframes.cli.common import collect_structures
 from crystalframes.cli.options import device_option
 
 
@@ -61,40 +59,48 @@ def _load(model: str, device: str, ensemble: Optional[List[str]] = None, std_sca
     return predictor
 
 
-def _write_embeddings(path: Path, predictor, crystals, batches, per_atom: bool) -> int:
+def _write_embeddings(path: Path, partial, per_atom: bool) -> int:
     """``ids``, ``embeddings`` (n, C) and, with ``per_atom``, ``atom_features`` (sum n_atoms, C)
-    with ``atom_offsets`` (n + 1,) to an .npz file, atomically, computed in the planned batches
-    (the same memory budget as the predictions). Returns the rows written."""
+    with ``atom_offsets`` (n + 1,) to an .npz file, atomically, from the finished batches (the
+    first member's features, computed by the same forward as the predictions). Returns the rows
+    written."""
+    import base64
+
     from crystalframes.atomic import atomic_write
 
-    kept, pooled, atoms = [], [], []
-    for start, stop in batches:  # an ensemble's: its first member's
-        k, p, a, _ = predictor.embed_each(crystals[start:stop], stop - start, per_atom)
-        kept += k
-        pooled.append(p)
-        atoms += a or []
-    pooled = np.concatenate(pooled) if pooled else np.zeros((0, 0))
-    arrays = {"ids": np.array([c.id for c in kept]), "embeddings": pooled.astype(np.float32)}
+    ids, pooled, atoms, counts = [], [], [], []
+    for b in partial.lines():
+        if "emb" not in b:
+            continue
+        ids += [b["rows"][k][0] for k in b["emb_rows"]]
+        pooled.append(np.frombuffer(base64.b64decode(b["emb"]), dtype=np.float32))
+        if per_atom:
+            atoms.append(np.frombuffer(base64.b64decode(b["atoms"]), dtype=np.float32))
+            counts += b["atom_counts"]
+    width = sum(len(p) for p in pooled) // max(len(ids), 1)
+    arrays = {"ids": np.array(ids), "embeddings": (np.concatenate(pooled) if pooled else np.zeros(0, np.float32)).reshape(len(ids), width)}
     if per_atom:
-        arrays["atom_features"] = (np.concatenate(atoms) if atoms else np.zeros((0, pooled.shape[1]))).astype(np.float32)
-        arrays["atom_offsets"] = np.concatenate([[0], np.cumsum([len(a) for a in atoms])]).astype(np.int64)
+        arrays["atom_features"] = (np.concatenate(atoms) if atoms else np.zeros(0, np.float32)).reshape(-1, width)
+        arrays["atom_offsets"] = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
     with atomic_write(path) as fh:
         np.savez(fh, **arrays)
-    return len(kept)
+    return len(ids)
 
 
-def _fingerprint(model: str, ensemble, predictor, inputs, crystals, errors, batch_size: int, batch_atoms: int, device: str) -> dict:
+def _fingerprint(model: str, ensemble, predictor, inputs, digest: str, batch_size: int, batch_atoms: int, device: str,
+                 embeddings: Optional[str]) -> dict:
     """What ties a partial file to one command: a different model, input or batching never
     continues it (the batches, and so the numbers, would differ)."""
     from crystalframes.data.download import file_sha256
-    from crystalframes.predict_run import crystals_digest
     from crystalframes.version import __version__
 
     members = getattr(predictor, "members", [predictor])
     return {"model": [model, *ensemble], "model_sha256": [file_sha256(m.path) for m in members],
             "std_scale": getattr(predictor, "std_scale", None), "inputs": list(inputs),
-            "inputs_sha256": crystals_digest(crystals, errors), "batch_size": batch_size, "batch_atoms": batch_atoms,
-            "device": device, "crystalframes": __version__}
+            "inputs_sha256": digest, "batch_size": batch_size, "batch_atoms": batch_atoms,
+            "device": device, "crystalframes": __version__,
+            # the batches hold the embeddings they were asked for; absent (None) without --embeddings
+            **({"embeddings": embeddings} if embeddings else {})}
 
 
 def _std_note(model: str, predictor, std_scale: Optional[float]) -> str:
@@ -127,6 +133,7 @@ def predict_command(
     std_scale: Optional[float] = typer.Option(None, "--std-scale", help="An ensemble's std is the members' spread times this factor (default: 1 for --ensemble; a pretrained model's own, fitted on its validation split). Measure yours with crystalframes.analysis.uncertainty.calibration."),
     atom_embeddings: bool = typer.Option(False, "--atom-embeddings", help="With --embeddings: also the per-atom features (atom_features, atom_offsets)."),
     restart: bool = typer.Option(False, "--restart", help="Discard the partial file of an earlier, interrupted run (OUTPUT.partial) instead of continuing it."),
+    workers: Optional[int] = typer.Option(None, "--workers", min=0, help="Processes building the graphs while the model runs (0: in the main process; default: 0 for fewer than 1000 structures, else min(2, CPU cores - 1) on a CPU device, min(2, cores) on a GPU)."),
 ):
     """Predict properties; bad inputs are listed in an error column while the good ones are predicted.
 
@@ -135,6 +142,11 @@ def predict_command(
     is measured on its validation split so that ~68% of errors fall within 1 std; the summary
     line gives the held-out coverage from its model card). A target that cannot be negative (band
     gap, moduli...) is clipped at 0, its unclipped value in a 'TARGET raw' column.
+
+    Inputs are read as a stream and each batch's rows go to OUTPUT.partial as soon as it is
+    done, so memory does not grow with the number of inputs (a first pass over the inputs counts
+    them and fingerprints them). Each structure's graph is built once, by --workers processes, for
+    all ensemble members and the embeddings.
 
     Finished batches are kept in OUTPUT.partial: after an interruption (Ctrl-C: exit 130,
     SIGTERM: exit 143) the same command continues from it and writes the same CSV an
@@ -146,8 +158,8 @@ def predict_command(
 
     from crystalframes.data.datasets import target_is_nonnegative
     from crystalframes.io import UserError
-    from crystalframes.predict_run import (Interrupted, Partial, Progress, budget_cap, partial_path, plan_batches,
-                                           predict_batches, stop_on_signals)
+    from crystalframes.predict_run import (Interrupted, Partial, Progress, budget_cap, default_workers, partial_path,
+                                           plan_stream, predict_stream, scan_inputs, stop_on_signals)
 
     _refuse_folder(output, "CSV")
     if embeddings is not None:
@@ -155,34 +167,35 @@ def predict_command(
     if atom_embeddings and embeddings is None:
         raise UserError("--atom-embeddings needs --embeddings FILE.npz")
     again = "crystalframes " + shlex.join(sys.argv[1:])
+    embed = None if embeddings is None else ("atoms" if atom_embeddings else "pooled")
     run = _Run()
     with stop_on_signals():
         try:
             predictor = _load(model, device, ensemble, std_scale)
-            crystals, errors = collect_structures(inputs)
-            run.total = len(crystals)
-            atoms = [c.num_atoms for c in crystals]
-            cap = budget_cap(atoms, batch_size, batch_atoms)
+            records = _records(inputs)
+            scan = scan_inputs(records())  # streamed: counts, atoms and a digest, no structure kept
+            run.total = scan.total
+            cap = budget_cap(scan.atoms, batch_size, batch_atoms)
             if cap is not None:
                 typer.echo(f"warning: --batch-size {batch_size} capped: a batch holds at most {batch_atoms} atoms "
                            f"(--batch-atoms, the memory budget), i.e. about {cap} structures of these", err=True)
-            batches = plan_batches(atoms, batch_size, batch_atoms)
+            del scan.atoms
             run.partial = partial = Partial(partial_path(output), _fingerprint(
-                model, ensemble, predictor, inputs, crystals, errors, batch_size, batch_atoms, device))
+                model, ensemble, predictor, inputs, scan.digest, batch_size, batch_atoms, device, embed))
             note = partial.load(restart)
             if note:
                 typer.echo(note, err=True)
             clip = [target_is_nonnegative(t) for t in predictor.targets]
-            run.progress = Progress(len(crystals), done=sum(b - a for a, b in batches[:len(partial.batches)]))
-            predict_batches(predictor, crystals, batches, partial, run.progress.update, clip)
+            run.progress = Progress(scan.total, done=partial.done)
+            predict_stream(predictor, plan_stream(records(), batch_size, batch_atoms), partial, run.progress.update, clip,
+                           default_workers(device, scan.total) if workers is None else workers, embed)
             run.progress.close()
-            _finish(output, embeddings, atom_embeddings, predictor, crystals, errors, partial, clip,
-                    batch_size, batch_atoms, run.progress)
+            _finish(output, embeddings, atom_embeddings, predictor, scan.total, partial, clip, run.progress)
         except Interrupted as stop:
             if run.progress is not None:
                 run.progress.close()
             partial = run.partial
-            done = sum(len(b["kept"]) + len(b["errors"]) for b in partial.batches) if partial else 0
+            done = partial.done if partial else 0
             if partial is not None and partial.kept():
                 partial.close()
                 kept = f"the finished rows are kept in {partial.path}; continue with: {again}"
@@ -208,43 +221,68 @@ class _Run:
     progress: object = None
 
 
-def _finish(output, embeddings, atom_embeddings, predictor, crystals, errors, partial, clip, batch_size, batch_atoms, progress):
-    """Write the CSV (and embeddings) from the finished batches; the partial file goes once
-    everything is written, so a failed write never costs the predictions."""
+def _records(inputs: List[str]):
+    """A function giving a fresh, lazy iterator over the structures (crystals and InputErrors) of
+    ``inputs`` in order, as :func:`crystalframes.cli.common.collect_structures` lists them:
+    standard input (``-``) is read once, up front, and its bytes iterated each time."""
+    from crystalframes.data.sources import iter_input_structures
+    from crystalframes.io import InputError, UserError
+    from crystalframes.io.stdin import STDIN, read_stdin
+
+    stdin, first = None, []
+    if STDIN in inputs:
+        if inputs.count(STDIN) > 1:  # a stream is read once: a second '-' would silently be empty
+            raise UserError(f"'{STDIN}' (standard input) is named {inputs.count(STDIN)} times; name it once")
+        try:
+            stdin = read_stdin()
+        except InputError as exc:
+            stdin, first = b"", [exc]
+            inputs = [item for item in inputs if item != STDIN]
+
+    def records():
+        yield from first
+        for item in inputs:
+            yield from iter_input_structures(item, stdin)
+
+    return records
+
+
+def _finish(output, embeddings, atom_embeddings, predictor, total_crystals, partial, clip, progress):
+    """Write the CSV (and embeddings) from the finished batches, read back one at a time; the
+    partial file goes once everything is written, so a failed write never costs the predictions."""
     from crystalframes.atomic import atomic_write, write_error
     from crystalframes.io import InputError, UserError
-    from crystalframes.predict_run import column_labels, plan_batches
+    from crystalframes.predict_run import column_labels
 
-    total = len(crystals) + len(errors)
-    kept_idx = [i for b in partial.batches for i in b["kept"]]
-    errors = errors + [InputError(s, p) for b in partial.batches for s, p in b["errors"]]
-    if not kept_idx:
+    # the inputs that failed to read come first, then those that failed in their batch (as before streaming)
+    unread, failed = [], []
+    for b in partial.lines():
+        unread += [InputError(s, p) for s, p in b["read_errors"]]
+        failed += [InputError(s, p) for s, p in b["errors"]]
+    errors = unread + failed
+    total = total_crystals + len(unread)
+    if not partial.kept_rows:
         _summary_of_errors(errors)
         partial.remove()
         typer.echo(f"predict: nothing predicted: all {total} input(s) failed (listed above); {output} not written", err=True)
         raise typer.Exit(1)
-    buf = io.StringIO()
-    w = csv.writer(buf)
     labels = column_labels(predictor, hasattr(predictor, "predict_each_with_std"), clip)
-    w.writerow(["id", "source", "formula", "n_atoms", *labels, "error"])
-    for b in partial.batches:
-        for i, values in zip(b["kept"], b["values"]):
-            c = crystals[i]
-            w.writerow([c.id, c.source, c.formula, c.num_atoms, *values, ""])
-    for e in errors:
-        w.writerow(["", e.source, "", "", *([""] * len(labels)), e.problem])
     again = " (run the same command again to write {} without predicting again)"
     keep_note = f"; the finished rows stay in {partial.path}" if partial.kept() else ""
     try:
         with atomic_write(output, "w") as fh:
-            fh.write(buf.getvalue())
+            w = csv.writer(fh)
+            w.writerow(["id", "source", "formula", "n_atoms", *labels, "error"])
+            for b in partial.lines():
+                w.writerows(row + [""] for row in b["rows"])
+            for e in errors:
+                w.writerow(["", e.source, "", "", *([""] * len(labels)), e.problem])
     except OSError as exc:
         raise UserError(f"{write_error(exc, output, 'the predictions')}; nothing written, {output} left as it was"
                         f"{keep_note and keep_note + again.format('it')}") from None
     if embeddings is not None:
-        kept = [crystals[i] for i in kept_idx]
         try:
-            rows = _write_embeddings(embeddings, predictor, kept, plan_batches([c.num_atoms for c in kept], batch_size, batch_atoms), atom_embeddings)
+            rows = _write_embeddings(embeddings, partial, atom_embeddings)
         except OSError as exc:
             raise UserError(f"{write_error(exc, embeddings, 'the embeddings')}; the predictions were written to {output}"
                             f"{keep_note and keep_note + again.format('the embeddings')}") from None
@@ -252,7 +290,7 @@ def _finish(output, embeddings, atom_embeddings, predictor, crystals, errors, pa
     partial.remove()
     _summary_of_errors(errors)
     failed = f"; {len(errors)} failed (see the 'error' column)" if errors else ""
-    typer.echo(f"predict: {len(kept_idx)} of {total} structure(s) predicted -> {output}{failed} ({progress.rate()})", err=True)
+    typer.echo(f"predict: {partial.kept_rows} of {total} structure(s) predicted -> {output}{failed} ({progress.rate()})", err=True)
 
 
 def eval_command(
