@@ -255,3 +255,14 @@ def test_heldout_part_from_store_records(mixed_data, built):
     crystals, _ = usable_records(load_dataset(str(mixed_data), target=TARGET).crystals, TARGET, model)
     records, _ = usable_records(store_records(built[0], TARGET), TARGET, model)
     assert _ids(heldout_part(records, str(mixed_data), TARGET)) == _ids(heldout_part(crystals, str(mixed_data), TARGET))
+
+
+def test_train_command_takes_a_store(mixed_data, built, tmp_path):
+    import yaml
+
+    from tiny import cli, set_args, tiny_sets
+
+    proc = cli(tmp_path, "train", "--store", str(built[1]), "-o", str(tmp_path / "run"), *set_args(tiny_sets(mixed_data, 1)))
+    assert proc.returncode == 0, proc.stderr
+    assert yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())["data"]["store"] == str(built[1])
+    assert "val" in proc.stdout
