@@ -266,3 +266,15 @@ def test_train_command_takes_a_store(mixed_data, built, tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())["data"]["store"] == str(built[1])
     assert "val" in proc.stdout
+
+
+def test_column_checks_equal_the_per_record_checks(mixed_data, built):
+    """usable_store_records (column and lookup table) skips what usable_records skips, with the same messages."""
+    from crystalframes.train.data import store_records, usable_records, usable_store_records
+
+    model = _model(tiny_config(mixed_data, 1))
+    fast, fast_errors = usable_store_records(built[0], TARGET, model)
+    slow, slow_errors = usable_records(store_records(built[0], TARGET), TARGET, model)
+    assert _ids(fast) == _ids(slow)
+    assert [str(e) for e in fast_errors] == [str(e) for e in slow_errors]
+    assert len(fast_errors) == 2 and "Md" in str(fast_errors[0]) and "1e+09" in str(fast_errors[1])

@@ -371,17 +371,37 @@ def store_records(store, target: str) -> list[StoreRecord]:
     return [StoreRecord(store, i, ids[i], labels[i], target, values[i]) for i in np.flatnonzero(~np.isnan(values))]
 
 
+def usable_store_records(store, target: str, model) -> tuple[list[StoreRecord], list[InputError]]:
+    """:func:`usable_records` of :func:`store_records`, at column speed: the target checks on the
+    whole column at once, the element check one table lookup per structure (a million records in
+    seconds, not minutes); the same records, and the same errors in the same order."""
+    records = store_records(store, target)
+    values = np.array([r.value for r in records], dtype=np.float64)
+    if model is not None:
+        from crystalframes.models.elements import supported_atomic_numbers, unsupported_elements_error
+
+        supported = supported_atomic_numbers(model)
+        encodable = np.zeros(max(256, max(supported) + 1), dtype=bool)  # the store keeps Z in one byte
+        encodable[list(supported)] = True
+        fits = np.array([encodable[store.elements(r.index)].all() for r in records], dtype=bool)
+    else:
+        fits = np.ones(len(records), dtype=bool)
+    physical = np.isfinite(values) & (np.abs(values) <= MAX_TARGET_MAGNITUDE)
+    errors = [unsupported_elements_error(model, records[i]) for i in np.flatnonzero(~fits)]
+    errors += [unusable_target_error(records[i], target) for i in np.flatnonzero(fits & ~physical)]
+    return [records[i] for i in np.flatnonzero(fits & physical)], errors
+
+
 def prepare_store_data(cfg: DataConfig, store, model=None) -> PreparedData:
     """:func:`prepare_data` over a graph store: the same checks, split and normaliser from its
     columns (ids, targets, record splits) and each structure's elements, no graph read."""
     where = str(store.path)
-    records = store_records(store, cfg.target)
-    usable, skipped = usable_records(records, cfg.target, model)
+    usable, skipped = usable_store_records(store, cfg.target, model)
     _report_skipped(skipped, where)
     if not usable:
         raise InputError(where, f"no usable records with target '{cfg.target}'")
     splits = split_crystals(usable, cfg)
-    del records, usable  # the splits keep index arrays, not one object per record
+    del usable  # the splits keep index arrays, not one object per record
     values = np.asarray(store.targets(cfg.target), dtype=np.float64)
     parts = {name: StoreRecords(store, [r.index for r in part], cfg.target, values) for name, part in splits.items()}
     normaliser = TargetNormaliser().fit(parts["train"].target_values()[:, None], names=[cfg.target])
