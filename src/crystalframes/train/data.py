@@ -401,7 +401,7 @@ def prepare_store_data(cfg: DataConfig, store, model=None) -> PreparedData:
     if not usable:
         raise InputError(where, f"no usable records with target '{cfg.target}'")
     splits = split_crystals(usable, cfg)
-    del usable  # the splits keep index arrays, not one object per record
+    # what the run keeps is index arrays; the one object per record goes with this call
     values = np.asarray(store.targets(cfg.target), dtype=np.float64)
     parts = {name: StoreRecords(store, [r.index for r in part], cfg.target, values) for name, part in splits.items()}
     normaliser = TargetNormaliser().fit(parts["train"].target_values()[:, None], names=[cfg.target])
