@@ -266,6 +266,9 @@ def test_train_command_takes_a_store(mixed_data, built, tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())["data"]["store"] == str(built[1])
     assert "val" in proc.stdout
+    # the card names the data trained on: the store (hashed by its manifest), not data.source
+    card = (tmp_path / "run" / "model_card.md").read_text()
+    assert f"graph store `{built[1]}`" in card and "manifest sha256" in card
 
 
 def test_column_checks_equal_the_per_record_checks(mixed_data, built):

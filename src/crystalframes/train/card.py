@@ -16,6 +16,18 @@ def data_hash(source: str) -> str:
     return file_sha256(resolve_source(source))
 
 
+def data_line(d) -> str:
+    """The card's name and hash of the training data: the source file, or with ``data.store``
+    the store (its manifest holds every shard's sha256, so hashing it names the data exactly; the
+    source it was built from may not exist on the machine that trained, e.g. a cluster node)."""
+    if d.store:
+        from crystalframes.data.store import MANIFEST
+
+        manifest = Path(d.store) / MANIFEST
+        return f"graph store `{d.store}` (manifest sha256 `{file_sha256(manifest)[:16]}...`)"
+    return f"`{d.source}` (sha256 `{data_hash(d.source)[:16]}...`)"
+
+
 def source_commit() -> str:
     """The git commit of the crystalframes source tree, when it is a checkout ('' otherwise)."""
     try:
@@ -46,7 +58,7 @@ def model_card(folder: Path, cfg, metrics: dict, model_file: Path) -> str:
         "",
         f"- **spec**: `{cfg.model.spec}`" + (f" with options `{cfg.model.options}`" if cfg.model.options else ""),
         f"- **target**: `{metrics['target']}`{units}",
-        f"- **data**: `{d.source}` (sha256 `{data_hash(d.source)[:16]}...`), {split}; test "
+        f"- **data**: {data_line(d)}, {split}; test "
         f"{'held out from train, ' + str(d.test_from_train) + ' of it (seed ' + str(d.split_seed) + ')' if d.split == 'field' else 'from the split'}; "
         f"{metrics['num_train']} training records",
         f"- **training**: {metrics['epochs_completed']} epochs, batch {cfg.trainer.batch_size}, seed {cfg.trainer.seed}, "
