@@ -615,6 +615,24 @@ def _build(source, records, skipped, out: Path, old: dict | None, settings: Grap
     return GraphStore.open(out)
 
 
+def _end_with(builder: int) -> None:
+    """Worker initializer: end this worker when the build process is gone. A build killed with
+    SIGKILL cannot stop its pool, and an orphaned worker would wait on its task queue forever."""
+    import threading
+
+    def watch() -> None:
+        while True:
+            time.sleep(1.0)
+            try:
+                os.kill(builder, 0)
+            except ProcessLookupError:
+                os._exit(1)
+            except PermissionError:  # alive, another user's (the pid was reused): keep going
+                pass
+
+    threading.Thread(target=watch, daemon=True, name="end-with-build").start()
+
+
 def _build_parallel(jobs: Iterator[tuple[int, tuple[int, int], list]], root: Path, settings: GraphSettings,
                     workers: int, finished) -> None:
     """Build the shards of ``jobs`` in ``workers`` processes, CHUNK_RECORDS records per task;
@@ -623,8 +641,15 @@ def _build_parallel(jobs: Iterator[tuple[int, tuple[int, int], list]], root: Pat
     import multiprocessing
     from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 
-    # forkserver: workers start from a clean process, not a fork of one that may hold threads
-    pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("forkserver"))
+    # fork where there is one (Linux, as torch's DataLoader workers): a worker starts at once and
+    # never imports the caller's main module again (spawn and forkserver do: a script without a
+    # __main__ guard would run again in every worker). The workers run NumPy and vesin only
+    # (no OpenMP), so the parent's threads (torch's, in a training) do not matter to them.
+    import vesin  # noqa: F401  -- loaded once here and inherited: it takes seconds to load in each worker
+
+    methods = multiprocessing.get_all_start_methods()
+    context = multiprocessing.get_context("fork" if "fork" in methods else None)
+    pool = ProcessPoolExecutor(workers, mp_context=context, initializer=_end_with, initargs=(os.getpid(),))
     pending: dict = {}  # future -> shard index
     building: dict[int, tuple[tuple[int, int], int, list]] = {}  # index -> (span, chunks expected, chunks)
 
