@@ -133,7 +133,7 @@ def predict_command(
     std_scale: Optional[float] = typer.Option(None, "--std-scale", help="An ensemble's std is the members' spread times this factor (default: 1 for --ensemble; a pretrained model's own, fitted on its validation split). Measure yours with crystalframes.analysis.uncertainty.calibration."),
     atom_embeddings: bool = typer.Option(False, "--atom-embeddings", help="With --embeddings: also the per-atom features (atom_features, atom_offsets)."),
     restart: bool = typer.Option(False, "--restart", help="Discard the partial file of an earlier, interrupted run (OUTPUT.partial) instead of continuing it."),
-    workers: Optional[int] = typer.Option(None, "--workers", min=0, help="Processes building the graphs while the model runs (0: in the main process; default: 0 for fewer than 1000 structures, else min(2, CPU cores - 1) on a CPU device, min(2, cores) on a GPU)."),
+    workers: Optional[int] = typer.Option(None, "--workers", min=0, help="Processes building the graphs while the model runs (0: in the main process; default: 0 on the CPU or for fewer than 1000 structures, else min(2, CPU cores)); on the CPU they pay off only where cores are free."),
 ):
     """Predict properties; bad inputs are listed in an error column while the good ones are predicted.
 
