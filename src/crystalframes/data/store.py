@@ -539,22 +539,26 @@ def build_store(source: str | os.PathLike, out: str | os.PathLike, settings: Gra
 
 
 class _build_lock:
-    """An exclusive flock on the store folder's lock file for the duration of a build."""
+    """An exclusive flock on the store folder's lock file for the duration of a build (none
+    where there is no fcntl: Windows)."""
 
     def __init__(self, out: Path):
         self.path = out / _LOCK
+        try:
+            import fcntl
+        except ImportError:
+            fcntl = None
+        self.fcntl = fcntl
 
     def __enter__(self):
-        import fcntl
-
         self.fh = open(self.path, "a+")
-        fcntl.flock(self.fh.fileno(), fcntl.LOCK_EX)
+        if self.fcntl is not None:
+            self.fcntl.flock(self.fh.fileno(), self.fcntl.LOCK_EX)
         return self
 
     def __exit__(self, *exc):
-        import fcntl
-
-        fcntl.flock(self.fh.fileno(), fcntl.LOCK_UN)
+        if self.fcntl is not None:
+            self.fcntl.flock(self.fh.fileno(), self.fcntl.LOCK_UN)
         self.fh.close()
 
 
