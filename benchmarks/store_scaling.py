@@ -27,7 +27,11 @@ for accuracy), each measurement in a fresh subprocess:
 
 A training process also reads the source (in memory) or opens the store, validates once when
 stopped, and evaluates val and test at the end, as every ``crystalframes train`` does: its peak
-RSS covers all of it; its structures/s only the timed steps.
+RSS covers all of it; its structures/s only the timed steps. Peak RSS (``ru_maxrss``, ``VmHWM``)
+counts the pages of a memory-mapped store a process has touched: page cache, shared by the ranks
+and reclaimable, unlike heap memory; the training rows also give RSS when training starts, and
+the peak, RssAnon and RssFile at the last timed step, to tell set-up, heap and mapped pages apart.
+An in-memory row says whether its graphs came from a warm graph cache or were built (cold).
 
 Resumable: each (size, measurement) lands in ``benchmarks/results/store_scaling.json`` as it
 finishes and is skipped on a rerun (``--redo`` measures again). A measurement whose dependency is
@@ -77,6 +81,15 @@ def _commit() -> str:
         return ""
 
 
+def _uncommitted() -> list[str]:
+    """Source files that differ from the commit: the measurement ran with them (work in progress)."""
+    try:
+        out = subprocess.run(["git", "-C", str(REPO), "status", "--porcelain", "--", "src"], capture_output=True, text=True).stdout
+    except OSError:
+        return []
+    return sorted(line[3:] for line in out.splitlines())
+
+
 def load_rows(path: Path) -> list[dict]:
     if not path.exists():
         return []
@@ -97,6 +110,18 @@ def save_row(path: Path, row: dict) -> None:
     tmp = path.with_suffix(".json.partial")
     tmp.write_text(json.dumps(doc, indent=1) + "\n")
     tmp.replace(path)
+
+
+def _status_mib(field: str) -> float | None:
+    """This process's VmRSS (now) or VmHWM (peak so far) from /proc, in MiB."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith(field + ":"):
+                    return round(int(line.split()[1]) / 1024, 1)
+    except OSError:
+        pass
+    return None
 
 
 def _peak_mib(who: int) -> float:
@@ -137,6 +162,7 @@ def _child_train(job: dict) -> dict:
         def on_train_start(self, trainer, pl_module):
             clock["rank"] = trainer.global_rank
             clock["world"] = trainer.world_size
+            clock["rss_at_train_start_mib"] = _status_mib("VmRSS")
             clock["times"].append(time.perf_counter())
 
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
@@ -144,6 +170,14 @@ def _child_train(job: dict) -> dict:
             clock["sizes"].append(int(batch.num_graphs))
             if len(clock["sizes"]) >= steps:
                 trainer.should_stop = True
+            if trainer.should_stop or batch_idx + 1 >= trainer.num_training_batches:
+                # where the peak happens: set-up, steps (this), or the validation and the final
+                # evaluation that follow
+                clock["peak_rss_at_last_step_mib"] = _status_mib("VmHWM")
+                # a memory-mapped store's pages count in RSS as file pages: reclaimable page
+                # cache shared by the ranks, unlike anonymous (heap) memory
+                clock["rss_anon_at_last_step_mib"] = _status_mib("RssAnon")
+                clock["rss_file_at_last_step_mib"] = _status_mib("RssFile")
 
     base = L.Trainer
 
@@ -163,6 +197,8 @@ def _child_train(job: dict) -> dict:
     warm = min(job["warmup"], max(len(sizes) - 2, 0))
     durations = [b - a for a, b in zip(times[warm:], times[warm + 1:])]  # step i: end of i-1 to end of i
     out = {"exit_code": code, "rank": clock["rank"], "world": clock.get("world", 1), "wall_s": round(wall, 2),
+           "rss_at_train_start_mib": clock.get("rss_at_train_start_mib"), "peak_rss_at_last_step_mib": clock.get("peak_rss_at_last_step_mib"),
+           "rss_anon_at_last_step_mib": clock.get("rss_anon_at_last_step_mib"), "rss_file_at_last_step_mib": clock.get("rss_file_at_last_step_mib"),
            "steps": len(sizes), "timed_steps": len(durations), "rss_mib": _peak_mib(resource.RUSAGE_SELF)}
     if durations:
         median = statistics.median(durations)
@@ -346,7 +382,7 @@ class Bench:
         return folder / f"{n}-{name}.json"
 
     def base_row(self, n: int, measurement: str) -> dict:
-        return {"size": n, "measurement": measurement, "commit": _commit(), "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        return {"size": n, "measurement": measurement, "commit": _commit(), "uncommitted_src": _uncommitted(), "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                 "spec": self.args.spec, "cpus": os.cpu_count(), "load_avg_1min": round(os.getloadavg()[0], 2)}
 
     def done(self, n: int, measurement: str) -> bool:
@@ -354,7 +390,7 @@ class Bench:
 
     def record(self, row: dict) -> None:
         save_row(self.results, row)
-        shown = {k: v for k, v in row.items() if k not in ("size", "measurement", "commit", "date", "spec", "cpus")}
+        shown = {k: v for k, v in row.items() if k not in ("size", "measurement", "commit", "uncommitted_src", "date", "spec", "cpus")}
         print(f"  {row['measurement']}: {shown}", flush=True)
 
     # -- generate ------------------------------------------------------------------------------
@@ -428,7 +464,7 @@ class Bench:
         """One training process (or two DDP ranks): each rank's result, or [] when it failed."""
         a = self.args
         from_store, ranks = "store" in measurement, 2 if measurement.endswith("ddp2") else 1
-        cache_warm = (self.work / "cache").exists() and any((self.work / "cache").rglob("*.pt"))
+        cached = set((self.work / "cache").rglob("*")) if (self.work / "cache").exists() else set()
         job = {"argv": self.train_argv(n, measurement, from_store, ranks), "steps": a.steps, "warmup": a.warmup}
         env = {"CRYSTALFRAMES_CACHE_DIR": str(self.work / "cache"), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port()),
                "OMP_NUM_THREADS": "1"}
@@ -437,6 +473,8 @@ class Bench:
             if results:
                 print(f"  {measurement}: {len(results)} of {ranks} ranks reported; not recorded")
             return []
+        # cold: the run built its graphs and wrote them to the graph cache (another peak than loading them)
+        cache_warm = not (set((self.work / "cache").rglob("*")) - cached) if (self.work / "cache").exists() else False
         for r in results:
             r["graph_cache_warm"] = cache_warm
         return results
@@ -450,6 +488,10 @@ class Bench:
                    batch=a.batch, threads_per_rank=1, structures_per_s=round(statistics.median(rates), 1), structures_per_s_runs=rates,
                    median_step_s_runs=[[r["median_step_s"] for r in ranks] for ranks in runs],
                    peak_rss_mib_per_rank=max(max(x) for x in rss), rss_mib_per_rank_runs=rss,
+                   rss_at_train_start_mib_runs=[[r.get("rss_at_train_start_mib") for r in ranks] for ranks in runs],
+                   peak_rss_at_last_step_mib_runs=[[r.get("peak_rss_at_last_step_mib") for r in ranks] for ranks in runs],
+                   rss_anon_at_last_step_mib_runs=[[r.get("rss_anon_at_last_step_mib") for r in ranks] for ranks in runs],
+                   rss_file_at_last_step_mib_runs=[[r.get("rss_file_at_last_step_mib") for r in ranks] for ranks in runs],
                    wall_s_runs=[max(r["wall_s"] for r in ranks) for ranks in runs])
         if "memory" in measurement:
             row["graph_cache_warm_runs"] = [ranks[0]["graph_cache_warm"] for ranks in runs]
@@ -498,7 +540,7 @@ class Bench:
         model = next((self.run_dir(n, name) / "model.pt" for name in ("train_store", "train_memory")
                       if (self.run_dir(n, name) / "model.pt").exists()), None)
         if model is None:
-            print(f"  predict: skipped: no trained model of this size yet (run --only train_store or train_memory first)")
+            print("  predict: skipped: no trained model of this size yet (run --only train_store or train_memory first)")
             return
         m = min(n, self.args.predict_max)
         inputs = self.ensure_data(m)  # a prefix of the size-n file (same seed)
