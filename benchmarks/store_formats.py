@@ -19,7 +19,9 @@ Measured, interleaved over rounds (medians; this machine's timings scatter by +-
 * in-order structures/s: every structure once in the format's own order (litdata: its own
   iteration, as a StreamingDataLoader reads), warm.
 
-Optional libraries (``pip install 'crystalframes[bench-store]'``) are skipped with a note when
+Optional libraries (``pip install 'crystalframes[bench-store]'``: LMDB and h5py; litdata by hand,
+``pip install litdata && pip uninstall -y torchvision``, because the torchvision it pulls in is a
+CUDA build that breaks ``import lightning`` next to a CPU torch) are skipped with a note when
 missing. Usage::
 
     python benchmarks/store_formats.py [SOURCE] [--k 25] [--reads 2000] [--rounds 3] [--limit N]
