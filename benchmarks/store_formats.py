@@ -20,7 +20,7 @@ Measured, interleaved over rounds (medians; this machine's timings scatter by +-
   iteration, as a StreamingDataLoader reads), warm.
 
 Optional libraries (``pip install 'crystalframes[bench-store]'``: LMDB and h5py; litdata by hand,
-``pip install litdata && pip uninstall -y torchvision``, because the torchvision it pulls in is a
+``pip install 'crystalframes[bench-litdata]' && pip uninstall -y torchvision``, because the torchvision it pulls in is a
 CUDA build that breaks ``import lightning`` next to a CPU torch) are skipped with a note when
 missing. Usage::
 

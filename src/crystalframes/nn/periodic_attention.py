@@ -393,7 +393,7 @@ class PeriodicAttention(nn.Module):
             direction.index_add_(0, pair, w.mean(-1, keepdim=True) * u)
             sizes.index_add_(0, pair, w.mean(-1) * u.norm(dim=-1))
             moments.index_add_(0, pair, w.mean(-1)[:, None, None] * u.unsqueeze(-1) * u.unsqueeze(-2))
-        # the pairs with an image within the cutoff only (the entries keep every pair of a crystal)
+        # the pairs with an image within this layer's cutoff only (within() keeps the enumeration's pairs)
         used, _ = ent.used_pairs()
         mass, direction, sizes, moments = (take(t, used) for t in (mass, direction, sizes, moments))
         graph = MessageGraph(torch.stack([take(ent.pair_centre, used), take(ent.pair_neighbour, used)]), n, x.dtype, group_edges=False)

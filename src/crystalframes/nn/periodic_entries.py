@@ -161,10 +161,10 @@ def periodic_entries(
     these boxes at most ``budget / 16`` at a time and filtered by distance, so work and memory
     follow the number of entries, not N^2 x a fixed image box.
 
-    The pairs are every (i, j) of a crystal, in centre-major order, whether or not an image
-    is within the cutoff (an empty pair gets no attention weight): numbering only the pairs
-    that have entries would need their number on the host. Host synchronisations: one for the
-    chunk plan, and per chunk one for its candidate counts and one for the kept candidates.
+    The pairs are the (i, j) with at least one image within the cutoff, in centre-major order
+    (every pair of a crystal would be N^2 per crystal: gigabytes for a cell of thousands of
+    atoms). Host synchronisations: one for the chunk plan, per chunk one for its candidate counts
+    and one for the kept candidates, and one to number the pairs that have entries.
 
     ``pos`` (N, 3) Cartesian, ``frac`` (N, 3) fractional (pos = frac @ L), ``lattice`` (B, 3, 3)
     rows = lattice vectors, ``batch`` (N,), ``num_atoms`` (B,), ``cutoff`` (N,).
@@ -177,14 +177,14 @@ def periodic_entries(
     half = cutoff.unsqueeze(-1) * reach[batch] * (1 + 1e-9) + 1e-9  # (N, 3)
     pairs_per_centre = take(num_atoms, batch)
     pair_ends = torch.cumsum(pairs_per_centre, 0).cpu().numpy()
-    total_pairs = int(pair_ends[-1]) if len(pair_ends) else 0
-    pair_centre, j_local = _runs(pairs_per_centre, total_pairs)
-    pair_neighbour = take(start, take(batch, pair_centre)) + j_local
     parts: list[tuple] = []
     candidate_budget = max(1, budget // 16)  # ~16 numbers per candidate
     for c0, c1 in _chunks_by_weight(pair_ends, candidate_budget):
+        # the chunk's candidate pairs (i, j), made chunk by chunk: all of them at once is N^2
         p_start = int(pair_ends[c0 - 1]) if c0 else 0
-        ci, cj = pair_centre[p_start : pair_ends[c1 - 1]], pair_neighbour[p_start : pair_ends[c1 - 1]]
+        local_centre, j_local = _runs(pairs_per_centre[c0:c1], int(pair_ends[c1 - 1]) - p_start)
+        ci = local_centre + c0
+        cj = take(start, take(batch, ci)) + j_local
         f = take(frac, cj) - take(frac, ci)
         lo = torch.ceil(-f - take(half, ci)).long()
         size = (torch.floor(-f + take(half, ci)).long() - lo + 1).clamp_min(0)
@@ -205,10 +205,14 @@ def periodic_entries(
             rep = take(rep, keep)
             parts.append((take(ci, rep), take(cj, rep), take(shift, keep), take(vec, keep), rep + p_start))
     if parts:
-        centre, neighbour, shift, vec, pair = (torch.cat(x) for x in zip(*parts))
+        centre, neighbour, shift, vec, pair_id = (torch.cat(x) for x in zip(*parts))
     else:
-        centre = neighbour = pair = torch.zeros(0, dtype=torch.long, device=device)
+        centre = neighbour = pair_id = torch.zeros(0, dtype=torch.long, device=device)
         shift, vec = torch.zeros(0, 3, dtype=torch.long, device=device), pos.new_zeros(0, 3)
+    # entries come sorted by candidate pair: consecutive runs are the pairs that have entries
+    _, pair, runs = torch.unique_consecutive(pair_id, return_inverse=True, return_counts=True)
+    first = _exclusive_cumsum(runs)
+    pair_centre, pair_neighbour = take(centre, first), take(neighbour, first)
     # by distance within each centre (stable sorts: equal distances keep the (j, n) order),
     # so that the entries of a head with a smaller cutoff are a prefix of its atom's
     dist = vec.norm(dim=-1)
