@@ -94,3 +94,15 @@ def demo_subset(tmp_path_factory):
         return path
 
     return make
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One torch thread for the module: small tensors and reductions that must not depend on how
+    many cores the test worker shares (a second thread only slows them on a shared machine)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

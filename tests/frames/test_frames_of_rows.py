@@ -33,13 +33,7 @@ from tests.frames.test_max_frame_rows import graph_rows, padded_rows
 DTYPES = (torch.float64, torch.float32)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Small tensors: on a shared 2-core machine a second thread only slows them down."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # small tensors: a second thread only slows them
 
 
 @pytest.fixture(scope="module")

@@ -23,13 +23,7 @@ from tests.frames.conftest import assert_rotations, batch_of, invariant_weights
 DTYPES = (torch.float64, torch.float32)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Small tensors: on a shared 2-core machine a second thread only slows them down."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # small tensors: a second thread only slows them
 
 # ---------------------------------------------------------------------------------------------
 # the former implementation (before issue 25), the reference: max_frame of the entries with

@@ -17,6 +17,24 @@ def require_training_stack() -> None:
         raise UserError(f"training needs {', '.join(missing)}: pip install 'crystalframes[train]'")
 
 
+def read_stdin_once(inputs: List[str]):
+    """(the bytes of standard input or None, [its read error], the inputs left to read) for
+    ``inputs`` that may name ``-``: a stream is read once, up front, so it can be iterated again;
+    a second ``-`` is refused (it would silently be empty), and standard input that cannot be
+    read becomes an error of its own, not the end of the command."""
+    from crystalframes.io import InputError
+    from crystalframes.io.stdin import STDIN, read_stdin
+
+    if STDIN not in inputs:
+        return None, [], inputs
+    if inputs.count(STDIN) > 1:
+        raise UserError(f"'{STDIN}' (standard input) is named {inputs.count(STDIN)} times; name it once")
+    try:
+        return read_stdin(), [], inputs
+    except InputError as exc:
+        return b"", [exc], [item for item in inputs if item != STDIN]
+
+
 def collect_structures(inputs: List[str], model=None):
     """Crystals and errors from files, folders, registered dataset names and ``-`` (standard
     input; :func:`crystalframes.data.sources.iter_input_structures`); bad inputs are listed, not
@@ -24,19 +42,10 @@ def collect_structures(inputs: List[str], model=None):
     here, before batching, so they never cost the good structures of their batch)."""
     from crystalframes.data.sources import iter_input_structures
     from crystalframes.io import InputError
-    from crystalframes.io.stdin import STDIN, read_stdin
     from crystalframes.models.elements import split_supported
 
-    crystals, errors = [], []
-    stdin = None
-    if STDIN in inputs:
-        if inputs.count(STDIN) > 1:  # a stream is read once: a second '-' would silently be empty
-            raise UserError(f"'{STDIN}' (standard input) is named {inputs.count(STDIN)} times; name it once")
-        try:
-            stdin = read_stdin()
-        except InputError as exc:
-            stdin, errors = b"", [exc]
-            inputs = [item for item in inputs if item != STDIN]
+    crystals = []
+    stdin, errors, inputs = read_stdin_once(inputs)
     for item in inputs:
         for rec in iter_input_structures(item, stdin):
             (errors if isinstance(rec, InputError) else crystals).append(rec)

@@ -225,19 +225,10 @@ def _records(inputs: List[str]):
     """A function giving a fresh, lazy iterator over the structures (crystals and InputErrors) of
     ``inputs`` in order, as :func:`crystalframes.cli.common.collect_structures` lists them:
     standard input (``-``) is read once, up front, and its bytes iterated each time."""
+    from crystalframes.cli.common import read_stdin_once
     from crystalframes.data.sources import iter_input_structures
-    from crystalframes.io import InputError, UserError
-    from crystalframes.io.stdin import STDIN, read_stdin
 
-    stdin, first = None, []
-    if STDIN in inputs:
-        if inputs.count(STDIN) > 1:  # a stream is read once: a second '-' would silently be empty
-            raise UserError(f"'{STDIN}' (standard input) is named {inputs.count(STDIN)} times; name it once")
-        try:
-            stdin = read_stdin()
-        except InputError as exc:
-            stdin, first = b"", [exc]
-            inputs = [item for item in inputs if item != STDIN]
+    stdin, first, inputs = read_stdin_once(inputs)
 
     def records():
         yield from first
