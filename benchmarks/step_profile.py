@@ -109,7 +109,13 @@ def extract_before(ref: str, folder: Path) -> str:
     archive = subprocess.run(["git", "-C", str(REPO), "archive", sha, "src/crystalframes"],
                              capture_output=True, check=True).stdout
     with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
-        tar.extractall(folder, filter="data")
+        # the "data" filter (no absolute paths, links out of the folder...) where this Python
+        # has it (3.11.4+, 3.12; backported to some 3.8-3.10 patch releases); our own git
+        # archive otherwise, which holds plain files only
+        if hasattr(tarfile, "data_filter"):
+            tar.extractall(folder, filter="data")
+        else:
+            tar.extractall(folder)
     package = folder / BEFORE
     (folder / "src" / "crystalframes").rename(package)
     for path in package.rglob("*.py"):
