@@ -186,13 +186,7 @@ def _child_train(job: dict) -> dict:
             super().__init__(*args, callbacks=[*(callbacks or []), StepClock()], **kwargs)
 
     L.Trainer = TimedTrainer
-    start = time.perf_counter()
-    code = 0
-    try:
-        main(job["argv"])
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-    wall = time.perf_counter() - start
+    code, wall = _run_cli(main, job["argv"])
     times, sizes = clock["times"], clock["sizes"]
     warm = min(job["warmup"], max(len(sizes) - 2, 0))
     durations = [b - a for a, b in zip(times[warm:], times[warm + 1:])]  # step i: end of i-1 to end of i
@@ -207,16 +201,21 @@ def _child_train(job: dict) -> dict:
     return out
 
 
-def _child_predict(job: dict) -> dict:
-    from crystalframes.cli import main
-
+def _run_cli(main, argv) -> tuple[int, float]:
+    """(exit code, wall seconds) of the crystalframes command ``argv`` run in this process."""
     start = time.perf_counter()
     code = 0
     try:
-        main(job["argv"])
+        main(argv)
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-    wall = time.perf_counter() - start
+    return code, time.perf_counter() - start
+
+
+def _child_predict(job: dict) -> dict:
+    from crystalframes.cli import main
+
+    code, wall = _run_cli(main, job["argv"])
     return {"exit_code": code, "wall_s": round(wall, 2), "structures_per_s": round(job["structures"] / wall, 1),
             "rss_mib": _peak_mib(resource.RUSAGE_SELF), "waited_children_rss_mib": _peak_mib(resource.RUSAGE_CHILDREN)}
 

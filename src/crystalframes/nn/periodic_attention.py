@@ -394,7 +394,7 @@ class PeriodicAttention(nn.Module):
             sizes.index_add_(0, pair, w.mean(-1) * u.norm(dim=-1))
             moments.index_add_(0, pair, w.mean(-1)[:, None, None] * u.unsqueeze(-1) * u.unsqueeze(-2))
         # the pairs with an image within this layer's cutoff only (within() keeps the enumeration's pairs)
-        used, _ = ent.used_pairs()
+        used = ent.used_pairs()
         mass, direction, sizes, moments = (take(t, used) for t in (mass, direction, sizes, moments))
         graph = MessageGraph(torch.stack([take(ent.pair_centre, used), take(ent.pair_neighbour, used)]), n, x.dtype, group_edges=False)
         return Neighbourhood(torch.arange(n, device=x.device), features=x, graph=graph, edge_weights=mass,

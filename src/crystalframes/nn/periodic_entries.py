@@ -92,12 +92,12 @@ class PeriodicEntries:
         )
         return out if flag is None else (out, bool(host[-1]))
 
-    def used_pairs(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """(pair ids that still have an entry, renumbering of every pair id into them): for a
-        consumer that must not see the empty pairs :meth:`within` keeps (one synchronisation)."""
+    def used_pairs(self) -> torch.Tensor:
+        """The pair ids that still have an entry: for a consumer that must not see the empty
+        pairs :meth:`within` keeps (one synchronisation)."""
         used = torch.zeros(self.pair_centre.shape[0], dtype=torch.bool, device=self.pair.device)
         used[self.pair] = True
-        return torch.nonzero(used).squeeze(-1), torch.cumsum(used, 0) - 1
+        return torch.nonzero(used).squeeze(-1)
 
 
 def repeat_rows(values: torch.Tensor, counts: torch.Tensor, total: int) -> torch.Tensor:
