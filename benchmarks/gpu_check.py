@@ -164,14 +164,21 @@ def count_syncs(model, opt, batch, target, device) -> dict:
     return out
 
 
-def _ddp_worker(rank: int, world: int, spec: str, use_cuda: bool, port: int, out_dir: str) -> None:
+def _ddp_worker(rank: int, world: int, spec: str, use_cuda: bool, out_dir: str) -> None:
+    import datetime
+    import faulthandler
+
     import torch.distributed as dist
     from torch.nn.parallel import DistributedDataParallel
 
     from crystalframes.models import build_model
 
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("nccl" if use_cuda else "gloo", rank=rank, world_size=world)
+    # a rendezvous file of our own, not a TCP port: a port found free can be taken by another
+    # process (a parallel test's DDP run) before rank 0 binds it, and rank 1 then waits on the
+    # wrong store; the timeout turns any other stall into an error instead of a hang
+    faulthandler.dump_traceback_later(120, exit=True)  # a stalled rank prints where, then fails the check
+    dist.init_process_group("nccl" if use_cuda else "gloo", init_method=f"file://{os.path.join(out_dir, 'rendezvous')}",
+                            rank=rank, world_size=world, timeout=datetime.timedelta(seconds=300))
     try:
         device = torch.device("cuda", rank) if use_cuda else torch.device("cpu")
         if use_cuda:
@@ -203,19 +210,19 @@ def _ddp_worker(rank: int, world: int, spec: str, use_cuda: bool, port: int, out
                 json.dump({"max_difference_across_ranks": worst}, fh)
     finally:
         dist.destroy_process_group()
+    # about one run in eight, a gloo rank hung in interpreter teardown after this function had
+    # returned (all its work done, faulthandler showing no Python frame of ours): leave at once
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def check_ddp(spec: str, world: int, use_cuda: bool) -> dict:
-    import socket
-
     import torch.multiprocessing as mp
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
-        mp.spawn(_ddp_worker, args=(world, spec, use_cuda, port, tmp), nprocs=world, join=True)
+        mp.spawn(_ddp_worker, args=(world, spec, use_cuda, tmp), nprocs=world, join=True)
         with open(os.path.join(tmp, "ddp.json")) as fh:
             result = json.load(fh)
     return {"passed": result["max_difference_across_ranks"] == 0.0, "world_size": world, "backend": "nccl" if use_cuda else "gloo",
@@ -238,19 +245,26 @@ def run(reduced: bool, device: torch.device) -> dict:
         training = ["ecomformer:none@jarvis_formation_energy", "ecomformer:spframe_quaternion@jarvis_formation_energy",
                     "crystalformer:none@reference", "crystalformer:max@reference"]
         steps, batch_size = 10, 64
-    checks = {
-        "forward_backward": check_forward_backward(all_specs, device),
-        "invariance_float64": check_invariance(contract, device),
-        "train_32": check_training(training, device, "32", steps, batch_size),
-        "train_bf16_mixed": check_training(training, device, "bf16-mixed", steps, batch_size),
-        # inductor compiles for minutes per spec: one spec per backbone keeps the check under 8 min
-        "train_compiled": check_training(training if reduced else training[1::2], device, "compiled", steps, batch_size),
-    }
+    checks = {}
+
+    def timed(name, check, *args):  # progress on stderr, so a stalled run shows where it stands
+        t = time.perf_counter()
+        print(f"gpu_check: {name} ...", file=sys.stderr, flush=True)
+        checks[name] = check(*args)
+        print(f"gpu_check: {name} {'passed' if checks[name]['passed'] else 'FAILED'} in {time.perf_counter() - t:.1f} s",
+              file=sys.stderr, flush=True)
+
+    timed("forward_backward", check_forward_backward, all_specs, device)
+    timed("invariance_float64", check_invariance, contract, device)
+    timed("train_32", check_training, training, device, "32", steps, batch_size)
+    timed("train_bf16_mixed", check_training, training, device, "bf16-mixed", steps, batch_size)
+    # inductor compiles for minutes per spec: one spec per backbone keeps the check under 8 min
+    timed("train_compiled", check_training, training if reduced else training[1::2], device, "compiled", steps, batch_size)
     gpus = torch.cuda.device_count() if device.type == "cuda" else 0
     if gpus > 1:
-        checks["ddp"] = check_ddp(training[-1], gpus, True)
+        timed("ddp", check_ddp, training[-1], gpus, True)
     elif reduced:
-        checks["ddp"] = check_ddp("crystalformer:max@cpu_small", 2, False)
+        timed("ddp", check_ddp, "crystalformer:max@cpu_small", 2, False)
     else:
         checks["ddp"] = {"passed": True, "skipped": "one GPU visible"}
     return {
@@ -268,7 +282,13 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--reduced", action="store_true", help="the CPU form (the default without CUDA)")
     p.add_argument("--device", default=None, help="cuda, cuda:1, cpu (default: cuda when available)")
+    p.add_argument("--watchdog", type=float, default=None, metavar="SECONDS",
+                   help="after this long, print every thread's stack to stderr and exit (a stalled check shows where)")
     a = p.parse_args(argv)
+    if a.watchdog:
+        import faulthandler
+
+        faulthandler.dump_traceback_later(a.watchdog, exit=True)
     device = torch.device(a.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     reduced = a.reduced or device.type != "cuda"
     if device.type == "cpu":

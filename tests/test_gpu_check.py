@@ -11,7 +11,11 @@ CHECKS = {"forward_backward", "invariance_float64", "train_32", "train_bf16_mixe
 
 
 def test_gpu_check_cpu_form():
-    done = subprocess.run([sys.executable, str(SCRIPT), "--reduced", "--device", "cpu"], capture_output=True, text=True, timeout=900)
+    # ~35 s alone on 2 cores; the watchdog makes a stall fail with every thread's stack on stderr
+    # (shown below) well before the subprocess timeout would kill it without a word
+    done = subprocess.run([sys.executable, str(SCRIPT), "--reduced", "--device", "cpu", "--watchdog", "600"],
+                          capture_output=True, text=True, timeout=900)
+    assert done.stdout.strip(), done.stderr[-6000:]  # the watchdog fired, or the script died before its report
     report = json.loads(done.stdout)  # one JSON object, nothing else on stdout
     assert set(report) == {"form", "device", "device_name", "torch", "checks", "passed", "seconds"}
     assert report["form"] == "reduced" and report["device"] == "cpu"
