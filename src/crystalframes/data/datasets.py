@@ -1,6 +1,6 @@
 """Named datasets: what they are, where they come from, and how to get a local file for one.
 
-Three datasets are registered:
+Five datasets are registered:
 
 ``mp_2018_demo``
     5,955 Materials Project crystals shipped inside the package (no download), labelled with
@@ -9,6 +9,11 @@ Three datasets are registered:
     JARVIS-DFT 3D, the ``dft_3d_2021`` benchmark snapshot (~55.7k crystals), a figshare zip.
 ``mp_2018``
     The MEGNet ``mp.2018.6.1`` Materials Project snapshot (~69k crystals), a figshare zip.
+``perov_5``, ``carbon_24``
+    The cubic perovskites of Castelli et al. (Energy Environ. Sci. 2012) and the AIRSS carbon
+    polymorphs of Pickard (2020), as the CDVAE benchmark (Xie et al., ICLR 2022) splits them: one
+    CSV table per split with a CIF per row. Read from a local copy of the tables when there is one
+    (:func:`local_table_dirs`), else from the cache (``crystalframes data fetch perov_5``).
 
 Downloads live in :func:`crystalframes.data.paths.cache_dir` (fetched by
 :mod:`crystalframes.data.download`); :mod:`crystalframes.data.sources` turns a name or path into a
@@ -37,6 +42,10 @@ __all__ = [
     "target_is_nonnegative",
     "benchmark_split_key",
     "embedded_path",
+    "SHARED_DATA_ENV",
+    "local_table_dirs",
+    "local_table_files",
+    "find_local_tables",
 ]
 
 
@@ -51,9 +60,12 @@ class DatasetInfo:
     description
         One line for listings.
     url
-        Download URL of the archive, or ``None`` for an embedded dataset.
+        Download URL of the archive, or ``None`` for an embedded dataset (for a set of tables:
+        the folder of the upstream files, for reference; ``files`` holds each file's URL).
     member
-        File name of the JSON inside the downloaded zip (``None`` if embedded).
+        File name of the JSON inside the downloaded zip (``None`` if embedded); for a set of
+        tables, the file-name pattern (glob) of the dataset's tables in its folder, which is how
+        the readers pick its files out of a folder holding other datasets too.
     n_records
         Expected (approximate) number of records; a download far from it triggers a warning.
     targets
@@ -71,6 +83,12 @@ class DatasetInfo:
         Licence of the data.
     split_keys
         Target name -> key of the official id lists in ``benchmark_splits.json.gz``.
+    files
+        For a dataset published as one CSV table per split (a ``cif`` column, one row per
+        crystal): split name -> URL of that table. Empty for archives and embedded datasets.
+    collection
+        The upstream collection a set of tables belongs to; a local copy may keep the tables in a
+        sub-folder of that name (:func:`local_table_dirs`).
     """
 
     name: str
@@ -85,10 +103,17 @@ class DatasetInfo:
     embedded: str | None = None
     license: str = ""
     split_keys: dict[str, str] = field(default_factory=dict)
+    files: dict[str, str] = field(default_factory=dict)
+    collection: str | None = None
 
     @property
     def default_target(self) -> str:
         return next(iter(self.targets))
+
+    @property
+    def is_table_set(self) -> bool:
+        """Published as one CSV table per split (``files``), not as one archive."""
+        return bool(self.files)
 
     @property
     def is_embedded(self) -> bool:
@@ -96,8 +121,11 @@ class DatasetInfo:
 
     @property
     def filename(self) -> str:
-        """File name of the local copy: the embedded file, or ``<name>.zip`` in the cache."""
-        return self.embedded if self.embedded is not None else f"{self.name}.zip"
+        """File name of the local copy: the embedded file, ``<name>.zip`` in the cache, or for a
+        set of tables the cache folder ``<name>`` holding them."""
+        if self.embedded is not None:
+            return self.embedded
+        return self.name if self.is_table_set else f"{self.name}.zip"
 
 
 # Units of every target name the project knows, in the records' own spelling.
@@ -127,6 +155,17 @@ TARGET_UNITS: dict[str, str] = {
     "dielectric_band_gap": "eV",
     "refractive_index_n": "",  # dimensionless
     "eij_max": "C/m^2",
+    # CDVAE perov_5 (Castelli et al. 2012, CMR cubic perovskites). The heats of formation are per
+    # 5-atom cell (= per ABX3 formula unit; divide by 5 for eV/atom), not per atom: they span
+    # -0.38..4.98, i.e. up to ~1 eV/atom above the reference phases as per-cell values, but an
+    # implausible 5 eV/atom as per-atom ones; matbench's copy of the same data says the same.
+    "heat_ref": "eV/cell",
+    "heat_all": "eV/cell",
+    "dir_gap": "eV",
+    "ind_gap": "eV",
+    # CDVAE carbon_24 (Pickard 2020, AIRSS): the absolute CASTEP total energy per atom (~ -154),
+    # not a formation energy.
+    "energy_per_atom": "eV/atom",
 }
 
 _JARVIS_TARGETS = [
@@ -138,6 +177,17 @@ _JARVIS_TARGETS = [
     "bulk_modulus_kv",
     "shear_modulus_gv",
 ]
+
+_CDVAE_DATA = "https://raw.githubusercontent.com/txie-93/cdvae/main/data"
+_CDVAE_CITATION = (
+    "T. Xie, X. Fu, O.-E. Ganea, R. Barzilay, T. Jaakkola, 'Crystal Diffusion Variational Autoencoder for "
+    "Periodic Material Generation', ICLR 2022 (data splits; MIT licence)"
+)
+
+
+def _cdvae_files(name: str) -> dict[str, str]:
+    return {split: f"{_CDVAE_DATA}/{name}/{split}.csv" for split in ("train", "val", "test")}
+
 
 DATASETS: dict[str, DatasetInfo] = {
     "mp_2018_demo": DatasetInfo(
@@ -199,6 +249,46 @@ DATASETS: dict[str, DatasetInfo] = {
         license="CC-BY 4.0 (Materials Project data)",
         split_keys={"e_form": "megnet_e_form", "gap pbe": "megnet_gappbe"},
     ),
+    "perov_5": DatasetInfo(
+        name="perov_5",
+        description=(
+            "18,928 cubic ABX3 perovskites (5 atoms/cell), CDVAE splits: heat of formation (eV per cell) and "
+            "GLLB-SC gaps. A local copy may hold only part of it (e.g. val + test + a 1,024-row part of train: "
+            "8,596 rows)"
+        ),
+        url=f"{_CDVAE_DATA}/perov_5",
+        member="perov_5_*.csv*",
+        n_records=18928,
+        targets={name: TARGET_UNITS[name] for name in ("heat_ref", "heat_all", "dir_gap", "ind_gap")},
+        id_key="material_id",
+        citation=(
+            "I. E. Castelli, D. D. Landis, K. S. Thygesen, S. Dahl, I. Chorkendorff, T. F. Jaramillo, "
+            "K. W. Jacobsen, 'New cubic perovskites for one- and two-photon water splitting using the "
+            "computational materials repository', Energy Environ. Sci. 5, 9034 (2012). " + _CDVAE_CITATION + "."
+        ),
+        license="MIT (CDVAE repository's data files); models trained on it may ship, the files themselves not",
+        files=_cdvae_files("perov_5"),
+        collection="cdvae",
+    ),
+    "carbon_24": DatasetInfo(
+        name="carbon_24",
+        description=(
+            "10,153 AIRSS carbon polymorphs (6-24 atoms, pure carbon), CDVAE splits: absolute CASTEP energy "
+            "(eV/atom). A local copy may hold val + test only (4,062 rows): no train records, use data.split=random"
+        ),
+        url=f"{_CDVAE_DATA}/carbon_24",
+        member="carbon_24_*.csv*",
+        n_records=10153,
+        targets={"energy_per_atom": TARGET_UNITS["energy_per_atom"]},
+        id_key="material_id",
+        citation=(
+            "C. J. Pickard, 'AIRSS data for carbon at 10GPa and the C+N+H+O system at 1GPa', Materials Cloud "
+            "Archive 2020.0026 (2020). " + _CDVAE_CITATION + "."
+        ),
+        license="MIT (CDVAE repository's data files); models trained on it may ship, the files themselves not",
+        files=_cdvae_files("carbon_24"),
+        collection="cdvae",
+    ),
 }
 
 # Other spellings users will type (the jarvis-tools / leaderboard names).
@@ -208,6 +298,10 @@ ALIASES: dict[str, str] = {
     "megnet": "mp_2018",
     "mp.2018.6.1": "mp_2018",
     "mp_demo": "mp_2018_demo",
+    "perov-5": "perov_5",
+    "perov5": "perov_5",
+    "carbon-24": "carbon_24",
+    "carbon24": "carbon_24",
 }
 
 
@@ -252,7 +346,7 @@ NONNEGATIVE_TARGETS: frozenset[str] = frozenset({
     "optb88vdw_bandgap", "mbj_bandgap", "hse_gap", "gap pbe", "mp2018_gap_pbe", "dielectric_band_gap",
     "ehull", "e_hull", "flla_e_above_hull",
     "bulk_modulus_kv", "shear_modulus_gv", "K_VRH", "G_VRH",
-    "refractive_index_n", "eij_max",
+    "refractive_index_n", "eij_max", "dir_gap", "ind_gap",
 })
 
 
@@ -295,3 +389,53 @@ def embedded_path(info: DatasetInfo) -> Path:
             shutil.copyfile(src, tmp)
         os.replace(tmp, target)
     return target
+
+
+# Folders holding local copies of datasets published as tables (a read-only data folder shared by
+# the machines of a team, a mirror of the upstream files). Several folders: os.pathsep-separated.
+SHARED_DATA_ENV = "CRYSTALFRAMES_SHARED_DATA"
+_TABLE_SUFFIXES = (".csv", ".csv.gz")
+
+
+def local_table_dirs() -> list[Path]:
+    """Folders searched for a local copy of a set of tables, in order: those named by
+    ``$CRYSTALFRAMES_SHARED_DATA``, else ``../shared/data`` seen from the current folder and from
+    a source checkout of the package (the layout of the project's development machines). Nothing
+    is created; folders that do not exist are left out."""
+    env = os.environ.get(SHARED_DATA_ENV)
+    if env:
+        candidates = [Path(os.path.expanduser(p)) for p in env.split(os.pathsep) if p.strip()]
+    else:
+        candidates = [Path.cwd().parent / "shared" / "data"]
+        checkout = Path(__file__).resolve().parents[3]  # <checkout>/src/crystalframes/data/datasets.py
+        if (checkout / "pyproject.toml").is_file():
+            candidates.append(checkout.parent / "shared" / "data")
+    seen: list[Path] = []
+    for path in candidates:
+        try:
+            if path.is_dir() and path.resolve() not in [p.resolve() for p in seen]:
+                seen.append(path)
+        except OSError:
+            continue
+    return seen
+
+
+def local_table_files(folder: str | os.PathLike, info: DatasetInfo) -> list[Path]:
+    """The tables of ``info`` in ``folder`` (files matching ``info.member``, ``.csv`` or
+    ``.csv.gz``), sorted by name; empty for a dataset that is no set of tables."""
+    if not info.is_table_set or info.member is None:
+        return []
+    try:
+        return sorted(p for p in Path(folder).glob(info.member) if p.name.lower().endswith(_TABLE_SUFFIXES) and p.is_file())
+    except OSError:
+        return []
+
+
+def find_local_tables(info: DatasetInfo) -> Path | None:
+    """The first folder of :func:`local_table_dirs` (or its ``info.collection`` sub-folder) holding
+    tables of ``info``, or ``None``. Read in place, never copied."""
+    for base in local_table_dirs():
+        for folder in ([base / info.collection] if info.collection else []) + [base]:
+            if local_table_files(folder, info):
+                return folder
+    return None

@@ -8,6 +8,11 @@ into place with an atomic :func:`os.replace`. On any failure the staging folder 
 failed or truncated download never replaces or poisons a valid cached archive (the classic
 ``BadZipFile`` trap of re-reading a half-written archive on every later run).
 
+A dataset published as one CSV table per split (``perov_5``, ``carbon_24``: the CDVAE files)
+goes the same way, file by file: every table is downloaded into the staging folder, checked (a
+``cif`` column and the registered target columns, rows with a CIF) and only then is the whole
+set moved into its cache folder ``<name>/`` as ``<name>_<split>.csv``, with one sha256 for the set.
+
 No archive hash is pinned in the registry (the upstream files carry none we could verify once
 for all); ``--sha256`` pins one when the user has it.
 
@@ -18,6 +23,8 @@ never at import.
 
 from __future__ import annotations
 
+import csv
+import gzip
 import hashlib
 import io
 import json
@@ -113,7 +120,10 @@ def cached_dataset(name: str) -> Path | None:
     if info.is_embedded:
         return embedded_path(info)
     path = cache_dir() / info.filename
-    if not path.is_file():
+    if info.is_table_set:
+        if not path.is_dir():
+            return None
+    elif not path.is_file():
         return None
     recorded = _read_sidecar(path)
     if recorded is None or recorded != file_sha256(path):
@@ -122,7 +132,7 @@ def cached_dataset(name: str) -> Path | None:
             "cached file does not match the hash recorded when it was validated (changed or corrupted): "
             f"run `crystalframes data fetch {info.name} --force`",
         )
-    problem = _members_problem(path, info)
+    problem = None if info.is_table_set else _members_problem(path, info)
     if problem is not None:
         raise DatasetError(str(path), f"{problem}: run `crystalframes data fetch {info.name} --force`")
     return path
@@ -415,8 +425,10 @@ def _quiet_pooch() -> Iterator[None]:
         logger.setLevel(level)
 
 
-def _download(url: str, staging: Path, info: DatasetInfo, pinned: str | None, *, progress: bool, timeout: float) -> Path:
-    """Download ``url`` with pooch into ``staging``; return the downloaded file.
+def _download(url: str, staging: Path, info: DatasetInfo, pinned: str | None, *, progress: bool, timeout: float,
+              fname: str | None = None) -> Path:
+    """Download ``url`` with pooch into ``staging`` as ``fname`` (default: the archive's file
+    name); return the downloaded file.
 
     pooch streams into a temporary file, checks the pinned hash (if any), moves it into
     ``staging`` and retries failed or corrupted downloads.
@@ -431,17 +443,18 @@ def _download(url: str, staging: Path, info: DatasetInfo, pinned: str | None, *,
             downloader = pooch.choose_downloader(url, progressbar=show)  # ftp, sftp, doi
         except ValueError as exc:
             raise DatasetError(info.name, f"cannot download {url}: {exc}") from None
+    fname = fname or info.filename
     fetcher = pooch.create(
         path=staging,
         base_url="",
-        registry={info.filename: f"sha256:{pinned}" if pinned else None},
-        urls={info.filename: url},
+        registry={fname: f"sha256:{pinned}" if pinned else None},
+        urls={fname: url},
         retry_if_failed=DOWNLOAD_RETRIES,
     )
     hint = f"; if you already have the archive, use `crystalframes data fetch {info.name} --file LOCAL`"
     try:
         with _quiet_pooch():
-            return Path(fetcher.fetch(info.filename, downloader=downloader))
+            return Path(fetcher.fetch(fname, downloader=downloader))
     except ValueError as exc:  # pooch's hash mismatch
         got = re.search(r"\(([0-9a-f]{64})\)", str(exc))
         if pinned is not None and "hash" in str(exc).lower():
@@ -497,14 +510,16 @@ def fetch_dataset(
     Parameters
     ----------
     name
-        Registered dataset (``jarvis_dft_3d_2021``, ``mp_2018``; an embedded dataset just returns
-        its packaged file).
+        Registered dataset (``jarvis_dft_3d_2021``, ``mp_2018``, ``perov_5``, ``carbon_24``; an
+        embedded dataset just returns its packaged file). A set of tables returns its cache folder.
     file
         A local copy of the archive (e.g. downloaded by a browser) to validate and copy into the
-        cache instead of downloading.
+        cache instead of downloading; for a set of tables, a folder holding them
+        (``train.csv``, ``val.csv``, ``test.csv`` as upstream, or ``<name>_<split>.csv[.gz]``).
     sha256
         Expected sha256 of the archive (64 hex digits, optionally prefixed ``sha256:``);
-        overrides the registry's pinned value.
+        overrides the registry's pinned value. For a set of tables: of the set as
+        :func:`file_sha256` hashes a folder.
     force
         Download (or copy) again even if a valid cached copy exists.
     progress
@@ -515,6 +530,9 @@ def fetch_dataset(
     info = get_dataset_info(name)
     if info.is_embedded:
         return embedded_path(info)
+    if info.is_table_set:
+        return _fetch_table_set(info, file=file, force=force, progress=progress, timeout=timeout,
+                                sha256=_check_sha256(sha256))
     sha256 = _check_sha256(sha256)
     folder = cache_dir()
     final = folder / info.filename
@@ -549,6 +567,118 @@ def fetch_dataset(
         # Validated before the rename: a broken archive never reaches the cache.
         digest = validate_archive(incoming, info, sha256=sha256, what=what)
         try:
+            os.replace(incoming, final)
+            _write_sidecar(final, digest)
+        except OSError as exc:
+            raise _unwritable(folder, exc) from None
+    return final
+
+
+# --------------------------------------------------------------------------------------------
+# sets of CSV tables (one per split)
+
+
+def _open_table(path: Path) -> IO[str]:
+    opener = gzip.open if path.name.lower().endswith(".gz") else open
+    return opener(path, "rt", encoding="utf-8-sig", newline="")
+
+
+def validate_table(path: str | os.PathLike, info: DatasetInfo, *, what: str = "download") -> int:
+    """Check ``path`` is one table of ``info`` and return its number of rows: a CSV whose header
+    has a ``cif`` column and every registered target column, at least one row, and at most
+    :data:`MAX_BAD_RECORD_FRACTION` of the rows without a CIF. The CIFs themselves are parsed
+    when the dataset is read (a bad one is then one bad record, as in every dataset)."""
+    path = Path(path)
+    where = f"{info.name}: {what}"
+    n_rows = n_bad = 0
+    try:
+        with _open_table(path) as fh:
+            reader = csv.reader(fh)
+            header = [h.strip() for h in next(reader, [])]
+            if "cif" not in header:
+                raise DatasetError(where, f"is not a table of CIFs (no 'cif' column; header: {', '.join(header[:8]) or 'none'})")
+            missing = [t for t in info.targets if t not in header]
+            if missing:
+                raise DatasetError(where, f"table lacks the target column(s) {', '.join(missing)}; is this the right file?")
+            at = header.index("cif")
+            for row in reader:
+                if not any(cell.strip() for cell in row):
+                    continue
+                n_rows += 1
+                n_bad += len(row) <= at or "_cell_length_a" not in row[at]
+    except (OSError, EOFError, zlib.error, UnicodeDecodeError, csv.Error) as exc:
+        raise DatasetError(where, f"unreadable or truncated table ({_short(exc)})") from None
+    if n_rows == 0:
+        raise DatasetError(where, "table holds no rows")
+    if n_bad > MAX_BAD_RECORD_FRACTION * n_rows:
+        raise DatasetError(where, f"{n_bad} of {n_rows} rows hold no CIF; is this the right file?")
+    return n_rows
+
+
+def _local_tables(folder: Path, info: DatasetInfo) -> dict[str, Path]:
+    """Split -> table file in a user's folder: the upstream names (``train.csv``) or the cache's
+    (``<name>_<split>.csv``), plain or gzipped."""
+    found: dict[str, Path] = {}
+    for split in info.files:
+        for stem in (split, f"{info.name}_{split}"):
+            for suffix in (".csv", ".csv.gz"):
+                candidate = folder / f"{stem}{suffix}"
+                if split not in found and candidate.is_file():
+                    found[split] = candidate
+    return found
+
+
+def _fetch_table_set(info: DatasetInfo, *, file, force: bool, progress: bool, timeout: float,
+                     sha256: str | None) -> Path:
+    """:func:`fetch_dataset` for a dataset published as one table per split."""
+    folder = cache_dir()
+    final = folder / info.filename
+    if final.is_dir() and not force and file is None:
+        current = file_sha256(final)
+        if _read_sidecar(final) == current and (sha256 is None or sha256 == current):
+            return final
+    if file is not None:
+        local = Path(os.path.expanduser(os.fspath(file)))
+        if not local.is_dir():
+            raise DatasetError(str(local), f"--file for {info.name} must be a folder holding its tables "
+                                           f"({', '.join(f'{s}.csv' for s in info.files)})")
+        sources = _local_tables(local, info)
+        if not sources:
+            raise DatasetError(str(local), f"holds none of {info.name}'s tables "
+                                           f"({', '.join(f'{s}.csv' for s in info.files)} or {info.name}_<split>.csv[.gz])")
+    with _staging_folder(folder) as staging:
+        incoming = staging / info.filename
+        incoming.mkdir()
+        n_rows = 0
+        for split, url in info.files.items():
+            if file is not None:
+                if split not in sources:
+                    warnings.warn(f"{info.name}: {file} holds no {split} table; the set is cached without it")
+                    continue
+                target = incoming / f"{info.name}_{split}.csv{'.gz' if sources[split].name.endswith('.gz') else ''}"
+                try:
+                    shutil.copyfile(sources[split], target)
+                except OSError as exc:
+                    raise _unwritable(folder, exc) from None
+                what = f"file {sources[split]}"
+            else:
+                downloaded = _download(url, staging, info, None, progress=progress, timeout=timeout,
+                                       fname=f"{info.name}_{split}.csv")
+                target = incoming / downloaded.name
+                os.replace(downloaded, target)
+                what = f"download of {url}"
+            # checked before the set moves: a broken table never reaches the cache
+            n_rows += validate_table(target, info, what=what)
+        digest = file_sha256(incoming)
+        if sha256 is not None and digest != sha256:
+            raise DatasetError(info.name, f"sha256 mismatch: expected {sha256}, got {digest} (corrupted or changed upstream)")
+        expected = info.n_records
+        if expected and not (expected / COUNT_WARNING_FACTOR <= n_rows <= expected * COUNT_WARNING_FACTOR):
+            warnings.warn(f"{info.name}: the tables hold {n_rows} rows, far from the ~{expected} expected")
+        try:
+            if final.exists():  # --force, or a set without a valid hash: swapped out, then removed
+                old = staging / ".previous"
+                os.replace(final, old)
             os.replace(incoming, final)
             _write_sidecar(final, digest)
         except OSError as exc:

@@ -10,7 +10,7 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
-from crystalframes.data.datasets import DATASETS, embedded_path, get_dataset_info
+from crystalframes.data.datasets import DATASETS, SHARED_DATA_ENV, embedded_path, find_local_tables, get_dataset_info
 from crystalframes.data.download import cached_dataset, fetch_dataset
 from crystalframes.io.crystal import Crystal
 from crystalframes.io.errors import DatasetError, InputError
@@ -22,7 +22,10 @@ def resolve_source(source: str | os.PathLike, *, download: bool = False) -> Path
 
     - an existing path -> itself;
     - a registered name -> the embedded file, or the cached download (fetched first when
-      ``download`` is true; otherwise a :class:`DatasetError` saying how to fetch it);
+      ``download`` is true; otherwise a :class:`DatasetError` saying how to fetch it); for a
+      dataset published as tables (``perov_5``, ``carbon_24``) the cached download, else a local
+      copy of the tables read in place (:func:`~crystalframes.data.datasets.find_local_tables`):
+      the folder holding them, read with the dataset's ``member`` pattern;
     - anything else -> a :class:`DatasetError` listing the known datasets.
 
     A path wins over a registered name, so a local folder called ``mp_2018`` is read as a folder.
@@ -41,8 +44,19 @@ def resolve_source(source: str | os.PathLike, *, download: bool = False) -> Path
     cached = cached_dataset(info.name)
     if cached is not None:
         return cached
+    if info.is_table_set:
+        # a downloaded copy wins: it is the full public set, a local copy may be a part of it
+        local = find_local_tables(info)
+        if local is not None:
+            return local
     if download:
         return fetch_dataset(info.name)
+    if info.is_table_set:
+        raise DatasetError(
+            info.name,
+            f"not downloaded yet: run `crystalframes data fetch {info.name}`, or set {SHARED_DATA_ENV} to a folder "
+            f"holding its tables ({info.member}, e.g. {info.name}_val.csv.gz)",
+        )
     raise DatasetError(
         info.name,
         f"not downloaded yet: run `crystalframes data fetch {info.name}` "
@@ -88,6 +102,18 @@ def load_dataset(
 ) -> ReadResult:
     """Read a named dataset or a local file/folder: :func:`resolve_source` then
     :func:`crystalframes.io.read_dataset`."""
-    # a registered archive is read through its one expected member, whatever else it holds
-    member = DATASETS[str(source)].member if str(source) in DATASETS else None
-    return read_dataset(resolve_source(source, download=download), target=target, strict=strict, member=member)
+    return read_dataset(resolve_source(source, download=download), target=target, strict=strict,
+                        member=dataset_member(source))
+
+
+def dataset_member(source: str | os.PathLike) -> str | None:
+    """What the reader picks out of the file or folder a registered name resolves to: a
+    registered archive is read through its one expected member, whatever else it holds, and a
+    set of tables through its file-name pattern (its folder may hold other datasets' tables).
+    ``None`` for a path (an existing path wins over a name, as in :func:`resolve_source`)."""
+    if Path(os.path.expanduser(os.fspath(source))).exists():
+        return None
+    try:
+        return get_dataset_info(os.fspath(source)).member
+    except DatasetError:
+        return None

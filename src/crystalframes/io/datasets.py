@@ -1,6 +1,6 @@
 """Dataset containers: every record of a JSONL(.gz) file, a JSON list (or JARVIS figshare JSON),
-a matbench-style JSON table (pandas ``orient="split"`` with pymatgen ``Structure`` dicts), a zip
-archive of JSON, a multi-frame structure file (extended XYZ, ASE trajectory), a folder with
+a matbench-style JSON table (pandas ``orient="split"`` with pymatgen ``Structure`` dicts), a CSV
+table with one CIF per row (the CDVAE benchmark files), a zip archive of JSON, a multi-frame structure file (extended XYZ, ASE trajectory), a folder with
 ``id_prop.csv`` (cgcnn / ALIGNN convention) or a plain folder of structure files.
 
 * :func:`iter_records` -- the good :class:`Crystal` or the :class:`InputError` of every record.
@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from crystalframes.io.coercion import _MISSING_STRINGS, _coerce_target, _label, _short_exc
-from crystalframes.io.crystal import Crystal
+from crystalframes.io.crystal import Crystal, quiet_pymatgen
 from crystalframes.io.errors import DatasetError, InputError, SkippedInput
 from crystalframes.io.files import checked_stat, decode_text, printable, read_regular_file, text_encoding
 from crystalframes.io.structures import (
@@ -35,6 +35,7 @@ from crystalframes.io.structures import (
     _crystal_from_any_record,
     _default_id,
     _structure_format,
+    _structure_from_text,
     iter_frames,
     read_structure,
 )
@@ -466,6 +467,143 @@ def _chain_folder(files: list[Path], skipped: list[SkippedInput]) -> Iterator[Cr
         yield from _iter_structure_file(path, printable(path))
 
 
+# --------------------------------------------------------------------------------------------------
+# CSV tables of CIFs (one crystal per row), as the CDVAE benchmark publishes perov_5 / carbon_24
+# --------------------------------------------------------------------------------------------------
+
+_CIF_TABLE_SUFFIXES = (".csv", ".csv.gz")
+_CIF_COLUMN = "cif"
+_TABLE_ID_COLUMNS = ("material_id", "id", "mpid", "jid")
+# Columns of such tables that hold text, not targets (CDVAE's mp_20 has pretty_formula, elements).
+_TABLE_TEXT_COLUMNS = frozenset({
+    "formula", "pretty_formula", "reduced_formula", "full_formula", "composition", "elements",
+    "spacegroup", "space_group", "spacegroup_symbol", "split", "unnamed: 0",
+})
+_TABLE_SPLIT_WORDS = {"train": "train", "training": "train", "val": "val", "valid": "val", "validation": "val",
+                      "test": "test", "testing": "test"}
+
+
+def _is_cif_table(name: str) -> bool:
+    return name.lower().endswith(_CIF_TABLE_SUFFIXES) and name.lower() != _ID_PROP
+
+
+def _table_split(name: str) -> str | None:
+    """The split a table of a set stands for, from the last word of its name: ``val.csv``,
+    ``perov_5_test.csv.gz``, ``perov_5_dev_train.csv.gz`` (-> train); ``None`` when it names none."""
+    stem = name.lower()
+    for suffix in (".gz", ".csv"):
+        stem = stem.removesuffix(suffix)
+    return _TABLE_SPLIT_WORDS.get(re.split(r"[_\-. ]", stem)[-1])
+
+
+def _iter_cif_table(path: Path, where: str, split: str | None = None) -> Iterator[Crystal | InputError]:
+    """The rows of a CSV table with a ``cif`` column: each row one crystal (its CIF parsed with
+    pymatgen, as a .cif file is), id from ``material_id`` (or ``id``), every other column that
+    is not text a target; ``split`` from a ``split`` column, else the ``split`` given (the table's
+    split in its set). The header is read at once (DatasetError for a table without a ``cif``
+    column); a bad row (unparseable CIF, non-numeric target) is one InputError, and a truncated
+    file ends with one."""
+    opener = gzip.open if path.name.lower().endswith(".gz") else open
+    try:
+        fh = opener(path, "rt", encoding="utf-8-sig", newline="")
+    except OSError as exc:
+        raise DatasetError(where, f"cannot open: {exc.strerror or _short_exc(exc)}") from None
+    try:
+        reader = csv.reader(fh)
+        try:
+            header = next(reader, None)
+        except (OSError, EOFError, zlib.error, UnicodeDecodeError, csv.Error) as exc:
+            raise DatasetError(where, f"cannot read the table header ({_short_exc(exc)})") from None
+        if header is None:
+            raise DatasetError(where, "file is empty")
+        header = [h.strip() for h in header]
+        if _CIF_COLUMN not in header:
+            raise DatasetError(where, f"CSV table has no '{_CIF_COLUMN}' column (columns: {', '.join(header) or 'none'})")
+    except BaseException:
+        fh.close()
+        raise
+    return _cif_table_rows(fh, reader, header, where, split)
+
+
+def _cif_table_rows(fh, reader, header: list[str], where: str, split: str | None) -> Iterator[Crystal | InputError]:
+    cif_at = header.index(_CIF_COLUMN)
+    id_at = next((header.index(c) for c in _TABLE_ID_COLUMNS if c in header), None)
+    split_at = header.index("split") if "split" in header else None
+    # an unnamed first column is the index pandas writes (the row number in the full set)
+    index_at = 0 if header[0] == "" else None
+    targets_at = [(j, name) for j, name in enumerate(header)
+                  if j not in (cif_at, id_at, split_at, index_at) and name and name.lower() not in _TABLE_TEXT_COLUMNS]
+    row_number = 0
+    with fh:
+        while True:
+            try:
+                row = next(reader)
+            except StopIteration:
+                return
+            except (OSError, EOFError, zlib.error) as exc:
+                yield InputError(where, f"file is truncated / corrupt gzip after row {row_number} ({_short_exc(exc)})")
+                return
+            except (UnicodeDecodeError, csv.Error) as exc:
+                yield InputError(f"{where}[{row_number}]", f"unreadable CSV, rest of the file not read ({_short_exc(exc)})")
+                return
+            if not any(cell.strip() for cell in row):
+                continue
+            row_where = f"{where}[{row_number}]"
+            row_number += 1
+            yield _safe(row_where, lambda: _table_row_crystal(row, header, row_where, cif_at, id_at, split_at,
+                                                               index_at, targets_at, split))
+
+
+def _table_row_crystal(row: list[str], header: list[str], where: str, cif_at: int, id_at: int | None,
+                       split_at: int | None, index_at: int | None, targets_at: list[tuple[int, str]],
+                       split: str | None) -> Crystal:
+    record_id = None
+    for at in (id_at, index_at):
+        if at is not None and at < len(row) and row[at].strip():
+            record_id = row[at].strip()
+            break
+    label = _label(where, record_id)
+    if len(row) != len(header):
+        raise InputError(label, f"row has {len(row)} fields, the header names {len(header)}")
+    cif = row[cif_at]
+    if not cif.strip():
+        raise InputError(label, f"empty '{_CIF_COLUMN}' field")
+    targets = {name: _coerce_target(name, row[j], label) for j, name in targets_at}
+    with quiet_pymatgen():
+        crystal = _structure_from_text(cif, "cif", label, record_id, record_id, targets)
+    if record_id is None:
+        crystal.id = label
+    crystal.source = where
+    row_split = row[split_at].strip() if split_at is not None else ""
+    crystal.split = row_split or split
+    return crystal.validate()
+
+
+def _iter_table_set(folder: Path, where: str, pattern: str) -> Iterator[Crystal | InputError]:
+    """The tables of one dataset in ``folder`` (files matching the glob ``pattern``; the folder
+    may hold other datasets' tables too), train before val before test, each row with its
+    table's split."""
+    try:
+        tables = [p for p in folder.glob(pattern) if _is_cif_table(p.name) and p.is_file()]
+    except OSError as exc:
+        raise DatasetError(where, f"cannot list folder: {exc.strerror or exc}") from None
+    if not tables:
+        raise DatasetError(where, f"folder holds no CSV table matching {pattern!r}")
+    order = {"train": 0, "val": 1, "test": 2}
+    tables.sort(key=lambda p: (order.get(_table_split(p.name) or "", 3), p.name))
+    return _chain_tables(tables)
+
+
+def _chain_tables(tables: list[Path]) -> Iterator[Crystal | InputError]:
+    for table in tables:
+        table_where = printable(table)
+        try:
+            yield from _iter_cif_table(table, table_where, _table_split(table.name))
+        except DatasetError as err:  # one unusable table is one error, not the end of the set
+            yield err
+
+
+
 def iter_records(source: str | Path, member: str | None = None) -> Iterator[Crystal | InputError]:
     """Every record of a dataset: the good :class:`Crystal` or the :class:`InputError` saying why
     that record is bad. Never raises for a single bad record.
@@ -476,6 +614,9 @@ def iter_records(source: str | Path, member: str | None = None) -> Iterator[Crys
     ``.xyz`` / ``.extxyz`` / ``.traj`` file (one record per frame, id ``<stem>@<index>``), a folder
     with ``id_prop.csv`` (cgcnn / ALIGNN convention) or a plain folder of structure files. In a
     plain folder every entry that is not read is yielded as a :class:`SkippedInput` first.
+    A ``.csv`` / ``.csv.gz`` table with a ``cif`` column gives one record per row; a folder with
+    ``member`` (a glob such as ``perov_5_*.csv*``) gives the rows of the tables matching it, each
+    with the split its table's name ends with (``..._train.csv``, ``val.csv``...).
 
     Raises :class:`DatasetError` (immediately) when the source does not exist, is not a regular
     file or folder, is of an unrecognised type or is unusable as a whole.
@@ -484,6 +625,8 @@ def iter_records(source: str | Path, member: str | None = None) -> Iterator[Crys
     path = Path(source)
     st = checked_stat(path, where, DatasetError, missing="dataset not found (no such file or folder)")
     if stat.S_ISDIR(st.st_mode):
+        if member is not None:
+            return _iter_table_set(path, where, member)
         if (path / _ID_PROP).is_file():
             return _iter_id_prop(path, where)
         return _iter_folder(path, where)
@@ -498,12 +641,14 @@ def iter_records(source: str | Path, member: str | None = None) -> Iterator[Crys
         return _iter_zip(path, where, archive, members)
     if name == _ID_PROP:
         return _iter_id_prop(path.parent, where)
+    if _is_cif_table(name):
+        return _iter_cif_table(path, where)
     if _structure_format(name) in _FOLDER_FORMATS:
         return _iter_structure_file(path, where)
     raise DatasetError(
         where,
-        "unrecognised dataset type (expected .jsonl[.gz], .json[.gz], .zip, .xyz/.extxyz/.traj, a folder with "
-        "id_prop.csv or a folder of structure files)",
+        "unrecognised dataset type (expected .jsonl[.gz], .json[.gz], .zip, .csv[.gz] with a 'cif' column, "
+        ".xyz/.extxyz/.traj, a folder with id_prop.csv or a folder of structure files)",
     )
 
 
@@ -526,7 +671,7 @@ def iter_structures(source: str | os.PathLike) -> Iterator[Crystal | InputError]
                 yield read_structure(path)  # one record: named like any structure file
                 return
             records = _iter_json(data, where)
-        elif (path.is_dir() or name.endswith(_JSONL_SUFFIXES + (".zip",)) or name == _ID_PROP
+        elif (path.is_dir() or name.endswith(_JSONL_SUFFIXES + (".zip",) + _CIF_TABLE_SUFFIXES)
               or _structure_format(name) in MULTI_FRAME_FORMATS):
             records = iter_records(path)
         else:
