@@ -227,7 +227,7 @@ class Predictor:
             return [(p, a.numpy().astype(np.float64)) for p, a in zip(pooled, parts)]
 
         kept, out, errors = self._each(crystals, batch_size, compute)
-        width = int(getattr(getattr(self.model, "head", [None])[0], "in_features", 0))
+        width = self.model.embedding_dim
         if per_atom:
             pooled = np.stack([p for p, _ in out]) if out else np.zeros((0, width))
             return kept, pooled, [a for _, a in out], errors

@@ -233,7 +233,7 @@ def test_frame_usage_measures_relative_rotations_of_neighbours():
 
 def test_frame_usage_is_logged_for_frames_built_bucket_by_bucket(demo_subset, tmp_path):
     """Crystalformer builds its max frames per bucket of centres: the validation log still gets
-    the frame angles (this crashed a training's sanity check before per_atom_frames)."""
+    the frame angles (this crashed a training's sanity check before the frames were put together per layer)."""
     import csv as csv_module
 
     from crystalframes.train.config import load_config

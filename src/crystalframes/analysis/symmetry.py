@@ -235,15 +235,16 @@ def symmetry_analysis(crystal, frame: str = "spframe_gram_schmidt", model=None, 
     fallbacks = None
     progress("building the frames")
     if model is not None:
-        # The model's own frames where it builds per-atom frames (eComFormer's frame blocks,
-        # the first one); otherwise (frame none, Crystalformer's per-head dynamic frames) the
-        # structure frame ``frame`` is analysed beside the model's per-atom features.
+        # The model's own frames where it builds per-atom frames (its first frame-using layer;
+        # per-head frames, CrystalFramer's, by their first head); with frame none the structure
+        # frame ``frame`` is analysed beside the model's per-atom features.
         model_batch = collate([build_graph(crystal, model.graph_settings)], dtype=next(model.parameters()).dtype)
         with torch.no_grad():
             features = _node_features(model, model_batch)
-            model_frames = model.frames_of(model_batch) if hasattr(model, "frames_of") else []
+            model_frames = model.frames_of(model_batch)
     if model is not None and model_frames:
-        batch, frames = model_batch.to(dtype=T), model_frames[0].to(T)
+        first = model_frames[0] if model_frames[0].dim() == 3 else model_frames[0][:, 0]
+        batch, frames = model_batch.to(dtype=T), first.to(T)
         frame_name = getattr(model, "spec", "model")
     else:
         batch = collate([build_graph(crystal, GraphSettings(k=k))], dtype=T)

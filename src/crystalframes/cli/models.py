@@ -27,7 +27,7 @@ def model_rows(preset: Optional[str] = None, backbones: Optional[List[str]] = No
     rows = []
     for name in names:
         backbone = BACKBONES[name]
-        for frame in frame_names():  # every frame of the registry, with every global frame it takes
+        for frame in filter(backbone.takes, frame_names()):  # every frame it can run, with every global frame it takes
             for global_name in GLOBAL_FRAMES if FRAMES[frame].composes_with_global else [None]:
                 written = frame if global_name is None else f"{frame}+{global_name}"
                 spec = parse_spec(f"{name}:{written}@{preset or backbone.default_preset}")

@@ -7,8 +7,6 @@ See :mod:`crystalframes.models.specs` for the syntax and the backbone registry, 
 :mod:`crystalframes.models.ecomformer` for eComFormer with SPFrame and its presets.
 """
 
-from crystalframes.models.ecomformer import PRESETS as ECOMFORMER_PRESETS
-from crystalframes.models.ecomformer import EComFormer, EComFormerConfig
 from crystalframes.models.elements import split_supported, unsupported_elements_error
 from crystalframes.models.parameters import num_parameters
 from crystalframes.models.specs import (
@@ -24,6 +22,9 @@ from crystalframes.models.specs import (
     preset_training,
     register_backbone,
 )
+# after specs, which registers the backbone modules (each imports specs.backbone_of)
+from crystalframes.models.ecomformer import PRESETS as ECOMFORMER_PRESETS
+from crystalframes.models.ecomformer import EComFormer, EComFormerConfig
 
 __all__ = [
     "SpecError",

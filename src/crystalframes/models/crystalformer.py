@@ -46,7 +46,9 @@ from crystalframes.frames import FRAMES, GLOBAL_FRAMES, build_frame, frame_names
 from crystalframes.frames.registry import DEFAULT_GLOBAL_FRAME
 from crystalframes.io.elements import element_label
 from crystalframes.models import presets
+from crystalframes.models.base import CrystalModel
 from crystalframes.models.presets import Preset
+from crystalframes.models.specs import backbone_of
 from crystalframes.nn.atom_features import unsupported_elements
 from crystalframes.nn.periodic_attention import (
     ANGLE_WIDTH_SCALE,
@@ -175,14 +177,16 @@ class CrystalformerLayer(nn.Module):
         return x + self.feed_forward(x)
 
 
-class Crystalformer(nn.Module):
+class Crystalformer(CrystalModel):
     """Crystalformer / CrystalFramer; see the module docstring.
 
-    Model contract (:mod:`crystalframes.testing`): ``graph_settings = GraphSettings(k=None)``
-    (no neighbour list: the attention enumerates its own periodic images);
-    ``forward(GraphBatch) -> (B, num_targets)``. Works in float32 or float64 (cast model and
-    batch alike) on any device. Atomic numbers above 98 raise ``ValueError``.
+    A :class:`~crystalframes.models.base.CrystalModel`: ``graph_settings = GraphSettings(k=None)``
+    (no neighbour list: the attention enumerates its own periodic images); provides every need
+    of the frame layer. Works in float32 or float64 (cast model and batch alike) on any device.
+    Atomic numbers above 98 raise ``ValueError``.
     """
+
+    provides = frozenset({"lattice", "neighbours", "attention", "features"})
 
     def __init__(self, config: CrystalformerConfig = CrystalformerConfig()):
         super().__init__()
@@ -242,15 +246,6 @@ class Crystalformer(nn.Module):
         for index, layer in enumerate(self.layers):
             x = layer(x, geometry, frame, index)
         return x
-
-    @torch.no_grad()
-    def node_features(self, batch: GraphBatch) -> torch.Tensor:
-        """Diagnostics: the per-atom features (N, C) that are mean-pooled into the prediction."""
-        return self.encode(batch)
-
-    def forward(self, batch: GraphBatch) -> torch.Tensor:
-        x = self.encode(batch)
-        return self.head(batch.mean_over_atoms(x))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -350,6 +345,10 @@ CRYSTALFORMER_PRESETS: dict[str, Preset] = presets.presets_by_name(
     ),
 )
 DEFAULT_PRESET = "reference"
+
+
+BACKBONE = backbone_of("crystalformer", Crystalformer, CrystalformerConfig, CRYSTALFORMER_PRESETS, DEFAULT_FRAME, DEFAULT_PRESET,
+                       "Crystalformer")
 
 
 def crystalformer_config(frame: str = DEFAULT_FRAME, preset: str = DEFAULT_PRESET, **overrides) -> CrystalformerConfig:

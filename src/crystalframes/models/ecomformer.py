@@ -36,10 +36,12 @@ from torch import nn
 
 from crystalframes.data.batch import GraphBatch
 from crystalframes.data.graph import GraphSettings
-from crystalframes.frames import FRAMES, GLOBAL_FRAMES, Neighbourhood, build_frame, edges_in_frames, frame_names, resolve_frame
+from crystalframes.frames import FRAMES, GLOBAL_FRAMES, build_frame, frame_names, resolve_frame
 from crystalframes.frames.registry import DEFAULT_GLOBAL_FRAME
 from crystalframes.models import presets
+from crystalframes.models.base import CrystalModel, GraphFrames
 from crystalframes.models.presets import Preset
+from crystalframes.models.specs import backbone_of
 from crystalframes.nn.atom_features import AtomFeatureTable
 from crystalframes.nn.comformer_layers import (
     TENSOR_PRODUCT_IMPLEMENTATIONS,
@@ -134,13 +136,15 @@ class EComFormerConfig:
         return d
 
 
-class EComFormer(nn.Module):
+class EComFormer(CrystalModel):
     """eComFormer with an optional frame per equivariant layer; see the module docstring.
 
-    Model contract (:mod:`crystalframes.testing`): ``graph_settings`` says how to build its
-    graphs (k-NN multigraph, k = 25, no lattice edges); ``forward(GraphBatch) -> (B, T)``.
-    Works in float32 or float64 (cast the model and the batch alike), on any device.
+    A :class:`~crystalframes.models.base.CrystalModel`: k-NN multigraph (k = 25, no lattice
+    edges); provides every need of the frame layer (attention: the gate weights, see the module
+    docstring). Works in float32 or float64 (cast the model and the batch alike), on any device.
     """
+
+    provides = frozenset({"lattice", "neighbours", "attention", "features"})
 
     def __init__(self, config: EComFormerConfig = EComFormerConfig()):
         super().__init__()
@@ -165,27 +169,8 @@ class EComFormer(nn.Module):
         head = c.head_hidden or c.hidden
         self.head = nn.Sequential(nn.Linear(c.hidden, head), nn.SiLU(), nn.Linear(head, c.num_targets))
 
-    def forward(self, batch: GraphBatch) -> torch.Tensor:
-        f = self.encode(batch)
-        return self.head(batch.mean_over_atoms(f))
-
-    @torch.no_grad()
-    def node_features(self, batch: GraphBatch) -> torch.Tensor:
-        """Diagnostics: the per-atom features (N, C) that are mean-pooled into the prediction."""
-        return self.encode(batch)
-
-    @torch.no_grad()
-    def frames_of(self, batch: GraphBatch) -> list[torch.Tensor]:
-        """Diagnostics: the frames F_i (N, 3, 3) built before each equivariant layer for
-        ``batch`` (empty for frame ``none``). A forward pass like any other: call it in eval
-        mode, or BatchNorm uses (and updates) the batch's statistics."""
-        record: list[torch.Tensor] = []
-        self.encode(batch, record)
-        return record
-
-    def encode(self, batch: GraphBatch, record: list | None = None) -> torch.Tensor:
-        """Per-atom features after the last layer (N, C); the frames built on the way are
-        appended to ``record`` when given."""
+    def encode(self, batch: GraphBatch) -> torch.Tensor:
+        """Per-atom features after the last layer (N, C)."""
         c = self.config
         dtype = self.atom_embedding.weight.dtype
         graph = MessageGraph(batch.edge_index, batch.atomic_numbers.shape[0], dtype, group_edges=c.deduplicate)
@@ -193,17 +178,14 @@ class EComFormer(nn.Module):
         distances = EdgeTable.of_distances(batch.edge_vec.norm(dim=-1), c.deduplicate)
         edge_feat = distances.map(lambda d: self.edge_embedding(self.rbf(inverse_distance(d))))
         frame = self.frame
-        if frame.active:
-            setup = frame.setup(batch.lattice, batch.frac_coords, batch.batch)
-            centres = torch.arange(batch.batch.shape[0], device=batch.batch.device)
-            directions = batch.edge_vec / batch.edge_vec.norm(dim=-1, keepdim=True)
+        frames = GraphFrames(frame, batch, graph, edge_feat) if frame.active else None
         # Attention-driven frames use the weights of the transformer layer before each equivariant
         # layer. CrystalFramer's weights are a softmax over the neighbours; eComFormer's transformer
         # layer gates each neighbour's message with sigmoid(BN(alpha_ij)) per channel instead, and
         # the channel mean of that gate is the share of j's message that reaches i: the same role,
         # one weight per edge (one head).
         wants_weights = frame.active and "attention" in frame.needs
-        weights, fixed, frame_index = None, None, 0
+        weights = None
         for kind, layer in zip(c.layer_order, self.layers):
             if kind == "att":
                 if wants_weights:
@@ -211,16 +193,7 @@ class EComFormer(nn.Module):
                 else:
                     f = layer(f, edge_feat, graph)
                 continue
-            edge_vec = batch.edge_vec
-            if frame.active:
-                if fixed is None or frame.rebuilt_per_layer:
-                    hood = Neighbourhood(centres, batch.edge_vec, graph.centre, weights, features=f, graph=graph,
-                                         edge_features=edge_feat, edge_directions=directions)
-                    fixed = frame(frame_index, setup, hood)
-                if record is not None:
-                    record.append(fixed)
-                edge_vec = edges_in_frames(batch.edge_vec, fixed, graph.centre)
-                frame_index += 1
+            edge_vec = batch.edge_vec if frames is None else frames.next_edges(f, weights)
             f = layer(f, edge_vec, edge_feat, graph)
         return f
 
@@ -342,6 +315,10 @@ PRESETS: dict[str, Preset] = presets.presets_by_name(
     ),
 )
 DEFAULT_PRESET = "jarvis_formation_energy"
+
+
+BACKBONE = backbone_of("ecomformer", EComFormer, EComFormerConfig, PRESETS, DEFAULT_FRAME, DEFAULT_PRESET, "eComFormer",
+                       shared_frames_cancel=SHARED_FRAMES_CANCEL)
 
 
 def config_from_preset(preset: str, frame: str = DEFAULT_FRAME, global_frame: str = DEFAULT_GLOBAL_FRAME, **overrides) -> EComFormerConfig:

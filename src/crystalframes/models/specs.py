@@ -14,7 +14,8 @@ overrides replace single settings of the preset (``num_targets=2``, ``hidden=64`
 Backbones register a :class:`Backbone` (name, builder, presets, defaults) in :data:`BACKBONES`
 through :func:`register_backbone`; nothing else needs to change for a new backbone. Frames are
 not the backbones' business: every frame of the frame registry (:mod:`crystalframes.frames`)
-runs on every backbone, and old frame names are its aliases.
+runs on every backbone that provides what the frame needs (``CrystalModel.provides``; others are
+refused when the spec is parsed), and old frame names are its aliases.
 """
 
 from __future__ import annotations
@@ -64,7 +65,8 @@ class ModelSpec:
 class Backbone:
     """What the registry needs to know about a backbone.
 
-    builder(spec, **overrides) -> nn.Module; ``presets`` name -> description;
+    ``model``: the backbone's :class:`~crystalframes.models.base.CrystalModel` class (what it
+    ``provides`` to frames); builder(spec, **overrides) -> that model; ``presets`` name -> description;
     ``training`` preset name -> its published training settings (plain data, see
     :func:`preset_training`); ``options`` the settings a preset lets overrides replace (empty:
     the builder checks them itself); ``shared_frames_cancel``: a frame shared by every atom
@@ -73,6 +75,7 @@ class Backbone:
     """
 
     name: str
+    model: type
     builder: Callable[..., nn.Module]
     presets: Mapping[str, str]
     default_frame: str
@@ -80,6 +83,17 @@ class Backbone:
     training: Mapping[str, dict] = field(default_factory=dict)
     options: tuple[str, ...] = ()
     shared_frames_cancel: bool = False
+
+    @property
+    def provides(self) -> frozenset[str]:
+        """What this backbone hands a frame (:data:`crystalframes.frames.NEEDS`)."""
+        return self.model.provides
+
+    def takes(self, frame: str) -> bool:
+        """Whether the backbone provides everything the (registered) frame needs."""
+        from crystalframes.frames import FRAMES
+
+        return FRAMES[frame].needs <= self.provides
 
 
 BACKBONES: dict[str, Backbone] = {}
@@ -112,7 +126,11 @@ def parse_spec(spec: str | ModelSpec) -> ModelSpec:
     except ValueError as exc:
         raise SpecError(f"{exc} (in spec {spec!r})") from None
     if frame not in FRAMES:
-        raise _unknown("frame", frame, frame_names(), f" for {name} in spec {spec!r}")
+        raise _unknown("frame", frame, [f for f in frame_names() if b.takes(f)], f" for {name} in spec {spec!r}")
+    if not b.takes(frame):
+        missing = ", ".join(sorted(FRAMES[frame].needs - b.provides))
+        raise SpecError(f"frame {frame!r} needs {missing}, which backbone {name} does not provide (it provides "
+                        f"{', '.join(sorted(b.provides))}); frames it takes: {', '.join(f for f in frame_names() if b.takes(f))}")
     if FRAMES[frame].composes_with_global:
         global_frame = global_frame or DEFAULT_GLOBAL_FRAME
         if global_frame not in GLOBAL_FRAMES:
@@ -172,7 +190,7 @@ def available_specs() -> list[str]:
 
     out = []
     for b in BACKBONES.values():
-        for frame in frame_names():
+        for frame in filter(b.takes, frame_names()):
             for preset in b.presets:
                 out.append(str(parse_spec(f"{b.name}:{frame}@{preset}")))
     return out
@@ -215,48 +233,33 @@ def _frame_settings(spec: ModelSpec, overrides: dict) -> dict:
     return overrides
 
 
-def _build_ecomformer(spec: ModelSpec, **overrides) -> nn.Module:
-    from crystalframes.models.ecomformer import EComFormer, config_from_preset
+def backbone_of(name: str, model: type, config: type, presets: Mapping, default_frame: str, default_preset: str,
+                label: str | None = None, **extra) -> Backbone:
+    """The registry entry of a backbone module: its :class:`~crystalframes.models.base.CrystalModel`
+    class ``model`` built from ``config`` (a dataclass whose fields the presets set, with
+    ``frame`` and ``global_frame`` fields) at one of ``presets`` (name ->
+    :class:`~crystalframes.models.presets.Preset`). ``extra``: other :class:`Backbone` fields."""
+    from dataclasses import fields
 
-    return EComFormer(config_from_preset(spec.preset, frame=spec.frame, **_frame_settings(spec, overrides)))
+    from crystalframes.models.presets import config_from_preset
+
+    def build(spec: ModelSpec, **overrides) -> nn.Module:
+        return model(config_from_preset(config, presets, spec.preset, label or name, frame=spec.frame, **_frame_settings(spec, overrides)))
+
+    return Backbone(name=name, model=model, builder=build, presets={n: p.description for n, p in presets.items()},
+                    default_frame=default_frame, default_preset=default_preset,
+                    training={n: p.training for n, p in presets.items()}, options=tuple(f.name for f in fields(config)), **extra)
 
 
-def _build_crystalformer(spec: ModelSpec, **overrides) -> nn.Module:
-    from crystalframes.models.crystalformer import build_crystalformer
-
-    return build_crystalformer(spec.frame, spec.preset, **_frame_settings(spec, overrides))
+# The backbones this package ships: one module each, whose BACKBONE is its registry entry.
+BACKBONE_MODULES = ("ecomformer", "crystalformer", "schnet")
 
 
 def _register_defaults() -> None:
-    from dataclasses import fields
+    import importlib
 
-    from crystalframes.models import ecomformer as ec
-
-    register_backbone(
-        Backbone(
-            name="ecomformer",
-            builder=_build_ecomformer,
-            presets={name: p.description for name, p in ec.PRESETS.items()},
-            default_frame=ec.DEFAULT_FRAME,
-            default_preset=ec.DEFAULT_PRESET,
-            training={name: p.training for name, p in ec.PRESETS.items()},
-            options=tuple(f.name for f in fields(ec.EComFormerConfig)),
-            shared_frames_cancel=ec.SHARED_FRAMES_CANCEL,
-        )
-    )
-    from crystalframes.models import crystalformer as cf
-
-    register_backbone(
-        Backbone(
-            name="crystalformer",
-            builder=_build_crystalformer,
-            presets={name: p.description for name, p in cf.CRYSTALFORMER_PRESETS.items()},
-            default_frame=cf.DEFAULT_FRAME,
-            default_preset=cf.DEFAULT_PRESET,
-            training={name: p.training for name, p in cf.CRYSTALFORMER_PRESETS.items()},
-            options=tuple(f.name for f in fields(cf.CrystalformerConfig)),
-        )
-    )
+    for module in BACKBONE_MODULES:
+        register_backbone(importlib.import_module(f"crystalframes.models.{module}").BACKBONE)
 
 
 _register_defaults()

@@ -54,7 +54,6 @@ def config_with_init(cfg, explicit: set[str]):
 def initialise_from(model, cfg) -> str:
     """Load the init model's weights into ``model``; reset the head's last layer for another
     target (unless keep_head); freeze ``model.freeze``. Returns a one-line summary."""
-    import torch
 
     init = _init_model(cfg)
     state = init.model.state_dict()
@@ -71,8 +70,7 @@ def initialise_from(model, cfg) -> str:
     model.load_state_dict({k: v.to(own[k].dtype) for k, v in state.items()})
     said = [f"weights from {init.path} ({init.spec}, target {init.targets[0]})"]
     if cfg.data.target != init.targets[0] and not cfg.model.keep_head:
-        last = [m for m in model.head.modules() if isinstance(m, torch.nn.Linear)][-1]
-        last.reset_parameters()
+        model.output_layer.reset_parameters()
         said.append(f"fresh output layer for {cfg.data.target}")
     names = [n for n, _ in model.named_parameters()]
     for prefix in cfg.model.freeze:

@@ -4,6 +4,7 @@ and learning-rate schedules of both papers."""
 from __future__ import annotations
 
 import math
+from contextlib import nullcontext
 
 import lightning as L
 import numpy as np
@@ -27,18 +28,6 @@ def lr_lambda(cfg: OptimConfig, total_steps: int):
         w = cfg.warmup_steps
         return lambda t: math.sqrt(w / (w + t))
     return lambda t: 1.0
-
-
-def per_atom_frames(calls: list, num_atoms: int) -> list[torch.Tensor]:
-    """One (N, ...) tensor of frames per layer from the recorded frame calls (layer, centres,
-    frames): Crystalformer builds a layer's entry-based frames bucket by bucket, for some
-    centres at a time."""
-    layers: dict[int, torch.Tensor] = {}
-    for layer, centres, frames in calls:
-        if layer not in layers:
-            layers[layer] = frames.new_zeros((num_atoms,) + tuple(frames.shape[1:]))
-        layers[layer][centres] = frames
-    return [layers[k] for k in sorted(layers)]
 
 
 def frame_usage(frames: list, batch, max_pairs: int = 20000) -> dict[str, float]:
@@ -169,12 +158,9 @@ class PropertyModule(L.LightningModule):
         self.check_finite_loss()
 
     def validation_step(self, batch, batch_idx):
-        recorded = self._record_frames() if batch_idx == 0 else None
-        try:
+        # the frames of the first batch, for the frame-usage diagnostics below
+        with self.model.record_frames(batch.batch.shape[0]) if batch_idx == 0 else nullcontext() as recorded:
             pred, target = self._step(batch)
-        finally:
-            if recorded is not None:
-                recorded[1].remove()
         # Sums over the structures, reduced over the ranks at the epoch end: means of per-rank
         # means would weight the ranks' unequal counts wrongly, and the padding repeats that give
         # every rank as many batches must not count twice.
@@ -184,8 +170,8 @@ class PropertyModule(L.LightningModule):
         loss = diff.abs() if self.optim_cfg.loss == "l1" else diff.square()
         counts = error.new_tensor(float(keep))
         self._val_sums += torch.stack([error.mean(-1).sum(), loss.mean(-1).sum(), counts]).to(self._val_sums)
-        if recorded is not None and recorded[0]:
-            usage = frame_usage(per_atom_frames(recorded[0], batch.batch.shape[0]), batch)
+        if recorded is not None and recorded.calls:
+            usage = frame_usage(recorded.layers(), batch)
             # share of atoms whose learned Gram-Schmidt vectors were degenerate (fallback frame)
             fallback = [m.fallback_fraction for m in self.model.modules() if getattr(m, "fallback_fraction", None) is not None]
             if fallback:
@@ -214,14 +200,6 @@ class PropertyModule(L.LightningModule):
         if not hasattr(sampler, "counted"):
             return size
         return min(size, max(0, sampler.counted() - batch_idx * loader.batch_size))
-
-    def _record_frames(self):
-        """(list, hook handle): the frames the model's frame builds in the next forward pass."""
-        frame = getattr(self.model, "frame", None)
-        if frame is None or not getattr(frame, "active", False):
-            return None
-        calls: list = []  # (layer, centres, frames) of every call; a backbone may build a layer's frames in parts
-        return calls, frame.register_forward_hook(lambda module, args, out: calls.append((args[0], args[2].centres, out.detach())))
 
     @torch.no_grad()
     def predict_graphs(self, graphs: list, crystals: list, batch_size: int) -> np.ndarray:
