@@ -22,9 +22,14 @@ from crystalframes.models.specs import (
     preset_training,
     register_backbone,
 )
-# after specs, which registers the backbone modules (each imports specs.backbone_of)
+# The backbones this package ships, one module each, whose BACKBONE is its registry entry (a new
+# backbone is one more name on these two lines).
+from crystalframes.models import crystalformer, ecomformer, schnet  # noqa: E402
 from crystalframes.models.ecomformer import PRESETS as ECOMFORMER_PRESETS
 from crystalframes.models.ecomformer import EComFormer, EComFormerConfig
+
+for _module in (ecomformer, crystalformer, schnet):
+    register_backbone(_module.BACKBONE)
 
 __all__ = [
     "SpecError",

@@ -254,16 +254,3 @@ def backbone_of(name: str, model: type, config: type, presets: Mapping, default_
                     default_frame=default_frame, default_preset=default_preset,
                     training={n: p.training for n, p in presets.items()}, options=tuple(f.name for f in fields(config)), **extra)
 
-
-# The backbones this package ships: one module each, whose BACKBONE is its registry entry.
-BACKBONE_MODULES = ("ecomformer", "crystalformer", "schnet")
-
-
-def _register_defaults() -> None:
-    import importlib
-
-    for module in BACKBONE_MODULES:
-        register_backbone(importlib.import_module(f"crystalframes.models.{module}").BACKBONE)
-
-
-_register_defaults()
