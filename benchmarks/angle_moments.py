@@ -27,7 +27,7 @@ def frames_per_centre(structures: int, batch_size: int) -> float:
     from crystalframes.data.graph import build_graph
     from crystalframes.io import read_dataset
     from crystalframes.models.crystalformer import build_crystalformer
-    from crystalframes.nn import periodic_attention as pa
+    from crystalframes.models import periodic_attention as pa
 
     torch.manual_seed(0)
     model = build_crystalformer("max", "reference")

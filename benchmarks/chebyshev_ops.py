@@ -14,7 +14,7 @@ records every ChebyshevMoments call's inputs. Then, with ``--threads`` threads:
   and of a whole training step with either class in the attention;
 - moments ms: forward + backward of all recorded calls, before and after interleaved (the order
   alternating between rounds), median per version and their ratio after / before;
-- step ms: whole training steps with either class patched into nn.periodic_attention,
+- step ms: whole training steps with either class patched into models.periodic_attention,
   interleaved likewise; ratio after / before of the medians (below 1: the new code is faster).
   Timings on a shared machine scatter (+-30 %): the load average is printed.
 
@@ -32,7 +32,7 @@ import time
 import numpy as np
 import torch
 
-from crystalframes.nn import periodic_attention
+from crystalframes.models import periodic_attention
 from crystalframes.nn.chebyshev import CHEBYSHEV_BLOCK, ChebyshevMoments
 from crystalframes.nn.periodic_entries import ACCELERATOR_BUDGET_SCALE
 from crystalframes.profiling import StepCounter

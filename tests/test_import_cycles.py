@@ -203,3 +203,25 @@ def test_private_imports_are_found(tmp_path):
     probe.write_text("from crystalframes.cli.predict import _collect\nfrom crystalframes import __version__\n"
                      "def f():\n    from ..api import _resolve_model_path\n")
     assert private_imports(probe) == ["crystalframes.cli.predict._collect", "..api._resolve_model_path"]
+
+
+def part_graph(graph: dict[str, set[str]]) -> dict[str, set[str]]:
+    """The module graph folded to the package's parts (``crystalframes.nn.graph`` -> ``nn``; a
+    top-level module is its own part)."""
+    def part(module: str) -> str:
+        return module.split(".")[1] if "." in module else module
+
+    out: dict[str, set[str]] = {}
+    for a, targets in graph.items():
+        out.setdefault(part(a), set()).update(part(b) for b in targets if part(b) != part(a))
+    return out
+
+
+def test_the_parts_of_the_frame_seam_are_layered():
+    """No cycle between the package's parts either (a module-level acyclic graph can still tie two
+    parts together), and the frame seam in layers: nn below frames (nn never imports a frame),
+    frames below models (a frame never reaches into a backbone)."""
+    parts = part_graph(import_graph())
+    assert "nn" in parts["frames"] and "frames" in parts["models"], "the graph was not read"
+    assert not cycles(parts), cycles(parts)
+    assert "frames" not in parts["nn"] and "models" not in parts["frames"] and "models" not in parts["nn"]

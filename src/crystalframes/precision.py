@@ -51,12 +51,10 @@ def upcast(obj):
                 if new is not value:
                     changed[f.name] = new
         return dataclasses.replace(obj, **changed) if changed else obj
-    from crystalframes.nn.graph import EdgeTable  # here: nn imports the frames, which import this
-
-    if isinstance(obj, EdgeTable):
-        values = upcast(obj.values)
-        return obj if values is obj.values else EdgeTable(values, obj.index)
-    return obj
+    # containers of tensors that are neither (nn.graph.EdgeTable) say how to map them; precision
+    # sits below nn and frames, so it names none of their classes
+    map_tensors = getattr(obj, "map_tensors", None)
+    return map_tensors(upcast) if callable(map_tensors) else obj
 
 
 def full_precision(fn):

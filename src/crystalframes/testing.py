@@ -414,9 +414,9 @@ class ModelContract:
         if "spec" in metafunc.fixturenames:
             specs = list(self.specs)
             if not specs:
-                from crystalframes.cli.models import model_rows
+                from crystalframes.models import spec_grid
 
-                specs = [row["spec"] for row in model_rows(self.preset)]
+                specs = [str(s) for s in spec_grid(self.preset)]
             metafunc.parametrize("spec", specs)
 
     def _fixture(fn):  # pytest is a test dependency, not a dependency of the package

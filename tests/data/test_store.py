@@ -229,3 +229,33 @@ def test_cli_build_and_verify(run, tmp_path, small_source):
     assert code == 2 and "not a graph store" in stderr and "Traceback" not in stderr
     code, _, stderr = run("data", "build", "no_such_dataset_name", "-o", tmp_path / "n")
     assert code == 2 and "Traceback" not in stderr
+
+
+def test_file_arrays_read_what_numpy_reads(tmp_path):
+    """The store reads its .npy files with positioned reads (no memory map, whose fault-around
+    made a rank's RSS grow with the store): every index form it uses gives NumPy's own answer,
+    and a truncated file is an error naming it, not short data."""
+    from crystalframes.data.store import _FileArray
+
+    rng = np.random.default_rng(0)
+    arrays = {"offsets": np.arange(9, dtype=np.int64), "coords": rng.random((7, 3)), "lattice": rng.random((4, 3, 3)),
+              "index": rng.integers(0, 200, (2, 11)).astype(np.uint8), "present": rng.random((5, 2)) > 0.5,
+              "empty": np.zeros((0, 3))}
+    for name, expected in arrays.items():
+        np.save(tmp_path / f"{name}.npy", expected)
+        got = _FileArray(tmp_path / f"{name}.npy")
+        assert got.shape == expected.shape and got.dtype == expected.dtype and len(got) == len(expected)
+        np.testing.assert_array_equal(np.asarray(got), expected)
+        for key in ([slice(0, 0), slice(1, 3), slice(2, None), slice(None, -1)]
+                    + ([0, len(expected) - 1, -1] if len(expected) else [])):
+            np.testing.assert_array_equal(got[key], expected[key])
+        if expected.ndim == 2:
+            for cols in (slice(0, 0), slice(1, 3), slice(None)):
+                np.testing.assert_array_equal(got[:, cols], expected[:, cols])
+            np.testing.assert_array_equal(got[:, 1] if expected.shape[1] > 1 else got[:, 0], expected[:, 1] if expected.shape[1] > 1 else expected[:, 0])
+    with pytest.raises(IndexError):
+        _FileArray(tmp_path / "offsets.npy")[9]
+    path = tmp_path / "coords.npy"
+    path.write_bytes(path.read_bytes()[:-8])
+    with pytest.raises(OSError, match="coords.npy: truncated"):
+        _FileArray(path)[6]

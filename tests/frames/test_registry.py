@@ -86,3 +86,15 @@ def test_declarations_combine_the_frame_and_its_global_frame():
     for name in frame_names():
         cls = FRAMES[name]
         assert cls.summary and set(cls.needs) <= {"lattice", "neighbours", "attention", "features"}
+
+
+def test_an_unknown_frame_option_is_an_error_not_ignored():
+    """Backbones pass their frame options to whatever frame they run, so a frame accepts the
+    options any registered frame declares and refuses a misspelt one, naming the known ones."""
+    from crystalframes.frames import build_frame
+    from crystalframes.frames.registry import frame_options
+
+    assert frame_options() == {"angle_bins", "positive_quaternion"}
+    build_frame("max", angle_bins=4, positive_quaternion=False)  # options of other frames: accepted
+    with pytest.raises(TypeError, match=r"unknown frame option\(s\) \['angle_binz'\].*angle_bins"):
+        build_frame("spframe_gram_schmidt", dim=8, edge_dim=8, angle_binz=4)

@@ -14,8 +14,11 @@ def test_models_json_lists_every_backbone_frame_and_global_frame_with_its_size(r
     assert code == 0, err
     rows = json.loads(out)
     assert isinstance(rows, list) and all("spec" in r for r in rows)
-    expected = {(b, f, g) for b in BACKBONES for f, cls in FRAMES.items() for g in (GLOBAL_FRAMES if cls.composes_with_global else [None])}
+    expected = {(b, f, g) for b in BACKBONES for f, cls in FRAMES.items() for g in (GLOBAL_FRAMES if cls.composes_with_global else [None])
+                if cls.needs <= BACKBONES[b].provides}  # every frame whose needs the backbone provides
     assert {(r["backbone"], r["frame"], r["global_frame"]) for r in rows} == expected and len(rows) == len(expected) >= 16
+    assert len(BACKBONES) >= 3 and {r["backbone"] for r in rows} == set(BACKBONES)
+    assert not any(r["backbone"] == "schnet" and r["frame"] in ("max", "weighted_pca") for r in rows)  # no attention
     for r in rows:
         assert r["preset"] == "cpu_small" and r["spec"].endswith("@cpu_small")
         assert r["parameters"] == num_parameters(build_model(r["spec"]))

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from crystalframes.nn.chebyshev import ChebyshevMoments
-from crystalframes.nn.periodic_attention import PeriodicAttention, PeriodicGeometry
+from crystalframes.models.periodic_attention import PeriodicAttention, PeriodicGeometry
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -23,7 +23,7 @@ from crystalframes.frames import FRAMES, frame_names, max_frame, static_local_fr
 from crystalframes.io import Crystal
 from crystalframes.models.crystalformer import CRYSTALFORMER_PRESETS, build_crystalformer
 from crystalframes.models import num_parameters
-from crystalframes.nn import periodic_attention as pa
+from crystalframes.models import periodic_attention as pa
 from crystalframes.testing import (
     DEFAULT_TOLERANCES,
     invariance_errors,

@@ -542,8 +542,6 @@ def test_no_cuda_specific_code():
     """CPU and CUDA from the same code: no .cuda() calls, no CUDA-only or scatter packages."""
     root = Path(__file__).resolve().parents[2] / "src" / "crystalframes"
     for path in [root / "models" / "ecomformer.py", *sorted((root / "nn").glob("*.py"))]:
-        if path.name == "periodic_attention.py":  # another model's module
-            continue
         text = path.read_text()
         for pattern in (".cuda(", "torch_scatter", "torch_sparse", "cupy"):
             assert pattern not in text, (path.name, pattern)

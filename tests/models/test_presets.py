@@ -14,13 +14,22 @@ from crystalframes.models.presets import (
 from crystalframes.models.specs import BACKBONES, parse_spec, preset_training
 
 
-def test_every_frame_parses_at_every_preset_of_every_backbone():
-    from crystalframes.frames import frame_names
+def test_every_frame_parses_at_every_preset_of_every_backbone_that_provides_its_needs():
+    from crystalframes.frames import FRAMES, frame_names
+    from crystalframes.models import SpecError
 
+    refused = 0
     for backbone in BACKBONES.values():
         for frame in frame_names():
             for preset in backbone.presets:
-                assert parse_spec(f"{backbone.name}:{frame}@{preset}").preset == preset
+                if FRAMES[frame].needs <= backbone.provides:
+                    assert parse_spec(f"{backbone.name}:{frame}@{preset}").preset == preset
+                else:
+                    missing = sorted(FRAMES[frame].needs - backbone.provides)
+                    with pytest.raises(SpecError, match=f"needs {', '.join(missing)}, which backbone {backbone.name} does not provide"):
+                        parse_spec(f"{backbone.name}:{frame}@{preset}")
+                    refused += 1
+    assert refused  # schnet has no attention
 
 
 def test_crystalframer_at_a_task_preset_gets_the_published_settings():

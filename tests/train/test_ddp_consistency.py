@@ -107,7 +107,7 @@ def test_ddp_ranks_hold_one_model_and_log_the_single_process_val_mae(case, data,
 def _moments_on_rank(rank, x, init, results):
     import torch.distributed as dist
 
-    from crystalframes.nn.periodic_attention import _batch_moments
+    from crystalframes.models.periodic_attention import _batch_moments
 
     dist.init_process_group("gloo", init_method=init, rank=rank, world_size=2)
     try:

@@ -12,7 +12,7 @@ def model_rows(preset: Optional[str] = None, backbones: Optional[List[str]] = No
     """One row per backbone x frame at ``preset`` (default: each backbone's default preset), the
     model built to count its parameters. A preset a listed backbone lacks is a UserError."""
     from crystalframes.io.errors import UserError
-    from crystalframes.models import BACKBONES, build_model, num_parameters, parse_spec
+    from crystalframes.models import BACKBONES, build_model, num_parameters, spec_grid
 
     names = backbones or sorted(BACKBONES)
     unknown = [n for n in names if n not in BACKBONES]
@@ -21,30 +21,27 @@ def model_rows(preset: Optional[str] = None, backbones: Optional[List[str]] = No
     lacking = [n for n in names if preset is not None and preset not in BACKBONES[n].presets]
     if lacking:
         raise UserError(f"backbone(s) {', '.join(lacking)} have no preset {preset!r} (choose --backbone, or see `crystalframes models` for the presets)")
-    from crystalframes.frames import FRAMES, GLOBAL_FRAMES, frame_names
+    from crystalframes.frames import FRAMES
     from crystalframes.models import declared_dependences
 
     rows = []
     for name in names:
         backbone = BACKBONES[name]
-        for frame in filter(backbone.takes, frame_names()):  # every frame it can run, with every global frame it takes
-            for global_name in GLOBAL_FRAMES if FRAMES[frame].composes_with_global else [None]:
-                written = frame if global_name is None else f"{frame}+{global_name}"
-                spec = parse_spec(f"{name}:{written}@{preset or backbone.default_preset}")
-                rows.append(
-                    {
-                        "spec": str(spec),
-                        "backbone": name,
-                        "frame": spec.frame,
-                        "global_frame": spec.global_frame,
-                        "summary": FRAMES[frame].summary,
-                        "needs": sorted(FRAMES[frame].needs),
-                        "declared_dependences": declared_dependences(spec),
-                        "preset": spec.preset,
-                        "presets": list(backbone.presets),
-                        "parameters": num_parameters(build_model(spec)),
-                    }
-                )
+        for spec in spec_grid(preset, [name]):  # every frame it can run, with every global frame it takes
+            rows.append(
+                {
+                    "spec": str(spec),
+                    "backbone": name,
+                    "frame": spec.frame,
+                    "global_frame": spec.global_frame,
+                    "summary": FRAMES[spec.frame].summary,
+                    "needs": sorted(FRAMES[spec.frame].needs),
+                    "declared_dependences": declared_dependences(spec),
+                    "preset": spec.preset,
+                    "presets": list(backbone.presets),
+                    "parameters": num_parameters(build_model(spec)),
+                }
+            )
     return rows
 
 

@@ -41,7 +41,6 @@ from crystalframes.frames.registry import (
     build_frame,
     declared_dependences,
     frame_names,
-    frames_with_global,
     register_frame,
     resolve_frame,
 )
@@ -71,7 +70,6 @@ __all__ = [
     "build_frame",
     "declared_dependences",
     "frame_names",
-    "frames_with_global",
     "register_frame",
     "resolve_frame",
     "GLOBAL_FRAMES",

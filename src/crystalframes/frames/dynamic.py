@@ -302,7 +302,6 @@ class _AttentionFrame(Frame):
     when the weights have heads (no gradient flows through them)."""
 
     needs = frozenset({"neighbours", "attention"})
-    per_head = True
     uses_tie_frame = True
     dependences = _TIES
 

@@ -256,8 +256,10 @@ class SPFrameQuaternion(_LearnedFrame):
     name = "spframe_quaternion"
     summary = "SPFrame: learned invariant quaternion frame x global frame"
 
+    options = ("positive_quaternion",)
+
     def __init__(self, global_frame="qr", *, dim, edge_dim, edge_weight_dim=0, layers=1, positive_quaternion=True, **options):
-        super().__init__(global_frame, dim=dim, edge_dim=edge_dim, layers=layers)
+        super().__init__(global_frame, dim=dim, edge_dim=edge_dim, layers=layers, **options)
         self.heads = nn.ModuleList(QuaternionHead(dim, edge_dim, positive_quaternion, edge_weight_dim) for _ in range(layers))
 
     def forward(self, layer, setup, hood):
@@ -278,8 +280,10 @@ class SPFrameGramSchmidt(_LearnedFrame):
     needs = frozenset({"features", "lattice"})
     dependences = {"basis_change": "the messages see the cosines with the chosen basis' lattice vectors"}
 
+    options = ("angle_bins",)
+
     def __init__(self, global_frame="qr", *, dim, edge_dim, edge_weight_dim=0, layers=1, angle_bins=16, **options):
-        super().__init__(global_frame, dim=dim, edge_dim=edge_dim, layers=layers)
+        super().__init__(global_frame, dim=dim, edge_dim=edge_dim, layers=layers, **options)
         weight_dim = edge_weight_dim + 3 if edge_weight_dim else 0
         self.heads = nn.ModuleList(GramSchmidtHead(dim, edge_dim, equivariant=False, weight_dim=weight_dim) for _ in range(layers))
         if edge_dim:
@@ -311,8 +315,8 @@ class EquivariantGramSchmidt(_LearnedFrame):
     summary = "SPFrame's baseline: learned equivariant Gram-Schmidt frame (global frame as fallback)"
     global_frame_is_fallback = True
 
-    def __init__(self, global_frame="qr", *, dim, edge_dim, layers=1, **options):
-        super().__init__(global_frame, dim=dim, edge_dim=edge_dim, layers=layers)
+    def __init__(self, global_frame="qr", *, dim, edge_dim, edge_weight_dim=0, layers=1, **options):
+        super().__init__(global_frame, dim=dim, edge_dim=edge_dim, layers=layers, **options)
         self.heads = nn.ModuleList(GramSchmidtHead(dim, edge_dim, equivariant=True) for _ in range(layers))
 
     def forward(self, layer, setup, hood):

@@ -21,7 +21,7 @@ features     the atoms' invariant features (``features``) and a message graph ov
 ===========  ===================================================================================
 
 A frame returns F_i, (n, 3, 3) rotations whose rows are the axes, one per centre of the
-neighbourhood, or (n, H, 3, 3) per centre and head (``per_head`` frames given per-head
+neighbourhood, or (n, H, 3, 3) per centre and head (frames that are given per-head
 weights). Frames whose ``composes_with_global`` is set take a global frame (a spec's
 ``+qr``, ``+polar``...; :data:`~crystalframes.frames.global_frames.GLOBAL_FRAMES`).
 
@@ -139,7 +139,7 @@ class Frame(nn.Module):
     """Base class of every frame (see the module docstring).
 
     Class attributes: ``name`` (the one name of the frame everywhere), ``summary`` (one line),
-    ``needs`` (a subset of :data:`NEEDS`), ``per_head``, ``composes_with_global``,
+    ``needs`` (a subset of :data:`NEEDS`), ``composes_with_global``,
     ``uses_tie_frame`` (needs the QR frame of the lattice to break exact ties), ``shared``
     (every atom of a structure gets the same frame), ``global_frame_is_fallback`` (the global
     frame only serves atoms whose own construction is degenerate) and
@@ -148,19 +148,22 @@ class Frame(nn.Module):
     ``edge_dim`` and ``edge_weight_dim`` (widths of the message graph's edge features and edge
     weights, 0 for none), ``layers`` (how many times the frame
     is built per forward; learned frames have one head per layer) and frame options (e.g.
-    ``positive_quaternion``, ``angle_bins``), which frames that do not use them ignore.
+    ``positive_quaternion``, ``angle_bins``: the ``options`` a frame class declares), which frames
+    that do not use them ignore; a keyword no registered frame declares is a ``TypeError``.
     """
 
     name: ClassVar[str] = ""
     summary: ClassVar[str] = ""
     active: ClassVar[bool] = True  # False for the ``none`` frame: the backbone then uses no frame
     needs: ClassVar[frozenset[str]] = frozenset()
-    per_head: ClassVar[bool] = False
     composes_with_global: ClassVar[bool] = False
     uses_tie_frame: ClassVar[bool] = False
     shared: ClassVar[bool] = False
     global_frame_is_fallback: ClassVar[bool] = False
     dependences: ClassVar[dict[str, str]] = {}
+    # the frame options this frame reads; a backbone passes its options to whatever frame it runs,
+    # so a frame accepts every registered frame's options and refuses any other keyword
+    options: ClassVar[tuple[str, ...]] = ()
 
     def __init_subclass__(cls, **kwargs):
         # Every frame is built in float32 or float64 whatever autocast does to the dense layers
@@ -173,6 +176,9 @@ class Frame(nn.Module):
 
     def __init__(self, global_frame: str = DEFAULT_GLOBAL_FRAME, *, dim: int = 0, edge_dim: int = 0, edge_weight_dim: int = 0, layers: int = 1, **options):
         super().__init__()
+        unknown = sorted(set(options) - frame_options())
+        if unknown:
+            raise TypeError(f"unknown frame option(s) {unknown}; the registered frames take {sorted(frame_options())}")
         if global_frame not in GLOBAL_FRAMES:
             raise ValueError(f"unknown global frame {global_frame!r}; choose one of {tuple(GLOBAL_FRAMES)}")
         self.global_frame = global_frame
@@ -217,14 +223,14 @@ def register_frame(cls: type[Frame]) -> type[Frame]:
     return cls
 
 
+def frame_options() -> set[str]:
+    """The options any registered frame reads (``Frame.options``)."""
+    return {option for cls in FRAMES.values() for option in cls.options}
+
+
 def frame_names() -> tuple[str, ...]:
     """Every registered frame, ``none`` first."""
     return tuple(sorted(FRAMES, key=lambda n: (n != "none", n)))
-
-
-def frames_with_global() -> tuple[str, ...]:
-    """The frames for which a global frame means something (``frame+global`` specs)."""
-    return tuple(n for n in frame_names() if FRAMES[n].composes_with_global)
 
 
 def resolve_frame(name: str, global_name: str | None = None) -> tuple[str, str | None]:

@@ -14,7 +14,7 @@ from crystalframes.models.specs import (
     Backbone,
     ModelSpec,
     SpecError,
-    available_specs,
+    spec_grid,
     declared_dependences,
     build_model,
     check_options,
@@ -22,9 +22,14 @@ from crystalframes.models.specs import (
     preset_training,
     register_backbone,
 )
-# after specs, which registers the backbone modules (each imports specs.backbone_of)
+# The backbones this package ships, one module each, whose BACKBONE is its registry entry (a new
+# backbone is one more name on these two lines).
+from crystalframes.models import crystalformer, ecomformer, schnet  # noqa: E402
 from crystalframes.models.ecomformer import PRESETS as ECOMFORMER_PRESETS
 from crystalframes.models.ecomformer import EComFormer, EComFormerConfig
+
+for _module in (ecomformer, crystalformer, schnet):
+    register_backbone(_module.BACKBONE)
 
 __all__ = [
     "SpecError",
@@ -34,7 +39,7 @@ __all__ = [
     "build_model",
     "parse_spec",
     "preset_training",
-    "available_specs",
+    "spec_grid",
     "declared_dependences",
     "register_backbone",
     "Backbone",

@@ -5,7 +5,7 @@ seeds 001-002), with the frame baselines of seed 001 on the same code path.
     layers -> x = x + Attention(x);  x = x + Linear(F, C)(ReLU(Linear(C, F)(x)))   (no LayerNorm)
     output -> mean over the atoms of each crystal -> Linear(C, C) - ReLU - Linear(C, T)
 
-Attention is :class:`~crystalframes.nn.periodic_attention.PeriodicAttention` (infinitely
+Attention is :class:`~crystalframes.models.periodic_attention.PeriodicAttention` (infinitely
 connected attention over all atoms and lattice translations). With a frame (any frame of the
 registry, :mod:`crystalframes.frames`; the backbone names none) its value position encoding also
 sees the directions of the entries in atom i's frame, psi = W0 b_dist(d) + sum_k Wk b_angl(e_k .
@@ -50,7 +50,7 @@ from crystalframes.models.base import CrystalModel
 from crystalframes.models.presets import Preset
 from crystalframes.models.specs import backbone_of
 from crystalframes.nn.atom_features import unsupported_elements
-from crystalframes.nn.periodic_attention import (
+from crystalframes.models.periodic_attention import (
     ANGLE_WIDTH_SCALE,
     DEFAULT_CUTOFF_SIGMAS,
     DEFAULT_MEMORY_BUDGET,
@@ -83,7 +83,7 @@ class CrystalformerConfig:
     (``spframe_quaternion``'s softplus head; Gaussians per lattice cosine of
     ``spframe_gram_schmidt``). cutoff_sigmas: each head of each atom sums over the images within this many
     sigma_ih = r0 / sqrt(rho_ih) (the reference sizes an image box with 3.5; see
-    :mod:`crystalframes.nn.periodic_attention`). memory_budget: elements of the largest
+    :mod:`crystalframes.models.periodic_attention`). memory_budget: elements of the largest
     temporary tensor of an attention layer on a CPU (16x that on a GPU: ``budget_on`` in
     :mod:`crystalframes.nn.periodic_entries`); it changes speed and memory, never a result.
     """
@@ -105,7 +105,7 @@ class CrystalformerConfig:
     rho_beta: float = RHO_BETA
     cutoff_sigmas: float = DEFAULT_CUTOFF_SIGMAS
     rho_momentum: float = 0.1
-    rho_statistics: str = "running"  # or "first_batch", the reference's (see nn/periodic_attention.py)
+    rho_statistics: str = "running"  # or "first_batch", the reference's (see models/periodic_attention.py)
     head_hidden: int = 128
     num_targets: int = 1
     memory_budget: int = DEFAULT_MEMORY_BUDGET

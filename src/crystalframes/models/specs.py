@@ -184,15 +184,19 @@ def preset_training(spec: str | ModelSpec) -> dict:
     return copy.deepcopy(dict(BACKBONES[parsed.backbone].training.get(parsed.preset, {})))
 
 
-def available_specs() -> list[str]:
-    """Every backbone:frame@preset combination (default global frames)."""
-    from crystalframes.frames import frame_names
+def spec_grid(preset: str | None = None, backbones: Iterable[str] | None = None) -> list[ModelSpec]:
+    """Every backbone x frame it takes x global frame the frame composes with, at ``preset``
+    (default: each backbone's default preset): the grid of ``crystalframes models`` and of the
+    contract suite. A backbone without ``preset`` raises :class:`SpecError`."""
+    from crystalframes.frames import FRAMES, GLOBAL_FRAMES, frame_names
 
     out = []
-    for b in BACKBONES.values():
+    for name in backbones or sorted(BACKBONES):
+        b = BACKBONES[name]
         for frame in filter(b.takes, frame_names()):
-            for preset in b.presets:
-                out.append(str(parse_spec(f"{b.name}:{frame}@{preset}")))
+            for global_name in GLOBAL_FRAMES if FRAMES[frame].composes_with_global else [None]:
+                written = frame if global_name is None else f"{frame}+{global_name}"
+                out.append(parse_spec(f"{name}:{written}@{preset or b.default_preset}"))
     return out
 
 
@@ -250,16 +254,3 @@ def backbone_of(name: str, model: type, config: type, presets: Mapping, default_
                     default_frame=default_frame, default_preset=default_preset,
                     training={n: p.training for n, p in presets.items()}, options=tuple(f.name for f in fields(config)), **extra)
 
-
-# The backbones this package ships: one module each, whose BACKBONE is its registry entry.
-BACKBONE_MODULES = ("ecomformer", "crystalformer", "schnet")
-
-
-def _register_defaults() -> None:
-    import importlib
-
-    for module in BACKBONE_MODULES:
-        register_backbone(importlib.import_module(f"crystalframes.models.{module}").BACKBONE)
-
-
-_register_defaults()

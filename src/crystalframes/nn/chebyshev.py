@@ -1,5 +1,5 @@
 """Bases of Crystalformer's position encodings and the Chebyshev numerics of CrystalFramer's angle
-encoding (used by :mod:`crystalframes.nn.periodic_attention`).
+encoding (used by :mod:`crystalframes.models.periodic_attention`).
 
 The angle Gaussians (width = 4 centre spacings, very smooth) are evaluated through their
 Chebyshev expansion in c = e_k . r_hat, accurate to ``ANGLE_BASIS_TOLERANCE`` (absolute, peak 1):

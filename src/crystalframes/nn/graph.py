@@ -118,6 +118,12 @@ class EdgeTable:
         self.values = values
         self.index = index
 
+    def map_tensors(self, fn) -> "EdgeTable":
+        """The table with ``fn`` applied to its values (the row index kept); itself when ``fn``
+        returns the values unchanged (``crystalframes.precision.upcast``)."""
+        values = fn(self.values)
+        return self if values is self.values else EdgeTable(values, self.index)
+
     @classmethod
     def of_distances(cls, distances: torch.Tensor, deduplicate: bool = True) -> "EdgeTable":
         """The table of the edge lengths (E,), one row per distinct value. Gradients with

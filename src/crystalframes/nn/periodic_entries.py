@@ -46,10 +46,6 @@ class PeriodicEntries:
     count_host: np.ndarray | None = None
 
     @property
-    def num_entries(self) -> int:
-        return int(self.centre.shape[0])
-
-    @property
     def num_atoms(self) -> int:
         return int(self.count.shape[0])
 
@@ -247,11 +243,6 @@ class Bucket:
     flat: torch.Tensor  # (E_b,) long
     entries: torch.Tensor  # (E_b,) long
     lengths: np.ndarray  # (n,) entries of every row, on the host (ascending)
-
-    @property
-    def rows(self) -> torch.Tensor:
-        """Row (local centre) of every valid cell: (E_b,)."""
-        return torch.div(self.flat, self.index.shape[1], rounding_mode="floor")
 
 
 def entry_buckets(entries: PeriodicEntries, budget: int) -> tuple[list[Bucket], torch.Tensor]:
