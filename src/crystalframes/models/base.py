@@ -34,6 +34,24 @@ from torch import nn
 from crystalframes.data.batch import GraphBatch
 
 
+def settle_config(config, positive: tuple[str, ...] = ()) -> None:
+    """In a frozen config dataclass's ``__post_init__``: old frame names resolved to today's
+    (the same model), the frame and global frame checked against the registries, and every field
+    of ``positive`` a positive integer; ValueError naming the field otherwise."""
+    from crystalframes.frames import FRAMES, GLOBAL_FRAMES, frame_names, resolve_frame
+
+    frame, global_frame = resolve_frame(config.frame, config.global_frame)
+    object.__setattr__(config, "frame", frame)
+    object.__setattr__(config, "global_frame", global_frame)
+    if config.frame not in FRAMES:
+        raise ValueError(f"unknown frame {config.frame!r}; choose one of {frame_names()}")
+    if config.global_frame not in GLOBAL_FRAMES:
+        raise ValueError(f"unknown global frame {config.global_frame!r}; choose one of {tuple(GLOBAL_FRAMES)}")
+    for name in positive:
+        if int(getattr(config, name)) < 1:
+            raise ValueError(f"{name} must be a positive integer, got {getattr(config, name)}")
+
+
 class FrameRecord:
     """The frames one or more forward passes built, gathered per layer.
 

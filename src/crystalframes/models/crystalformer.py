@@ -42,11 +42,11 @@ from torch import nn
 
 from crystalframes.data.batch import GraphBatch
 from crystalframes.data.graph import GraphSettings
-from crystalframes.frames import FRAMES, GLOBAL_FRAMES, build_frame, frame_names, resolve_frame
+from crystalframes.frames import FRAMES, build_frame
 from crystalframes.frames.registry import DEFAULT_GLOBAL_FRAME
 from crystalframes.io.elements import element_label
 from crystalframes.models import presets
-from crystalframes.models.base import CrystalModel
+from crystalframes.models.base import CrystalModel, settle_config
 from crystalframes.models.presets import Preset
 from crystalframes.models.specs import backbone_of
 from crystalframes.nn.atom_features import unsupported_elements
@@ -113,16 +113,8 @@ class CrystalformerConfig:
     angle_bins: int = 16
 
     def __post_init__(self):
-        frame, global_frame = resolve_frame(self.frame, self.global_frame)  # old names: the same model
-        object.__setattr__(self, "frame", frame)
-        object.__setattr__(self, "global_frame", global_frame)
-        if self.frame not in FRAMES:
-            raise ValueError(f"unknown frame {self.frame!r}; choose one of {frame_names()}")
-        if self.global_frame not in GLOBAL_FRAMES:
-            raise ValueError(f"unknown global frame {self.global_frame!r}; choose one of {tuple(GLOBAL_FRAMES)}")
-        for name in ("num_layers", "model_dim", "num_heads", "ff_dim", "distance_bases", "head_hidden", "num_targets", "memory_budget", "angle_bins"):
-            if int(getattr(self, name)) < 1:
-                raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)}")
+        settle_config(self, positive=("num_layers", "model_dim", "num_heads", "ff_dim", "distance_bases", "head_hidden", "num_targets",
+                                      "memory_budget", "angle_bins"))
         if self.model_dim % self.num_heads:
             raise ValueError(f"model_dim {self.model_dim} is not divisible by num_heads {self.num_heads}")
         if FRAMES[self.frame].active and self.angle_bases < 2:

@@ -36,10 +36,10 @@ from torch import nn
 
 from crystalframes.data.batch import GraphBatch
 from crystalframes.data.graph import GraphSettings
-from crystalframes.frames import FRAMES, GLOBAL_FRAMES, build_frame, frame_names, resolve_frame
+from crystalframes.frames import FRAMES, build_frame
 from crystalframes.frames.registry import DEFAULT_GLOBAL_FRAME
 from crystalframes.models import presets
-from crystalframes.models.base import CrystalModel, GraphFrames
+from crystalframes.models.base import CrystalModel, GraphFrames, settle_config
 from crystalframes.models.presets import Preset
 from crystalframes.models.specs import backbone_of
 from crystalframes.nn.atom_features import AtomFeatureTable
@@ -115,20 +115,11 @@ class EComFormerConfig:
 
     def __post_init__(self):
         object.__setattr__(self, "layer_order", parse_layer_order(self.layer_order))
-        frame, global_frame = resolve_frame(self.frame, self.global_frame)
-        object.__setattr__(self, "frame", frame)
-        object.__setattr__(self, "global_frame", global_frame)
-        if self.frame not in FRAMES:
-            raise ValueError(f"unknown frame {self.frame!r}; choose one of {frame_names()}")
-        if self.global_frame not in GLOBAL_FRAMES:
-            raise ValueError(f"unknown global frame {self.global_frame!r}; choose one of {tuple(GLOBAL_FRAMES)}")
+        settle_config(self, positive=("hidden", "scalars", "vectors", "rbf_bins", "angle_bins", "num_targets", "k"))
         if "attention" in FRAMES[self.frame].needs and self.layer_order[0] != "att":
             raise ValueError(f"frame {self.frame!r} is built from a transformer layer's attention: layer_order must start with 'att'")
         if self.tensor_product not in TENSOR_PRODUCT_IMPLEMENTATIONS:
             raise ValueError(f"tensor_product must be one of {TENSOR_PRODUCT_IMPLEMENTATIONS}")
-        for name in ("hidden", "scalars", "vectors", "rbf_bins", "angle_bins", "num_targets", "k"):
-            if int(getattr(self, name)) < 1:
-                raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)}")
 
     def as_dict(self) -> dict:
         d = asdict(self)

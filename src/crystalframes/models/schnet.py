@@ -34,10 +34,10 @@ from torch import nn
 
 from crystalframes.data.batch import GraphBatch
 from crystalframes.data.graph import GraphSettings
-from crystalframes.frames import FRAMES, GLOBAL_FRAMES, build_frame, frame_names, resolve_frame
+from crystalframes.frames import FRAMES, build_frame
 from crystalframes.frames.registry import DEFAULT_GLOBAL_FRAME
 from crystalframes.models import presets
-from crystalframes.models.base import CrystalModel, GraphFrames
+from crystalframes.models.base import CrystalModel, GraphFrames, settle_config
 from crystalframes.models.presets import Preset
 from crystalframes.models.specs import backbone_of
 from crystalframes.nn.atom_features import AtomFeatureTable
@@ -78,16 +78,7 @@ class SchNetConfig:
     positive_quaternion: bool = True
 
     def __post_init__(self):
-        frame, global_frame = resolve_frame(self.frame, self.global_frame)
-        object.__setattr__(self, "frame", frame)
-        object.__setattr__(self, "global_frame", global_frame)
-        if self.frame not in FRAMES:
-            raise ValueError(f"unknown frame {self.frame!r}; choose one of {frame_names()}")
-        if self.global_frame not in GLOBAL_FRAMES:
-            raise ValueError(f"unknown global frame {self.global_frame!r}; choose one of {tuple(GLOBAL_FRAMES)}")
-        for name in ("hidden", "interactions", "rbf_bins", "angle_bins", "num_targets", "k"):
-            if int(getattr(self, name)) < 1:
-                raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)}")
+        settle_config(self, positive=("hidden", "interactions", "rbf_bins", "angle_bins", "num_targets", "k"))
         if FRAMES[self.frame].active and self.interactions < 2:
             raise ValueError("with a frame, interactions must be at least 2 (the first block is distance-only)")
         if not self.distance_max > 0:
