@@ -1,5 +1,5 @@
-"""Benchmark harness: model efficiency (seed 000 Table 3 / seed 001 efficiency table) and
-accuracy grids (seed 000 Tables 1-2). Figures are printed, never asserted."""
+"""Benchmark harness: model efficiency (Hua & Lin, SPFrame, Table 3; Ito, Taniai et al., ICLR 2025,
+efficiency table) and accuracy grids (Hua & Lin, SPFrame, Tables 1-2). Figures are printed, never asserted."""
 
 from __future__ import annotations
 

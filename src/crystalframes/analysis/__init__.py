@@ -1,4 +1,4 @@
-"""Diagnostics: what frames do to symmetry-equivalent atoms (seed 000, Section 3.1, Fig. 3)."""
+"""Diagnostics: what frames do to symmetry-equivalent atoms (Hua & Lin, SPFrame, Section 3.1, Fig. 3)."""
 
 from crystalframes.analysis.symmetry import STRUCTURE_FRAMES, symmetry_analysis
 

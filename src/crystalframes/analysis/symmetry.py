@@ -4,7 +4,7 @@ Atoms related by a symmetry of the crystal (a rotation, mirror or screw axis) ha
 surroundings, only turned. A frame that turns with each atom's surroundings (an SO(3)-equivariant
 local frame) shows the network the same picture for all of them, so it cannot tell them apart
 ("information collapse"); SPFrame (an invariant local frame times one frame for the whole cell)
-keeps their relative orientation (seed 000 of docs/seeds, Section 3.1, Fig. 3). For each orbit
+keeps their relative orientation (Hua & Lin, SPFrame, Section 3.1, Fig. 3). For each orbit
 of equivalent atoms this module measures the **distinguishability**: the smallest Hausdorff
 distance (Angstrom, species-matched) between the frame-transformed neighbourhoods of two atoms of
 the orbit; 0 means collapsed.
@@ -55,7 +55,7 @@ T = torch.float64
 
 def _radial_vectors(batch):
     """Per atom, two invariant 3-vectors and two equivariant vectors from fixed radial
-    functions of the neighbour distances: stand-ins for the learned phi_k of seed 000
+    functions of the neighbour distances: stand-ins for the learned phi_k of Hua & Lin's SPFrame,
     Eqs. 16 and 14, so frames can be compared without a trained model."""
     d = batch.edge_vec.norm(dim=-1, keepdim=True)
     unit = batch.edge_vec / d

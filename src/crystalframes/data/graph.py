@@ -6,7 +6,7 @@ Edge convention used everywhere in crystalframes: edge ``e`` goes from the centr
 ``edge_shift[e]`` (integer lattice coordinates), with displacement
 ``edge_vec[e] = pos[j] + edge_shift[e] @ lattice - pos[i]`` (pointing i -> j). Messages are
 aggregated at the centre atom ``i``, so the local frame that rotates edge ``e`` is the frame of
-atom ``i`` (REFERENCE.md section 1: "aggregate at the source atom u of edge (u, v)").
+atom ``i`` (as ComFormer's reference code, Yan et al., aggregates at the source atom u of edge (u, v)).
 """
 
 from __future__ import annotations

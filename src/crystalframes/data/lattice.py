@@ -38,7 +38,7 @@ def reduced_lattice_vectors(lattice: np.ndarray) -> np.ndarray:
     not collinear with it, and the shortest one not coplanar with both (iComFormer's lattice
     edges; CrystalFramer's lattice frame).
 
-    Sign rule (REFERENCE.md section 1): l2, l3 are negated if their angle to l1 exceeds 90 deg
+    Sign rule (ComFormer's reference code, Yan et al.): l2, l3 are negated if their angle to l1 exceeds 90 deg
     (by more than a 1e-6 tolerance in the cosine, so perpendicular vectors are left alone), then
     all three are negated if (l1 x l2) . l3 < 0, which makes the triple right-handed.
 

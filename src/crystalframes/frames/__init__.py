@@ -6,23 +6,23 @@ A frame is a rotation F (orthonormal, det = +1) whose rows are the axes. An equi
 satisfies F(QX, QL) = F(X, L) Q^T for every rotation Q, so x F^T is invariant; an invariant
 frame does not change at all. Models compose these functions and never reimplement them.
 
-===========================  ===========  ==============================================
+===========================  ===========  ====================================================================
 function                     kind         source
-===========================  ===========  ==============================================
-qr_frame                     global, eq.  seed 000 A.1 (QR of the lattice)
-polar_frame                  global, eq.  seed 000 A.1 (polar decomposition)
-lattice_pca_frame            global, eq.  seed 000 A.1, Algorithm 2
-positions_pca_frame          global, eq.  seed 001 baseline (PCA of unit-cell positions)
-lattice_vector_frame         global, eq.  seed 001 baseline (shortest lattice vectors)
+===========================  ===========  ====================================================================
+qr_frame                     global, eq.  Hua & Lin, SPFrame, A.1 (QR of the lattice)
+polar_frame                  global, eq.  Hua & Lin, SPFrame, A.1 (polar decomposition)
+lattice_pca_frame            global, eq.  Hua & Lin, SPFrame, A.1, Algorithm 2
+positions_pca_frame          global, eq.  Ito, Taniai et al., ICLR 2025, baseline (PCA of unit-cell positions)
+lattice_vector_frame         global, eq.  Ito, Taniai et al., ICLR 2025, baseline (shortest lattice vectors)
 identity_frame               global       not equivariant (ablation)
-gram_schmidt                 local        seed 000 Eqs. 14-16 (eq. or inv. by its inputs)
-static_local_frame           local, eq.   seed 001 baseline (distance-driven max frame)
-max_frame                    local, eq.   seed 001 (dynamic, from attention weights)
-weighted_pca_frame           local, eq.   seed 001 (dynamic, from attention weights)
-quaternion_to_rotation       local, inv.  seed 000 Algorithm 1/3
-compose_spframe              -            seed 000 Eq. 4
-edges_in_frames              -            seed 000 Eq. 5
-===========================  ===========  ==============================================
+gram_schmidt                 local        Hua & Lin, SPFrame, Eqs. 14-16 (eq. or inv. by its inputs)
+static_local_frame           local, eq.   Ito, Taniai et al., ICLR 2025, baseline (distance-driven max frame)
+max_frame                    local, eq.   Ito, Taniai et al., ICLR 2025 (dynamic, from attention weights)
+weighted_pca_frame           local, eq.   Ito, Taniai et al., ICLR 2025 (dynamic, from attention weights)
+quaternion_to_rotation       local, inv.  Hua & Lin, SPFrame, Algorithm 1/3
+compose_spframe              -            Hua & Lin, SPFrame, Eq. 4
+edges_in_frames              -            Hua & Lin, SPFrame, Eq. 5
+===========================  ===========  ====================================================================
 
 The registered frames (names of model specs) are the classes in ``registry`` (``none``,
 ``global``), ``dynamic`` (``static``, ``max``, ``weighted_pca``) and ``learned``

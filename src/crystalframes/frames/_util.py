@@ -40,7 +40,7 @@ def oriented_eigenframe(
     the matrices whose eigenvalues are (near-)degenerate, where the axes are not unique.
 
     Sign rule: u1, u2 are oriented by :func:`orient_by_references` with ``refs``; u3 = u1 x u2
-    (seed 000 Algorithm 2's structure, with its "first nonzero component" read in the
+    (the structure of Algorithm 2 of Hua & Lin, SPFrame, with its "first nonzero component" read in the
     reference vectors instead of Cartesian axes, because Cartesian components are not
     rotation-equivariant). A reference that is only rounding noise must be passed as zero:
     the test is relative to each reference's own length.

@@ -1,4 +1,4 @@
-"""Dynamic local frames of CrystalFramer (seed 001): built per atom (and head) from attention
+"""Dynamic local frames of CrystalFramer (Ito, Taniai et al., ICLR 2025): built per atom (and head) from attention
 weights w over neighbours j and lattice images n. No gradient flows through them. The static
 local frame baseline is the max frame with distance weights, so it lives here too.
 
@@ -35,7 +35,7 @@ def tie_tolerance(dtype: torch.dtype) -> float:
     """
     return torch.finfo(dtype).eps ** 0.5
 
-# Candidates for e2 must satisfy |cos(r, e1)| below this (seed 001).
+# Candidates for e2 must satisfy |cos(r, e1)| below this (Ito, Taniai et al., ICLR 2025).
 MAX_COLLINEAR_COS = 0.9999
 # Entries shorter than this (the atom itself, n = 0) have no direction and are skipped.
 MIN_DISTANCE = 1e-6
@@ -76,7 +76,7 @@ def _select(score: torch.Tensor, valid: torch.Tensor, coords: torch.Tensor, cent
 def max_frame(
     edge_vec: torch.Tensor, weights: torch.Tensor, centre: torch.Tensor, num_atoms: int, tie_frame: torch.Tensor
 ) -> torch.Tensor:
-    """Max frame (seed 001): e1 = direction to the entry of largest weight; e2' = direction
+    """Max frame (Ito, Taniai et al., ICLR 2025): e1 = direction to the entry of largest weight; e2' = direction
     maximising w (1 - |cos(r, e1)|) among entries with |cos| < 0.9999; e2 = Gram-Schmidt of e2'
     against e1; e3 = e1 x e2.
 
@@ -118,7 +118,7 @@ def _principal_frame(sigma: torch.Tensor, mean_dir: torch.Tensor, wsum: torch.Te
 def weighted_pca_frame(
     edge_vec: torch.Tensor, weights: torch.Tensor, centre: torch.Tensor, num_atoms: int, tie_frame: torch.Tensor
 ) -> torch.Tensor:
-    """Weighted PCA frame (seed 001): axes = eigenvectors of Sigma_i = sum w r_hat r_hat^T
+    """Weighted PCA frame (Ito, Taniai et al., ICLR 2025): axes = eigenvectors of Sigma_i = sum w r_hat r_hat^T
     (second moment about atom i, not mean-centred), by descending eigenvalue.
 
     Rules for the degenerate cases (each tested):

@@ -14,7 +14,7 @@ from crystalframes.frames._util import oriented_eigenframe, right_handed
 
 
 def _fix_handedness(frame: torch.Tensor) -> torch.Tensor:
-    """Negate the first axis where det = -1 (left-handed lattices), as seed 000 A.1 prescribes."""
+    """Negate the first axis where det = -1 (left-handed lattices), as Hua & Lin (SPFrame) A.1 prescribes."""
     sign = torch.where(torch.linalg.det(frame) < 0, -1.0, 1.0).to(frame.dtype)
     frame = frame.clone()
     frame[..., 0, :] = frame[..., 0, :] * sign.unsqueeze(-1)
@@ -22,7 +22,7 @@ def _fix_handedness(frame: torch.Tensor) -> torch.Tensor:
 
 
 def qr_frame(lattice: torch.Tensor) -> torch.Tensor:
-    """QR global frame (seed 000, A.1; Kaba et al.'s minimal frame).
+    """QR global frame (Hua & Lin, SPFrame, A.1; Kaba et al.'s minimal frame).
 
     With the lattice vectors as columns, L^T = Q R with diag(R) > 0 (unique), so the rows of
     F = Q^T are the Gram-Schmidt orthonormalisation of a, b, c: e1 = a/|a|, e2 in the a-b plane
@@ -36,7 +36,7 @@ def qr_frame(lattice: torch.Tensor) -> torch.Tensor:
 
 
 def polar_frame(lattice: torch.Tensor) -> torch.Tensor:
-    """Polar-decomposition global frame (seed 000, A.1).
+    """Polar-decomposition global frame (Hua & Lin, SPFrame, A.1).
 
     L^T = U H with U orthogonal and H symmetric positive definite; U = W V^T from the SVD
     L^T = W S V^T (unique even when singular values coincide, e.g. cubic cells). F = U^T, with
@@ -47,7 +47,7 @@ def polar_frame(lattice: torch.Tensor) -> torch.Tensor:
 
 
 def lattice_pca_frame(lattice: torch.Tensor) -> torch.Tensor:
-    """PCA global frame of the lattice vectors (seed 000, A.1 and Algorithm 2).
+    """PCA global frame of the lattice vectors (Hua & Lin, SPFrame, A.1 and Algorithm 2).
 
     Sigma = sum_k (l_k - t)(l_k - t)^T over the three lattice vectors l_k with centroid t;
     axes = eigenvectors by descending eigenvalue. Signs follow Algorithm 2 with its "first
@@ -146,7 +146,7 @@ def positions_pca_frame_of(lattice: torch.Tensor, frac_coords: torch.Tensor, bat
 
 def identity_frame(lattice: torch.Tensor) -> torch.Tensor:
     """The identity for every structure: NOT equivariant; it exists to show what a real global
-    frame contributes (seed 000 A.3 notes eComFormer itself is invariant, so SPFrame with an
+    frame contributes (Hua & Lin, SPFrame A.3, note that eComFormer itself is invariant, so SPFrame with an
     identity global frame is invariant only because of the backbone)."""
     return torch.eye(3, dtype=lattice.dtype, device=lattice.device).expand(lattice.shape[0], 3, 3).clone()
 

@@ -62,7 +62,7 @@ def fallback_tilt(like: torch.Tensor) -> torch.Tensor:
 
 
 class InvariantMessage(nn.Module):
-    """The invariant message function of the frame blocks (seed 000 Eq. 7):
+    """The invariant message function of the frame blocks (Hua & Lin, SPFrame, Eq. 7):
 
         q = LN_Q(f_i),  k = (LN_K(f_i) | LN_K(f_j)),  v = (LN_V(f_i) | LN_V(f_j) | LN_E(e_ij))
         alpha_ij = q o xi_K(k) / sqrt(C),  msg_ij = sigmoid(BN(alpha_ij)) o xi_V(v)
@@ -108,7 +108,7 @@ class InvariantMessage(nn.Module):
 
 
 class QuaternionHead(nn.Module):
-    """Invariant local frame from a predicted quaternion (SPFrame, seed 000 Eqs. 6-8, A.2):
+    """Invariant local frame from a predicted quaternion (SPFrame, Hua & Lin, Eqs. 6-8, A.2):
 
         q_i = softplus(LN_msg(f_i + BN(sum_j msg_ij))) in R^4,  F_INV,i = R(q_i / |q_i|)
 
@@ -135,7 +135,7 @@ class QuaternionHead(nn.Module):
 
 
 class GramSchmidtHead(nn.Module):
-    """Local frame by Gram-Schmidt of two predicted vectors (seed 000 A.4, Eqs. 14-16).
+    """Local frame by Gram-Schmidt of two predicted vectors (Hua & Lin, SPFrame, A.4, Eqs. 14-16).
 
     ``equivariant=True`` (Eq. 14): v_k = sum_j phi_k(f_i, f_j, e_ij) u_ij with scalar
     phi_k (v_2 through the second moment of the directions, see :meth:`vectors`) and u_ij the equivariant direction of edge ij (r_hat_ij on eComFormer), so the frame rotates with the crystal (an SO(3)-equivariant local frame; degenerate

@@ -1,4 +1,4 @@
-"""Local frames built from two vectors: Gram-Schmidt (seed 000 Eqs. 14-16). (The static
+"""Local frames built from two vectors: Gram-Schmidt (Hua & Lin, SPFrame, Eqs. 14-16). (The static
 distance-driven max frame, CrystalFramer's baseline, is a max frame: it lives beside
 :func:`~crystalframes.frames.dynamic.max_frame`.)"""
 
@@ -26,7 +26,7 @@ def _safe_normalise(v: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Te
 
 
 def gram_schmidt(v1: torch.Tensor, v2: torch.Tensor, fallback: torch.Tensor | None = None, eps: float = GRAM_SCHMIDT_EPS) -> torch.Tensor:
-    """Frame from two vectors by Gram-Schmidt (seed 000 Eq. 15):
+    """Frame from two vectors by Gram-Schmidt (Hua & Lin, SPFrame, Eq. 15):
     e1 = v1/|v1|, e2 = (v2 - (e1.v2) e1)/|...|, e3 = e1 x e2; rows e1, e2, e3.
 
     Equivariant when v1, v2 are (Eq. 14: v_k = sum_j phi_k e_ij); invariant when they are

@@ -1,4 +1,4 @@
-"""SPFrame (seed 000): invariant local frames composed with an equivariant global frame."""
+"""SPFrame (Hua & Lin): invariant local frames composed with an equivariant global frame."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ QUATERNION_EPS = 1e-8
 
 
 def quaternion_to_rotation(q: torch.Tensor, eps: float = QUATERNION_EPS) -> torch.Tensor:
-    """Rotation matrix of quaternion q = (a, b, c, d) (seed 000 Algorithm 1/3), batched (..., 4).
+    """Rotation matrix of quaternion q = (a, b, c, d) (Hua & Lin, SPFrame, Algorithm 1/3), batched (..., 4).
 
     q is normalised first; the division is guarded so that a (near-)zero quaternion
     (|q| <= eps) gives the identity rotation, with finite gradients, never NaN. Differentiable.
@@ -34,7 +34,7 @@ def quaternion_to_rotation(q: torch.Tensor, eps: float = QUATERNION_EPS) -> torc
 
 
 def compose_spframe(local_frames: torch.Tensor, global_frames: torch.Tensor, batch: torch.Tensor) -> torch.Tensor:
-    """F_i = F_INV,i F_global (seed 000 Eq. 4): ``local_frames`` (N, 3, 3) per atom,
+    """F_i = F_INV,i F_global (Hua & Lin, SPFrame, Eq. 4): ``local_frames`` (N, 3, 3) per atom,
     ``global_frames`` (B, 3, 3) per structure, ``batch`` (N,) structure of each atom."""
     return local_frames @ global_frames[batch]
 
@@ -42,6 +42,6 @@ def compose_spframe(local_frames: torch.Tensor, global_frames: torch.Tensor, bat
 @full_precision  # the rotated edges feed the equivariant layers: exact, not bf16 (crystalframes.precision)
 def edges_in_frames(edge_vec: torch.Tensor, frames: torch.Tensor, centre: torch.Tensor) -> torch.Tensor:
     """Edge vectors expressed in the frame of their centre atom: e_ij F_i^T
-    (= e_ij F_global^T F_INV,i^T, seed 000 Eq. 5). ``edge_vec`` (E, 3), ``frames`` (N, 3, 3),
+    (= e_ij F_global^T F_INV,i^T, Hua & Lin, SPFrame, Eq. 5). ``edge_vec`` (E, 3), ``frames`` (N, 3, 3),
     ``centre`` (E,) = edge_index[0]."""
     return torch.einsum("ek,ejk->ej", edge_vec, frames[centre])

@@ -1,5 +1,5 @@
-"""Crystalformer (Taniai et al., ICLR 2024) and CrystalFramer (Ito, Taniai et al., ICLR 2025;
-seeds 001-002), with the frame baselines of seed 001 on the same code path.
+"""Crystalformer (Taniai et al., ICLR 2024) and CrystalFramer (Ito, Taniai et al., ICLR 2025),
+with the frame baselines of Ito, Taniai et al. on the same code path.
 
     atoms  -> one-hot over 98 elements -> Linear(98, C, no bias)                      x_i
     layers -> x = x + Attention(x);  x = x + Linear(F, C)(ReLU(Linear(C, F)(x)))   (no LayerNorm)
@@ -246,7 +246,7 @@ class Crystalformer(CrystalModel):
 
 
 def _training(epochs: int, batch_size: int) -> dict:
-    # REFERENCE.md section 3 (the public Crystalformer / CrystalFramer training scripts).
+    # As in the public Crystalformer / CrystalFramer training scripts (Taniai et al.; Ito, Taniai et al.).
     return {
         "loss": "l1",
         "optimizer": "adamw",

@@ -1,4 +1,4 @@
-"""eComFormer (Yan et al., ICLR 2024) with SPFrame and its frame baselines (seed 000).
+"""eComFormer (Yan et al., ICLR 2024) with SPFrame and its frame baselines (Hua & Lin).
 
 One backbone code path for every frame variant:
 
@@ -10,7 +10,7 @@ One backbone code path for every frame variant:
 
 A frame (any frame of the registry, :mod:`crystalframes.frames`; the backbone names none)
 is built before every equivariant update layer, which then sees the edges in it, Y(r_ij F_i^T)
-(seed 000 A.3, Fig. 4). What this backbone hands its frame (a
+(Hua & Lin, SPFrame, A.3, Fig. 4). What this backbone hands its frame (a
 :class:`~crystalframes.frames.Neighbourhood`):
 
 - neighbours: the edges of the k-NN multigraph, r_ij from each centre i;
@@ -151,7 +151,7 @@ class EComFormer(CrystalModel):
             NodeTransformerLayer(c.hidden) if kind == "att" else EquivariantUpdateLayer(c.hidden, c.scalars, c.vectors, tensor_product=c.tensor_product)
             for kind in c.layer_order
         )
-        # One frame per equivariant layer, built before it (seed 000 A.3, Fig. 4).
+        # One frame per equivariant layer, built before it (Hua & Lin, SPFrame, A.3, Fig. 4).
         self.frame = build_frame(
             c.frame, c.global_frame, dim=c.hidden, edge_dim=c.hidden, layers=c.layer_order.count("equi"),
             positive_quaternion=c.positive_quaternion, angle_bins=c.angle_bins,
@@ -253,7 +253,7 @@ PRESETS: dict[str, Preset] = presets.presets_by_name(
         "original eComFormer sizes (C=256, ns=64, nv=8, att-equi-att-att): 5,583,809 parameters without frames",
         {"hidden": 256, "scalars": 64, "vectors": 8, "rbf_bins": 256, "layer_order": ("att", "equi", "att", "att")},
         {
-            # ComFormer reference training (REFERENCE.md section 1); its loss is not recorded there.
+            # ComFormer's reference training code (Yan et al.); the loss it uses is not recorded here.
             "loss": "mse",
             "optimizer": "adamw",
             "lr": 1e-3,

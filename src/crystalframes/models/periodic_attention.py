@@ -1,8 +1,8 @@
 """Crystalformer's infinitely connected attention (Taniai et al., ICLR 2024) with CrystalFramer's
-frame-based angle encoding (seed 001), in plain PyTorch (CPU and CUDA, any dtype).
+frame-based angle encoding (Ito, Taniai et al., ICLR 2025), in plain PyTorch (CPU and CUDA, any dtype).
 
 The attention of atom i in one head sums over every atom j of its crystal *and* every lattice
-translation n (REFERENCE.md section 3)::
+translation n (Taniai et al., ICLR 2024)::
 
     y_i = sum_{j,n} w_ijn (v_j + psi_ijn),
     w_ijn = exp(q_i.k_j / sqrt(d) + a_i |r_j + nL - r_i|^2) / Z_i,          a_i = -rho_i / (2 r0^2)
@@ -73,7 +73,7 @@ from crystalframes.nn.periodic_entries import (  # noqa: F401
     take,
 )
 
-# Crystalformer's constants (REFERENCE.md section 3; the bases' are in nn/chebyshev.py).
+# Crystalformer's constants (Taniai et al., ICLR 2024, and its public code; the bases' are in nn/chebyshev.py).
 R0 = 1.4  # Angstrom: Gaussian length scale r0
 RHO_FLOOR = 0.5  # b: rho = (1 - b) ELU(beta x / (1 - b)) + 1 > b
 RHO_BETA = 0.1  # beta

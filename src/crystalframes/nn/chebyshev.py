@@ -15,7 +15,7 @@ import itertools
 import numpy as np
 import torch
 
-# Crystalformer's constants (REFERENCE.md section 3).
+# Crystalformer's constants (Taniai et al., ICLR 2024, and its public code).
 DISTANCE_BASES = 64  # K Gaussians on (0, 14 A]
 DISTANCE_MAX = 14.0  # = 10 r0
 ANGLE_WIDTH_SCALE = 4.0  # angle Gaussian width / centre spacing (the reference's value_pe_angle_wscale)

@@ -56,7 +56,7 @@ TENSOR_PRODUCT_IMPLEMENTATIONS = ("fused", "e3nn")
 
 
 class NodeTransformerLayer(nn.Module):
-    """eComFormer's node-wise transformer layer (one head, no softmax; seed 000 Eqs. 9-10):
+    """eComFormer's node-wise transformer layer (one head, no softmax; Hua & Lin, SPFrame, Eqs. 9-10):
 
         q_i = W_Q f_i, k = W_K f, v = W_V f, e'_ij = W_E e_ij
         alpha_ij = q_i o xi_K([k_i | k_j | e'_ij]) / sqrt(C)
@@ -276,7 +276,7 @@ class IrrepsToScalarConv(_TensorProductConv):
 
 
 class EquivariantUpdateLayer(nn.Module):
-    """eComFormer's node-wise equivariant update layer (seed 000 Eqs. 11-13):
+    """eComFormer's node-wise equivariant update layer (Hua & Lin, SPFrame, Eqs. 11-13):
 
         h = Linear(C, ns)(f);  Y = Y_{0,1,2}(r_ij)  (component normalisation, unit vectors)
         h1_i = pad(h_i) + mean_j TP1(h_j, Y; W1(e_ij))      -> ns x 0e + nv x 1o + nv x 2e

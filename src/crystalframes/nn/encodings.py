@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-# eComFormer encodes an edge by x = -0.75 / |r| (REFERENCE.md section 1), which lies in [-4, 0)
+# eComFormer encodes an edge by x = -0.75 / |r| (as in Yan et al.'s reference code), which lies in [-4, 0)
 # for every |r| > 0.1875 A, i.e. for every real interatomic distance.
 INVERSE_DISTANCE_SCALE = 0.75
 INVERSE_DISTANCE_RANGE = (-4.0, 0.0)
@@ -45,7 +45,7 @@ def lattice_cosines(edge_vec: torch.Tensor, lattice: torch.Tensor, edge_batch: t
     """Cosines between each edge vector and the three lattice vectors of its structure,
     ``cos(e_ij, l_k) = e_ij . l_k / (|e_ij| |l_k|)`` for k = 1, 2, 3: (E, 3).
 
-    These are the angle features of the Gram-Schmidt SPFrame baseline (seed 000 A.4, "angles
+    These are the angle features of the Gram-Schmidt SPFrame baseline (Hua & Lin, A.4, "angles
     between the transformed edge vectors and the transformed lattice vectors"): expressing both
     vectors in any common frame leaves their angle unchanged, so they are computed directly from
     dot products, which are rotation invariant without building a frame. They depend on the
