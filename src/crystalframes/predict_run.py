@@ -376,22 +376,34 @@ class Interrupted(Exception):
 
 
 @contextmanager
-def stop_on_signals() -> Iterator[None]:
+def stop_on_signals() -> Iterator[Callable[[], None]]:
     """SIGINT and SIGTERM raise :class:`Interrupted` (exit codes 130 and 143, as a shell reports a
-    program killed by them), so the command can say what it kept before it stops."""
+    program killed by them), so the command can say what it kept before it stops.
+
+    Yields ``check``, which raises the :class:`Interrupted` of a signal already received: call it
+    at each batch boundary. The handler's own exception can be lost on its way up: a signal that
+    arrives while Python runs a finalizer (vesin's ``NeighborList.__del__``, measured in CI) raises
+    inside it, where Python only prints "Exception ignored", and the command went on to finish
+    with exit code 0 as if never asked to stop."""
+    received: list[tuple[str, int]] = []
 
     def handler(signum, frame):
         name = signal.Signals(signum).name
+        received.append((name, 128 + signum))
         raise Interrupted(name, 128 + signum)
+
+    def check() -> None:
+        if received:
+            raise Interrupted(*received[0])
 
     import threading
 
     if threading.current_thread() is not threading.main_thread():  # only the main thread may set handlers
-        yield
+        yield check
         return
     old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
-        yield
+        yield check
     finally:
         for s, h in old.items():
             signal.signal(s, h)

@@ -169,7 +169,7 @@ def predict_command(
     again = "crystalframes " + shlex.join(sys.argv[1:])
     embed = None if embeddings is None else ("atoms" if atom_embeddings else "pooled")
     run = _Run()
-    with stop_on_signals():
+    with stop_on_signals() as check_signals:
         try:
             predictor = _load(model, device, ensemble, std_scale)
             records = _records(inputs)
@@ -187,8 +187,14 @@ def predict_command(
                 typer.echo(note, err=True)
             clip = [target_is_nonnegative(t) for t in predictor.targets]
             run.progress = Progress(scan.total, done=partial.done)
-            predict_stream(predictor, plan_stream(records(), batch_size, batch_atoms), partial, run.progress.update, clip,
+
+            def advance(n: int) -> None:  # after each batch is on disk: stop there if a signal came
+                run.progress.update(n)
+                check_signals()
+
+            predict_stream(predictor, plan_stream(records(), batch_size, batch_atoms), partial, advance, clip,
                            default_workers(device, scan.total) if workers is None else workers, embed)
+            check_signals()
             run.progress.close()
             _finish(output, embeddings, atom_embeddings, predictor, scan.total, partial, clip, run.progress)
         except Interrupted as stop:
