@@ -259,3 +259,20 @@ def test_file_arrays_read_what_numpy_reads(tmp_path):
     path.write_bytes(path.read_bytes()[:-8])
     with pytest.raises(OSError, match="coords.npy: truncated"):
         _FileArray(path)[6]
+
+
+def test_file_arrays_close_descriptors_beyond_the_limit(tmp_path, monkeypatch):
+    """More store files than the process keeps open (a cluster's descriptor limit of 1024 and
+    a large store): the oldest descriptors are closed, reads keep working."""
+    from crystalframes.data.store import _FileArray
+
+    monkeypatch.setattr(store_mod, "_max_open_files", lambda: 2)
+    monkeypatch.setattr(_FileArray, "_open", {})
+    arrays = []
+    for k in range(5):
+        np.save(tmp_path / f"a{k}.npy", np.arange(4) + 10 * k)
+        arrays.append(_FileArray(tmp_path / f"a{k}.npy"))
+    for _ in range(2):
+        for k, a in enumerate(arrays):
+            assert a[1] == 10 * k + 1
+            assert len(_FileArray._open) <= 2

@@ -39,6 +39,7 @@ sha256. A rerun of the same build keeps the shards that are intact and rebuilds 
 from __future__ import annotations
 
 import bisect
+import functools
 import hashlib
 import json
 import logging
@@ -714,6 +715,7 @@ def assemble_graph(graph_id: str, atomic_numbers: np.ndarray, frac_coords: np.nd
     )
 
 
+@functools.lru_cache(maxsize=1)
 def _max_open_files() -> int:
     """How many store files a process keeps open: a quarter of its descriptor limit (9 files per
     shard; reopening a file costs a system call per read, so fewer means slower random reads)."""
@@ -762,8 +764,9 @@ class _FileArray:
         fds = _FileArray._open
         fd = fds.get(self._key)
         if fd is None:
-            if len(fds) >= _max_open_files():  # shards of a large store can outnumber the descriptors
-                for old in list(fds)[: self._MAX_OPEN // 2]:
+            limit = _max_open_files()
+            if len(fds) >= limit:  # shards of a large store can outnumber the descriptors
+                for old in list(fds)[: max(1, limit // 2)]:
                     os.close(fds.pop(old))
             fd = fds[self._key] = os.open(self.path, os.O_RDONLY)
         return fd
