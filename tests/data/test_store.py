@@ -72,6 +72,7 @@ def test_round_trip_of_the_demo_data(tmp_path):
     _assert_same_graphs(store, result.crystals)
     crystals = result.crystals
     assert store.ids() == [c.id for c in crystals]
+    assert [store.id(i) for i in range(len(store))] == [c.id for c in crystals]
     assert store.record_splits() == [c.split for c in crystals]
     assert np.array_equal(store.num_atoms(), [c.num_atoms for c in crystals])
     for name in store.target_names():
@@ -276,3 +277,19 @@ def test_file_arrays_close_descriptors_beyond_the_limit(tmp_path, monkeypatch):
         for k, a in enumerate(arrays):
             assert a[1] == 10 * k + 1
             assert len(_FileArray._open) <= 2
+
+
+def test_compact_meta_columns_give_back_what_was_stored():
+    """A shard's ids and splits are held as one blob / one byte per structure; reading them gives
+    the stored values, non-ASCII and empty ones included."""
+    from crystalframes.data.store import _Labels, _Texts
+
+    ids = ["mp-1", "", "JVASP-48055", "Fe₂O₃ été", "x" * 300]
+    texts = _Texts(ids)
+    assert len(texts) == 5 and list(texts) == ids and [texts[j] for j in range(5)] == ids
+    assert list(_Texts([])) == []
+    labels = ["train", None, "val", "train", "test", None]
+    coded = _Labels(labels)
+    assert list(coded) == labels and [coded[j] for j in range(6)] == labels
+    with pytest.raises(ValueError, match="one byte"):
+        _Labels([str(i) for i in range(300)])

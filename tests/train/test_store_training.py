@@ -281,3 +281,15 @@ def test_column_checks_equal_the_per_record_checks(mixed_data, built):
     assert _ids(fast) == _ids(slow)
     assert [str(e) for e in fast_errors] == [str(e) for e in slow_errors]
     assert len(fast_errors) == 2 and "Md" in str(fast_errors[0]) and "1e+09" in str(fast_errors[1])
+
+
+def test_a_store_is_read_by_workers_unless_told_otherwise(mixed_data, built):
+    """trainer.num_workers unset: 2 workers read a store (its reads overlap the step), none
+    read graphs in memory; a set value is taken as it is."""
+    from crystalframes.train.data import STORE_WORKERS, StoreDataset, loader_workers
+
+    store = built[0]
+    dataset = StoreDataset(store, np.arange(len(store)))
+    assert loader_workers(None, dataset) == STORE_WORKERS == 2
+    assert loader_workers(None, [object()]) == 0
+    assert loader_workers(0, dataset) == 0 and loader_workers(3, [object()]) == 3

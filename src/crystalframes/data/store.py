@@ -805,6 +805,55 @@ class _FileArray:
         return out if dtype is None else out.astype(dtype)
 
 
+class _Texts:
+    """A column of strings held as one UTF-8 blob and its offsets (about 4 + len bytes per
+    string), not a list of Python strings (about 60 bytes each plus the list's pointer): a
+    training rank that touches every shard of a million-structure store holds every shard's ids."""
+
+    __slots__ = ("_blob", "_ends")
+
+    def __init__(self, texts: list[str]):
+        encoded = [t.encode("utf-8") for t in texts]
+        self._blob = b"".join(encoded)
+        lengths = np.fromiter((len(e) for e in encoded), dtype=np.int64, count=len(encoded))
+        ends = np.cumsum(lengths)
+        self._ends = ends.astype(np.uint32 if (ends[-1] if len(ends) else 0) < 2**32 else np.int64)
+
+    def __len__(self) -> int:
+        return len(self._ends)
+
+    def __getitem__(self, j: int) -> str:
+        end = int(self._ends[j])
+        start = int(self._ends[j - 1]) if j > 0 else 0
+        return self._blob[start:end].decode("utf-8")
+
+    def __iter__(self) -> Iterator[str]:
+        return (self[j] for j in range(len(self)))
+
+
+class _Labels:
+    """A column of few distinct values (the records' own splits: train / val / test / None) as
+    one byte code per structure."""
+
+    __slots__ = ("_values", "_codes")
+
+    def __init__(self, labels: list):
+        self._values = list(dict.fromkeys(labels))
+        if len(self._values) > 255:
+            raise ValueError(f"{len(self._values)} distinct labels do not fit one byte")
+        code = {v: c for c, v in enumerate(self._values)}
+        self._codes = np.fromiter((code[v] for v in labels), dtype=np.uint8, count=len(labels))
+
+    def __len__(self) -> int:
+        return len(self._codes)
+
+    def __getitem__(self, j: int):
+        return self._values[self._codes[j]]
+
+    def __iter__(self) -> Iterator:
+        return (self._values[c] for c in self._codes.tolist())
+
+
 class _Shard:
     """The arrays of one shard (read only where indexed, :class:`_FileArray`) and its meta, read
     on first use."""
@@ -824,8 +873,10 @@ class _Shard:
 
     @property
     def meta(self) -> dict:
+        """``ids`` (:class:`_Texts`), ``splits`` (:class:`_Labels`) and ``target_names``."""
         if self._meta is None:
-            self._meta = json.loads((self.folder / SHARD_META).read_text(encoding="utf-8"))
+            meta = json.loads((self.folder / SHARD_META).read_text(encoding="utf-8"))
+            self._meta = {**meta, "ids": _Texts(meta["ids"]), "splits": _Labels(meta["splits"])}
         return self._meta
 
 
@@ -942,7 +993,12 @@ class GraphStore:
                 yield s, entry
 
     def ids(self) -> list[str]:
+        """Every structure's id, as a list (for one pass; :meth:`id` reads one)."""
         return [i for s, _ in self._nonempty() for i in self._shard(s).meta["ids"]]
+
+    def id(self, i: int) -> str:
+        s, j = self._locate(i)
+        return self._shard(s).meta["ids"][j]
 
     def record_splits(self) -> list[str | None]:
         """Each structure's own split field (train / val / test), or None."""

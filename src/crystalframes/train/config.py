@@ -109,7 +109,12 @@ class TrainerConfig(_Strict):
     )
     seed: int = Field(0, ge=0, lt=2**32, description="0 <= seed < 2**32 (numpy's range)")
     deterministic: bool = False
-    num_workers: int = Field(0, ge=0)
+    num_workers: Optional[int] = Field(
+        None,
+        ge=0,
+        description="DataLoader worker processes; default: 0 for graphs in memory, 2 for a graph store "
+        "(its reads, from disk when the store outgrows the page cache, then overlap the step)",
+    )
     threads: Optional[int] = Field(None, ge=1, description="torch CPU threads (default: torch's choice)")
     compile: bool = Field(False, description="torch.compile the model's forward (inductor; graph breaks: docs/models.md)")
     checkpoint_every_n_steps: int = Field(50, ge=1, description="how often the `last` checkpoint is refreshed")

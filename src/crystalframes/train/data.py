@@ -109,15 +109,14 @@ class StoreRecord:
 
 class StoreRecords(Sequence):
     """The records ``indices`` of a store as a sequence of :class:`StoreRecord`, made when read:
-    a split of a million records costs its index and target arrays, not a million objects (the
-    ids column is read on first use: the end-of-training prediction files)."""
+    a split of a million records costs its index and target arrays, not a million objects (an
+    id is read from the store when its record is: the end-of-training prediction files)."""
 
     def __init__(self, store, indices, target: str, values: np.ndarray | None = None):
         self.store, self.target = store, target
         self.indices = np.asarray(indices, dtype=np.int64)
         column = store.targets(target) if values is None else values
         self.values = np.asarray(column, dtype=np.float64)[self.indices]
-        self._ids = None
 
     def __len__(self) -> int:
         return len(self.indices)
@@ -125,10 +124,8 @@ class StoreRecords(Sequence):
     def __getitem__(self, i):
         if isinstance(i, slice):
             return [self[j] for j in range(*i.indices(len(self)))]
-        if self._ids is None:
-            self._ids = self.store.ids()
         index = int(self.indices[i])
-        return StoreRecord(self.store, index, self._ids[index], None, self.target, self.values[i])
+        return StoreRecord(self.store, index, self.store.id(index), None, self.target, self.values[i])
 
     def target_values(self) -> np.ndarray:
         return self.values
@@ -170,16 +167,18 @@ class ResumableSampler(Sampler):
         return max(0, -(-(self.n - rank) // world))
 
     def __iter__(self):
+        # int64 arrays, not lists of Python ints (36 bytes per item): an epoch of a
+        # million-structure store would otherwise hold ~100 MB of order lists per rank
         if self.shuffle:
-            order = torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed + self.epoch)).tolist()
+            order = torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed + self.epoch)).numpy()
         else:
-            order = list(range(self.n))
+            order = np.arange(self.n, dtype=np.int64)
         rank, world = self._rank_world()
         per_rank = -(-self.n // world)
-        order = (order * (1 + (per_rank * world) // max(self.n, 1)))[: per_rank * world]
+        order = np.resize(order, per_rank * world)  # padding repeats the order from its start
         mine = order[rank::world]
         skip, self.skip = self.skip, 0
-        return iter(mine[skip:])
+        return (int(i) for i in mine[skip:])
 
 
 class ResumeDataPosition(L.Callback):
@@ -196,15 +195,32 @@ class ResumeDataPosition(L.Callback):
         self.sampler.skip = max(done, 0) * self.batch_size
 
 
+# DataLoader workers of a training that reads a graph store, unless trainer.num_workers says
+# otherwise: a store read from disk costs ~0.7 ms per structure (45-55 ms per batch of 64 on a
+# 600k store, docs/store.md), which workers overlap with the step; in memory a batch costs ~1 ms
+# and a worker would only add the transfer of the batch between processes.
+STORE_WORKERS = 2
+
+
+def loader_workers(configured: int | None, graphs) -> int:
+    """``trainer.num_workers``, or by default :data:`STORE_WORKERS` for a graph store and 0 for
+    graphs in memory."""
+    if configured is not None:
+        return configured
+    return STORE_WORKERS if isinstance(graphs, StoreDataset) else 0
+
+
 def loader(graphs, targets, batch_size, dtype, shuffle, seed=0, num_workers=0) -> DataLoader:
     """A DataLoader of :class:`GraphBatch` objects over a :class:`ResumableSampler`; ``graphs`` is
-    a list of graphs or a Dataset of them (:class:`StoreDataset`)."""
+    a list of graphs or a Dataset of them (:class:`StoreDataset`). Workers are kept from epoch to
+    epoch (no new processes, no reopened store files at every epoch)."""
     dataset = graphs if isinstance(graphs, Dataset) else GraphDataset(graphs)
     return DataLoader(
         dataset,
         batch_size=batch_size,
         sampler=ResumableSampler(len(dataset), shuffle, seed),
         num_workers=num_workers,
+        persistent_workers=num_workers > 0,
         collate_fn=partial(collate, target_names=list(targets), dtype=dtype),
         drop_last=False,
     )

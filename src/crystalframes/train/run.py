@@ -211,7 +211,7 @@ def train(cfg: RunConfig | None, output: str | Path | None = None, resume: bool 
     from crystalframes.models.parameters import num_parameters
     from crystalframes.runtime import keep_freed_memory
     from crystalframes.train import folder as run_folder
-    from crystalframes.train.data import ResumeDataPosition, loader, prepare_data
+    from crystalframes.train.data import ResumeDataPosition, loader, loader_workers, prepare_data
     from crystalframes.train.module import PropertyModule
     from crystalframes.train.progress import CheckpointExtras, EpochBar, Interruption, ProgressLines, RunCSVLogger, read_log_rows
 
@@ -296,7 +296,8 @@ def train(cfg: RunConfig | None, output: str | Path | None = None, resume: bool 
             except OSError as exc:
                 raise UserError(f"{write_error(exc, written, 'the run settings')}; training did not start") from None
 
-        mk = dict(batch_size=cfg.trainer.batch_size, dtype=dtype, num_workers=cfg.trainer.num_workers, targets=[data.target])
+        mk = dict(batch_size=cfg.trainer.batch_size, dtype=dtype, num_workers=loader_workers(cfg.trainer.num_workers, data.graphs["train"]),
+                  targets=[data.target])
         train_loader = loader(data.graphs["train"], shuffle=True, seed=cfg.trainer.seed, **mk)
         val_loader = loader(data.graphs["val"], shuffle=False, **mk)
         checkpoint_dir = folder / CHECKPOINTS
