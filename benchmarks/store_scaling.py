@@ -22,6 +22,9 @@ for accuracy), each measurement in a fresh subprocess:
   the store / memory training ratio it implies (robust to the load changes between runs);
 - ``train_store_ddp2`` / ``train_memory_ddp2``: the same with 2 gloo DDP ranks (2 processes,
   1 thread each): peak RSS per rank (each rank's own ``ru_maxrss``), structures/s of both ranks;
+- ``train_ratio``: the training throughput of the store (its default 2 DataLoader workers, and
+  without workers) against the in-memory path (no workers, on the first ``--memory-max``
+  structures above that size), runs alternating within each of ``--repeats`` rounds;
 - ``predict``: ``crystalframes predict`` with the 1-process run's model over the first
   min(N, ``--predict-max``) structures: wall time, structures/s, peak RSS (process and workers).
 
@@ -62,7 +65,8 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 RESULTS = HERE / "results" / "store_scaling.json"
 DEFAULT_SIZES = (6000, 60000, 600000, 1000000)
-MEASUREMENTS = ("generate", "build", "loader", "train_memory", "train_store", "train_memory_ddp2", "train_store_ddp2", "predict")
+MEASUREMENTS = ("generate", "build", "loader", "train_memory", "train_store", "train_memory_ddp2", "train_store_ddp2", "predict",
+                "train_ratio")
 SPEC = "ecomformer:none@cpu_small"
 TARGET = "synthetic_e_form"  # the synthetic records' only target (see synthetic_structures.py)
 SEED = 0
@@ -435,7 +439,7 @@ class Bench:
         return None
 
     # -- train ---------------------------------------------------------------------------------
-    def train_argv(self, n: int, name: str, from_store: bool, ranks: int) -> list[str]:
+    def train_argv(self, n: int, name: str, from_store: bool, ranks: int, workers: int | None = None, small_eval: bool = False) -> list[str]:
         a = self.args
         sets = {
             "data.source": str(self.ensure_data(n)), "data.target": TARGET, "data.split": "field",
@@ -443,6 +447,10 @@ class Bench:
             "trainer.devices": ranks, "trainer.threads": 1, "trainer.seed": 0, "trainer.logger": "csv",
             "trainer.checkpoint_every_n_steps": 10**9, "trainer.progress_seconds": 30,
         }
+        if workers is not None:
+            sets["trainer.num_workers"] = workers
+        if small_eval:  # what is timed is the steps: a 0.2 % val / test split keeps the evaluations short
+            sets.update({"data.split": "random", "data.val_ratio": 0.002, "data.test_ratio": 0.002})
         if from_store:
             sets["data.store"] = json.dumps(str(self.store_dir(n)))
         elif config_key_missing("data", "store_above") is None:  # today's path, however large the source
@@ -459,12 +467,13 @@ class Bench:
             return f"in-memory path not run above --memory-max {self.args.memory_max} (it holds every graph in every process)"
         return None
 
-    def train_once(self, n: int, measurement: str) -> list[dict]:
-        """One training process (or two DDP ranks): each rank's result, or [] when it failed."""
+    def train_once(self, n: int, measurement: str, workers: int | None = None, small_eval: bool = False) -> list[dict]:
+        """One training process (or two DDP ranks): each rank's result, or [] when it failed.
+        ``workers``: trainer.num_workers (None: the package's default for the path)."""
         a = self.args
         from_store, ranks = "store" in measurement, 2 if measurement.endswith("ddp2") else 1
         cached = set((self.work / "cache").rglob("*")) if (self.work / "cache").exists() else set()
-        job = {"argv": self.train_argv(n, measurement, from_store, ranks), "steps": a.steps, "warmup": a.warmup}
+        job = {"argv": self.train_argv(n, measurement, from_store, ranks, workers, small_eval), "steps": a.steps, "warmup": a.warmup}
         env = {"CRYSTALFRAMES_CACHE_DIR": str(self.work / "cache"), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port()),
                "OMP_NUM_THREADS": "1"}
         results = run_child("train", job, self.job_file(n, measurement), self.work / "jobs" / f"{n}-{measurement}.log", env)
@@ -519,6 +528,40 @@ class Bench:
                 if runs[m]:
                     self.record_train(n, m, runs[m])
 
+    def train_ratio(self, n: int) -> None:
+        """Training throughput from the store of size ``n`` against the in-memory path, each at its
+        default DataLoader workers (store: 2, memory: 0), plus the store without workers: runs
+        alternate (memory, store, store without workers, memory, ...; ``--repeats`` rounds) so
+        that the three see the same load. Above ``--memory-max`` the in-memory path cannot hold
+        the data, so it runs on the first ``--memory-max`` structures (the same synthetic file's
+        prefix): its step reads graphs from a list, whose cost does not depend on the list's
+        length. Ratio = median store rate / median memory rate, and the median of the rounds'
+        paired ratios. A random split with 0.2 % val / test keeps each run's evaluations short."""
+        missing = self.store_ready(n)
+        if missing:
+            print(f"  train_ratio: skipped: {missing}")
+            return
+        m = min(n, self.args.memory_max)
+        paths = {"memory": (m, "train_memory", None), "store": (n, "train_store", None), "store_no_workers": (n, "train_store", 0)}
+        rates: dict[str, list[float]] = {k: [] for k in paths}
+        detail: dict[str, list] = {k: [] for k in paths}
+        for _ in range(self.args.repeats):
+            for key, (size, measurement, workers) in paths.items():
+                result = self.train_once(size, measurement, workers, small_eval=True)
+                if not result:
+                    print(f"  train_ratio: the {key} run failed; not recorded")
+                    return
+                rates[key].append(result[0]["rank_structures_per_s"])
+                detail[key].append({k: result[0].get(k) for k in ("median_step_s", "rss_mib", "helpers_peak_rss_mib", "wall_s")})
+        med = {k: statistics.median(v) for k, v in rates.items()}
+        row = self.base_row(n, "train_ratio")
+        row.update(memory_size=m, batch=self.args.batch, steps=self.args.steps, warmup=self.args.warmup, repeats=self.args.repeats,
+                   structures_per_s=rates, runs=detail,
+                   store_over_memory=round(med["store"] / med["memory"], 3),
+                   store_over_memory_paired=round(statistics.median(s / r for s, r in zip(rates["store"], rates["memory"])), 3),
+                   store_no_workers_over_memory=round(med["store_no_workers"] / med["memory"], 3))
+        self.record(row)
+
     # -- loader ----------------------------------------------------------------------------------
     def loader(self, n: int) -> None:
         missing = self.store_ready(n)
@@ -559,9 +602,9 @@ class Bench:
             if self.done(n, measurement):
                 print(f"  {measurement}: already in {self.results.name}")
                 continue
-            if measurement.startswith("train"):
+            if measurement.startswith("train") and measurement != "train_ratio":
                 if not trained:
-                    self.train(n, [m for m in only if m.startswith("train") and not self.done(n, m)])
+                    self.train(n, [m for m in only if m.startswith("train") and m != "train_ratio" and not self.done(n, m)])
                     trained = True
                 continue
             if measurement == "generate":
@@ -572,6 +615,8 @@ class Bench:
                 self.build(n)
             elif measurement == "loader":
                 self.loader(n)
+            elif measurement == "train_ratio":
+                self.train_ratio(n)
             elif measurement == "predict":
                 self.predict(n)
 
