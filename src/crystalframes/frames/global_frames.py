@@ -21,29 +21,33 @@ def _fix_handedness(frame: torch.Tensor) -> torch.Tensor:
     return frame
 
 
-def qr_frame(lattice: torch.Tensor) -> torch.Tensor:
+def qr_frame(lattice: torch.Tensor, proper: bool = True) -> torch.Tensor:
     """QR global frame (Hua & Lin, SPFrame, A.1; Kaba et al.'s minimal frame).
 
     With the lattice vectors as columns, L^T = Q R with diag(R) > 0 (unique), so the rows of
     F = Q^T are the Gram-Schmidt orthonormalisation of a, b, c: e1 = a/|a|, e2 in the a-b plane
     towards b, e3 towards c. If det Q = -1 (left-handed lattice) the first axis is negated.
-    Equivariant because Gram-Schmidt commutes with rotations.
+    Equivariant because Gram-Schmidt commutes with rotations. ``proper=False`` keeps det F =
+    sign(det L): then F(L Q^T) = F(L) Q^T for improper Q too (O(3), for the tensor heads).
     """
     q, r = torch.linalg.qr(lattice.transpose(-1, -2))
     d = torch.diagonal(r, dim1=-2, dim2=-1)
     q = q * torch.where(d < 0, -1.0, 1.0).to(q.dtype).unsqueeze(-2)  # make diag(R) positive
-    return _fix_handedness(q.transpose(-1, -2))
+    frame = q.transpose(-1, -2)
+    return _fix_handedness(frame) if proper else frame
 
 
-def polar_frame(lattice: torch.Tensor) -> torch.Tensor:
+def polar_frame(lattice: torch.Tensor, proper: bool = True) -> torch.Tensor:
     """Polar-decomposition global frame (Hua & Lin, SPFrame, A.1).
 
     L^T = U H with U orthogonal and H symmetric positive definite; U = W V^T from the SVD
     L^T = W S V^T (unique even when singular values coincide, e.g. cubic cells). F = U^T, with
-    the first axis negated if det U = -1.
+    the first axis negated if det U = -1. ``proper=False`` keeps U as it is: the polar factor
+    of the lattice is O(3)-equivariant (Hua, Lin & Yang, 2024, GoeCTP).
     """
     w, _, vh = torch.linalg.svd(lattice.transpose(-1, -2))
-    return _fix_handedness((w @ vh).transpose(-1, -2))
+    frame = (w @ vh).transpose(-1, -2)
+    return _fix_handedness(frame) if proper else frame
 
 
 def lattice_pca_frame(lattice: torch.Tensor) -> torch.Tensor:

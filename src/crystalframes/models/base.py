@@ -59,12 +59,13 @@ class FrameRecord:
     centre atoms); :meth:`layers` puts the parts of each layer back together, one row per atom.
     """
 
-    def __init__(self, num_atoms: int | None = None):
-        self.num_atoms = num_atoms
+    def __init__(self, num_atoms: int | None = None, detach: bool = True):
+        self.num_atoms, self.detach = num_atoms, detach
         self.calls: list[tuple[int, torch.Tensor, torch.Tensor]] = []  # (layer, centres, frames)
 
     def add(self, layer: int, centres: torch.Tensor, frames: torch.Tensor) -> None:
-        self.calls.append((int(layer), centres.detach(), frames.detach()))
+        # kept in the autograd graph when a read-out rotates its output by them (tensor heads)
+        self.calls.append((int(layer), centres.detach(), frames.detach() if self.detach else frames))
 
     def layers(self) -> list[torch.Tensor]:
         """The frames of each layer in layer order: (N, 3, 3), or (N, H, 3, 3) for per-head
@@ -126,10 +127,11 @@ class CrystalModel(nn.Module):
         return self.encode(batch)
 
     @contextmanager
-    def record_frames(self, num_atoms: int | None = None) -> Iterator[FrameRecord]:
+    def record_frames(self, num_atoms: int | None = None, detach: bool = True) -> Iterator[FrameRecord]:
         """``with model.record_frames() as record: model(batch)`` then ``record.layers()``: the
-        frames the frame module built in those forward passes (nothing for the ``none`` frame)."""
-        record = FrameRecord(num_atoms)
+        frames the frame module built in those forward passes (nothing for the ``none`` frame);
+        ``detach=False`` keeps them differentiable."""
+        record = FrameRecord(num_atoms, detach)
         handle = None
         if self.frame.active:  # a frame is called as frame(layer, setup, neighbourhood)
             handle = self.frame.register_forward_hook(lambda module, args, out: record.add(args[0], args[2].centres, out))
