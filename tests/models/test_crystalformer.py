@@ -9,6 +9,8 @@ training-mode pass. Tests pin torch to one thread: the tensors are small, and on
 
 from __future__ import annotations
 
+import dataclasses
+
 import math
 import re
 import warnings
@@ -398,7 +400,7 @@ def test_tie_breaking_depends_on_the_cell_basis(crystals):
 
         def original_tie_frame(batch):
             geometry = original(batch)
-            geometry.frame_setup.tie_frames = qr_frame(lattices.to(batch.pos.dtype))[batch.batch]
+            geometry.frame_setup = dataclasses.replace(geometry.frame_setup, tie_frames=qr_frame(lattices.to(batch.pos.dtype))[batch.batch])
             return geometry
 
         expected = predict(model, crystals)
@@ -425,7 +427,8 @@ def test_a_broken_frame_would_be_caught(crystals):
 
     def identity_frames(batch):
         geometry = original(batch)
-        geometry.frame_setup.global_frames = torch.eye(3, dtype=batch.pos.dtype).expand(batch.pos.shape[0], 3, 3).clone()
+        identity = torch.eye(3, dtype=batch.pos.dtype).expand(batch.pos.shape[0], 3, 3).clone()
+        geometry.frame_setup = dataclasses.replace(geometry.frame_setup, global_frames=identity)
         return geometry
 
     model.geometry = identity_frames
