@@ -22,6 +22,7 @@ import torch
 from crystalframes.frames._util import oriented_eigenframe, segment_amax
 from crystalframes.frames.local import gram_schmidt
 from crystalframes.frames.registry import EntryNeighbourhood, Frame, RowNeighbourhood, register_frame, view
+from crystalframes.nn.encodings import MIN_DISTANCE  # entries shorter than this have no direction: skipped
 
 
 def tie_tolerance(dtype: torch.dtype) -> float:
@@ -37,8 +38,6 @@ def tie_tolerance(dtype: torch.dtype) -> float:
 
 # Candidates for e2 must satisfy |cos(r, e1)| below this (Ito, Taniai et al., ICLR 2025).
 MAX_COLLINEAR_COS = 0.9999
-# Entries shorter than this (the atom itself, n = 0) have no direction and are skipped.
-MIN_DISTANCE = 1e-6
 
 
 def _flatten_heads(edge_vec, weights, centre, num_atoms, tie_frame):

@@ -34,7 +34,7 @@ from crystalframes.frames.local import gram_schmidt
 from crystalframes.frames.registry import Frame, FrameSetup, GraphNeighbourhood, register_frame, view
 from crystalframes.frames.spframe import quaternion_to_rotation
 from crystalframes.nn.encodings import GaussianBasis, lattice_cosines
-from crystalframes.nn.graph import ConcatMLP, EdgeTable, MessageGraph, rows
+from crystalframes.nn.graph import ConcatMLP, EdgeTable, MessageGraph, take
 
 # When v_2 is collinear with v_1, gram_schmidt takes the fallback axis least aligned with e_1.
 # With the untilted global frame that choice ties exactly where symmetry puts e_1 (the c axis of
@@ -100,7 +100,7 @@ class InvariantMessage(nn.Module):
         groups = pairs if self.lin_edge is None else graph.groups(edge)
         q, k, v = self.lin_query(f), self.lin_key(f), self.lin_value(f)
         key = self.key_update([(k, pairs.centre), (k, pairs.neighbour)])
-        alpha = pairs.expand(rows(q / math.sqrt(self.dim), pairs.centre) * key)
+        alpha = pairs.expand(take(q / math.sqrt(self.dim), pairs.centre) * key)
         parts = [(v, groups.centre), (v, groups.neighbour)]
         if self.lin_edge is not None:
             parts.append(groups.edge_part(edge.map(self.lin_edge)))
@@ -196,7 +196,7 @@ class GramSchmidtHead(nn.Module):
                 v1 = graph.sum_at_centre(terms)
                 e1 = v1 / v1.norm(dim=-1, keepdim=True).clamp_min(torch.finfo(v1.dtype).tiny)
             else:
-                e = rows(e1, graph.centre)
+                e = take(e1, graph.centre)
                 if moments is None:  # r_hat r_hat^T e_1 = (r_hat . e_1) r_hat
                     unit = directions / directions.norm(dim=-1, keepdim=True).clamp_min(torch.finfo(a.dtype).tiny)
                     projected = (unit * e).sum(-1, keepdim=True) * unit * a.unsqueeze(-1)

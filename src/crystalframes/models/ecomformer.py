@@ -177,15 +177,15 @@ class EComFormer(CrystalModel):
         # one weight per edge (one head).
         wants_weights = frame.active and "attention" in frame.needs
         weights = None
-        for kind, layer in zip(c.layer_order, self.layers):
+        for kind, block in zip(c.layer_order, self.layers):
             if kind == "att":
                 if wants_weights:
-                    f, weights = layer(f, edge_feat, graph, return_weights=True)
+                    f, weights = block(f, edge_feat, graph, return_weights=True)
                 else:
-                    f = layer(f, edge_feat, graph)
+                    f = block(f, edge_feat, graph)
                 continue
             edge_vec = batch.edge_vec if frames is None else frames.next_edges(f, weights)
-            f = layer(f, edge_vec, edge_feat, graph)
+            f = block(f, edge_vec, edge_feat, graph)
         return f
 
 

@@ -60,17 +60,16 @@ from crystalframes.nn.chebyshev import (  # noqa: F401
     distance_centres,
     gaussian,
 )
-from crystalframes.nn.graph import MessageGraph
+from crystalframes.nn.encodings import MIN_DISTANCE
+from crystalframes.nn.graph import MessageGraph, take
 from crystalframes.precision import full_precision
 from crystalframes.nn.periodic_entries import (  # noqa: F401
     DEFAULT_MEMORY_BUDGET,
-    MIN_DISTANCE,
     Bucket,
     PeriodicEntries,
     budget_on,
     entry_buckets,
     periodic_entries,
-    take,
 )
 
 # Crystalformer's constants (Taniai et al., ICLR 2024, and its public code; the bases' are in nn/chebyshev.py).
