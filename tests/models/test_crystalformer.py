@@ -1,6 +1,7 @@
-"""Crystalformer / CrystalFramer and the frame baselines (seeds 001-002): the model contract of
-crystalframes.testing for every frame option, the periodic attention against a direct
-implementation of its formula, convergence of the periodic sum, determinism, and sizes.
+"""Crystalformer (Taniai et al., ICLR 2024) / CrystalFramer and its frame baselines (Ito, Taniai
+et al., ICLR 2025): the model contract of crystalframes.testing for every frame option, the
+periodic attention against a direct implementation of its formula, convergence of the periodic
+sum, determinism, and sizes.
 
 Models are float64 and in eval mode for exactness tests, with rho statistics calibrated by one
 training-mode pass. Tests pin torch to one thread: the tensors are small, and on a shared
