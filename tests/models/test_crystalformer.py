@@ -141,7 +141,7 @@ def test_build_errors():
     with pytest.raises(ValueError, match="unknown Crystalformer preset"):
         build_crystalformer("none", "huge")
     with pytest.raises(ValueError, match="unknown Crystalformer option"):
-        build_crystalformer("none", "cpu_small", hidden=3)
+        build_crystalformer("none", "cpu_small", scalars=3)  # an eComFormer option
     with pytest.raises(ValueError, match="divisible"):
         build_crystalformer("none", "cpu_small", num_heads=3)
 

@@ -9,16 +9,19 @@ Attention is :class:`~crystalframes.models.periodic_attention.PeriodicAttention`
 connected attention over all atoms and lattice translations). With a frame (any frame of the
 registry, :mod:`crystalframes.frames`; the backbone names none) its value position encoding also
 sees the directions of the entries in atom i's frame, psi = W0 b_dist(d) + sum_k Wk b_angl(e_k .
-r_hat) (CrystalFramer). What this backbone hands its frame, in every layer (a
-:class:`~crystalframes.frames.Neighbourhood`):
+r_hat) (CrystalFramer). What this backbone hands its frame, in every layer (typed views of
+:mod:`crystalframes.frames.registry`, built by
+:class:`~crystalframes.models.periodic_attention.PeriodicAttention`):
 
-- neighbours: the periodic entries (j, n) within the layer's cutoff, r_ijn from each centre;
+- neighbours: the periodic entries (j, n) within the layer's cutoff, r_ijn from each centre, as
+  padded rows per bucket of centres (a :class:`~crystalframes.frames.RowNeighbourhood`);
 - attention: the layer's own softmax weights w_ijn, one per head (CrystalFramer's ``max`` and
   ``weighted_pca`` frames are then per atom and head);
 - features: the atoms' features x_i entering the layer, and the atom pairs (i, j) as a message
   graph with the layer's attention mass per head, sum_n w_ijn, as edge weights and the
   attention-weighted direction sum_n w_ijn r_hat_ijn as the edge direction (SPFrame's learned
-  heads on this backbone; see :meth:`PeriodicAttention._pair_neighbourhood`).
+  heads on this backbone; a :class:`~crystalframes.frames.GraphNeighbourhood`, see
+  :meth:`PeriodicAttention._pair_neighbourhood`).
 
 CrystalFramer's "PCA" and "lattice" baselines are ``global+positions_pca`` and
 ``global+lattice_vector`` (old names ``pca`` and ``lattice``, still accepted). Exact ties of the

@@ -10,8 +10,8 @@ One backbone code path for every frame variant:
 
 A frame (any frame of the registry, :mod:`crystalframes.frames`; the backbone names none)
 is built before every equivariant update layer, which then sees the edges in it, Y(r_ij F_i^T)
-(Hua & Lin, SPFrame, A.3, Fig. 4). What this backbone hands its frame (a
-:class:`~crystalframes.frames.Neighbourhood`):
+(Hua & Lin, SPFrame, A.3, Fig. 4). What this backbone hands its frame (the typed views its
+provider, :class:`~crystalframes.models.base.GraphFrames`, builds):
 
 - neighbours: the edges of the k-NN multigraph, r_ij from each centre i;
 - attention: for CrystalFramer's dynamic frames (``max``, ``weighted_pca``), the weights of the
