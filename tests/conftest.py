@@ -41,7 +41,7 @@ def mp_sample(shared_data):
 
 @pytest.fixture
 def nacl():
-    """Rock salt, conventional 8-atom cell, a = 5.64 A (REFERENCE.md cross-check)."""
+    """Rock salt, conventional 8-atom cell, a = 5.64 A."""
     a = 5.64
     from crystalframes.io import Crystal
 

@@ -33,7 +33,7 @@ def brute_force_knn(crystal, k, tol):
 
 
 def test_nacl_reference_counts(nacl):
-    """REFERENCE.md cross-check: 6 at 2.82 + 12 at 3.988 (+ 8 at 4.884 for k=25) + 6 lattice edges."""
+    """Rock salt's neighbour shells: 6 at 2.82 + 12 at 3.988 (+ 8 at 4.884 for k=25) + 6 lattice edges."""
     g12 = build_graph(nacl, GraphSettings(k=12, lattice_edges=True))
     assert g12.num_edges == 192 and set(g12.in_degree.tolist()) == {24}
     g25 = build_graph(nacl, GraphSettings(k=25, lattice_edges=True))

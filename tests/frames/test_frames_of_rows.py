@@ -7,13 +7,15 @@ and degenerate rows, and on the rows CrystalFramer's attention hands the frames.
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
 
 from crystalframes.data.batch import collate
 from crystalframes.data.graph import build_graph
-from crystalframes.frames import Neighbourhood, max_frame, qr_frame, static_local_frame, weighted_pca_frame
+from crystalframes.frames import max_frame, qr_frame, static_local_frame, weighted_pca_frame
 from crystalframes.frames import dynamic
 from crystalframes.frames.dynamic import (
     MIN_DISTANCE,
@@ -21,7 +23,7 @@ from crystalframes.frames.dynamic import (
     static_frame_of_rows,
     weighted_pca_frame_of_rows,
 )
-from crystalframes.frames.registry import EntryRows, FrameSetup, build_frame
+from crystalframes.frames.registry import FrameSetup, RowNeighbourhood, build_frame
 from crystalframes.io import Crystal
 from crystalframes.models import build_model
 from crystalframes.models.crystalformer import build_crystalformer
@@ -47,9 +49,10 @@ def simple_cubic():
     return Crystal("sc", np.eye(3) * 3.0, [29], [[0.0, 0.0, 0.0]])
 
 
-def flat(rows: EntryRows, n: int):
+def flat(rows: RowNeighbourhood, n: int):
     """(vec, centre, weights) of the rows' flat entries (what the frames used before)."""
-    return Neighbourhood(torch.arange(n), rows=rows).entries()
+    assert rows.num_centres == n
+    return rows.entries()
 
 
 def exact_statistics(vec, weights, centre, n):
@@ -68,7 +71,7 @@ def exact_statistics(vec, weights, centre, n):
     return gap, mean, wsum
 
 
-def assert_static_same(rows: EntryRows, tie: torch.Tensor) -> torch.Tensor:
+def assert_static_same(rows: RowNeighbourhood, tie: torch.Tensor) -> torch.Tensor:
     got = static_frame_of_rows(rows, tie)
     vec, centre, _ = flat(rows, len(tie))
     want = static_local_frame(vec, centre, len(tie), tie)
@@ -77,7 +80,7 @@ def assert_static_same(rows: EntryRows, tie: torch.Tensor) -> torch.Tensor:
     return got
 
 
-def assert_pca_close(rows: EntryRows, tie: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def assert_pca_close(rows: RowNeighbourhood, tie: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """weighted_pca_frame_of_rows against weighted_pca_frame of the flat entries: the same rows
     take the max frame (then bit-identical), and elsewhere the axes differ by rounding only, at
     most a few eps / gap. Returns the frames and the mask of the rows that took the max frame.
@@ -147,7 +150,7 @@ def test_per_atom_weights_and_heads_agree(real_crystals, dtype):
     rows, tie = graph_rows(real_crystals[:8], dtype)
     frames = weighted_pca_frame_of_rows(rows, tie)
     for h in range(rows.weights.shape[1]):
-        one = EntryRows(rows.vec, rows.dist, rows.valid, rows.weights[:, h : h + 1].contiguous())
+        one = dataclasses.replace(rows, weights=rows.weights[:, h : h + 1].contiguous())
         assert torch.equal(weighted_pca_frame_of_rows(one, tie)[:, 0], frames[:, h])
         got, _ = assert_pca_close(one, tie)
         vec, centre, weights = flat(one, len(tie))
@@ -236,20 +239,18 @@ def test_rows_of_crystalframer(real_crystals, name, dtype):
 @pytest.mark.parametrize("name", ["static", "weighted_pca"])
 def test_frames_of_rows_do_not_synchronise(real_crystals, name):
     """The frames' forward on rows waits for the device nowhere; on the flat entries (which
-    :meth:`Neighbourhood.entries` selects with nonzero) it did (the check can fail)."""
+    :meth:`RowNeighbourhood.entries` selects with nonzero) it did (the check can fail)."""
     rows, tie = graph_rows(real_crystals[:6], torch.float32)
     if name == "static":
-        rows = EntryRows(rows.vec, rows.dist, rows.valid)
+        rows = dataclasses.replace(rows, weights=None)
     frame = build_frame(name)
     setup = FrameSetup(lattice=None, batch=None, tie_frames=tie)
-    centres = torch.arange(len(tie))
     with StepCounter() as count:
-        frame(0, setup, Neighbourhood(centres, rows=rows))
+        frame(0, setup, rows)
     assert count.syncs == 0, count.where.most_common()
     assert count.ops > 0
     with StepCounter() as former:
-        hood = Neighbourhood(centres, rows=rows)
-        vec, centre, weights = hood.entries()
+        vec, centre, weights = dataclasses.replace(rows).entries()  # a fresh view: entries not derived yet
         if name == "static":
             static_local_frame(vec, centre, len(tie), tie)
         else:

@@ -1,4 +1,4 @@
-"""Gradients (seed 000 learns frames; seed 001 does not) and the SPFrame symmetry property."""
+"""Gradients (SPFrame, Hua & Lin, learns frames; CrystalFramer, Ito, Taniai et al., ICLR 2025, does not) and the SPFrame symmetry property."""
 
 import numpy as np
 import pytest
@@ -65,7 +65,7 @@ def test_spframe_edge_transform_is_eq5():
         assert torch.allclose(out[e], expected, atol=1e-12)
 
 
-# --- seed 000, Fig. 2-3: SPFrame keeps symmetry-equivalent atoms apart ---------------------
+# --- Hua & Lin, SPFrame, Fig. 2-3: SPFrame keeps symmetry-equivalent atoms apart ---------------------
 
 
 def symmetry_pairs(crystal):

@@ -11,10 +11,10 @@ import torch
 
 from crystalframes.data.batch import collate
 from crystalframes.data.graph import build_graph
-from crystalframes.frames import Neighbourhood, max_frame, qr_frame
+from crystalframes.frames import max_frame, qr_frame
 from crystalframes.frames import dynamic
 from crystalframes.frames.dynamic import MIN_DISTANCE, max_frame_of_rows
-from crystalframes.frames.registry import EntryRows
+from crystalframes.frames.registry import RowNeighbourhood
 from crystalframes.models.crystalformer import build_crystalformer
 from crystalframes.profiling import StepCounter
 from crystalframes.testing import by_crystal_system, random_rotation
@@ -34,8 +34,9 @@ PREFILTER = 1e-3
 
 
 @torch.no_grad()
-def prefiltered_max_frame_of_rows(rows: EntryRows, tie_frame: torch.Tensor) -> torch.Tensor:
-    w, vec, dist, valid = rows.weights, rows.vec, rows.dist, rows.valid
+def prefiltered_max_frame_of_rows(rows: RowNeighbourhood, tie_frame: torch.Tensor) -> torch.Tensor:
+    w, vec, valid = rows.weights, rows.vec, rows.valid
+    dist = vec.norm(dim=-1)
     n, h, m = w.shape
     t = PREFILTER * w.amax(dim=-1, keepdim=True)
     valid = valid.unsqueeze(1)
@@ -70,7 +71,7 @@ def prefiltered_max_frame_of_rows(rows: EntryRows, tie_frame: torch.Tensor) -> t
 # ---------------------------------------------------------------------------------------------
 
 
-def padded_rows(vec, weights, centre, n, *, self_entry=True, seed=0) -> EntryRows:
+def padded_rows(vec, weights, centre, n, *, self_entry=True, seed=0) -> RowNeighbourhood:
     """Flat entries (vec (E, 3), weights (E, H), centre (E,) sorted) as padded rows; with
     ``self_entry`` every row starts with the atom itself (r = 0, the largest weight, as
     infinitely connected attention has it). Padding cells hold arbitrary finite values
@@ -92,14 +93,14 @@ def padded_rows(vec, weights, centre, n, *, self_entry=True, seed=0) -> EntryRow
     rows_w = torch.rand(n, weights.shape[1], m, generator=g, dtype=vec.dtype) * 3
     rows_vec[centre, col] = vec
     rows_w[centre, :, col] = weights
-    return EntryRows(rows_vec, rows_vec.norm(dim=-1), valid, rows_w)
+    return RowNeighbourhood(torch.arange(n), vec=rows_vec, valid=valid, weights=rows_w)
 
 
-def assert_same_frames(rows: EntryRows, tie: torch.Tensor):
+def assert_same_frames(rows: RowNeighbourhood, tie: torch.Tensor):
     """The rows' frames equal max_frame of the flat entries and the former implementation, bit
     for bit."""
     got = max_frame_of_rows(rows, tie)
-    vec, centre, weights = Neighbourhood(torch.arange(len(tie)), rows=rows).entries()
+    vec, centre, weights = rows.entries()
     flat = max_frame(vec, weights, centre, len(tie), tie)
     assert got.dtype == rows.vec.dtype and got.shape == flat.shape
     assert torch.equal(got, flat), f"differs from max_frame by {(got - flat).abs().max():.3g}"
@@ -133,7 +134,7 @@ def test_equals_max_frame_on_real_and_symmetric_crystals(real_crystals, nacl_and
     have given ties (several entries of equal largest weight)."""
     for self_entry in (True, False):
         rows, tie = graph_rows(real_crystals + nacl_and_skewed, dtype, self_entry)
-        w = torch.where(rows.valid.unsqueeze(1) & (rows.dist.unsqueeze(1) > MIN_DISTANCE), rows.weights, -1)
+        w = torch.where(rows.valid.unsqueeze(1) & (rows.vec.norm(dim=-1).unsqueeze(1) > MIN_DISTANCE), rows.weights, -1)
         ties = (w >= w.amax(-1, keepdim=True) * (1 - dynamic.tie_tolerance(dtype))).sum(-1)
         assert (ties > 1).any() and (~rows.valid).any()  # the rows hold ties and padding
         assert_same_frames(rows, tie)

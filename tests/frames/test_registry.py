@@ -98,3 +98,86 @@ def test_an_unknown_frame_option_is_an_error_not_ignored():
     build_frame("max", angle_bins=4, positive_quaternion=False)  # options of other frames: accepted
     with pytest.raises(TypeError, match=r"unknown frame option\(s\) \['angle_binz'\].*angle_bins"):
         build_frame("spframe_gram_schmidt", dim=8, edge_dim=8, angle_binz=4)
+
+
+# The typed views a backbone hands its frame: each frame gets the view its needs call for.
+VIEWS = {
+    "ecomformer:static@cpu_small": "EdgeNeighbourhood",
+    "ecomformer:max@cpu_small": "EdgeNeighbourhood",
+    "ecomformer:spframe_quaternion@cpu_small": "GraphNeighbourhood",
+    "schnet:global+polar@cpu_small": "Neighbourhood",
+    "crystalformer:static@cpu_small": "RowNeighbourhood",
+    "crystalformer:spframe_gram_schmidt@cpu_small": "GraphNeighbourhood",
+    "crystalformer:global+qr@cpu_small": "Neighbourhood",
+}
+
+
+@pytest.mark.parametrize("spec", sorted(VIEWS))
+def test_each_backbone_hands_a_frame_the_view_its_needs_call_for(spec, nacl_and_skewed):
+    model = build_model(spec).double().eval()
+    seen = set()
+    handle = model.frame.register_forward_hook(lambda module, args, out: seen.add(type(args[2]).__name__))
+    try:
+        predict(model, nacl_and_skewed)
+    finally:
+        handle.remove()
+    assert seen == {VIEWS[spec]}
+
+
+def test_a_view_a_frame_cannot_read_is_a_type_error_naming_both():
+    from crystalframes.frames import EdgeNeighbourhood, Neighbourhood
+    from crystalframes.frames.registry import FrameSetup
+
+    setup = FrameSetup(lattice=None, batch=None, tie_frames=torch.eye(3, dtype=torch.float64).expand(2, 3, 3))
+    with pytest.raises(TypeError, match="'static'.*EntryNeighbourhood.*handed it a Neighbourhood"):
+        build_frame("static")(0, setup, Neighbourhood(torch.arange(2)))
+    edges = EdgeNeighbourhood(torch.arange(2), vec=torch.ones(3, 3, dtype=torch.float64), centre=torch.tensor([0, 1, 1]))
+    with pytest.raises(TypeError, match="GraphNeighbourhood.*handed it a EdgeNeighbourhood"):
+        build_frame("spframe_quaternion", dim=4, edge_dim=4)(0, setup, edges)
+
+
+def test_frames_needing_entries_and_features_get_both_on_a_graph_backbone(nacl_and_skewed):
+    """A frame may need neighbours and features at once; eComFormer's provider then hands it the
+    view that is both (registered for the test only)."""
+    from crystalframes.frames import EdgeGraphNeighbourhood
+    from crystalframes.frames.registry import GlobalFrame
+
+    @register_frame
+    class Both(GlobalFrame):
+        name = "test_both_views"
+        needs = frozenset({"lattice", "neighbours", "features"})
+
+        def forward(self, layer, setup, hood):
+            assert isinstance(hood, EdgeGraphNeighbourhood)
+            vec, centre, _ = hood.entries()
+            assert vec.shape[0] == centre.shape[0] == hood.graph.centre.shape[0] == hood.edge_directions.shape[0]
+            assert hood.features.shape[0] == hood.num_centres
+            return super().forward(layer, setup, hood)
+
+    try:
+        assert torch.isfinite(predict(build_model("ecomformer:test_both_views@cpu_small").double(), nacl_and_skewed)).all()
+    finally:
+        del FRAMES["test_both_views"]
+
+
+def test_the_fallback_sites_are_decided_once_per_forward_by_the_first_layer():
+    """The equivariant Gram-Schmidt frame keeps its first layer's fallback decision in state of
+    its own setup (one per forward pass); the setup every frame shares is frozen."""
+    import dataclasses
+
+    from crystalframes.frames.learned import GramSchmidtSetup
+
+    frame = build_frame("equivariant_gram_schmidt", dim=4, edge_dim=4, layers=2)
+    lattice = torch.eye(3, dtype=torch.float64).unsqueeze(0) * 3
+    frac, batch = torch.zeros(2, 3, dtype=torch.float64), torch.zeros(2, dtype=torch.long)
+    setup, other = frame.setup(lattice, frac, batch), frame.setup(lattice, frac, batch)
+    assert isinstance(setup, GramSchmidtSetup) and setup.fallback_sites is not other.fallback_sites
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        setup.global_frames = None
+    sites = setup.fallback_sites
+    with pytest.raises(RuntimeError, match="before layer 0"):
+        sites.decided(1)
+    first = (torch.tensor([[True], [False]]), torch.tensor([[False], [False]]))
+    sites.decide(0, first)
+    sites.decide(1, (torch.ones(2, 1, dtype=torch.bool),) * 2)  # a later layer's masks are not kept
+    assert sites.decided(0) is None and sites.decided(1) is first

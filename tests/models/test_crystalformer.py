@@ -1,6 +1,7 @@
-"""Crystalformer / CrystalFramer and the frame baselines (seeds 001-002): the model contract of
-crystalframes.testing for every frame option, the periodic attention against a direct
-implementation of its formula, convergence of the periodic sum, determinism, and sizes.
+"""Crystalformer (Taniai et al., ICLR 2024) / CrystalFramer and its frame baselines (Ito, Taniai
+et al., ICLR 2025): the model contract of crystalframes.testing for every frame option, the
+periodic attention against a direct implementation of its formula, convergence of the periodic
+sum, determinism, and sizes.
 
 Models are float64 and in eval mode for exactness tests, with rho statistics calibrated by one
 training-mode pass. Tests pin torch to one thread: the tensors are small, and on a shared
@@ -8,6 +9,8 @@ training-mode pass. Tests pin torch to one thread: the tensors are small, and on
 """
 
 from __future__ import annotations
+
+import dataclasses
 
 import math
 import re
@@ -138,7 +141,7 @@ def test_build_errors():
     with pytest.raises(ValueError, match="unknown Crystalformer preset"):
         build_crystalformer("none", "huge")
     with pytest.raises(ValueError, match="unknown Crystalformer option"):
-        build_crystalformer("none", "cpu_small", hidden=3)
+        build_crystalformer("none", "cpu_small", scalars=3)  # an eComFormer option
     with pytest.raises(ValueError, match="divisible"):
         build_crystalformer("none", "cpu_small", num_heads=3)
 
@@ -398,7 +401,7 @@ def test_tie_breaking_depends_on_the_cell_basis(crystals):
 
         def original_tie_frame(batch):
             geometry = original(batch)
-            geometry.frame_setup.tie_frames = qr_frame(lattices.to(batch.pos.dtype))[batch.batch]
+            geometry.frame_setup = dataclasses.replace(geometry.frame_setup, tie_frames=qr_frame(lattices.to(batch.pos.dtype))[batch.batch])
             return geometry
 
         expected = predict(model, crystals)
@@ -425,7 +428,8 @@ def test_a_broken_frame_would_be_caught(crystals):
 
     def identity_frames(batch):
         geometry = original(batch)
-        geometry.frame_setup.global_frames = torch.eye(3, dtype=batch.pos.dtype).expand(batch.pos.shape[0], 3, 3).clone()
+        identity = torch.eye(3, dtype=batch.pos.dtype).expand(batch.pos.shape[0], 3, 3).clone()
+        geometry.frame_setup = dataclasses.replace(geometry.frame_setup, global_frames=identity)
         return geometry
 
     model.geometry = identity_frames

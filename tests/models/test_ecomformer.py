@@ -1,5 +1,5 @@
 """eComFormer with SPFrame and its frame baselines: the model contract (crystalframes.testing)
-and the properties seed 000 claims, on real crystals from ../shared/data.
+and the properties SPFrame (Hua & Lin) claims, on real crystals from ../shared/data.
 
 Invariance tests run in float64 on "amplified" models: at initialisation the directional
 (l = 1, 2) paths of the equivariant layers move the output by only ~1e-7, which would hide a
@@ -133,7 +133,7 @@ def test_crystals(jarvis_sample, mp_sample):
 
 
 def test_reference_parameter_count():
-    """REFERENCE.md section 1: eComFormer has 5,583,809 parameters (attention layer 855,296,
+    """eComFormer (Yan et al., ICLR 2024; its reference code) has 5,583,809 parameters (attention layer 855,296,
     equivariant layer 2,862,272, each tensor product with its weight network 1,381,632)."""
     model = build_model("ecomformer:none@reference")
     assert model.spec == "ecomformer:none@reference"
@@ -317,7 +317,7 @@ def test_cell_shape_global_frames_change_with_supercells(test_crystals, global_f
 
 
 def test_symmetry_equivalent_atoms_share_the_invariant_local_frame(nacl):
-    """SPFrame's point (seed 000 section 3.2): F_INV,i is computed from invariant features, so
+    """SPFrame's point (Hua & Lin, section 3.2): F_INV,i is computed from invariant features, so
     symmetry-equivalent atoms get identical local frames (all Na of rock salt; all Cl)."""
     from crystalframes.frames import qr_frame
 

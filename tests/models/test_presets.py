@@ -74,3 +74,28 @@ def test_task_presets_build_with_any_frame(spec):
 
     model = build_model(spec)
     assert model.spec == str(parse_spec(spec)) and num_parameters(model) > 100_000
+
+
+def test_an_option_renamed_since_a_model_file_was_written_still_loads_under_its_old_name(tmp_path, nacl_and_skewed):
+    """Crystalformer's width was ``model_dim`` before every backbone called it ``hidden``
+    (Backbone.option_aliases): a model file or run config that says ``model_dim`` builds the same
+    model, and an old and a new name that disagree are an error."""
+    import torch
+
+    from crystalframes.api import load_model, save_model_file
+    from crystalframes.data.normalise import TargetNormaliser
+    from crystalframes.models import SpecError, build_model
+    from crystalframes.models.specs import check_options
+    from crystalframes.testing import predict
+
+    spec = "crystalformer:max@cpu_small"
+    torch.manual_seed(0)
+    model = build_model(spec, hidden=16).double().eval()
+    assert model.config.hidden == 16 and build_model(spec, model_dim=16).config == model.config
+    check_options(spec, {"model_dim": 16})
+    with pytest.raises(SpecError, match="old name of 'hidden'"):
+        build_model(spec, model_dim=16, hidden=32)
+    path = save_model_file(tmp_path / "old.pt", model, spec, {"model_dim": 16}, TargetNormaliser(0.0, 1.0), ["y"], ["eV"])
+    loaded = load_model(path)
+    assert loaded.model.config.hidden == 16
+    assert torch.equal(predict(loaded.model, nacl_and_skewed), predict(model, nacl_and_skewed))

@@ -38,7 +38,7 @@ def test_bad_yaml_file(tmp_path):
 def test_preset_training_fills_only_what_the_user_did_not_set():
     cfg = load_config(None, ["model.spec=ecomformer:spframe_quaternion@jarvis_optb88vdw_bandgap", "trainer.epochs=2"])
     filled = config_with_preset_training(cfg, {"model.spec", "trainer.epochs"})
-    # seed 000 A.5, JARVIS OPT gap: polynomial 5e-4 -> 1e-5 (800 epochs, overridden here), L1, Adam
+    # Hua & Lin, SPFrame, A.5, JARVIS OPT gap: polynomial 5e-4 -> 1e-5 (800 epochs, overridden here), L1, Adam
     assert filled.optim.scheduler == "polynomial" and filled.optim.lr == 5e-4 and filled.optim.lr_end == 1e-5
     assert filled.optim.loss == "l1" and filled.optim.optimizer == "adam" and filled.trainer.epochs == 2
 

@@ -45,9 +45,9 @@ main(sys.argv[1:])
 # records: rank 0 validates 4, rank 1 validates 3 and one repeat of padding
 SPECS = {
     "crystalformer-running": ("crystalformer:none@cpu_small",
-                              "{num_layers: 1, model_dim: 8, num_heads: 2, ff_dim: 8, distance_bases: 8, head_hidden: 8}"),
+                              "{num_layers: 1, hidden: 8, num_heads: 2, ff_dim: 8, distance_bases: 8, head_hidden: 8}"),
     "crystalformer-first_batch": ("crystalformer:none@cpu_small",
-                                  "{num_layers: 1, model_dim: 8, num_heads: 2, ff_dim: 8, distance_bases: 8, head_hidden: 8, "
+                                  "{num_layers: 1, hidden: 8, num_heads: 2, ff_dim: 8, distance_bases: 8, head_hidden: 8, "
                                   "rho_statistics: first_batch}"),
     "ecomformer": ("ecomformer:none@cpu_small", "{hidden: 16, scalars: 8, vectors: 2, rbf_bins: 16}"),
 }

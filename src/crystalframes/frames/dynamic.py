@@ -21,7 +21,8 @@ import torch
 
 from crystalframes.frames._util import oriented_eigenframe, segment_amax
 from crystalframes.frames.local import gram_schmidt
-from crystalframes.frames.registry import EntryRows, Frame, register_frame
+from crystalframes.frames.registry import EntryNeighbourhood, Frame, RowNeighbourhood, register_frame, view
+from crystalframes.nn.encodings import MIN_DISTANCE  # entries shorter than this have no direction: skipped
 
 
 def tie_tolerance(dtype: torch.dtype) -> float:
@@ -37,8 +38,6 @@ def tie_tolerance(dtype: torch.dtype) -> float:
 
 # Candidates for e2 must satisfy |cos(r, e1)| below this (Ito, Taniai et al., ICLR 2025).
 MAX_COLLINEAR_COS = 0.9999
-# Entries shorter than this (the atom itself, n = 0) have no direction and are skipped.
-MIN_DISTANCE = 1e-6
 
 
 def _flatten_heads(edge_vec, weights, centre, num_atoms, tie_frame):
@@ -184,7 +183,7 @@ def _select_in_rows(score: torch.Tensor, coords: torch.Tensor) -> tuple[torch.Te
 
 
 @torch.no_grad()
-def max_frame_of_rows(rows: EntryRows, tie_frame: torch.Tensor) -> torch.Tensor:
+def max_frame_of_rows(rows: RowNeighbourhood, tie_frame: torch.Tensor) -> torch.Tensor:
     """:func:`max_frame` per (centre, head) of padded rows, (n, H, 3, 3), computed densely over
     the rows' M columns with the same rules and the same arithmetic, so the frames are
     bit-identical to max_frame of the flat entries (padding cells may hold any finite values).
@@ -198,7 +197,7 @@ def max_frame_of_rows(rows: EntryRows, tie_frame: torch.Tensor) -> torch.Tensor:
     vectors, tie-frame coordinates, usability) is computed once for all H heads."""
     w, vec, valid = rows.weights, rows.vec, rows.valid
     n, h, m = w.shape
-    dist = vec.norm(dim=-1)  # as max_frame computes it (rows.dist need not be bit-equal)
+    dist = vec.norm(dim=-1)  # as max_frame computes it
     unit = (vec / dist.clamp_min(MIN_DISTANCE).unsqueeze(-1)).transpose(1, 2).contiguous()  # (n, 3, M)
     # invariant coordinates for tie-breaking, (n, 3, M): row a = tie axis a . unit
     coords = tie_frame[:, :, 0:1] * unit[:, 0:1] + tie_frame[:, :, 1:2] * unit[:, 1:2] + tie_frame[:, :, 2:3] * unit[:, 2:3]
@@ -222,16 +221,16 @@ def max_frame_of_rows(rows: EntryRows, tie_frame: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def static_frame_of_rows(rows: EntryRows, tie_frame: torch.Tensor) -> torch.Tensor:
+def static_frame_of_rows(rows: RowNeighbourhood, tie_frame: torch.Tensor) -> torch.Tensor:
     """:func:`static_local_frame` per centre of padded rows, (n, 3, 3): the max frame of the
     weights 1/|r|^2 computed as there, so bit-identical to it on the flat entries, and without
     host synchronisation (:func:`max_frame_of_rows`)."""
     weights = _inverse_square_distance(rows.vec).unsqueeze(1)  # (n, 1, M): one "head"
-    return max_frame_of_rows(EntryRows(rows.vec, rows.dist, rows.valid, weights), tie_frame).squeeze(1)
+    return max_frame_of_rows(RowNeighbourhood(rows.centres, vec=rows.vec, valid=rows.valid, weights=weights), tie_frame).squeeze(1)
 
 
 @torch.no_grad()
-def weighted_pca_frame_of_rows(rows: EntryRows, tie_frame: torch.Tensor) -> torch.Tensor:
+def weighted_pca_frame_of_rows(rows: RowNeighbourhood, tie_frame: torch.Tensor) -> torch.Tensor:
     """:func:`weighted_pca_frame` per (centre, head) of padded rows, (n, H, 3, 3), same rules,
     without host synchronisation (issue 25): Sigma, the mean direction and the total weight are
     sums over the M columns (padding and the atom itself weigh 0), and the max frame of the
@@ -291,9 +290,9 @@ class StaticFrame(Frame):
 
     def forward(self, layer, setup, hood):
         tie = setup.tie_frames.index_select(0, hood.centres)
-        if hood.rows is not None:
-            return static_frame_of_rows(hood.rows, tie)
-        vec, centre, _ = hood.entries()
+        if isinstance(hood, RowNeighbourhood):
+            return static_frame_of_rows(hood, tie)
+        vec, centre, _ = view(self, hood, EntryNeighbourhood).entries()
         return static_local_frame(vec, centre, hood.num_centres, tie)
 
 
@@ -315,9 +314,9 @@ class MaxFrame(_AttentionFrame):
 
     def forward(self, layer, setup, hood):
         tie = setup.tie_frames.index_select(0, hood.centres)
-        if hood.rows is not None and hood.rows.weights is not None:
-            return max_frame_of_rows(hood.rows, tie)
-        vec, centre, weights = hood.entries()
+        if isinstance(hood, RowNeighbourhood) and hood.weights is not None:
+            return max_frame_of_rows(hood, tie)
+        vec, centre, weights = view(self, hood, EntryNeighbourhood).entries()
         return max_frame(vec, weights, centre, hood.num_centres, tie)
 
 
@@ -330,7 +329,7 @@ class WeightedPCAFrame(_AttentionFrame):
 
     def forward(self, layer, setup, hood):
         tie = setup.tie_frames.index_select(0, hood.centres)
-        if hood.rows is not None and hood.rows.weights is not None:
-            return weighted_pca_frame_of_rows(hood.rows, tie)
-        vec, centre, weights = hood.entries()
+        if isinstance(hood, RowNeighbourhood) and hood.weights is not None:
+            return weighted_pca_frame_of_rows(hood, tie)
+        vec, centre, weights = view(self, hood, EntryNeighbourhood).entries()
         return weighted_pca_frame(vec, weights, centre, hood.num_centres, tie)

@@ -15,7 +15,7 @@ equivariant_gram_schmidt    GS(v_1, v_2), v_k = sum_j phi_k u_ij with scalar phi
 ==========================  ===============================================================
 
 What the message graph is belongs to the backbone (see :class:`~crystalframes.frames.registry.
-Neighbourhood`): on eComFormer its k-NN edges with their edge features and u_ij = r_hat_ij; on
+GraphNeighbourhood`): on eComFormer its k-NN edges with their edge features and u_ij = r_hat_ij; on
 Crystalformer the atom pairs (i, j) of the layer's attention, with the attention mass of every
 head, sum_n w_ijn, as the edge features and the attention-weighted direction u_ij = sum_n w_ijn
 r_hat_ijn (head mean) as the direction.
@@ -24,16 +24,17 @@ r_hat_ijn (head mean) as the direction.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from crystalframes.frames.local import gram_schmidt
-from crystalframes.frames.registry import Frame, register_frame
+from crystalframes.frames.registry import Frame, FrameSetup, GraphNeighbourhood, register_frame, view
 from crystalframes.frames.spframe import quaternion_to_rotation
 from crystalframes.nn.encodings import GaussianBasis, lattice_cosines
-from crystalframes.nn.graph import ConcatMLP, EdgeTable, MessageGraph, rows
+from crystalframes.nn.graph import ConcatMLP, EdgeTable, MessageGraph, take
 
 # When v_2 is collinear with v_1, gram_schmidt takes the fallback axis least aligned with e_1.
 # With the untilted global frame that choice ties exactly where symmetry puts e_1 (the c axis of
@@ -70,7 +71,7 @@ class InvariantMessage(nn.Module):
     with LN_* linear layers and xi = Linear - SiLU - Linear. Unlike the backbone's attention
     layer the key has no edge part, as the seed writes it. Returns msg (E, C).
 
-    Edge quantities come in two kinds (:class:`~crystalframes.frames.registry.Neighbourhood`):
+    Edge quantities come in two kinds (:class:`~crystalframes.frames.registry.GraphNeighbourhood`):
     edge features e_ij (``edge_dim``; 0 for none) enter the value MLP as above; edge weights
     a_ij (``weight_dim``), sums over the periodic images of a pair such as Crystalformer's
     attention mass, multiply the message linearly, msg_ij o W_A a_ij with no bias: a supercell
@@ -99,7 +100,7 @@ class InvariantMessage(nn.Module):
         groups = pairs if self.lin_edge is None else graph.groups(edge)
         q, k, v = self.lin_query(f), self.lin_key(f), self.lin_value(f)
         key = self.key_update([(k, pairs.centre), (k, pairs.neighbour)])
-        alpha = pairs.expand(rows(q / math.sqrt(self.dim), pairs.centre) * key)
+        alpha = pairs.expand(take(q / math.sqrt(self.dim), pairs.centre) * key)
         parts = [(v, groups.centre), (v, groups.neighbour)]
         if self.lin_edge is not None:
             parts.append(groups.edge_part(edge.map(self.lin_edge)))
@@ -195,7 +196,7 @@ class GramSchmidtHead(nn.Module):
                 v1 = graph.sum_at_centre(terms)
                 e1 = v1 / v1.norm(dim=-1, keepdim=True).clamp_min(torch.finfo(v1.dtype).tiny)
             else:
-                e = rows(e1, graph.centre)
+                e = take(e1, graph.centre)
                 if moments is None:  # r_hat r_hat^T e_1 = (r_hat . e_1) r_hat
                     unit = directions / directions.norm(dim=-1, keepdim=True).clamp_min(torch.finfo(a.dtype).tiny)
                     projected = (unit * e).sum(-1, keepdim=True) * unit * a.unsqueeze(-1)
@@ -207,9 +208,16 @@ class GramSchmidtHead(nn.Module):
 
     def forward(self, f, edge: EdgeTable | None, graph: MessageGraph, directions=None, fallback=None, weights=None,
                 direction_sizes=None, moments=None, degenerate=None) -> torch.Tensor:
-        """Frames (N, 3, 3). ``degenerate``: (zero, collinear) masks (N, 1) decided by an
-        earlier layer, added to this layer's own (see :class:`EquivariantGramSchmidt`); this
-        layer's masks are left in ``self.degenerate``."""
+        """Frames (N, 3, 3) of :meth:`frames_and_masks`."""
+        return self.frames_and_masks(f, edge, graph, directions, fallback, weights, direction_sizes, moments, degenerate)[0]
+
+    def frames_and_masks(self, f, edge: EdgeTable | None, graph: MessageGraph, directions=None, fallback=None, weights=None,
+                         direction_sizes=None, moments=None, degenerate=None) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+        """Frames (N, 3, 3) and the (zero, collinear) masks (N, 1) of the atoms sent to the
+        fallback. ``degenerate``: masks decided by an earlier layer, added to this layer's own
+        (see :class:`FallbackSites`). The masks are also left in ``self.degenerate`` and their
+        share in ``self.fallback_fraction``: diagnostics of the last forward pass, which no
+        computation reads."""
         if self.equivariant and directions is None:
             raise ValueError("the equivariant Gram-Schmidt frame needs an equivariant direction per edge")
         (v1, s1), (v2, s2) = self.vectors(f, edge, graph, directions, weights, direction_sizes, moments)
@@ -232,12 +240,53 @@ class GramSchmidtHead(nn.Module):
         self.fallback_fraction = (zero | collinear).detach().float().mean()
         u1 = torch.where(zero, torch.zeros_like(v1), v1 / s1.clamp_min(tiny).unsqueeze(-1))
         u2 = torch.where(collinear, u1, v2 / s2.clamp_min(tiny).unsqueeze(-1))
-        return gram_schmidt(u1, u2, fallback=fallback)
+        return gram_schmidt(u1, u2, fallback=fallback), (zero, collinear)
 
 
 # ---------------------------------------------------------------------------------------------
 # The frames of the registry
 # ---------------------------------------------------------------------------------------------
+
+
+class FallbackSites:
+    """The atoms the equivariant Gram-Schmidt frame sends to its fallback in one forward pass:
+    (zero, collinear) masks (N, 1), decided by the frame's first layer and added to the masks of
+    every later layer.
+
+    Why shared between layers: degeneracy is a property of the site (v_1 = 0 or v_2 collinear
+    with v_1, as on every site of an axis of symmetry), and only the first layer's inputs still
+    have the crystal's symmetry. Later layers' do not: a fallback atom's features depend on its
+    global-frame orientation, which symmetry-equivalent atoms do not share, so a symmetric site's
+    v_2 there leaves the line of v_1 by 1e-6 to 1e-3 of s_2 (measured in float64, MP demo) and
+    Gram-Schmidt of such nearly collinear vectors let those differences orient the frame: the
+    baseline trained to 0.25 eV/atom where its backbone reached 0.105. Keeping the first layer's
+    decision makes every layer's frame of a site the same kind of frame.
+
+    One instance per forward pass, made by :meth:`EquivariantGramSchmidt.setup` and reached
+    through that pass's setup, which the backbone hands to every layer's call."""
+
+    def __init__(self):
+        self._masks: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def decided(self, layer: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """The first layer's masks for a later ``layer``; None for the first layer itself."""
+        if layer == 0:
+            return None
+        if self._masks is None:
+            raise RuntimeError(f"layer {layer} of the equivariant Gram-Schmidt frame ran before layer 0 decided its fallback sites")
+        return self._masks
+
+    def decide(self, layer: int, masks: tuple[torch.Tensor, torch.Tensor]) -> None:
+        """Record the masks of ``layer`` if it is the first; later layers' are not kept."""
+        if layer == 0:
+            self._masks = masks
+
+
+@dataclass(frozen=True)
+class GramSchmidtSetup(FrameSetup):
+    """:class:`FrameSetup` with the :class:`FallbackSites` of one forward pass."""
+
+    fallback_sites: FallbackSites = field(default_factory=FallbackSites)
 
 
 class _LearnedFrame(Frame):
@@ -263,6 +312,7 @@ class SPFrameQuaternion(_LearnedFrame):
         self.heads = nn.ModuleList(QuaternionHead(dim, edge_dim, positive_quaternion, edge_weight_dim) for _ in range(layers))
 
     def forward(self, layer, setup, hood):
+        hood = view(self, hood, GraphNeighbourhood)
         local = self.heads[layer](hood.features, hood.edge_features, hood.graph, hood.edge_weights)
         return (local @ setup.global_frames).index_select(0, hood.centres)
 
@@ -291,6 +341,7 @@ class SPFrameGramSchmidt(_LearnedFrame):
             self.angle_embeddings = nn.ModuleList(nn.Linear(3 * angle_bins, edge_dim) for _ in range(layers))
 
     def forward(self, layer, setup, hood):
+        hood = view(self, hood, GraphNeighbourhood)
         f, edge, graph, weights = hood.features, hood.edge_features, hood.graph, hood.edge_weights
         edge_batch = setup.batch.index_select(0, graph.centre)
         if edge is not None:
@@ -319,21 +370,20 @@ class EquivariantGramSchmidt(_LearnedFrame):
         super().__init__(global_frame, dim=dim, edge_dim=edge_dim, layers=layers, **options)
         self.heads = nn.ModuleList(GramSchmidtHead(dim, edge_dim, equivariant=True) for _ in range(layers))
 
-    def forward(self, layer, setup, hood):
+    def setup(self, lattice, frac_coords, batch) -> GramSchmidtSetup:
+        """The setup of every frame, with this forward pass's :class:`FallbackSites`."""
+        return GramSchmidtSetup(**vars(super().setup(lattice, frac_coords, batch)))
+
+    def forward(self, layer, setup: GramSchmidtSetup, hood):
         # Degenerate atoms (v_1 = 0, or v_2 collinear with v_1, as on every site of an axis of
-        # symmetry) fall back to the global frame tilted by a fixed generic rotation.
-        # Degeneracy is a property of the site, decided by the first layer, whose inputs still
-        # have the crystal's symmetry; later layers keep it. Their inputs do not: a fallback
-        # atom's features depend on its global-frame orientation, which symmetry-equivalent
-        # atoms do not share, so a symmetric site's v_2 there leaves the line of v_1 by 1e-6 to
-        # 1e-3 of s_2 (measured in float64, MP demo) and Gram-Schmidt of such nearly collinear
-        # vectors let those differences orient the frame: the baseline trained to 0.25 eV/atom
-        # where its backbone reached 0.105.
+        # symmetry) fall back to the global frame tilted by a fixed generic rotation; which
+        # atoms they are is decided once per forward pass (FallbackSites says why).
+        hood = view(self, hood, GraphNeighbourhood)
         fallback = fallback_tilt(setup.global_frames) @ setup.global_frames
         head = self.heads[layer]
-        frames = head(hood.features, hood.edge_features, hood.graph, directions=hood.edge_directions, fallback=fallback,
-                      direction_sizes=hood.edge_direction_sizes, moments=hood.edge_direction_moments,
-                      degenerate=None if layer == 0 else setup.degenerate)
-        if layer == 0:
-            setup.degenerate = head.degenerate
+        sites = setup.fallback_sites
+        frames, masks = head.frames_and_masks(hood.features, hood.edge_features, hood.graph, directions=hood.edge_directions,
+                                              fallback=fallback, direction_sizes=hood.edge_direction_sizes,
+                                              moments=hood.edge_direction_moments, degenerate=sites.decided(layer))
+        sites.decide(layer, masks)
         return frames.index_select(0, hood.centres)

@@ -2,23 +2,33 @@
 
 A backbone never names a frame. It builds one with :func:`build_frame` (as MACE receives its
 block classes and matgl its bond expansion) and, before each layer that uses a frame, hands it a
-:class:`Neighbourhood` filled with what the frame's :attr:`Frame.needs` asks for:
+typed view of the atoms, a :class:`Neighbourhood`, built by the backbone's provider according to
+what the frame's :attr:`Frame.needs` asks for:
 
 ===========  ===================================================================================
-need         what the backbone provides
+need         what the backbone provides, and in which view
 ===========  ===================================================================================
 lattice      nothing more: the lattice, fractional coordinates and batch vector of
-             :meth:`Frame.setup` (global frames, tie-breaking frames)
-neighbours   the displacements r of each centre's neighbour entries (``vec``, ``centre``): a
-             graph's edges, or the periodic entries (j, n) of infinitely connected attention
-attention    one weight per neighbour entry (``weights``, (M,) or (M, H) for H heads), from the
-             backbone's attention (CrystalFramer's dynamic frames)
-features     the atoms' invariant features (``features``) and a message graph over atom pairs
-             (``graph``) with one equivariant direction per edge (``edge_directions``) and
-             invariant edge features (``edge_features``, which messages may transform freely)
-             and/or edge weights (``edge_weights``, sums over periodic images, which messages
-             must use linearly): what learned frame heads pass messages on
+             :meth:`Frame.setup` (global frames, tie-breaking frames); the view is the plain
+             :class:`Neighbourhood` (the centres)
+neighbours   the displacements r of each centre's neighbour entries, in one of two layouts
+             (:class:`EntryNeighbourhood`): a graph's edges as a flat list
+             (:class:`EdgeNeighbourhood`: eComFormer, SchNet), or the periodic entries (j, n)
+             of infinitely connected attention as padded rows, one per centre
+             (:class:`RowNeighbourhood`: Crystalformer's buckets); every frame may read either
+             through :meth:`EntryNeighbourhood.entries`, and a frame that profits from the
+             dense rows tests for :class:`RowNeighbourhood`
+attention    one weight per neighbour entry (``weights`` of either layout: (M,) or (M, H) flat,
+             (n, H, M) in rows), from the backbone's attention (CrystalFramer's dynamic frames)
+features     the atoms' invariant features and a message graph over atom pairs with one
+             equivariant direction per edge, invariant edge features (which messages may
+             transform freely) and/or edge weights (sums over periodic images, which messages
+             must use linearly): :class:`GraphNeighbourhood`, what learned frame heads pass
+             messages on
 ===========  ===================================================================================
+
+A frame that needs both neighbour entries and features gets an :class:`EdgeGraphNeighbourhood`
+(both views at once) from a backbone that has them in one layout (eComFormer, SchNet).
 
 A frame returns F_i, (n, 3, 3) rotations whose rows are the axes, one per centre of the
 neighbourhood, or (n, H, 3, 3) per centre and head (frames that are given per-head
@@ -37,13 +47,14 @@ the spec parser and the contract suite pick it up.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import ClassVar
 
 import torch
 from torch import nn
 
 from crystalframes.frames.global_frames import GLOBAL_FRAMES, global_frame, qr_frame
+from crystalframes.nn.graph import EdgeTable, MessageGraph
 from crystalframes.precision import full_precision
 
 NEEDS = ("lattice", "neighbours", "attention", "features")
@@ -66,73 +77,116 @@ GLOBAL_FRAME_DEPENDENCES: dict[str, dict[str, str]] = {
 }
 
 
-@dataclass
+@dataclass(frozen=True)
 class FrameSetup:
-    """Per-forward quantities of a frame, from the structures alone (:meth:`Frame.setup`)."""
+    """Per-forward quantities of a frame, from the structures alone (:meth:`Frame.setup`); built
+    once per forward and handed to every layer's call. Frozen: a frame whose layers must agree on
+    a decision keeps it in state of its own, created by its own :meth:`Frame.setup` (see
+    :class:`~crystalframes.frames.learned.EquivariantGramSchmidt`), not in fields written here."""
 
     lattice: torch.Tensor  # (B, 3, 3)
     batch: torch.Tensor  # (N,) structure of every atom
     global_frames: torch.Tensor | None = None  # (N, 3, 3) each atom's structure's global frame
     tie_frames: torch.Tensor | None = None  # (N, 3, 3) QR frame of each atom's lattice (ties)
-    degenerate: tuple | None = None  # (zero, collinear) (N, 1) masks the first layer decided (equivariant Gram-Schmidt)
-
-
-@dataclass
-class EntryRows:
-    """Neighbour entries laid out as padded rows, one per centre (an optional dense view a
-    backbone may add; frames that profit from it use it, others read the flat fields)."""
-
-    vec: torch.Tensor  # (n, M, 3)
-    dist: torch.Tensor  # (n, M)
-    valid: torch.Tensor  # (n, M) bool
-    weights: torch.Tensor | None = None  # (n, H, M)
 
 
 @dataclass
 class Neighbourhood:
-    """One layer's view of the atoms, filled by a backbone according to the frame's needs.
-
-    ``centres`` (n,): the atoms whose frames are wanted (all atoms, or one bucket of them).
-    Entry fields (``neighbours`` / ``attention``): ``vec`` (M, 3), ``centre`` (M,) row
-    0..n-1 of each entry's centre, ``weights`` (M,) or (M, H); or ``rows`` (dense), from which
-    :meth:`entries` derives the flat fields on first use. Graph fields (``features``): ``features`` (N, C),
-    ``graph`` (a :class:`~crystalframes.nn.graph.MessageGraph` over all N atoms),
-    ``edge_features`` (an :class:`~crystalframes.nn.graph.EdgeTable` or None), ``edge_weights``
-    (E, D) or None and ``edge_directions`` (E, 3), an equivariant direction per graph edge, with
-    ``edge_direction_sizes`` (E,) the summed length of the terms a direction is a sum of (None:
-    its own length), against which a cancelling sum is judged, and ``edge_direction_moments``
-    (E, 3, 3) their second moment (None: u u^T / |u| of a single unit direction).
-    """
+    """The view every frame gets: ``centres`` (n,), the atoms whose frames are wanted (all atoms,
+    or one bucket of them). Frames that need only the lattice receive this base itself; the
+    subclasses add what the other needs ask for (module docstring), each with only its own
+    fields."""
 
     centres: torch.Tensor
-    vec: torch.Tensor | None = None
-    centre: torch.Tensor | None = None
-    weights: torch.Tensor | None = None
-    rows: EntryRows | None = None
-    features: torch.Tensor | None = None
-    graph: object | None = None
-    edge_features: object | None = None
-    edge_weights: torch.Tensor | None = None
-    edge_directions: torch.Tensor | None = None
-    edge_direction_sizes: torch.Tensor | None = None
-    edge_direction_moments: torch.Tensor | None = None
-
-    def entries(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        """(vec, centre, weights) of the flat entries, derived from ``rows`` on first use."""
-        if self.vec is None and self.rows is not None:
-            r = self.rows
-            n, m = r.valid.shape
-            flat = torch.nonzero(r.valid.reshape(-1)).squeeze(-1)
-            self.vec = r.vec.reshape(n * m, 3).index_select(0, flat)
-            self.centre = torch.div(flat, m, rounding_mode="floor")
-            if r.weights is not None:
-                h = r.weights.shape[1]
-                self.weights = r.weights.transpose(1, 2).reshape(n * m, h).index_select(0, flat)
-        return self.vec, self.centre, self.weights
 
     @property
     def num_centres(self) -> int:
         return int(self.centres.shape[0])
+
+
+class EntryNeighbourhood(Neighbourhood):
+    """Neighbour entries in either layout; :meth:`entries` reads them flat whatever the layout."""
+
+    def entries(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """(vec (M, 3), centre (M,) row 0..n-1 of each entry's centre, weights (M,) / (M, H) or
+        None when the frame does not need attention)."""
+        raise NotImplementedError
+
+
+@dataclass(kw_only=True)
+class EdgeNeighbourhood(EntryNeighbourhood):
+    """Neighbour entries as a flat list, a graph's edges (eComFormer, SchNet): ``vec`` (M, 3)
+    the displacement r of each entry from its centre, ``centre`` (M,) its centre's row,
+    ``weights`` (M,) or (M, H) for H heads (None unless the frame needs attention)."""
+
+    vec: torch.Tensor
+    centre: torch.Tensor
+    weights: torch.Tensor | None = None
+
+    def entries(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        return self.vec, self.centre, self.weights
+
+
+@dataclass(kw_only=True)
+class RowNeighbourhood(EntryNeighbourhood):
+    """Neighbour entries as padded rows, one per centre (Crystalformer's buckets): ``vec``
+    (n, M, 3), ``valid`` (n, M) which cells hold an entry (padding cells may hold any finite
+    values), ``weights`` (n, H, M) (None unless the frame needs attention). Frames that profit
+    from the dense layout use it (:func:`~crystalframes.frames.dynamic.max_frame_of_rows`);
+    :meth:`entries` derives the flat list for the others, once."""
+
+    vec: torch.Tensor
+    valid: torch.Tensor
+    weights: torch.Tensor | None = None
+    _flat: tuple | None = field(default=None, init=False, repr=False, compare=False)
+
+    def entries(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        if self._flat is None:
+            n, m = self.valid.shape
+            flat = torch.nonzero(self.valid.reshape(-1)).squeeze(-1)
+            vec = self.vec.reshape(n * m, 3).index_select(0, flat)
+            centre = torch.div(flat, m, rounding_mode="floor")
+            weights = None
+            if self.weights is not None:
+                h = self.weights.shape[1]
+                weights = self.weights.transpose(1, 2).reshape(n * m, h).index_select(0, flat)
+            self._flat = (vec, centre, weights)
+        return self._flat
+
+
+@dataclass(kw_only=True)
+class GraphNeighbourhood(Neighbourhood):
+    """The atoms' features and a message graph, what learned frames pass messages on:
+    ``features`` (N, C) of all N atoms, ``graph`` (a :class:`~crystalframes.nn.graph.MessageGraph`
+    over them), ``edge_directions`` (E, 3) an equivariant direction per graph edge,
+    ``edge_features`` (an :class:`~crystalframes.nn.graph.EdgeTable`; None: the graph has none),
+    ``edge_weights`` (E, D) (None: none), ``edge_direction_sizes`` (E,) the summed length of the
+    terms a direction is a sum of (None: its own length), against which a cancelling sum is
+    judged, and ``edge_direction_moments`` (E, 3, 3) their second moment (None: u u^T / |u| of a
+    single unit direction)."""
+
+    features: torch.Tensor
+    graph: MessageGraph
+    edge_directions: torch.Tensor
+    edge_features: EdgeTable | None = None
+    edge_weights: torch.Tensor | None = None
+    edge_direction_sizes: torch.Tensor | None = None
+    edge_direction_moments: torch.Tensor | None = None
+
+
+@dataclass(kw_only=True)
+class EdgeGraphNeighbourhood(EdgeNeighbourhood, GraphNeighbourhood):
+    """Both: flat neighbour entries and the message graph (a frame that needs neighbours and
+    features, on a backbone whose entries are its graph's edges)."""
+
+
+def view(frame: "Frame", hood: Neighbourhood, kind: type) -> Neighbourhood:
+    """``hood`` if it is a ``kind``; otherwise a TypeError naming the frame and what it got (a
+    backbone that hands a frame a view its needs do not call for)."""
+    if not isinstance(hood, kind):
+        raise TypeError(f"frame {frame.name!r} (needs {sorted(frame.needs)}) reads a {kind.__name__}; "
+                        f"the backbone handed it a {type(hood).__name__}")
+    return hood
 
 
 class Frame(nn.Module):

@@ -157,9 +157,12 @@ class GraphFrames:
     frames of the next layer that uses one (rebuilt for frames that depend on the features or the
     attention, built once otherwise) and returns the edge vectors in their centres' frames.
 
-    The neighbourhood: the graph's edges r_ij from each centre (``neighbours``), the weights the
-    backbone passes (``attention``), and the features x_i with the graph, its edge features and
-    the edge directions r_hat_ij (``features``); the lattice through the frame's setup.
+    The view it hands the frame (:mod:`crystalframes.frames.registry`) follows the frame's needs:
+    the graph's edges r_ij from each centre as flat entries (``neighbours``) with the weights the
+    backbone passes (``attention``): an :class:`~crystalframes.frames.EdgeNeighbourhood`; the
+    features x_i with the graph, its edge features and the edge directions r_hat_ij
+    (``features``): a :class:`~crystalframes.frames.GraphNeighbourhood`; both for a frame that
+    needs both; the lattice through the frame's setup.
     """
 
     def __init__(self, frame, batch: GraphBatch, graph, edge_features):
@@ -170,13 +173,26 @@ class GraphFrames:
         self.layer = 0
         self._frames: torch.Tensor | None = None
 
+    def neighbourhood(self, features: torch.Tensor, weights: torch.Tensor | None = None):
+        """The view of the atoms this frame's needs call for."""
+        from crystalframes.frames import EdgeGraphNeighbourhood, EdgeNeighbourhood, GraphNeighbourhood, Neighbourhood
+
+        needs = self.frame.needs
+        edges = dict(vec=self.batch.edge_vec, centre=self.graph.centre, weights=weights)
+        graph = dict(features=features, graph=self.graph, edge_features=self.edge_features, edge_directions=self.directions)
+        if "features" in needs and needs & {"neighbours", "attention"}:
+            return EdgeGraphNeighbourhood(self.centres, **edges, **graph)
+        if "features" in needs:
+            return GraphNeighbourhood(self.centres, **graph)
+        if needs & {"neighbours", "attention"}:
+            return EdgeNeighbourhood(self.centres, **edges)
+        return Neighbourhood(self.centres)
+
     def next_edges(self, features: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
         """Edge vectors r_ij F_i^T (E, 3) in the frames of the next frame-using layer."""
-        from crystalframes.frames import Neighbourhood, edges_in_frames
+        from crystalframes.frames import edges_in_frames
 
         if self._frames is None or self.frame.rebuilt_per_layer:
-            hood = Neighbourhood(self.centres, self.batch.edge_vec, self.graph.centre, weights, features=features, graph=self.graph,
-                                 edge_features=self.edge_features, edge_directions=self.directions)
-            self._frames = self.frame(self.layer, self.setup, hood)
+            self._frames = self.frame(self.layer, self.setup, self.neighbourhood(features, weights))
         self.layer += 1
         return edges_in_frames(self.batch.edge_vec, self._frames, self.graph.centre)

@@ -9,16 +9,19 @@ Attention is :class:`~crystalframes.models.periodic_attention.PeriodicAttention`
 connected attention over all atoms and lattice translations). With a frame (any frame of the
 registry, :mod:`crystalframes.frames`; the backbone names none) its value position encoding also
 sees the directions of the entries in atom i's frame, psi = W0 b_dist(d) + sum_k Wk b_angl(e_k .
-r_hat) (CrystalFramer). What this backbone hands its frame, in every layer (a
-:class:`~crystalframes.frames.Neighbourhood`):
+r_hat) (CrystalFramer). What this backbone hands its frame, in every layer (typed views of
+:mod:`crystalframes.frames.registry`, built by
+:class:`~crystalframes.models.periodic_attention.PeriodicAttention`):
 
-- neighbours: the periodic entries (j, n) within the layer's cutoff, r_ijn from each centre;
+- neighbours: the periodic entries (j, n) within the layer's cutoff, r_ijn from each centre, as
+  padded rows per bucket of centres (a :class:`~crystalframes.frames.RowNeighbourhood`);
 - attention: the layer's own softmax weights w_ijn, one per head (CrystalFramer's ``max`` and
   ``weighted_pca`` frames are then per atom and head);
 - features: the atoms' features x_i entering the layer, and the atom pairs (i, j) as a message
   graph with the layer's attention mass per head, sum_n w_ijn, as edge weights and the
   attention-weighted direction sum_n w_ijn r_hat_ijn as the edge direction (SPFrame's learned
-  heads on this backbone; see :meth:`PeriodicAttention._pair_neighbourhood`).
+  heads on this backbone; a :class:`~crystalframes.frames.GraphNeighbourhood`, see
+  :meth:`PeriodicAttention._pair_neighbourhood`).
 
 CrystalFramer's "PCA" and "lattice" baselines are ``global+positions_pca`` and
 ``global+lattice_vector`` (old names ``pca`` and ``lattice``, still accepted). Exact ties of the
@@ -64,6 +67,9 @@ from crystalframes.models.periodic_attention import (
 )
 
 DEFAULT_FRAME = "none"
+# Options renamed since model files and run configs were written (old name -> today's): the width
+# C was ``model_dim`` (the official code's name) before every backbone called it ``hidden``.
+OPTION_ALIASES = {"model_dim": "hidden"}
 NUM_ELEMENTS = 98  # one-hot atom encoding: H (Z = 1) .. Cf (Z = 98)
 
 
@@ -91,7 +97,7 @@ class CrystalformerConfig:
     frame: str = DEFAULT_FRAME
     global_frame: str = DEFAULT_GLOBAL_FRAME  # for frames that compose with one (see frames.GLOBAL_FRAMES)
     num_layers: int = 4
-    model_dim: int = 128
+    hidden: int = 128  # C, the width of the atom features (the official code's model_dim)
     num_heads: int = 8
     ff_dim: int = 512
     distance_bases: int = DISTANCE_BASES
@@ -113,10 +119,10 @@ class CrystalformerConfig:
     angle_bins: int = 16
 
     def __post_init__(self):
-        settle_config(self, positive=("num_layers", "model_dim", "num_heads", "ff_dim", "distance_bases", "head_hidden", "num_targets",
+        settle_config(self, positive=("num_layers", "hidden", "num_heads", "ff_dim", "distance_bases", "head_hidden", "num_targets",
                                       "memory_budget", "angle_bins"))
-        if self.model_dim % self.num_heads:
-            raise ValueError(f"model_dim {self.model_dim} is not divisible by num_heads {self.num_heads}")
+        if self.hidden % self.num_heads:
+            raise ValueError(f"hidden {self.hidden} is not divisible by num_heads {self.num_heads}")
         if FRAMES[self.frame].active and self.angle_bases < 2:
             raise ValueError(f"angle_bases must be >= 2 with a frame, got {self.angle_bases}")
         if self.cutoff_sigmas <= 0:
@@ -145,7 +151,7 @@ class CrystalformerLayer(nn.Module):
     def __init__(self, c: CrystalformerConfig, angle_encoding: bool):
         super().__init__()
         self.attention = PeriodicAttention(
-            c.model_dim,
+            c.hidden,
             c.num_heads,
             distance_bases=c.distance_bases,
             distance_max=c.distance_max,
@@ -162,10 +168,10 @@ class CrystalformerLayer(nn.Module):
             rho_statistics=c.rho_statistics,
             memory_budget=c.memory_budget,
         )
-        self.feed_forward = FeedForward(c.model_dim, c.ff_dim)
+        self.feed_forward = FeedForward(c.hidden, c.ff_dim)
 
-    def forward(self, x, geometry: PeriodicGeometry, frame=None, index: int = 0):
-        x = x + self.attention(x, geometry, frame, index)
+    def forward(self, x, geometry: PeriodicGeometry, frame=None, layer: int = 0):
+        x = x + self.attention(x, geometry, frame, layer)
         return x + self.feed_forward(x)
 
 
@@ -185,25 +191,25 @@ class Crystalformer(CrystalModel):
         c = self.config = config
         self.graph_settings = GraphSettings(k=None)
         self.supported_atomic_numbers = frozenset(range(1, NUM_ELEMENTS + 1))
-        self.atom_embedding = nn.Linear(NUM_ELEMENTS, c.model_dim, bias=False)
+        self.atom_embedding = nn.Linear(NUM_ELEMENTS, c.hidden, bias=False)
         # One frame for every layer; learned frames get a head per layer, whose gradient comes
         # through the cosines of the angle encoding (ChebyshevMoments.backward). The message graph
         # of learned frames has no edge features and one attention mass per head as edge weights.
         self.frame = build_frame(
-            c.frame, c.global_frame, dim=c.model_dim, edge_dim=0, edge_weight_dim=c.num_heads, layers=c.num_layers,
+            c.frame, c.global_frame, dim=c.hidden, edge_dim=0, edge_weight_dim=c.num_heads, layers=c.num_layers,
             positive_quaternion=c.positive_quaternion, angle_bins=c.angle_bins,
         )
         self.layers = nn.ModuleList(CrystalformerLayer(c, self.frame.active) for _ in range(c.num_layers))
-        self.head = nn.Sequential(nn.Linear(c.model_dim, c.head_hidden), nn.ReLU(), nn.Linear(c.head_hidden, c.num_targets))
+        self.head = nn.Sequential(nn.Linear(c.hidden, c.head_hidden), nn.ReLU(), nn.Linear(c.head_hidden, c.num_targets))
         self._tfixup_init()
 
     def _tfixup_init(self):
         c = self.config
-        nn.init.normal_(self.atom_embedding.weight, 0.0, c.model_dim**-0.5 * (9 * c.num_layers) ** -0.25)
+        nn.init.normal_(self.atom_embedding.weight, 0.0, c.hidden**-0.5 * (9 * c.num_layers) ** -0.25)
         scale = tfixup_scale(c.num_layers)
         with torch.no_grad():
-            for layer in self.layers:
-                for lin in (layer.attention.v_proj, layer.attention.out_proj, layer.feed_forward.linear1, layer.feed_forward.linear2):
+            for block in self.layers:
+                for lin in (block.attention.v_proj, block.attention.out_proj, block.feed_forward.linear1, block.feed_forward.linear2):
                     lin.weight.mul_(scale)
 
     def embed(self, atomic_numbers: torch.Tensor) -> torch.Tensor:
@@ -235,8 +241,8 @@ class Crystalformer(CrystalModel):
         x = self.embed(batch.atomic_numbers).to(batch.pos.dtype)
         geometry = self.geometry(batch)
         frame = self.frame if self.frame.active else None
-        for index, layer in enumerate(self.layers):
-            x = layer(x, geometry, frame, index)
+        for layer, block in enumerate(self.layers):
+            x = block(x, geometry, frame, layer)
         return x
 
 
@@ -265,7 +271,7 @@ def _training(epochs: int, batch_size: int) -> dict:
 # The width statistics frozen from the first training batch, as the reference code has them: at
 # `cpu` size they trained better than running statistics (-0.0034 eV/atom test MAE, 3 seeds, both
 # 95 % intervals exclude 0; docs/crystalformer.md). `cpu` keeps running statistics: see there.
-_REFERENCE = {"num_layers": 4, "model_dim": 128, "num_heads": 8, "ff_dim": 512, "distance_bases": 64, "angle_bases": 64,
+_REFERENCE = {"num_layers": 4, "hidden": 128, "num_heads": 8, "ff_dim": 512, "distance_bases": 64, "angle_bases": 64,
               "rho_statistics": "first_batch"}
 _JARVIS = "jarvis_dft_3d_2021"
 
@@ -276,7 +282,7 @@ def _task(name: str, dataset: str, target: str, epochs: int, batch_size: int) ->
                   dict(_REFERENCE), _training(epochs, batch_size), {"dataset": dataset, "target": target})
 
 
-_CPU_MODEL = {"num_layers": 4, "model_dim": 64, "num_heads": 4, "ff_dim": 256, "distance_bases": 32, "angle_bases": 16, "head_hidden": 64}
+_CPU_MODEL = {"num_layers": 4, "hidden": 64, "num_heads": 4, "ff_dim": 256, "distance_bases": 32, "angle_bases": 16, "head_hidden": 64}
 _CPU_TRAINING = {"loss": "l1", "optimizer": "adamw", "lr": 5e-4, "betas": (0.9, 0.98), "weight_decay": 1e-5, "grad_clip_norm": 1.0,
                  "scheduler": {"name": "onecycle", "pct_start": 0.3, "interval": "step"}, "standardise_targets": True,
                  "epochs": 18, "batch_size": 32}
@@ -332,7 +338,7 @@ CRYSTALFORMER_PRESETS: dict[str, Preset] = presets.presets_by_name(
     Preset(
         "cpu_small",
         "small model for tests and CPU runs: 2 layers, C=32, 2 heads, FFN 64, K=16, D=8",
-        {"num_layers": 2, "model_dim": 32, "num_heads": 2, "ff_dim": 64, "distance_bases": 16, "angle_bases": 8, "head_hidden": 32},
+        {"num_layers": 2, "hidden": 32, "num_heads": 2, "ff_dim": 64, "distance_bases": 16, "angle_bases": 8, "head_hidden": 32},
         _training(100, 32),
     ),
 )
@@ -340,7 +346,7 @@ DEFAULT_PRESET = "reference"
 
 
 BACKBONE = backbone_of("crystalformer", Crystalformer, CrystalformerConfig, CRYSTALFORMER_PRESETS, DEFAULT_FRAME, DEFAULT_PRESET,
-                       "Crystalformer")
+                       "Crystalformer", option_aliases=OPTION_ALIASES)
 
 
 def crystalformer_config(frame: str = DEFAULT_FRAME, preset: str = DEFAULT_PRESET, **overrides) -> CrystalformerConfig:

@@ -10,8 +10,8 @@ One backbone code path for every frame variant:
 
 A frame (any frame of the registry, :mod:`crystalframes.frames`; the backbone names none)
 is built before every equivariant update layer, which then sees the edges in it, Y(r_ij F_i^T)
-(Hua & Lin, SPFrame, A.3, Fig. 4). What this backbone hands its frame (a
-:class:`~crystalframes.frames.Neighbourhood`):
+(Hua & Lin, SPFrame, A.3, Fig. 4). What this backbone hands its frame (the typed views its
+provider, :class:`~crystalframes.models.base.GraphFrames`, builds):
 
 - neighbours: the edges of the k-NN multigraph, r_ij from each centre i;
 - attention: for CrystalFramer's dynamic frames (``max``, ``weighted_pca``), the weights of the
@@ -177,15 +177,15 @@ class EComFormer(CrystalModel):
         # one weight per edge (one head).
         wants_weights = frame.active and "attention" in frame.needs
         weights = None
-        for kind, layer in zip(c.layer_order, self.layers):
+        for kind, block in zip(c.layer_order, self.layers):
             if kind == "att":
                 if wants_weights:
-                    f, weights = layer(f, edge_feat, graph, return_weights=True)
+                    f, weights = block(f, edge_feat, graph, return_weights=True)
                 else:
-                    f = layer(f, edge_feat, graph)
+                    f = block(f, edge_feat, graph)
                 continue
             edge_vec = batch.edge_vec if frames is None else frames.next_edges(f, weights)
-            f = layer(f, edge_vec, edge_feat, graph)
+            f = block(f, edge_vec, edge_feat, graph)
         return f
 
 

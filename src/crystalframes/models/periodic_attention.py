@@ -47,7 +47,7 @@ from torch import nn
 
 # Bases, Chebyshev numerics and the entry enumeration live in their own modules; their public
 # names are re-exported here, where the model and the tests have always imported them.
-from crystalframes.frames.registry import EntryRows, Frame, FrameSetup, Neighbourhood
+from crystalframes.frames.registry import Frame, FrameSetup, GraphNeighbourhood, Neighbourhood, RowNeighbourhood
 from crystalframes.nn.chebyshev import (  # noqa: F401
     ANGLE_BASIS_TOLERANCE,
     ANGLE_WIDTH_SCALE,
@@ -60,17 +60,16 @@ from crystalframes.nn.chebyshev import (  # noqa: F401
     distance_centres,
     gaussian,
 )
-from crystalframes.nn.graph import MessageGraph
+from crystalframes.nn.encodings import MIN_DISTANCE
+from crystalframes.nn.graph import MessageGraph, take
 from crystalframes.precision import full_precision
 from crystalframes.nn.periodic_entries import (  # noqa: F401
     DEFAULT_MEMORY_BUDGET,
-    MIN_DISTANCE,
     Bucket,
     PeriodicEntries,
     budget_on,
     entry_buckets,
     periodic_entries,
-    take,
 )
 
 # Crystalformer's constants (Taniai et al., ICLR 2024, and its public code; the bases' are in nn/chebyshev.py).
@@ -327,9 +326,10 @@ class PeriodicAttention(nn.Module):
         atom_frames = None
         if frame is not None and frame.active and ("features" in frame.needs or "neighbours" not in frame.needs):
             # frames of whole atoms, built once for the layer (learned and global frames)
-            hood = Neighbourhood(torch.arange(n, device=x.device))
             if "features" in frame.needs:
                 hood = self._pair_neighbourhood(x, ent, s, a, head_cutoff, unit, buckets)
+            else:
+                hood = Neighbourhood(torch.arange(n, device=x.device))
             atom_frames = frame(layer, geometry.frame_setup, hood)
         pe, pair_ids, pair_w, angle_inputs = [], [], [], []
         for bucket in buckets:
@@ -342,8 +342,9 @@ class PeriodicAttention(nn.Module):
                 if atom_frames is not None:
                     frames = take(atom_frames, bucket.centres)
                 else:  # frames of the bucket's entries (static, or from this layer's attention)
-                    rows = EntryRows(take(ent.vec, bucket.index), dist, bucket.valid, w.detach() if "attention" in frame.needs else None)
-                    frames = frame(layer, geometry.frame_setup, Neighbourhood(bucket.centres, rows=rows))
+                    rows = RowNeighbourhood(bucket.centres, vec=take(ent.vec, bucket.index), valid=bucket.valid,
+                                            weights=w.detach() if "attention" in frame.needs else None)
+                    frames = frame(layer, geometry.frame_setup, rows)
                 angle_inputs.append((w, bucket, frames.to(w.dtype)))
             pair_ids.append(take(ent.pair, bucket.entries))
             pair_w.append(take(w.transpose(1, 2).reshape(-1, h), bucket.flat))
@@ -369,7 +370,7 @@ class PeriodicAttention(nn.Module):
         return torch.softmax(logits.masked_fill(~inside, float("-inf")), dim=-1), dist, inside
 
     @torch.no_grad()
-    def _pair_neighbourhood(self, x, ent: PeriodicEntries, s, a, head_cutoff, unit, buckets) -> Neighbourhood:
+    def _pair_neighbourhood(self, x, ent: PeriodicEntries, s, a, head_cutoff, unit, buckets) -> GraphNeighbourhood:
         """The neighbourhood of learned frames: the atom pairs (i, j) of this layer as a message
         graph whose edge weights are the attention mass of every head, sum_n w_ijn (H), and
         whose edge direction is the attention-weighted sum of the image directions,
@@ -397,8 +398,8 @@ class PeriodicAttention(nn.Module):
         used = ent.used_pairs()
         mass, direction, sizes, moments = (take(t, used) for t in (mass, direction, sizes, moments))
         graph = MessageGraph(torch.stack([take(ent.pair_centre, used), take(ent.pair_neighbour, used)]), n, x.dtype, group_edges=False)
-        return Neighbourhood(torch.arange(n, device=x.device), features=x, graph=graph, edge_weights=mass,
-                             edge_directions=direction, edge_direction_sizes=sizes, edge_direction_moments=moments)
+        return GraphNeighbourhood(torch.arange(n, device=x.device), features=x, graph=graph, edge_weights=mass,
+                                  edge_directions=direction, edge_direction_sizes=sizes, edge_direction_moments=moments)
 
     def _angle_encodings(self, inputs: list, ent: PeriodicEntries, unit) -> list[torch.Tensor]:
         """sum_k Wk sum_(j,n) w b_angl(e_k . r_hat) (n, H, d) for every bucket's (weights (n, H, M),

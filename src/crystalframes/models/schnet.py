@@ -42,7 +42,7 @@ from crystalframes.models.presets import Preset
 from crystalframes.models.specs import backbone_of
 from crystalframes.nn.atom_features import AtomFeatureTable
 from crystalframes.nn.encodings import GaussianBasis
-from crystalframes.nn.graph import EdgeTable, MessageGraph, rows
+from crystalframes.nn.graph import EdgeTable, MessageGraph, take
 
 DEFAULT_FRAME = "none"
 
@@ -106,7 +106,7 @@ class Interaction(nn.Module):
             w = pre.map(self.filter_out).per_edge()
         else:
             w = self.filter_out(pre.per_edge() + self.filter_angle(angles))
-        message = graph.mean_at_centre(w * rows(self.atom_in(x), graph.neighbour))
+        message = graph.mean_at_centre(w * take(self.atom_in(x), graph.neighbour))
         return x + self.update(message)
 
 
@@ -128,7 +128,7 @@ class SchNet(CrystalModel):
                                  positive_quaternion=c.positive_quaternion)
         angle_dim = 3 * c.angle_bins if self.frame.active else 0
         self.angle_basis = GaussianBasis(-1.0, 1.0, c.angle_bins) if angle_dim else None
-        self.interactions = nn.ModuleList(Interaction(c.hidden, angle_dim if t else 0) for t in range(c.interactions))
+        self.interactions = nn.ModuleList(Interaction(c.hidden, angle_dim if layer else 0) for layer in range(c.interactions))
         head = c.head_hidden or c.hidden
         self.head = nn.Sequential(nn.Linear(c.hidden, head), ShiftedSoftplus(), nn.Linear(head, c.num_targets))
 
@@ -138,9 +138,9 @@ class SchNet(CrystalModel):
         x = self.atom_embedding(self.atom_features(batch.atomic_numbers).to(dtype))
         edge = EdgeTable.of_distances(batch.edge_vec.norm(dim=-1)).map(lambda d: self.edge_embedding(self.rbf(d)))
         frames = GraphFrames(self.frame, batch, graph, edge) if self.frame.active else None
-        for t, block in enumerate(self.interactions):
+        for layer, block in enumerate(self.interactions):
             angles = None
-            if frames is not None and t > 0:
+            if frames is not None and layer > 0:
                 u = frames.next_edges(x)
                 angles = self.angle_basis(u / u.norm(dim=-1, keepdim=True)).flatten(1)
             x = block(x, edge, graph, angles)

@@ -71,7 +71,8 @@ class Backbone:
     :func:`preset_training`); ``options`` the settings a preset lets overrides replace (empty:
     the builder checks them itself); ``shared_frames_cancel``: a frame shared by every atom
     (``global+NAME``) provably changes nothing on this backbone, so no global frame's declared
-    dependence applies to it (the model contract suite checks the claim).
+    dependence applies to it (the model contract suite checks the claim); ``option_aliases``:
+    old option names that still load (:func:`resolve_options`).
     """
 
     name: str
@@ -83,6 +84,8 @@ class Backbone:
     training: Mapping[str, dict] = field(default_factory=dict)
     options: tuple[str, ...] = ()
     shared_frames_cancel: bool = False
+    # old option name -> today's, for model files and run configs written before a rename
+    option_aliases: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def provides(self) -> frozenset[str]:
@@ -143,15 +146,31 @@ def parse_spec(spec: str | ModelSpec) -> ModelSpec:
     return ModelSpec(name, frame, global_frame, preset)
 
 
+def resolve_options(spec: str | ModelSpec, options: Mapping) -> dict:
+    """``options`` with old option names (the backbone's ``option_aliases``) under today's, so a
+    model file or run config written before a rename builds the same model; :class:`SpecError`
+    if an old and a new name both set one option to different values."""
+    aliases = BACKBONES[parse_spec(spec).backbone].option_aliases
+    out = {key: value for key, value in options.items() if key not in aliases}
+    for old, value in options.items():
+        if old in aliases:
+            new = aliases[old]
+            if new in out and out[new] != value:
+                raise SpecError(f"options {old!r} (the old name of {new!r}) and {new!r} disagree: {value!r} vs {out[new]!r}")
+            out[new] = value
+    return out
+
+
 def check_options(spec: str | ModelSpec, options: Mapping) -> None:
     """Raise :class:`SpecError` if ``options`` (``model.options``) names a setting the spec's
-    backbone does not have, with the known settings and a did-you-mean; cheap (builds nothing),
-    so commands can call it before they create any output."""
+    backbone does not have (old names of :func:`resolve_options` are accepted), with the known
+    settings and a did-you-mean; cheap (builds nothing), so commands can call it before they
+    create any output."""
     parsed = parse_spec(spec)
     known = BACKBONES[parsed.backbone].options
     if not known:
         return
-    for key in options:
+    for key in resolve_options(parsed, options):
         if key not in known:
             raise SpecError(f"unknown {parsed.backbone} model option {key!r}{_did_you_mean(key, known)}; "
                             f"known options: {', '.join(sorted(known))}")
@@ -163,6 +182,7 @@ def build_model(spec: str | ModelSpec, **overrides) -> nn.Module:
     or an invalid option value raises :class:`SpecError`."""
     parsed = parse_spec(spec)
     check_options(parsed, overrides)
+    overrides = resolve_options(parsed, overrides)
     try:
         model = BACKBONES[parsed.backbone].builder(parsed, **overrides)
     except SpecError:

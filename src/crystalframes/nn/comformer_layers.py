@@ -43,7 +43,7 @@ from crystalframes.nn.graph import (  # noqa: F401
     EdgeTable,
     MessageGraph,
     linear_of_concat,
-    rows,
+    take,
 )
 
 SH_LMAX = 2  # spherical harmonics l = 0, 1, 2 (eComFormer)
@@ -89,7 +89,7 @@ class NodeTransformerLayer(nn.Module):
         i, j = g.centre, g.neighbour
         q, k, v = self.lin_query(f), self.lin_key(f), self.lin_value(f)
         e = g.edge_part(edge.map(self.lin_edge))
-        alpha = g.expand(rows(q / math.sqrt(self.dim), i) * self.key_update([(k, i), (k, j), e]))
+        alpha = g.expand(take(q / math.sqrt(self.dim), i) * self.key_update([(k, i), (k, j), e]))
         # BatchNorm on the edges: its training-mode statistics are over edges, not groups.
         gate = torch.sigmoid(self.bn_alpha(alpha))
         msg = g.expand(self.msg_update([(v, i), (v, j), e])) * gate
@@ -164,7 +164,7 @@ class _TensorProductConv(nn.Module):
 
     def reference(self, x: torch.Tensor, sh: torch.Tensor, edge: EdgeTable, graph: MessageGraph) -> torch.Tensor:
         """The literal computation: materialise every edge's weights, e3nn tensor product, mean."""
-        return graph.mean_at_centre(self.tp(rows(x, graph.neighbour), sh, self.fc(edge.per_edge())))
+        return graph.mean_at_centre(self.tp(take(x, graph.neighbour), sh, self.fc(edge.per_edge())))
 
     def forward(self, x: torch.Tensor, sh: torch.Tensor, edge: EdgeTable, graph: MessageGraph) -> torch.Tensor:
         """x (N, irreps_in) node features, sh (E, irreps_sh) harmonics of the edges, edge the
@@ -207,7 +207,7 @@ class ScalarToIrrepsConv(_TensorProductConv):
         b = torch.cat(b_blocks, dim=1)  # (ns, K)
         ns, hidden, k = a.shape
         per_node = (h @ a.reshape(ns, hidden * k)).view(-1, hidden, k)  # (N, C, K)
-        weighted = graph.neighbour_matmul(z, per_node) + rows(h @ b, graph.neighbour)  # (E, K)
+        weighted = graph.neighbour_matmul(z, per_node) + take(h @ b, graph.neighbour)  # (E, K)
         pieces = [None] * len(self._out_dims)
         start = 0
         for path in self._paths:
@@ -252,11 +252,11 @@ class IrrepsToScalarConv(_TensorProductConv):
                 scalar = path.path_weight * (y @ w3j)[:, 0]  # (E,): pw Y_0 3j(0, 0, 0)
                 feats = xin[..., 0]  # (N, mul)
                 per_node = (feats @ a.reshape(mul_in, -1)).view(-1, a.shape[1], a.shape[2])
-                part = (graph.neighbour_matmul(z.per_edge(), per_node) + rows(feats @ b, nb)) * scalar.unsqueeze(-1)
+                part = (graph.neighbour_matmul(z.per_edge(), per_node) + take(feats @ b, nb)) * scalar.unsqueeze(-1)
                 out = part if out is None else out + part
             else:
                 t = torch.einsum("num,mk->nuk", xin, w3j)  # (N, mul, 2l+1), node level
-                edge_scalars.append(path.path_weight * torch.einsum("euk,ek->eu", rows(t, nb), y))
+                edge_scalars.append(path.path_weight * torch.einsum("euk,ek->eu", take(t, nb), y))
                 a_edge.append(a)
                 b_edge.append(b)
         if edge_scalars:

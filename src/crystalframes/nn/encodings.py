@@ -1,5 +1,6 @@
 """Fixed (parameter-free) encodings of invariant edge quantities: Gaussian bases, the eComFormer
-inverse-distance feature and the lattice-angle cosines of the Gram-Schmidt SPFrame baseline."""
+inverse-distance feature and the lattice-angle cosines of the Gram-Schmidt SPFrame baseline;
+and the one length below which a displacement has no direction."""
 
 from __future__ import annotations
 
@@ -10,6 +11,11 @@ from torch import nn
 # for every |r| > 0.1875 A, i.e. for every real interatomic distance.
 INVERSE_DISTANCE_SCALE = 0.75
 INVERSE_DISTANCE_RANGE = (-4.0, 0.0)
+
+# Displacements shorter than this (Angstrom) have no direction: the atom itself (j = i, n = 0),
+# which infinitely connected attention and the local frames see among their entries, has d = 0,
+# and real neighbours are >= 0.5 A away (crystalframes.io.crystal.MIN_INTERATOMIC_DISTANCE).
+MIN_DISTANCE = 1e-6
 
 
 class GaussianBasis(nn.Module):

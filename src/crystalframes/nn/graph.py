@@ -20,10 +20,13 @@ from torch import nn
 
 
 
-def rows(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-    """``x[index]`` along the first dimension (``index_select`` is several times faster than
-    advanced indexing on CPU)."""
-    return x.index_select(0, index)
+def take(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """``x[index]`` along the first dimension, for an index of any shape: the one gather of the
+    package (``index_select`` is several times faster than advanced indexing on CPU)."""
+    if index.dim() == 1:
+        return x.index_select(0, index)
+    flat = x.reshape(x.shape[0], -1).index_select(0, index.reshape(-1))
+    return flat.view(*index.shape, *x.shape[1:])
 
 
 class MessageGraph:
@@ -139,7 +142,7 @@ class EdgeTable:
         return EdgeTable(fn(self.values), self.index)
 
     def per_edge(self) -> torch.Tensor:
-        return self.values if self.index is None else rows(self.values, self.index)
+        return self.values if self.index is None else take(self.values, self.index)
 
     def __add__(self, other: torch.Tensor) -> "EdgeTable":
         """Add per-edge values (E, C): the result has one row per edge."""
@@ -168,7 +171,7 @@ class EdgeGroups:
         # One member per group (which one does not matter: they agree on everything kept).
         member = torch.empty(distinct.shape[0], dtype=index.dtype, device=index.device)
         member.scatter_(0, index, torch.arange(keys.shape[0], device=keys.device))
-        return cls(index, rows(centre, member), rows(neighbour, member), None if row is None else rows(row, member))
+        return cls(index, take(centre, member), take(neighbour, member), None if row is None else take(row, member))
 
     def edge_part(self, edge: EdgeTable) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The edge table as a part of :func:`linear_of_concat` with one output row per group."""
@@ -176,7 +179,7 @@ class EdgeGroups:
 
     def expand(self, values: torch.Tensor) -> torch.Tensor:
         """Per-group values (G, ...) -> per-edge values (E, ...)."""
-        return values if self.index is None else rows(values, self.index)
+        return values if self.index is None else take(values, self.index)
 
 
 def linear_of_concat(linear: nn.Linear, parts: Sequence[tuple[torch.Tensor, torch.Tensor | None]]) -> torch.Tensor:
@@ -193,7 +196,7 @@ def linear_of_concat(linear: nn.Linear, parts: Sequence[tuple[torch.Tensor, torc
         bias = linear.bias if out is None else None  # added once, to the first (smallest) part
         y = F.linear(x, linear.weight[:, start : start + width], bias)
         start += width
-        y = y if index is None else rows(y, index)
+        y = y if index is None else take(y, index)
         out = y if out is None else out.add_(y)  # out is a fresh tensor: accumulate in place
     return out
 

@@ -13,13 +13,14 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from crystalframes.nn.encodings import MIN_DISTANCE
+from crystalframes.nn.graph import take
+
 # Elements of the largest temporary tensor built at once by an attention layer.
 DEFAULT_MEMORY_BUDGET = 2**21
 # An accelerator's budget is this many times the configured (CPU) one: its memory is larger, and
 # every bucket and enumeration chunk costs kernel launches and a host synchronisation.
 ACCELERATOR_BUDGET_SCALE = 16
-# Entries with no direction: the atom itself (j = i, n = 0) has d = 0.
-MIN_DISTANCE = 1e-6
 
 
 @dataclass
@@ -111,13 +112,6 @@ def budget_on(budget: int, device: torch.device) -> int:
 
 def _exclusive_cumsum(x: torch.Tensor) -> torch.Tensor:
     return torch.cumsum(x, 0) - x
-
-
-def take(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-    """x[index] along the first dimension for an index of any shape (index_select is several
-    times faster than advanced indexing on CPU)."""
-    flat = x.reshape(x.shape[0], -1).index_select(0, index.reshape(-1))
-    return flat.view(*index.shape, *x.shape[1:])
 
 
 def _chunks_by_weight(ends: np.ndarray, budget: int) -> list[tuple[int, int]]:
