@@ -40,14 +40,12 @@ def current_settings() -> dict:
 
 
 def flat(tree, prefix: str = "") -> dict:
-    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}`` (lists are values)."""
-    if not isinstance(tree, dict):
+    """``{"a": {"b": 1, "c": {}}}`` -> ``{"a.b": 1, "a.c": {}}`` (lists and empty mappings are values)."""
+    if not isinstance(tree, dict) or not tree:
         return {prefix: tree}
     out = {}
     for key, value in tree.items():
-        out.update(flat(value, f"{prefix}{key}."))
-    if not tree:
-        out[prefix] = {}
+        out.update(flat(value, f"{prefix}.{key}" if prefix else key))
     return out
 
 
@@ -80,7 +78,7 @@ def test_a_changed_setting_is_reported_by_key():
     b = json.loads(json.dumps(a))
     b["x"]["p"]["run"]["optim"]["lr"] = 5e-4
     fa, fb = flat(a), flat(b)
-    assert [k for k in fa if fa[k] != fb[k]] == ["x.p.run.optim.lr"] and fa["x.p.task."] == {}
+    assert [k for k in fa if fa[k] != fb[k]] == ["x.p.run.optim.lr"] and fa["x.p.task"] == {}
 
 
 if __name__ == "__main__":
