@@ -19,9 +19,7 @@ def current_settings() -> dict:
     """backbone -> preset -> {description, architecture, training, task, run} as JSON values."""
     from crystalframes.models import BACKBONES, build_model
     from crystalframes.train.config import config_with_preset_training, explicit_keys, load_config
-    from crystalframes.models import crystalformer, ecomformer, preset_training, schnet
-
-    presets_of = {"crystalformer": crystalformer.CRYSTALFORMER_PRESETS, "ecomformer": ecomformer.PRESETS, "schnet": schnet.PRESETS}
+    from crystalframes.train.recipes import preset_task, preset_training
 
     out: dict = {}
     for name in ("crystalformer", "ecomformer", "schnet"):  # the shipped backbones
@@ -33,7 +31,7 @@ def current_settings() -> dict:
                 "description": description,
                 "architecture": build_model(spec).config.as_dict(),
                 "training": preset_training(spec),
-                "task": dict(presets_of[name][preset].task),
+                "task": preset_task(spec),
                 "run": config_with_preset_training(load_config(None, sets), explicit_keys(None, sets)).model_dump(mode="json"),
             }
     return json.loads(json.dumps(out))  # tuples -> lists, as in the file

@@ -118,7 +118,7 @@ def test_processes_given_the_same_grid_share_its_runs(calls, tmp_path):
 
 def test_the_presets_budget_is_used_unless_the_user_sets_one(calls, tmp_path):
     """cpu_small's own epochs and batch size (100 / 32 for Crystalformer), not a bench default."""
-    from crystalframes.models import preset_training
+    from crystalframes.train.recipes import preset_training
 
     study.run_grid(["crystalformer:none@cpu_small"], [], [0], tmp_path / "a", tmp_path / "a.json")
     own = preset_training("crystalformer:none@cpu_small")
