@@ -30,7 +30,7 @@ def frames_per_centre(structures: int, batch_size: int) -> float:
     from crystalframes.models import periodic_attention as pa
 
     torch.manual_seed(0)
-    model = build_crystalformer("max", "reference")
+    model = build_crystalformer("reference", frame="max")
     crystals = read_dataset(SHARED_MP).crystals
     pick = np.random.default_rng(0).choice(len(crystals), structures, replace=False)
     sample = [crystals[i] for i in pick]

@@ -64,7 +64,7 @@ def _run(job: dict) -> dict:
     torch.set_num_threads(job["threads"])
     frame, preset = job["spec"].split("@")
     torch.manual_seed(0)
-    model = build_crystalformer(frame, preset)
+    model = build_crystalformer(preset=preset, frame=frame)  # keywords: versions before issue 28 took (frame, preset)
     crystals = read_dataset(SHARED / "mp_2018_sample.jsonl.gz").crystals
     if job["cell"]:
         base = next(c for c in crystals if c.num_atoms == 8)
@@ -180,7 +180,7 @@ def interleaved_before_after(before_src: str, specs: list[str], structures: int,
                 model = modules["crystalframes.models"].build_model(spec)
             else:
                 frame, preset = spec.split("@")
-                model = modules["crystalframes.models.crystalformer"].build_crystalformer(frame, preset)
+                model = modules["crystalframes.models.crystalformer"].build_crystalformer(preset=preset, frame=frame)  # keywords: versions before issue 28 took (frame, preset)
             batches = [modules["crystalframes.data.batch"].collate(
                 [modules["crystalframes.data.graph"].build_graph(c, model.graph_settings) for c in sample[i : i + batch_size]],
                 target_names=["mp2018_e_form"]) for i in range(0, len(sample), batch_size)]

@@ -54,7 +54,8 @@ def main(argv=None) -> None:
     from crystalframes.api import load_model
     from crystalframes.models.specs import parse_spec
     from crystalframes.train.card import file_sha256
-    from crystalframes.train.study import load_rows, run_grid, summarise
+    from crystalframes.train.study import load_rows, run_grid
+    from crystalframes.train.study_statistics import summarise
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--init", required=True, help="pretrained name, run folder or model file to fine-tune from")
@@ -92,7 +93,7 @@ def main(argv=None) -> None:
 
     if args.plot:
         plot_curves({"scratch": list(scratch.values()), "fine-tuned": tuned}, args.plot)
-    from crystalframes.train.study import paired_bootstrap, seed_averaged_errors, t_interval
+    from crystalframes.train.study_statistics import paired_bootstrap, seed_averaged_errors, t_interval
 
     pairs = [(t, scratch[t["seed"]]) for t in tuned if t["seed"] in scratch]
     if pairs:

@@ -111,7 +111,8 @@ def write_docs(rows: list[dict]) -> None:
     import time
 
     from crystalframes.atomic import atomic_write
-    from crystalframes.train.study import comparison_table, slug, summary_table, target_table
+    from crystalframes.train.study import slug
+    from crystalframes.train.study_tables import comparison_table, summary_table, target_table
 
     doc = ROOT / "docs" / "results.md"
     head = doc.read_text().split("## Results")[0]
@@ -149,7 +150,8 @@ def write_docs(rows: list[dict]) -> None:
 
 
 def main(argv=None) -> None:
-    from crystalframes.train.study import comparison_table, load_rows, run_grid, summary_table
+    from crystalframes.train.study import load_rows, run_grid
+    from crystalframes.train.study_tables import comparison_table, summary_table
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--grid", choices=sorted(GRIDS), default="main", help="main: the frame grid at the presets' budget; long: the papers' pairs at 54 epochs; settings: official settings at cpu size; gap: the main grid on the band gap, the papers' pairs first; perov_5 / carbon_24: all three backbones where symmetry matters most")

@@ -176,12 +176,13 @@ def models_table(rows: list[dict]) -> str:
 def bench_accuracy(specs, overrides: list[str], seeds=(0,), output: Path | None = None, results: Path | None = None) -> tuple[str, list[dict]]:
     """Train every spec x seed with the same config overrides (data, budget; each spec's preset
     supplies what they leave open, epochs and batch size included) and return the Markdown table
-    of :func:`crystalframes.train.study.summary_table` (mean +- std over seeds, paired difference
+    of :func:`crystalframes.train.study_tables.summary_table` (mean +- std over seeds, paired difference
     to the backbone without a frame) and the result rows. Resumable: rerun with the same
     ``output`` (and ``results``, default ``output/results.json``) to continue a grid."""
     from crystalframes.atomic import atomic_write, write_error
     from crystalframes.io.errors import UserError
-    from crystalframes.train.study import budget_overrides, run_grid, summary_table
+    from crystalframes.train.study import budget_overrides, run_grid
+    from crystalframes.train.study_tables import summary_table
 
     base = Path(output) if output else Path("runs") / f"bench-{time.strftime('%Y%m%d-%H%M%S')}"
     results = Path(results) if results else base / "results.json"

@@ -209,7 +209,7 @@ def test_rows_of_crystalframer(real_crystals, name, dtype):
     """The rows CrystalFramer's attention hands the frame (every layer, many buckets: a small
     memory budget), captured from a forward pass."""
     torch.manual_seed(0)
-    model = build_crystalformer(name, "cpu_small", memory_budget=2**12).to(dtype).eval()
+    model = build_crystalformer("cpu_small", frame=name, memory_budget=2**12).to(dtype).eval()
     fn = {"static": "static_frame_of_rows", "weighted_pca": "weighted_pca_frame_of_rows"}[name]
     original = getattr(dynamic, fn)
     captured = []

@@ -145,7 +145,7 @@ def test_equals_max_frame_on_the_rows_of_crystalframer(real_crystals, dtype):
     """The rows CrystalFramer's attention hands the max frame (every layer and bucket of a
     forward pass), captured from the model."""
     torch.manual_seed(0)
-    model = build_crystalformer("max", "cpu_small").to(dtype).eval()
+    model = build_crystalformer("cpu_small", frame="max").to(dtype).eval()
     captured = []
 
     def spy(rows, tie):

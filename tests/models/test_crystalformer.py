@@ -70,7 +70,7 @@ def small_model(frame, crystals, dtype=torch.float64, seed=0, preset="cpu_small"
     frame, _, global_name = frame.partition("+")
     if global_name:
         overrides["global_frame"] = global_name
-    return calibrated(build_crystalformer(frame, preset, **overrides).to(dtype), crystals)
+    return calibrated(build_crystalformer(preset, frame=frame, **overrides).to(dtype), crystals)
 
 
 def crystal_system(crystal) -> str:
@@ -116,38 +116,41 @@ def test_parameter_counts():
     sum over model.parameters() is 853,517: it adds 12 frozen statistics, which
     num_parameters leaves out); CrystalFramer adds 3 x H x d x D per layer: 951,809 (D = 64,
     paper ~952 K) and 878,081 (D = 16, paper ~878 K), for every frame option alike."""
-    base = build_crystalformer("none", "reference")
+    base = build_crystalformer("reference", frame="none")
     assert num_parameters(base) == 853_505
     assert sum(p.numel() for p in base.parameters()) == 853_505 + 12  # the frozen rho statistics
     for frame in [f for f in frame_names()[1:] if "features" not in FRAMES[f].needs]:  # learned frames add heads
-        assert num_parameters(build_crystalformer(frame, "reference")) == 951_809
-        assert num_parameters(build_crystalformer(frame, "lightweight")) == 878_081
+        assert num_parameters(build_crystalformer("reference", frame=frame)) == 951_809
+        assert num_parameters(build_crystalformer("lightweight", frame=frame)) == 878_081
     assert abs(951_809 - 952_000) < 500 and abs(878_081 - 878_000) < 500
 
 
 def test_presets_and_training_settings_are_plain_data():
+    from crystalframes.train.recipes import preset_task, preset_training
+
     assert set(CRYSTALFORMER_PRESETS) >= {"reference", "lightweight", "cpu_small", "mp_e_form", "jarvis_mbj_bandgap"}
     for preset in CRYSTALFORMER_PRESETS.values():
-        build_crystalformer("max", preset.name)
-        assert preset.training["optimizer"] == "adamw" and preset.training["lr"] == 5e-4
-    assert CRYSTALFORMER_PRESETS["mp_e_form"].training["epochs"] == 500
-    assert CRYSTALFORMER_PRESETS["jarvis_mbj_bandgap"].training["epochs"] == 1600
-    assert CRYSTALFORMER_PRESETS["jarvis_mbj_bandgap"].task == {"dataset": "jarvis_dft_3d_2021", "target": "mbj_bandgap"}
+        build_crystalformer(preset.name, frame="max")
+        training = preset_training(f"crystalformer@{preset.name}")
+        assert training["optimizer"] == "adamw" and training["lr"] == 5e-4
+    assert preset_training("crystalformer@mp_e_form")["epochs"] == 500
+    assert preset_training("crystalformer@jarvis_mbj_bandgap")["epochs"] == 1600
+    assert preset_task("crystalformer@jarvis_mbj_bandgap") == {"dataset": "jarvis_dft_3d_2021", "target": "mbj_bandgap"}
 
 
 def test_build_errors():
     with pytest.raises(ValueError, match="unknown frame"):
-        build_crystalformer("quaternion")
+        build_crystalformer(frame="quaternion")
     with pytest.raises(ValueError, match="unknown Crystalformer preset"):
-        build_crystalformer("none", "huge")
+        build_crystalformer("huge", frame="none")
     with pytest.raises(ValueError, match="unknown Crystalformer option"):
-        build_crystalformer("none", "cpu_small", scalars=3)  # an eComFormer option
+        build_crystalformer("cpu_small", frame="none", scalars=3)  # an eComFormer option
     with pytest.raises(ValueError, match="divisible"):
-        build_crystalformer("none", "cpu_small", num_heads=3)
+        build_crystalformer("cpu_small", frame="none", num_heads=3)
 
 
 def test_elements_beyond_californium_are_rejected_by_name():
-    model = build_crystalformer("none", "cpu_small").eval()
+    model = build_crystalformer("cpu_small", frame="none").eval()
     einsteinium = Crystal("Es", np.eye(3) * 4.0, [99], [[0, 0, 0]])
     with pytest.raises(ValueError, match=r"Es \(Z=99\)"):
         predict(model, [einsteinium])
@@ -160,16 +163,16 @@ def test_element_check_of_embed_is_not_a_counted_read_and_never_fails_on_a_devic
     values) unsupported elements get NaN rows instead of an error or an out-of-range index."""
     from crystalframes.profiling import StepCounter
 
-    model = build_crystalformer("none", "cpu_small").eval()
+    model = build_crystalformer("cpu_small", frame="none").eval()
     with StepCounter() as count:
         model.embed(torch.tensor([1, 8, 98]))
     assert count.syncs == 0, count.where
     with pytest.raises(ValueError, match=r"H\.\.Cf .* contains Es \(Z=99\)"):
         model.embed(torch.tensor([1, 99]))
-    meta = build_crystalformer("none", "cpu_small").to("meta")
+    meta = build_crystalformer("cpu_small", frame="none").to("meta")
     assert meta.embed(torch.tensor([0, 5, 99], device="meta")).shape[0] == 3
     if torch.cuda.is_available():
-        rows = build_crystalformer("none", "cpu_small").cuda().embed(torch.tensor([1, 0, 99], device="cuda")).cpu()
+        rows = build_crystalformer("cpu_small", frame="none").cuda().embed(torch.tensor([1, 0, 99], device="cuda")).cpu()
         assert torch.isfinite(rows[0]).all() and torch.isnan(rows[1:]).all()
 
 
@@ -463,7 +466,7 @@ def test_rho_statistics_are_batch_independent_in_evaluation(crystals):
     first batch sets them); evaluation uses the running statistics only, so a crystal's output
     does not depend on what it is batched with, and evaluation changes nothing."""
     torch.manual_seed(0)
-    model = build_crystalformer("max", "cpu_small").double()
+    model = build_crystalformer("cpu_small", frame="max").double()
     stats = model.layers[0].attention.rho_stats
     assert stats.tolist() == [0.0, 1.0, 0.0] and not stats.requires_grad
     model.train()
@@ -515,7 +518,7 @@ def test_training_step_and_gradients(crystals):
     """Gradients flow to every trainable parameter (the frozen statistics get none), and the
     layer's gradient with respect to its input matches finite differences."""
     torch.manual_seed(0)
-    model = build_crystalformer("max", "cpu_small", num_targets=2).double().train()
+    model = build_crystalformer("cpu_small", frame="max", num_targets=2).double().train()
     out = model(batch_of(crystals[:4]))
     out.square().mean().backward()
     for name, p in model.named_parameters():
@@ -535,9 +538,9 @@ def test_lightweight_is_the_official_setting_and_the_coefficients_scale_the_enco
     1.5, value_pe_angle_coef 6.0 (fixed factors: the trainable count stays 878,081). With the
     values switched off (v_proj = 0) the layer output is out_proj(c_d D + c_a A): linear in the
     two coefficients."""
-    c = build_crystalformer("max", "lightweight").config
+    c = build_crystalformer("lightweight", frame="max").config
     assert (c.angle_bases, c.angle_width_scale, c.distance_coef, c.angle_coef) == (16, 1.0, 1.5, 6.0)
-    assert num_parameters(build_crystalformer("max", "lightweight")) == 878_081
+    assert num_parameters(build_crystalformer("lightweight", frame="max")) == 878_081
     model = small_model("max", crystals[:2])
     b = batch_of(crystals[:2])
     att, geometry = model.layers[0].attention, model.geometry(b)
@@ -563,7 +566,7 @@ def test_rho_statistics_first_batch_freezes_the_reference_way(crystals):
     first, second = batch_of(crystals[:3]), batch_of(crystals[3:7])
     for mode, moves in (("first_batch", False), ("running", True)):
         torch.manual_seed(0)
-        model = build_crystalformer("none", "cpu_small", rho_statistics=mode).double().train()
+        model = build_crystalformer("cpu_small", frame="none", rho_statistics=mode).double().train()
         with torch.no_grad():
             model(first)
             after_first = model.layers[0].attention.rho_stats[:2].clone()
@@ -571,7 +574,7 @@ def test_rho_statistics_first_batch_freezes_the_reference_way(crystals):
         changed = not torch.equal(model.layers[0].attention.rho_stats[:2], after_first)
         assert changed is moves, mode
     with pytest.raises(Exception, match="rho_statistics"):
-        build_crystalformer("none", "cpu_small", rho_statistics="sometimes")
+        build_crystalformer("cpu_small", frame="none", rho_statistics="sometimes")
 
 
 def test_paper_presets_freeze_rho_statistics_like_the_reference_and_cpu_keeps_running():
@@ -582,5 +585,5 @@ def test_paper_presets_freeze_rho_statistics_like_the_reference_and_cpu_keeps_ru
 
     expected = {"cpu": "running", "cpu_small": "running", "cpu_lightweight_pe": "running", "cpu_first_batch_rho": "first_batch"}
     for name in CRYSTALFORMER_PRESETS:
-        assert crystalformer_config("none", name).rho_statistics == expected.get(name, "first_batch"), name
+        assert crystalformer_config(name, frame="none").rho_statistics == expected.get(name, "first_batch"), name
     assert {"reference", "lightweight", "mp_e_form", "jarvis_formation_energy"} <= set(CRYSTALFORMER_PRESETS)

@@ -487,6 +487,8 @@ def _cubic():
 
 def test_presets_hold_the_paper_settings():
     """Seed 000 A.5 sizes and training settings, as plain data."""
+    from crystalframes.train.recipes import preset_task, preset_training
+
     expect = {
         "jarvis_formation_energy": (128, 3, 64, "onecycle"),
         "jarvis_total_energy": (128, 2, 64, "onecycle"),
@@ -499,13 +501,13 @@ def test_presets_hold_the_paper_settings():
         "mp_shear": (128, 4, 64, "onecycle"),
     }
     for name, (hidden, blocks, batch_size, scheduler) in expect.items():
-        p = PRESETS[name]
+        p, training = PRESETS[name], preset_training(f"ecomformer@{name}")
         assert p.model["hidden"] == hidden and p.model["layer_order"] == ("att", "equi") * blocks
-        assert p.training["batch_size"] == batch_size and p.training["scheduler"]["name"] == scheduler
-        assert p.training["loss"] == ("mse" if name == "mp_shear" else "l1")
-        assert p.task["target"]
-    assert PRESETS["jarvis_optb88vdw_bandgap"].training["epochs"] == 800
-    assert PRESETS["jarvis_mbj_bandgap"].training["lr"] == 3e-4
+        assert training["batch_size"] == batch_size and training["scheduler"]["name"] == scheduler
+        assert training["loss"] == ("mse" if name == "mp_shear" else "l1")
+        assert preset_task(f"ecomformer@{name}")["target"]
+    assert preset_training("ecomformer@jarvis_optb88vdw_bandgap")["epochs"] == 800
+    assert preset_training("ecomformer@jarvis_mbj_bandgap")["lr"] == 3e-4
 
 
 def test_atom_features(nacl):

@@ -5,13 +5,16 @@ from __future__ import annotations
 
 import pytest
 
-from crystalframes.models.presets import (
+from crystalframes.models.specs import BACKBONES, parse_spec
+from crystalframes.train.recipes import (
     INFORMATIONAL_TRAINING_KEYS,
+    RECIPES,
     USED_TRAINING_KEYS,
-    Preset,
+    Recipe,
     flat_training_keys,
+    preset_task,
+    preset_training,
 )
-from crystalframes.models.specs import BACKBONES, parse_spec, preset_training
 
 
 def test_every_frame_parses_at_every_preset_of_every_backbone_that_provides_its_needs():
@@ -59,13 +62,53 @@ def test_every_published_training_key_is_used_or_declared():
         assert key in RunConfig.model_fields[section].annotation.model_fields, dotted
 
 
-def test_an_unknown_training_key_is_an_error_where_the_preset_is_defined():
+def test_an_unknown_training_key_is_an_error_where_the_recipe_is_defined():
     with pytest.raises(ValueError, match="warmup.*neither used nor declared"):
-        Preset("x", "typo", {}, {"lr": 1e-3, "warmup": 100})
+        Recipe({"lr": 1e-3, "warmup": 100})
     with pytest.raises(ValueError, match="scheduler.gamma"):
-        Preset("x", "typo", {}, {"scheduler": {"name": "onecycle", "gamma": 0.5}})
+        Recipe({"scheduler": {"name": "onecycle", "gamma": 0.5}})
     with pytest.raises(ValueError, match="unknown task key"):
-        Preset("x", "typo", {}, {}, {"datset": "mp_2018"})
+        Recipe({}, {"datset": "mp_2018"})
+
+
+def test_every_shipped_preset_has_a_recipe_and_every_recipe_a_preset():
+    """The architectures (models/) and their recipes (train/recipes.py) are keyed alike."""
+    shipped = {"crystalformer", "ecomformer", "schnet"}
+    assert shipped <= set(RECIPES)
+    for name in shipped:
+        assert set(RECIPES[name]) == set(BACKBONES[name].presets), name
+
+
+def test_numbers_a_preset_description_states_are_its_recipe():
+    """Descriptions that quote epochs or a batch size ("500 epochs, batch 128") quote the recipe."""
+    import re
+
+    quoted = 0
+    for backbone in BACKBONES.values():
+        for preset, description in backbone.presets.items():
+            training, task = preset_training(f"{backbone.name}@{preset}"), preset_task(f"{backbone.name}@{preset}")
+            for number in re.findall(r"(\d+) epochs", description):
+                assert int(number) == training["epochs"], (backbone.name, preset)
+                quoted += 1
+            for number in re.findall(r"batch (\d+)", description):
+                assert int(number) == training["batch_size"], (backbone.name, preset)
+            if task and backbone.name == "crystalformer" and "scripts:" in description:
+                assert f"{task['dataset']} {task['target']}," in description, (backbone.name, preset)
+    assert quoted >= 10
+
+
+def test_a_backbone_without_recipes_trains_with_the_run_defaults():
+    from crystalframes.models import register_backbone
+    from crystalframes.models.presets import Preset
+    from crystalframes.models.schnet import SchNet, SchNetConfig
+    from crystalframes.models.specs import backbone_of
+
+    register_backbone(backbone_of("toy_no_recipe", SchNet, SchNetConfig, {"cpu_small": Preset("cpu_small", "test size", {})},
+                                  "none", "cpu_small"))
+    try:
+        assert preset_training("toy_no_recipe@cpu_small") == {} and preset_task("toy_no_recipe@cpu_small") == {}
+    finally:
+        del BACKBONES["toy_no_recipe"]
 
 
 @pytest.mark.parametrize("spec", ["crystalformer:max@mp_e_form", "crystalformer:static@jarvis_mbj_bandgap", "ecomformer:none@mp_gap"])

@@ -9,7 +9,7 @@ import math
 import numpy as np
 import pytest
 
-from crystalframes.train import study
+from crystalframes.train import study, study_statistics, study_tables
 
 
 def fake_train(calls):
@@ -118,7 +118,7 @@ def test_processes_given_the_same_grid_share_its_runs(calls, tmp_path):
 
 def test_the_presets_budget_is_used_unless_the_user_sets_one(calls, tmp_path):
     """cpu_small's own epochs and batch size (100 / 32 for Crystalformer), not a bench default."""
-    from crystalframes.models import preset_training
+    from crystalframes.train.recipes import preset_training
 
     study.run_grid(["crystalformer:none@cpu_small"], [], [0], tmp_path / "a", tmp_path / "a.json")
     own = preset_training("crystalformer:none@cpu_small")
@@ -130,18 +130,18 @@ def test_the_presets_budget_is_used_unless_the_user_sets_one(calls, tmp_path):
 def test_the_summary_pairs_every_frame_with_its_backbone(calls, tmp_path):
     specs = ["crystalformer:none@cpu_small", "crystalformer:max@cpu_small"]
     rows = study.run_grid(specs, [], [0, 1, 2], tmp_path / "runs", tmp_path / "r.json")
-    summary = {s["spec"]: s for s in study.summarise(rows)}
+    summary = {s["spec"]: s for s in study_statistics.summarise(rows)}
     s = summary["crystalformer:max@cpu_small"]
     assert s["baseline"] == "crystalformer:none@cpu_small" and s["paired_seeds"] == [0, 1, 2]
     # the fake errors of max are those of none + 0.01 for every structure and seed
     assert s["diff_mean"] == pytest.approx(0.01) and s["diff_boot_low"] == pytest.approx(0.01) and s["diff_boot_high"] == pytest.approx(0.01)
     assert "diff_mean" not in summary["crystalformer:none@cpu_small"]
-    table = study.summary_table(rows)
+    table = study_tables.summary_table(rows)
     assert "| `crystalformer:max@cpu_small` | 3 |" in table and "+0.0100" in table
     # any two specs compared the same way (a setting against the preset it changes)
-    pair = study.comparison_table(rows, [("crystalformer:max@cpu_small", "crystalformer:none@cpu_small")])
+    pair = study_tables.comparison_table(rows, [("crystalformer:max@cpu_small", "crystalformer:none@cpu_small")])
     assert "| `crystalformer:max@cpu_small` | `crystalformer:none@cpu_small` | - | 3 |" in pair and "| +0.0100 | [+0.0100, +0.0100] |" in pair
-    assert study.comparison_table(rows, [("ecomformer:max@cpu_small", "ecomformer:none@cpu_small")]) == "(no finished pairs)\n"
+    assert study_tables.comparison_table(rows, [("ecomformer:max@cpu_small", "ecomformer:none@cpu_small")]) == "(no finished pairs)\n"
 
 
 def test_the_target_table_has_a_column_per_target_and_pairs_within_each(calls, tmp_path):
@@ -151,7 +151,7 @@ def test_the_target_table_has_a_column_per_target_and_pairs_within_each(calls, t
     rows = study.run_grid(specs, [], [0, 1, 2], tmp_path / "runs", tmp_path / "r.json")
     rows = study.run_grid(specs, ["data.target=mp2018_gap_pbe"], [0, 1], tmp_path / "runs", tmp_path / "r.json")
     rows = study.run_grid(specs[1:], ["trainer.epochs=5"], [0], tmp_path / "runs", tmp_path / "r.json")
-    table = study.target_table(rows).splitlines()
+    table = study_tables.target_table(rows).splitlines()
     assert "`mp2018_e_form` test MAE (eV) (seeds)" in table[0] and "`mp2018_gap_pbe` test MAE (eV) (seeds)" in table[0]
     assert len(table) == 4  # header, rule, two models: the 5-epoch run is not a third
     max_row = next(line for line in table if line.startswith("| `crystalformer:max@cpu_small`"))
@@ -161,9 +161,9 @@ def test_the_target_table_has_a_column_per_target_and_pairs_within_each(calls, t
     none_row = next(line for line in table if line.startswith("| `crystalformer:none@cpu_small`"))
     assert [c.strip() for c in none_row.strip("|").split("|")][2] == "-"
     # the per-target tables: one per target, each with its own target line
-    full = study.summary_table(rows)
+    full = study_tables.summary_table(rows)
     assert full.count("Target `mp2018_e_form`") == 1 and full.count("Target `mp2018_gap_pbe`") == 1
-    pairs = study.comparison_table(rows, [("crystalformer:max@cpu_small", "crystalformer:none@cpu_small")])
+    pairs = study_tables.comparison_table(rows, [("crystalformer:max@cpu_small", "crystalformer:none@cpu_small")])
     assert "| data.target=mp2018_gap_pbe | 2 |" in pairs and "| +0.0200 |" in pairs and "| - | 3 |" in pairs
 
 
@@ -182,20 +182,20 @@ def test_a_run_trained_under_another_spelling_joins_its_spec_and_rows_group_by_b
     rows = study.run_grid(specs, [], [0], tmp_path / "runs", tmp_path / "r.json")
     assert len(calls) == 4  # the linked run was collected, not trained again
     assert {r["spec"] for r in rows} == set(specs)
-    assert [s["spec"] for s in study.summarise(rows)] == [
+    assert [s["spec"] for s in study_statistics.summarise(rows)] == [
         "crystalformer:none@cpu_small", "crystalformer:max@cpu_small", "ecomformer:none@cpu_small", canonical]
 
 
 def test_t_interval_and_paired_bootstrap():
-    mean, lo, hi = study.t_interval(np.array([1.0, 2.0, 3.0]))
+    mean, lo, hi = study_statistics.t_interval(np.array([1.0, 2.0, 3.0]))
     assert mean == 2.0 and hi - mean == pytest.approx(4.302652729911275 * 1.0 / math.sqrt(3))
-    assert math.isnan(study.t_interval(np.array([1.0]))[1])
+    assert math.isnan(study_statistics.t_interval(np.array([1.0]))[1])
     rng = np.random.default_rng(0)
     a = rng.normal(0, 1, 400)
-    mean, lo, hi = study.paired_bootstrap(a + 0.5, a)
+    mean, lo, hi = study_statistics.paired_bootstrap(a + 0.5, a)
     assert mean == pytest.approx(0.5) and lo == pytest.approx(0.5) and hi == pytest.approx(0.5)
     b = rng.normal(0, 1, 400)
-    mean, lo, hi = study.paired_bootstrap(a, b)
+    mean, lo, hi = study_statistics.paired_bootstrap(a, b)
     half = 1.96 * np.std(a - b) / np.sqrt(400)
     assert lo < mean < hi and (hi - lo) / 2 == pytest.approx(half, rel=0.15)
 

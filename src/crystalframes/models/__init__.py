@@ -19,7 +19,6 @@ from crystalframes.models.specs import (
     build_model,
     check_options,
     parse_spec,
-    preset_training,
     register_backbone,
 )
 # The backbones this package ships, one module each, whose BACKBONE is its registry entry (a new
@@ -38,7 +37,6 @@ __all__ = [
     "unsupported_elements_error",
     "build_model",
     "parse_spec",
-    "preset_training",
     "spec_grid",
     "declared_dependences",
     "register_backbone",

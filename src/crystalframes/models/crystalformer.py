@@ -247,25 +247,8 @@ class Crystalformer(CrystalModel):
 
 
 # ---------------------------------------------------------------------------------------------
-# Presets and the published training settings
+# Presets (architectures; how each trains: crystalframes.train.recipes)
 # ---------------------------------------------------------------------------------------------
-
-
-def _training(epochs: int, batch_size: int) -> dict:
-    # As in the public Crystalformer / CrystalFramer training scripts (Taniai et al.; Ito, Taniai et al.).
-    return {
-        "loss": "l1",
-        "optimizer": "adamw",
-        "lr": 5e-4,
-        "betas": (0.9, 0.98),
-        "weight_decay": 1e-5,
-        "grad_clip_norm": 1.0,
-        "scheduler": {"name": "inverse_sqrt", "formula": "lr * sqrt(T / (T + t))", "T": 4000, "interval": "step"},
-        "swa_epochs": 50,
-        "standardise_targets": True,
-        "epochs": epochs,
-        "batch_size": batch_size,
-    }
 
 
 # The width statistics frozen from the first training batch, as the reference code has them: at
@@ -277,22 +260,15 @@ _JARVIS = "jarvis_dft_3d_2021"
 
 
 def _task(name: str, dataset: str, target: str, epochs: int, batch_size: int) -> Preset:
-    """A task preset: the reference model with the per-task settings of the public scripts."""
+    """A task preset: the reference model, described with the per-task settings of the public
+    scripts (its recipe in crystalframes.train.recipes; a test checks the two agree)."""
     return Preset(name, f"Crystalformer (Taniai et al., ICLR 2024) scripts: {dataset} {target}, {epochs} epochs, batch {batch_size}",
-                  dict(_REFERENCE), _training(epochs, batch_size), {"dataset": dataset, "target": target})
+                  dict(_REFERENCE))
 
 
 _CPU_MODEL = {"num_layers": 4, "hidden": 64, "num_heads": 4, "ff_dim": 256, "distance_bases": 32, "angle_bases": 16, "head_hidden": 64}
-_CPU_TRAINING = {"loss": "l1", "optimizer": "adamw", "lr": 5e-4, "betas": (0.9, 0.98), "weight_decay": 1e-5, "grad_clip_norm": 1.0,
-                 "scheduler": {"name": "onecycle", "pct_start": 0.3, "interval": "step"}, "standardise_targets": True,
-                 "epochs": 18, "batch_size": 32}
-_CPU_TASK = {"dataset": "mp_2018_demo", "target": "mp2018_e_form"}
 
 
-# Per-task settings of the Crystalformer paper's public scripts: MEGNet (mp.2018.6.1) targets 500
-# epochs at batch 128; JARVIS dft_3d_2021 targets 800 epochs at batch 256, MBJ gap 1600 epochs.
-# (CrystalFramer's own scripts use 500 epochs / batch 128 for MP, params/latticeformer/default_mp.json,
-# and 2000 epochs / batch 256 for JARVIS, params/crystalframer/default_jarvis.json: configs/crystalframer/.)
 # Every frame runs at every preset: ``crystalformer:max@mp_e_form`` is CrystalFramer on that task.
 CRYSTALFORMER_PRESETS: dict[str, Preset] = presets.presets_by_name(
     Preset(
@@ -300,14 +276,12 @@ CRYSTALFORMER_PRESETS: dict[str, Preset] = presets.presets_by_name(
         "Crystalformer / CrystalFramer default: 4 layers, C=128, 8 heads, FFN 512, K=64, D=64 "
         "(853,505 trainable parameters without a frame, 951,809 with one)",
         dict(_REFERENCE),
-        _training(500, 128),
     ),
     Preset(
         "lightweight",
         "CrystalFramer lightweight (train_jarvis_time.sh): as reference with D=16 angle Gaussians of width 1 spacing, "
         "distance encoding x1.5, angle encoding x6 (878,081 trainable parameters with a frame)",
         {**_REFERENCE, "angle_bases": 16, "angle_width_scale": 1.0, "distance_coef": 1.5, "angle_coef": 6.0},
-        _training(500, 128),
     ),
     _task("mp_e_form", "mp_2018", "e_form", 500, 128),
     _task("mp_gap", "mp_2018", "gap pbe", 500, 128),
@@ -322,24 +296,23 @@ CRYSTALFORMER_PRESETS: dict[str, Preset] = presets.presets_by_name(
         "cpu",
         "this machine's size for 10-minute runs: 4 layers, C=64, 4 heads, FFN 256, K=32, D=16; "
         "the CPU OneCycle recipe of eComFormer's `cpu` preset, for equal-budget comparisons",
-        dict(_CPU_MODEL), dict(_CPU_TRAINING), dict(_CPU_TASK),
+        dict(_CPU_MODEL),
     ),
     # Two settings of the official code at `cpu` size, for the frame study to decide by measurement:
     Preset(
         "cpu_lightweight_pe",
         "`cpu` with CrystalFramer's lightweight encodings: angle width 1 spacing, distance x1.5, angle x6",
-        {**_CPU_MODEL, "angle_width_scale": 1.0, "distance_coef": 1.5, "angle_coef": 6.0}, dict(_CPU_TRAINING), dict(_CPU_TASK),
+        {**_CPU_MODEL, "angle_width_scale": 1.0, "distance_coef": 1.5, "angle_coef": 6.0},
     ),
     Preset(
         "cpu_first_batch_rho",
         "`cpu` with the reference's width standardisation frozen from the first training batch",
-        {**_CPU_MODEL, "rho_statistics": "first_batch"}, dict(_CPU_TRAINING), dict(_CPU_TASK),
+        {**_CPU_MODEL, "rho_statistics": "first_batch"},
     ),
     Preset(
         "cpu_small",
         "small model for tests and CPU runs: 2 layers, C=32, 2 heads, FFN 64, K=16, D=8",
         {"num_layers": 2, "hidden": 32, "num_heads": 2, "ff_dim": 64, "distance_bases": 16, "angle_bases": 8, "head_hidden": 32},
-        _training(100, 32),
     ),
 )
 DEFAULT_PRESET = "reference"
@@ -349,16 +322,17 @@ BACKBONE = backbone_of("crystalformer", Crystalformer, CrystalformerConfig, CRYS
                        "Crystalformer", option_aliases=OPTION_ALIASES)
 
 
-def crystalformer_config(frame: str = DEFAULT_FRAME, preset: str = DEFAULT_PRESET, **overrides) -> CrystalformerConfig:
-    """The :class:`CrystalformerConfig` of a named preset with a frame and any field overridden."""
+def crystalformer_config(preset: str = DEFAULT_PRESET, *, frame: str = DEFAULT_FRAME, **overrides) -> CrystalformerConfig:
+    """The :class:`CrystalformerConfig` of a named preset with a frame and any field overridden
+    (the argument order of :func:`crystalframes.models.presets.config_from_preset`)."""
     return presets.config_from_preset(CrystalformerConfig, CRYSTALFORMER_PRESETS, preset, "Crystalformer", frame=frame, **overrides)
 
 
-def build_crystalformer(frame: str = DEFAULT_FRAME, preset: str = DEFAULT_PRESET, **overrides) -> Crystalformer:
+def build_crystalformer(preset: str = DEFAULT_PRESET, *, frame: str = DEFAULT_FRAME, **overrides) -> Crystalformer:
     """Crystalformer (``frame="none"``), CrystalFramer (``"max"``, ``"weighted_pca"``) or any
     other frame of the registry from a preset (:data:`CRYSTALFORMER_PRESETS`), with any
     :class:`CrystalformerConfig` field overridden."""
-    return Crystalformer(crystalformer_config(frame, preset, **overrides))
+    return Crystalformer(crystalformer_config(preset, frame=frame, **overrides))
 
 
 __all__ = [

@@ -198,46 +198,9 @@ def _rename_old_frame_keys(module, state_dict, prefix, *args):
 
 
 # ---------------------------------------------------------------------------------------------
-# Presets: the SPFrame paper's per-task settings (Hua & Lin, App. A.5) and the original eComFormer sizes.
+# Presets: the SPFrame paper's per-task sizes (Hua & Lin, App. A.5) and the original eComFormer
+# sizes (how each trains: crystalframes.train.recipes).
 # ---------------------------------------------------------------------------------------------
-
-
-def _onecycle(lr=1e-3, epochs=500, batch_size=64, loss="l1", optimizer="adam") -> dict:
-    return {
-        "loss": loss,
-        "optimizer": optimizer,
-        "lr": lr,
-        "weight_decay": 0.0,
-        "scheduler": {"name": "onecycle", "pct_start": 0.3, "interval": "step"},
-        "epochs": epochs,
-        "batch_size": batch_size,
-    }
-
-
-def _polynomial(lr, lr_end, epochs, batch_size=64) -> dict:
-    # The seed gives start and end learning rates only; power 1 (linear decay) is assumed.
-    return {
-        "loss": "l1",
-        "optimizer": "adam",
-        "lr": lr,
-        "weight_decay": 0.0,
-        "scheduler": {"name": "polynomial", "lr_end": lr_end, "power": 1.0, "interval": "step"},
-        "epochs": epochs,
-        "batch_size": batch_size,
-    }
-
-
-def _cpu_training(epochs: int, batch_size: int) -> dict:
-    # Not from a paper: the ComFormer recipe (AdamW, OneCycle) at CPU-sized epochs and batches.
-    return {
-        "loss": "l1",
-        "optimizer": "adamw",
-        "lr": 1e-3,
-        "weight_decay": 1e-5,
-        "scheduler": {"name": "onecycle", "pct_start": 0.3, "interval": "step"},
-        "epochs": epochs,
-        "batch_size": batch_size,
-    }
 
 
 def _paper(hidden: int, blocks: int) -> dict:
@@ -246,63 +209,36 @@ def _paper(hidden: int, blocks: int) -> dict:
     return {"hidden": hidden, "scalars": 64, "vectors": 8, "rbf_bins": 256, "layer_order": message_passing_blocks(blocks)}
 
 
-_JARVIS = "jarvis_dft_3d_2021"
 PRESETS: dict[str, Preset] = presets.presets_by_name(
     Preset(
         "reference",
         "original eComFormer sizes (C=256, ns=64, nv=8, att-equi-att-att): 5,583,809 parameters without frames",
         {"hidden": 256, "scalars": 64, "vectors": 8, "rbf_bins": 256, "layer_order": ("att", "equi", "att", "att")},
-        {
-            # ComFormer's reference training code (Yan et al.); the loss it uses is not recorded here.
-            "loss": "mse",
-            "optimizer": "adamw",
-            "lr": 1e-3,
-            "weight_decay": 1e-5,
-            "no_decay_on": ["bias", "batchnorm"],
-            "scheduler": {"name": "onecycle", "pct_start": 0.3, "interval": "step"},
-            "epochs": 500,
-            "batch_size": 64,
-            "standardise_targets": True,
-        },
     ),
-    Preset("jarvis_formation_energy", "SPFrame (Hua & Lin) A.5: JARVIS formation energy", _paper(128, 3), _onecycle(),
-           {"dataset": _JARVIS, "target": "formation_energy_peratom"}),
-    Preset("jarvis_total_energy", "SPFrame (Hua & Lin) A.5: JARVIS total energy", _paper(128, 2), _onecycle(),
-           {"dataset": _JARVIS, "target": "optb88vdw_total_energy"}),
-    Preset("jarvis_optb88vdw_bandgap", "SPFrame (Hua & Lin) A.5: JARVIS band gap (OPT)", _paper(128, 3),
-           _polynomial(5e-4, 1e-5, 800), {"dataset": _JARVIS, "target": "optb88vdw_bandgap"}),
-    Preset("jarvis_mbj_bandgap", "SPFrame (Hua & Lin) A.5: JARVIS band gap (MBJ)", _paper(128, 2),
-           _polynomial(3e-4, 1e-5, 500), {"dataset": _JARVIS, "target": "mbj_bandgap"}),
-    Preset("jarvis_ehull", "SPFrame (Hua & Lin) A.5: JARVIS energy above hull", _paper(128, 2), _onecycle(),
-           {"dataset": _JARVIS, "target": "ehull"}),
-    Preset("mp_e_form", "SPFrame (Hua & Lin) A.5: MP formation energy", _paper(196, 2), _onecycle(batch_size=32),
-           {"dataset": "mp_2018", "target": "e_form"}),
-    Preset("mp_gap", "SPFrame (Hua & Lin) A.5: MP band gap (PBE)", _paper(128, 3), _onecycle(batch_size=32),
-           {"dataset": "mp_2018", "target": "gap pbe"}),
-    Preset("mp_bulk", "SPFrame (Hua & Lin) A.5: MP bulk modulus (log10 GPa)", _paper(512, 4), _onecycle(),
-           {"dataset": "mp_2018_demo", "target": "log10_K_VRH"}),
-    Preset("mp_shear", "SPFrame (Hua & Lin) A.5: MP shear modulus (log10 GPa), MSE loss", _paper(128, 4), _onecycle(loss="mse"),
-           {"dataset": "mp_2018_demo", "target": "log10_G_VRH"}),
+    Preset("jarvis_formation_energy", "SPFrame (Hua & Lin) A.5: JARVIS formation energy", _paper(128, 3)),
+    Preset("jarvis_total_energy", "SPFrame (Hua & Lin) A.5: JARVIS total energy", _paper(128, 2)),
+    Preset("jarvis_optb88vdw_bandgap", "SPFrame (Hua & Lin) A.5: JARVIS band gap (OPT)", _paper(128, 3)),
+    Preset("jarvis_mbj_bandgap", "SPFrame (Hua & Lin) A.5: JARVIS band gap (MBJ)", _paper(128, 2)),
+    Preset("jarvis_ehull", "SPFrame (Hua & Lin) A.5: JARVIS energy above hull", _paper(128, 2)),
+    Preset("mp_e_form", "SPFrame (Hua & Lin) A.5: MP formation energy", _paper(196, 2)),
+    Preset("mp_gap", "SPFrame (Hua & Lin) A.5: MP band gap (PBE)", _paper(128, 3)),
+    Preset("mp_bulk", "SPFrame (Hua & Lin) A.5: MP bulk modulus (log10 GPa)", _paper(512, 4)),
+    Preset("mp_shear", "SPFrame (Hua & Lin) A.5: MP shear modulus (log10 GPa), MSE loss", _paper(128, 4)),
     Preset(
         "cpu_small",
         "tiny model for tests (C=32, ns=16, nv=4, 64 Gaussians, 2 blocks)",
         {"hidden": 32, "scalars": 16, "vectors": 4, "rbf_bins": 64, "layer_order": message_passing_blocks(2)},
-        _cpu_training(epochs=40, batch_size=32),
     ),
     Preset(
         "cpu",
         "this machine's default: C=64, ns=32, nv=4, 128 Gaussians, k=16, 2 blocks; ~10 min on 2 CPU cores for mp_2018_demo",
         {"hidden": 64, "scalars": 32, "vectors": 4, "rbf_bins": 128, "k": 16, "layer_order": message_passing_blocks(2)},
-        _cpu_training(epochs=18, batch_size=32),
-        {"dataset": "mp_2018_demo", "target": "mp2018_e_form"},
     ),
     Preset(
         "cpu_original_order",
         "the `cpu` sizes with eComFormer's original layer order att-equi-att-att (the baseline the SPFrame "
         "paper compares against; every other preset but `reference` uses (att, equi) x n)",
         {"hidden": 64, "scalars": 32, "vectors": 4, "rbf_bins": 128, "k": 16, "layer_order": ("att", "equi", "att", "att")},
-        _cpu_training(epochs=18, batch_size=32),
-        {"dataset": "mp_2018_demo", "target": "mp2018_e_form"},
     ),
 )
 DEFAULT_PRESET = "jarvis_formation_energy"
@@ -312,6 +248,8 @@ BACKBONE = backbone_of("ecomformer", EComFormer, EComFormerConfig, PRESETS, DEFA
                        shared_frames_cancel=SHARED_FRAMES_CANCEL)
 
 
-def config_from_preset(preset: str, frame: str = DEFAULT_FRAME, global_frame: str = DEFAULT_GLOBAL_FRAME, **overrides) -> EComFormerConfig:
-    """The :class:`EComFormerConfig` of a named preset with a frame and any field overridden."""
+def ecomformer_config(preset: str = DEFAULT_PRESET, *, frame: str = DEFAULT_FRAME, global_frame: str = DEFAULT_GLOBAL_FRAME,
+                      **overrides) -> EComFormerConfig:
+    """The :class:`EComFormerConfig` of a named preset with a frame and any field overridden
+    (the argument order of :func:`crystalframes.models.presets.config_from_preset`)."""
     return presets.config_from_preset(EComFormerConfig, PRESETS, preset, "eComFormer", frame=frame, global_frame=global_frame, **overrides)

@@ -147,19 +147,14 @@ class SchNet(CrystalModel):
         return x
 
 
-def _training(epochs: int, batch_size: int) -> dict:
-    # Not from a paper: the ComFormer-style CPU recipe (AdamW, OneCycle) at CPU-sized epochs.
-    return {"loss": "l1", "optimizer": "adamw", "lr": 1e-3, "weight_decay": 1e-5,
-            "scheduler": {"name": "onecycle", "pct_start": 0.3, "interval": "step"}, "epochs": epochs, "batch_size": batch_size}
-
-
+# Presets: architectures (how each trains: crystalframes.train.recipes)
 PRESETS: dict[str, Preset] = presets.presets_by_name(
     Preset("reference", "SchNet-sized (Schütt et al. 2018): C=64, 3 interactions, 50 Gaussians to 8 A, k=12",
-           {"hidden": 64, "interactions": 3, "rbf_bins": 50, "k": 12}, _training(500, 64)),
+           {"hidden": 64, "interactions": 3, "rbf_bins": 50, "k": 12}),
     Preset("cpu", "the frame study's CPU size: C=64, 3 interactions, k=12; 18 epochs of batch 32, the budget of the other "
-           "backbones' `cpu` presets (equal-budget comparisons)", {"hidden": 64, "interactions": 3, "k": 12}, _training(18, 32)),
+           "backbones' `cpu` presets (equal-budget comparisons)", {"hidden": 64, "interactions": 3, "k": 12}),
     Preset("cpu_small", "small model for tests and CPU runs: C=32, 2 interactions, 16 Gaussians, 4 angle bins, k=8",
-           {"hidden": 32, "interactions": 2, "rbf_bins": 16, "angle_bins": 4, "k": 8}, _training(100, 32)),
+           {"hidden": 32, "interactions": 2, "rbf_bins": 16, "angle_bins": 4, "k": 8}),
 )
 DEFAULT_PRESET = "reference"
 

@@ -8,8 +8,8 @@ Examples::
     ecomformer                                        the backbone's default frame and preset
 
 Omitted parts take the backbone's defaults. ``build_model(spec, **overrides)`` builds the model;
-overrides replace single settings of the preset (``num_targets=2``, ``hidden=64``...).
-``preset_training(spec)`` returns the preset's published training settings as plain data.
+overrides replace single settings of the preset (``num_targets=2``, ``hidden=64``...). A preset
+is an architecture; how it trains is :mod:`crystalframes.train.recipes` (``preset_training(spec)``).
 
 Backbones register a :class:`Backbone` (name, builder, presets, defaults) in :data:`BACKBONES`
 through :func:`register_backbone`; nothing else needs to change for a new backbone. Frames are
@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import difflib
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable, Iterable, Mapping
 
 from torch import nn
@@ -67,8 +67,7 @@ class Backbone:
 
     ``model``: the backbone's :class:`~crystalframes.models.base.CrystalModel` class (what it
     ``provides`` to frames); builder(spec, **overrides) -> that model; ``presets`` name -> description;
-    ``training`` preset name -> its published training settings (plain data, see
-    :func:`preset_training`); ``options`` the settings a preset lets overrides replace (empty:
+    ``options`` the settings a preset lets overrides replace (empty:
     the builder checks them itself); ``shared_frames_cancel``: a frame shared by every atom
     (``global+NAME``) provably changes nothing on this backbone, so no global frame's declared
     dependence applies to it (the model contract suite checks the claim); ``option_aliases``:
@@ -81,7 +80,6 @@ class Backbone:
     presets: Mapping[str, str]
     default_frame: str
     default_preset: str
-    training: Mapping[str, dict] = field(default_factory=dict)
     options: tuple[str, ...] = ()
     shared_frames_cancel: bool = False
     # old option name -> today's, for model files and run configs written before a rename
@@ -194,16 +192,6 @@ def build_model(spec: str | ModelSpec, **overrides) -> nn.Module:
     return model
 
 
-def preset_training(spec: str | ModelSpec) -> dict:
-    """The training settings stored with the spec's preset (a copy; empty if none): keys
-    ``loss``, ``optimizer``, ``lr``, ``weight_decay``, ``scheduler`` ({``name``, ``pct_start`` or
-    ``lr_end`` / ``power``}), ``epochs``, ``batch_size``; the training loop decides what to use."""
-    import copy
-
-    parsed = parse_spec(spec)
-    return copy.deepcopy(dict(BACKBONES[parsed.backbone].training.get(parsed.preset, {})))
-
-
 def spec_grid(preset: str | None = None, backbones: Iterable[str] | None = None) -> list[ModelSpec]:
     """Every backbone x frame it takes x global frame the frame composes with, at ``preset``
     (default: each backbone's default preset): the grid of ``crystalframes models`` and of the
@@ -271,6 +259,5 @@ def backbone_of(name: str, model: type, config: type, presets: Mapping, default_
         return model(config_from_preset(config, presets, spec.preset, label or name, frame=spec.frame, **_frame_settings(spec, overrides)))
 
     return Backbone(name=name, model=model, builder=build, presets={n: p.description for n, p in presets.items()},
-                    default_frame=default_frame, default_preset=default_preset,
-                    training={n: p.training for n, p in presets.items()}, options=tuple(f.name for f in fields(config)), **extra)
+                    default_frame=default_frame, default_preset=default_preset, options=tuple(f.name for f in fields(config)), **extra)
 

@@ -250,9 +250,8 @@ def validate_config(tree: dict, where: str) -> RunConfig:
 def config_with_preset_training(config: RunConfig, explicit: set[str]) -> RunConfig:
     """Fill the run settings the user did not set explicitly from the model preset's published
     training settings; which key fills which setting is declared once, in
-    :data:`crystalframes.models.presets.USED_TRAINING_KEYS`."""
-    from crystalframes.models.presets import USED_TRAINING_KEYS, flat_training_keys
-    from crystalframes.models.specs import preset_training
+    :data:`crystalframes.train.recipes.USED_TRAINING_KEYS`."""
+    from crystalframes.train.recipes import USED_TRAINING_KEYS, flat_training_keys, preset_training
 
     training = preset_training(config.model.spec)
     tree = config.model_dump()

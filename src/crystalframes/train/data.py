@@ -507,13 +507,11 @@ def _open_if_complete(path: Path, graph_settings: GraphSettings):
 
 
 def _build_auto_store(source: str, out: Path, graph_settings: GraphSettings):
-    import fcntl
-
     from crystalframes.data.store import build_store
+    from crystalframes.locks import file_lock
 
     out.parent.mkdir(parents=True, exist_ok=True)
-    with open(out.parent / f"{out.name}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    with file_lock(out.parent / f"{out.name}.lock"):
         store = _open_if_complete(out, graph_settings)  # another rank built it while we waited
         if store is None:
             log.warning("%s: building a graph store at %s (once; later runs reuse it)", source, out)

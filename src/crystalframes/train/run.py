@@ -20,6 +20,7 @@ from crystalframes.version import __version__
 from crystalframes.atomic import atomic_write, os_reason, save_torch, write_error
 from crystalframes.io.errors import UserError
 from crystalframes.train.config import RunConfig, config_yaml
+from crystalframes.train import folder as run_folder
 from crystalframes.train.folder import CHECKPOINTS
 from crystalframes.train.metrics import metrics_of, write_json, write_predictions
 
@@ -201,25 +202,36 @@ def train(cfg: RunConfig | None, output: str | Path | None = None, resume: bool 
     continues the run in ``output`` from its last checkpoint; ``cfg`` (default: the run's
     config.yaml) may differ from the stored config only in what a resumed run can change.
     """
-    import lightning as L
-    from lightning.pytorch.callbacks import ModelCheckpoint
+    _quiet_lightning()
+    cfg, folder, ckpt = _run_request(cfg, output, resume, overwrite)
+    model = _initial_model(cfg, resume)  # everything that can be checked without the data, before the folder exists
+    rank_zero = run_folder.is_rank_zero()
+    with contextlib.ExitStack() as stack:
+        data = _open_folder_and_prepare_data(stack, cfg, model, folder, rank_zero, resume, overwrite)
+        module = _training_module(cfg, model, data, ckpt, folder)
+        if rank_zero:
+            _write_run_settings(cfg, folder, resume, overwrite)
+        fit = _fit_setup(cfg, folder, data, ckpt)
+        wall = _fit(fit, module, folder, resume)
+        if not fit.trainer.is_global_zero:
+            return RunResult(folder, {})
+        return RunResult(folder, _final_evaluation(cfg, folder, module, data, fit, wall))
 
-    from crystalframes.train.swa import WeightAverage
 
-    from crystalframes.api import save_model_file
-    from crystalframes.data.datasets import target_units
-    from crystalframes.models.parameters import num_parameters
-    from crystalframes.runtime import keep_freed_memory
-    from crystalframes.train import folder as run_folder
-    from crystalframes.train.data import ResumeDataPosition, loader, loader_workers, prepare_data
-    from crystalframes.train.module import PropertyModule
-    from crystalframes.train.progress import CheckpointExtras, EpochBar, Interruption, ProgressLines, RunCSVLogger, read_log_rows
+def _quiet_lightning() -> None:
+    """Import Lightning and quiet it: the import sets its loggers to INFO with a console handler
+    of their own, so its INFO lines (accelerators found, tips) reach stderr twice; we print our
+    own summary."""
+    import importlib
 
-    # Importing Lightning sets its loggers to INFO with a console handler of their own, so its
-    # INFO lines (accelerators found, tips) reach stderr twice; we print our own summary.
+    importlib.import_module("lightning")
     for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
         logging.getLogger(name).setLevel(logging.WARNING)
 
+
+def _run_request(cfg: RunConfig | None, output: str | Path | None, resume: bool, overwrite: bool) -> tuple[RunConfig, Path, dict | None]:
+    """The config, run folder and (when resuming) last checkpoint of a call to :func:`train`;
+    a contradictory request or a resumed run whose config changed what it cannot is a UserError."""
     if resume and output is None:
         raise UserError("--resume needs --output RUN_FOLDER (the run to continue)")
     if resume and overwrite:
@@ -236,7 +248,16 @@ def train(cfg: RunConfig | None, output: str | Path | None = None, resume: bool 
         cfg = stored if cfg is None else cfg
         run_folder.check_resume_changes(stored, cfg, folder)
         ckpt = run_folder.load_checkpoint(last_ckpt)
-    # Everything that can be checked without the data is checked before the folder exists.
+    return cfg, folder, ckpt
+
+
+def _initial_model(cfg: RunConfig, resume: bool):
+    """The process set up (logger packages, allocator, threads, seeds) and the model with its
+    initial weights in the run's dtype (a fine-tuning run's from ``model.init``)."""
+    import lightning as L
+
+    from crystalframes.runtime import keep_freed_memory
+
     check_logger(cfg)
     keep_freed_memory()  # also for DDP workers and library callers; see crystalframes.runtime
     if cfg.trainer.threads:
@@ -247,176 +268,237 @@ def train(cfg: RunConfig | None, output: str | Path | None = None, resume: bool 
         from crystalframes.train.finetune import initialise_from
 
         log.info("fine-tuning: %s", initialise_from(model, cfg))
-    dtype = getattr(torch, cfg.trainer.dtype)
-    model.to(dtype)
+    model.to(getattr(torch, cfg.trainer.dtype))
+    return model
 
-    rank_zero = run_folder.is_rank_zero()
-    with contextlib.ExitStack() as stack:
-        created = False
-        if rank_zero:
-            created = not folder.exists()
-            try:
-                folder.mkdir(parents=True, exist_ok=True)
-                stack.enter_context(run_folder.run_lock(folder))
-            except BaseException as exc:
-                if created:
-                    _remove_empty_folder(folder)
-                if isinstance(exc, OSError):
-                    raise _folder_error(exc, folder) from None
-                raise
+
+def _open_folder_and_prepare_data(stack: contextlib.ExitStack, cfg: RunConfig, model, folder: Path, rank_zero: bool, resume: bool,
+                                  overwrite: bool):
+    """Rank zero creates and locks the run folder (the lock held until ``stack`` closes) and
+    refuses a folder holding another run; every rank then reads the data and builds its graphs
+    (:func:`crystalframes.train.data.prepare_data`). A run that never started leaves no folder."""
+    from crystalframes.train.data import prepare_data
+
+    created = False
+    if rank_zero:
+        created = not folder.exists()
         try:
-            if rank_zero and not resume:
-                run_folder.guard_new_run(folder, overwrite)
-            data = prepare_data(cfg.data, model.graph_settings, model)
-        except BaseException:
-            if created:  # a run that never started leaves no folder behind
+            folder.mkdir(parents=True, exist_ok=True)
+            stack.enter_context(run_folder.run_lock(folder))
+        except BaseException as exc:
+            if created:
                 _remove_empty_folder(folder)
+            if isinstance(exc, OSError):
+                raise _folder_error(exc, folder) from None
             raise
-        units = target_units(data.target)
-        world = cfg.trainer.devices * cfg.trainer.num_nodes
-        steps_per_epoch = -(-len(data.graphs["train"]) // (cfg.trainer.batch_size * world))
-        if cfg.trainer.compile:
-            # in place (nn.Module.compile): the state_dict keeps its keys, so checkpoints and
-            # model files are those of an eager run
-            model.compile()
-        module = PropertyModule(model, data.normaliser, cfg.optim, total_steps=steps_per_epoch * cfg.trainer.epochs)
-        if ckpt is not None:
-            run_folder.check_checkpoint_matches(ckpt, module, cfg, last_ckpt)
+    try:
+        if rank_zero and not resume:
+            run_folder.guard_new_run(folder, overwrite)
+        return prepare_data(cfg.data, model.graph_settings, model)
+    except BaseException:
+        if created:  # a run that never started leaves no folder behind
+            _remove_empty_folder(folder)
+        raise
 
-        if rank_zero:
-            if overwrite:
-                run_folder.remove_run(folder)
-            written = folder / "config.yaml"
-            try:
-                with atomic_write(written, "w") as fh:
-                    fh.write(config_yaml(cfg))
-                if not resume:
-                    written = folder / "versions.json"
-                    write_json(written, {"crystalframes": __version__, "torch": str(torch.__version__), "python": sys.version.split()[0], "lightning": L.__version__})
-            except OSError as exc:
-                raise UserError(f"{write_error(exc, written, 'the run settings')}; training did not start") from None
 
-        mk = dict(batch_size=cfg.trainer.batch_size, dtype=dtype, num_workers=loader_workers(cfg.trainer.num_workers, data.graphs["train"]),
-                  targets=[data.target])
-        train_loader = loader(data.graphs["train"], shuffle=True, seed=cfg.trainer.seed, **mk)
-        val_loader = loader(data.graphs["val"], shuffle=False, **mk)
-        checkpoint_dir = folder / CHECKPOINTS
-        callbacks = [
-            ModelCheckpoint(dirpath=checkpoint_dir, filename="best", monitor="val_mae", mode="min", save_top_k=1, enable_version_counter=False),
-            # `last` every N steps and at every epoch end (Lightning takes one trigger per callback),
-            # so even a run shorter than N steps can be resumed
-            ModelCheckpoint(dirpath=checkpoint_dir, filename="last", every_n_train_steps=cfg.trainer.checkpoint_every_n_steps, save_top_k=1, enable_version_counter=False),
-            ModelCheckpoint(dirpath=checkpoint_dir, filename="last", every_n_epochs=1, save_on_train_epoch_end=True, save_top_k=1, enable_version_counter=False),
-            CheckpointExtras(cfg.model_dump(mode="json"), run_folder.CONFIG_KEY),
-            ResumeDataPosition(train_loader.sampler, cfg.trainer.batch_size),
-        ]
-        swa = cfg.optim.swa_epochs > 0 and cfg.trainer.epochs > 1
-        if swa:
-            # average every step of the last swa_epochs epochs (at least the last one), at the
-            # schedule's own learning rate, as the reference code does (train/swa.py)
-            callbacks.append(WeightAverage(start_epoch=max(cfg.trainer.epochs - cfg.optim.swa_epochs, 1)))
-        # a resumed run keeps the log rows up to its checkpoint and logs the rest again
-        kept = read_log_rows(folder / "logs" / "metrics.csv", ckpt["global_step"]) if ckpt is not None else []
-        loggers = [RunCSVLogger(folder, kept)]
-        if cfg.trainer.logger == "tensorboard":
-            from lightning.pytorch.loggers import TensorBoardLogger
+def _training_module(cfg: RunConfig, model, data, ckpt: dict | None, folder: Path):
+    """The Lightning module that trains ``model`` (compiled if asked), its schedule as long as
+    the run; a resumed run's checkpoint must match it."""
+    from crystalframes.train.module import PropertyModule
 
-            loggers.append(TensorBoardLogger(folder, name="tensorboard", version=""))
-        elif cfg.trainer.logger == "wandb":
-            from lightning.pytorch.loggers import WandbLogger
+    world = cfg.trainer.devices * cfg.trainer.num_nodes
+    steps_per_epoch = -(-len(data.graphs["train"]) // (cfg.trainer.batch_size * world))
+    if cfg.trainer.compile:
+        # in place (nn.Module.compile): the state_dict keeps its keys, so checkpoints and
+        # model files are those of an eager run
+        model.compile()
+    module = PropertyModule(model, data.normaliser, cfg.optim, total_steps=steps_per_epoch * cfg.trainer.epochs)
+    if ckpt is not None:
+        run_folder.check_checkpoint_matches(ckpt, module, cfg, folder / CHECKPOINTS / "last.ckpt")
+    return module
 
-            loggers.append(WandbLogger(save_dir=str(folder), name=folder.name))
-        # a progress bar on a terminal; periodic lines where output goes to a file or a pipe
-        progress_bar = sys.stdout.isatty() and sys.stderr.isatty()
-        callbacks.append(EpochBar() if progress_bar else ProgressLines(cfg.trainer.progress_seconds, units))
-        interruption = Interruption(folder, last_ckpt)  # SIGTERM / SIGINT: save `last` at the step, exit 143 / 130
-        callbacks.append(interruption)
-        multi = world > 1
-        on_gpu = cfg.trainer.accelerator in ("gpu", "cuda") or (cfg.trainer.accelerator == "auto" and torch.cuda.is_available())
-        trainer = L.Trainer(
-            max_epochs=cfg.trainer.epochs,
-            max_time={"minutes": cfg.trainer.max_time_minutes} if cfg.trainer.max_time_minutes else None,
-            accelerator=cfg.trainer.accelerator,
-            devices=cfg.trainer.devices,
-            num_nodes=cfg.trainer.num_nodes,
-            strategy="ddp" if multi else "auto",
-            use_distributed_sampler=False,  # ResumableSampler shards across ranks itself
-            sync_batchnorm=multi and on_gpu,  # PyTorch's SyncBatchNorm exists for GPU modules only
-            precision={"32": "32-true", "64": "64-true"}.get(cfg.trainer.precision, cfg.trainer.precision),  # mixed: crystalframes.precision
-            gradient_clip_val=cfg.optim.grad_clip,
-            deterministic=cfg.trainer.deterministic,
-            callbacks=callbacks,
-            logger=loggers,
-            log_every_n_steps=cfg.trainer.log_every_n_steps,
-            enable_progress_bar=progress_bar,
-            enable_model_summary=False,
-            default_root_dir=folder,
-            plugins=[_atomic_checkpoint_io(folder), *_slurm_requeue()],
+
+def _write_run_settings(cfg: RunConfig, folder: Path, resume: bool, overwrite: bool) -> None:
+    """Rank zero: clear a run being overwritten, then write config.yaml (and, for a new run,
+    versions.json); a failed write stops the run before training starts."""
+    import lightning as L
+
+    if overwrite:
+        run_folder.remove_run(folder)
+    written = folder / "config.yaml"
+    try:
+        with atomic_write(written, "w") as fh:
+            fh.write(config_yaml(cfg))
+        if not resume:
+            written = folder / "versions.json"
+            write_json(written, {"crystalframes": __version__, "torch": str(torch.__version__), "python": sys.version.split()[0], "lightning": L.__version__})
+    except OSError as exc:
+        raise UserError(f"{write_error(exc, written, 'the run settings')}; training did not start") from None
+
+
+@dataclass
+class _Fit:
+    """What :func:`_fit_setup` makes for one fit: the Lightning trainer, the data loaders, the
+    checkpoint callback that keeps the best validation MAE, whether weights are averaged (SWA)
+    and the handler of SIGTERM / SIGINT."""
+
+    trainer: object
+    train_loader: object
+    val_loader: object
+    best: object
+    swa: bool
+    interruption: object
+
+
+def _fit_setup(cfg: RunConfig, folder: Path, data, ckpt: dict | None) -> _Fit:
+    """Loaders, callbacks (checkpoints, SWA, progress, interruption), loggers and the Lightning
+    trainer of the run."""
+    import lightning as L
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    from crystalframes.data.datasets import target_units
+    from crystalframes.train.data import ResumeDataPosition, loader, loader_workers
+    from crystalframes.train.progress import CheckpointExtras, EpochBar, Interruption, ProgressLines, RunCSVLogger, read_log_rows
+    from crystalframes.train.swa import WeightAverage
+
+    dtype = getattr(torch, cfg.trainer.dtype)
+    mk = dict(batch_size=cfg.trainer.batch_size, dtype=dtype, num_workers=loader_workers(cfg.trainer.num_workers, data.graphs["train"]),
+              targets=[data.target])
+    train_loader = loader(data.graphs["train"], shuffle=True, seed=cfg.trainer.seed, **mk)
+    val_loader = loader(data.graphs["val"], shuffle=False, **mk)
+    checkpoint_dir = folder / CHECKPOINTS
+    best = ModelCheckpoint(dirpath=checkpoint_dir, filename="best", monitor="val_mae", mode="min", save_top_k=1, enable_version_counter=False)
+    callbacks = [
+        best,
+        # `last` every N steps and at every epoch end (Lightning takes one trigger per callback),
+        # so even a run shorter than N steps can be resumed
+        ModelCheckpoint(dirpath=checkpoint_dir, filename="last", every_n_train_steps=cfg.trainer.checkpoint_every_n_steps, save_top_k=1, enable_version_counter=False),
+        ModelCheckpoint(dirpath=checkpoint_dir, filename="last", every_n_epochs=1, save_on_train_epoch_end=True, save_top_k=1, enable_version_counter=False),
+        CheckpointExtras(cfg.model_dump(mode="json"), run_folder.CONFIG_KEY),
+        ResumeDataPosition(train_loader.sampler, cfg.trainer.batch_size),
+    ]
+    swa = cfg.optim.swa_epochs > 0 and cfg.trainer.epochs > 1
+    if swa:
+        # average every step of the last swa_epochs epochs (at least the last one), at the
+        # schedule's own learning rate, as the reference code does (train/swa.py)
+        callbacks.append(WeightAverage(start_epoch=max(cfg.trainer.epochs - cfg.optim.swa_epochs, 1)))
+    # a resumed run keeps the log rows up to its checkpoint and logs the rest again
+    kept = read_log_rows(folder / "logs" / "metrics.csv", ckpt["global_step"]) if ckpt is not None else []
+    loggers = [RunCSVLogger(folder, kept)]
+    if cfg.trainer.logger == "tensorboard":
+        from lightning.pytorch.loggers import TensorBoardLogger
+
+        loggers.append(TensorBoardLogger(folder, name="tensorboard", version=""))
+    elif cfg.trainer.logger == "wandb":
+        from lightning.pytorch.loggers import WandbLogger
+
+        loggers.append(WandbLogger(save_dir=str(folder), name=folder.name))
+    # a progress bar on a terminal; periodic lines where output goes to a file or a pipe
+    progress_bar = sys.stdout.isatty() and sys.stderr.isatty()
+    callbacks.append(EpochBar() if progress_bar else ProgressLines(cfg.trainer.progress_seconds, target_units(data.target)))
+    interruption = Interruption(folder, checkpoint_dir / "last.ckpt")  # SIGTERM / SIGINT: save `last` at the step, exit 143 / 130
+    callbacks.append(interruption)
+    multi = cfg.trainer.devices * cfg.trainer.num_nodes > 1
+    on_gpu = cfg.trainer.accelerator in ("gpu", "cuda") or (cfg.trainer.accelerator == "auto" and torch.cuda.is_available())
+    trainer = L.Trainer(
+        max_epochs=cfg.trainer.epochs,
+        max_time={"minutes": cfg.trainer.max_time_minutes} if cfg.trainer.max_time_minutes else None,
+        accelerator=cfg.trainer.accelerator,
+        devices=cfg.trainer.devices,
+        num_nodes=cfg.trainer.num_nodes,
+        strategy="ddp" if multi else "auto",
+        use_distributed_sampler=False,  # ResumableSampler shards across ranks itself
+        sync_batchnorm=multi and on_gpu,  # PyTorch's SyncBatchNorm exists for GPU modules only
+        precision={"32": "32-true", "64": "64-true"}.get(cfg.trainer.precision, cfg.trainer.precision),  # mixed: crystalframes.precision
+        gradient_clip_val=cfg.optim.grad_clip,
+        deterministic=cfg.trainer.deterministic,
+        callbacks=callbacks,
+        logger=loggers,
+        log_every_n_steps=cfg.trainer.log_every_n_steps,
+        enable_progress_bar=progress_bar,
+        enable_model_summary=False,
+        default_root_dir=folder,
+        plugins=[_atomic_checkpoint_io(folder), *_slurm_requeue()],
+    )
+    return _Fit(trainer, train_loader, val_loader, best, swa, interruption)
+
+
+def _fit(fit: _Fit, module, folder: Path, resume: bool) -> float:
+    """Train (from ``last.ckpt`` when resuming); the wall time in seconds. A run stopped by
+    SIGTERM or Ctrl+C ends with the error :class:`~crystalframes.train.progress.Interruption` words."""
+    # ResumableSampler + ResumeDataPosition make mid-epoch resumption exact; Lightning cannot see that.
+    warnings.filterwarnings("ignore", message=".*resuming from a checkpoint that ended before the epoch ended.*")
+    # Lightning's own internals and a logging cadence that short runs cannot meet: not the user's concern.
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)` is deprecated.*")
+    warnings.filterwarnings("ignore", message=".*smaller than the logging interval.*")
+    # two callbacks write `last` (by step and by epoch); Lightning warns that they share the folder
+    warnings.filterwarnings("ignore", message=".*Checkpoint directory .* exists and is not empty.*")
+    last_ckpt = folder / CHECKPOINTS / "last.ckpt"
+    start = time.perf_counter()
+    try:
+        with fit.interruption.sigint_stops_cleanly():
+            fit.trainer.fit(module, fit.train_loader, fit.val_loader, ckpt_path=str(last_ckpt) if resume else None, weights_only=True)
+    except SystemExit as exc:  # how Lightning ends fit on SIGTERM (SIGTERMException) and on Ctrl+C (exit 1)
+        stopped = fit.interruption.error(exc, fit.trainer)
+        if stopped is None:
+            raise
+        raise stopped from None
+    return time.perf_counter() - start
+
+
+def _final_evaluation(cfg: RunConfig, folder: Path, module, data, fit: _Fit, wall: float) -> dict:
+    """After training (rank zero): the result weights (best validation MAE, or the averaged ones
+    with SWA) saved as model.pt, the val and test predictions, plots, model card and
+    metrics.json; returns the metrics."""
+    from crystalframes.api import save_model_file
+    from crystalframes.data.datasets import target_units
+    from crystalframes.models.parameters import num_parameters
+    from crystalframes.train.card import model_card
+
+    units = target_units(data.target)
+    trainer = fit.trainer
+    best = fit.best.best_model_path
+    if best and Path(best).exists() and not fit.swa:  # with SWA the averaged weights are the result
+        state = run_folder.load_checkpoint(Path(best))["state_dict"]
+        module.load_state_dict(state)
+    # Evaluated where it trained (Lightning's teardown moved it to the CPU), on the graphs
+    # already built; the model file gets CPU copies of the weights.
+    module.to(trainer.strategy.root_device).eval()
+    model = module.model
+    with _final_file(folder / "model.pt", "the model", folder):
+        model_file = save_model_file(
+            folder / "model.pt", model, cfg.model.spec, {"num_targets": 1, **cfg.model.options}, data.normaliser, [data.target], [units],
+            extra={"config": cfg.model_dump(mode="json")},
         )
-        # ResumableSampler + ResumeDataPosition make mid-epoch resumption exact; Lightning cannot see that.
-        warnings.filterwarnings("ignore", message=".*resuming from a checkpoint that ended before the epoch ended.*")
-        # Lightning's own internals and a logging cadence that short runs cannot meet: not the user's concern.
-        warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)` is deprecated.*")
-        warnings.filterwarnings("ignore", message=".*smaller than the logging interval.*")
-        # two callbacks write `last` (by step and by epoch); Lightning warns that they share the folder
-        warnings.filterwarnings("ignore", message=".*Checkpoint directory .* exists and is not empty.*")
-        start = time.perf_counter()
-        try:
-            with interruption.sigint_stops_cleanly():
-                trainer.fit(module, train_loader, val_loader, ckpt_path=str(last_ckpt) if resume else None, weights_only=True)
-        except SystemExit as exc:  # how Lightning ends fit on SIGTERM (SIGTERMException) and on Ctrl+C (exit 1)
-            stopped = interruption.error(exc, trainer)
-            if stopped is None:
-                raise
-            raise stopped from None
-        wall = time.perf_counter() - start
-        if not trainer.is_global_zero:
-            return RunResult(folder, {})
+    metrics = {"spec": cfg.model.spec, "target": data.target, "units": units, "epochs_completed": trainer.current_epoch,
+               "global_step": trainer.global_step, "train_wall_seconds": round(wall, 1), "num_bad_records": data.num_bad_records,
+               "num_train": len(data.splits["train"]), "params": num_parameters(model)}
+    if cfg.model.init:
+        from crystalframes.train.finetune import init_identity
 
-        best = callbacks[0].best_model_path
-        if best and Path(best).exists() and not swa:  # with SWA the averaged weights are the result
-            state = run_folder.load_checkpoint(Path(best))["state_dict"]
-            module.load_state_dict(state)
-        # Evaluated where it trained (Lightning's teardown moved it to the CPU), on the graphs
-        # already built; the model file gets CPU copies of the weights.
-        module.to(trainer.strategy.root_device).eval()
-        model = module.model
-        with _final_file(folder / "model.pt", "the model", folder):
-            model_file = save_model_file(
-                folder / "model.pt", model, cfg.model.spec, {"num_targets": 1, **cfg.model.options}, data.normaliser, [data.target], [units],
-                extra={"config": cfg.model_dump(mode="json")},
-            )
-        metrics = {"spec": cfg.model.spec, "target": data.target, "units": units, "epochs_completed": trainer.current_epoch,
-                   "global_step": trainer.global_step, "train_wall_seconds": round(wall, 1), "num_bad_records": data.num_bad_records,
-                   "num_train": len(data.splits["train"]), "params": num_parameters(model)}
-        if cfg.model.init:
-            from crystalframes.train.finetune import init_identity
-
-            metrics["init"] = init_identity(cfg)
-        train_mean = float(data.normaliser.mean[0])
-        for split in ("val", "test"):
-            crystals = data.splits[split]
-            if not crystals:
-                continue
-            true = data.target_values(split)
-            # a list of graphs, or a StoreDataset read batch by batch (its slices are lists)
-            pred = module.predict_graphs(data.graphs[split], crystals, cfg.trainer.batch_size)[:, 0]
-            metrics[split] = metrics_of(pred, true)
-            metrics[split]["mean_baseline_mae"] = float(np.abs(true - train_mean).mean())
-            with _final_file(folder / f"predictions_{split}.csv", "the predictions", folder):
-                write_predictions(folder / f"predictions_{split}.csv", crystals, pred, data.target, units)
-            if split == "test":
-                with _final_file(folder / "parity.png", "the parity plot", folder):
-                    parity_plot(folder / "parity.png", true, pred, data.target, units, metrics[split]["mae"])
-        with _final_file(folder / "learning_curve.png", "the learning curve", folder):
-            learning_curve(folder / "learning_curve.png", folder / "logs" / "metrics.csv", units)
-        from crystalframes.train.card import model_card
-
-        with _final_file(folder / "model_card.md", "the model card", folder), atomic_write(folder / "model_card.md", "w") as fh:
-            fh.write(model_card(folder, cfg, metrics, model_file))
-        with _final_file(folder / "metrics.json", "the metrics", folder):
-            write_json(folder / "metrics.json", metrics)
-        return RunResult(folder, metrics)
+        metrics["init"] = init_identity(cfg)
+    train_mean = float(data.normaliser.mean[0])
+    for split in ("val", "test"):
+        crystals = data.splits[split]
+        if not crystals:
+            continue
+        true = data.target_values(split)
+        # a list of graphs, or a StoreDataset read batch by batch (its slices are lists)
+        pred = module.predict_graphs(data.graphs[split], crystals, cfg.trainer.batch_size)[:, 0]
+        metrics[split] = metrics_of(pred, true)
+        metrics[split]["mean_baseline_mae"] = float(np.abs(true - train_mean).mean())
+        with _final_file(folder / f"predictions_{split}.csv", "the predictions", folder):
+            write_predictions(folder / f"predictions_{split}.csv", crystals, pred, data.target, units)
+        if split == "test":
+            with _final_file(folder / "parity.png", "the parity plot", folder):
+                parity_plot(folder / "parity.png", true, pred, data.target, units, metrics[split]["mae"])
+    with _final_file(folder / "learning_curve.png", "the learning curve", folder):
+        learning_curve(folder / "learning_curve.png", folder / "logs" / "metrics.csv", units)
+    with _final_file(folder / "model_card.md", "the model card", folder), atomic_write(folder / "model_card.md", "w") as fh:
+        fh.write(model_card(folder, cfg, metrics, model_file))
+    with _final_file(folder / "metrics.json", "the metrics", folder):
+        write_json(folder / "metrics.json", metrics)
+    return metrics
 
 
 def _remove_empty_folder(folder: Path) -> None:
