@@ -453,3 +453,17 @@ def test_fetch_downloads_checks_and_caches_a_tensor_set(tensors_dir, tmp_path, h
     result = load_dataset("mp_piezo")
     assert 0 < len(result.crystals) <= 8 and not result.errors
     assert result.crystals[0].targets["piezoelectric_tensor"].shape == (3, 6)
+
+
+def test_data_info_of_a_local_copy_shows_tensor_targets_and_the_check(tensors_dir, tmp_path, monkeypatch, run, caplog):
+    from crystalframes.data import datasets as datasets_mod
+
+    (tmp_path / "tensors").mkdir()
+    (tmp_path / "tensors" / "piezoelectric_tensor.csv").write_text(upstream_piezo_text(tensors_dir, 8))
+    monkeypatch.setenv(datasets_mod.SHARED_DATA_ENV, str(tmp_path))
+    monkeypatch.setenv("CRYSTALFRAMES_CACHE_DIR", str(tmp_path / "cache"))
+    with caplog.at_level(logging.INFO, logger="crystalframes.io"):
+        code, out, err = run("data", "info", "mp_piezo")
+    assert code == 0, err
+    assert re.search(r"piezoelectric_tensor \(3x6, norm\)\s+\d+", out) and "eij_max" in out
+    assert re.search(r"mp_piezo: \d+ of 8 rows break their point group's symmetry", caplog.text)

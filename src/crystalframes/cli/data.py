@@ -32,6 +32,7 @@ def dataset_summary(result) -> dict:
             targets[name] = {
                 "count": len(tensors),
                 "shape": "x".join(map(str, tensors[0].shape)),
+                "statistic": "Frobenius norm",
                 "mean": float(norms.mean()),
                 "std": float(norms.std()),
                 "min": float(norms.min()),
@@ -101,7 +102,7 @@ def info(
     if summary["targets"]:
         typer.echo(f"{'target':34s} {'count':>7s} {'mean':>10s} {'std':>10s}  units")
         for name, t in summary["targets"].items():
-            label = f"{name} ({t['shape']}, Frobenius norm)" if "shape" in t else name
+            label = f"{name} ({t['shape']}, norm)" if "shape" in t else name
             typer.echo(f"{label:34s} {t['count']:7d} {t['mean']:10.4f} {t['std']:10.4f}  {t['units']}")
     typer.echo(f"bad records:   {summary['num_bad_records']}")
     for line in summary["bad_records"][:20]:

@@ -52,7 +52,7 @@ class Crystal:
     lattice: np.ndarray  # (3, 3) float64, rows = lattice vectors a, b, c
     atomic_numbers: np.ndarray  # (N,) int64
     frac_coords: np.ndarray  # (N, 3) float64
-    targets: dict[str, float] = field(default_factory=dict)
+    targets: dict[str, float | np.ndarray] = field(default_factory=dict)
     split: str | None = None
     source: str = ""
 
