@@ -467,3 +467,15 @@ def test_data_info_of_a_local_copy_shows_tensor_targets_and_the_check(tensors_di
     assert code == 0, err
     assert re.search(r"piezoelectric_tensor \(3x6, norm\)\s+\d+", out) and "eij_max" in out
     assert re.search(r"mp_piezo: \d+ of 8 rows break their point group's symmetry", caplog.text)
+
+
+def test_the_ieee_rotation_takes_the_six_fold_axis_to_z():
+    # simple hexagonal cell whose c axis (the six-fold axis) lies along x
+    lattice = np.array([[0, 3.0, 0], [0, -1.5, 1.5 * np.sqrt(3)], [5.0, 0, 0]])
+    q = ieee_rotation(lattice, np.zeros((1, 3)), np.array([14]))
+    np.testing.assert_allclose(q @ q.T, np.eye(3), atol=1e-10)
+    np.testing.assert_allclose(np.abs(rotate(lattice[2] / 5.0, q)), [0, 0, 1], atol=1e-8)
+    # a uniaxial tensor along the six-fold axis is diag(1, 1, 2) in the IEEE frame, and back
+    eps = np.eye(3) + np.outer(lattice[2], lattice[2]) / 25.0
+    np.testing.assert_allclose(rotate(eps, q), np.diag([1.0, 1.0, 2.0]), atol=1e-8)
+    np.testing.assert_allclose(rotate(rotate(eps, q), q.T), eps, atol=1e-12)

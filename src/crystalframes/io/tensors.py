@@ -51,8 +51,8 @@ _VOIGT_OF_PAIR = np.empty((3, 3), dtype=np.int64)
 for _v, (_i, _j) in enumerate(VOIGT_PAIRS):
     _VOIGT_OF_PAIR[_i, _j] = _VOIGT_OF_PAIR[_j, _i] = _v
 
-# spglib's tolerance (Angstrom) for finding a structure's symmetry; the MP workflows that
-# computed these tensors used 0.01 for their own symmetrisation and IEEE rotation.
+# spglib's tolerance (Angstrom) for finding a structure's symmetry: pymatgen's default, so the
+# point group checked is the one pymatgen's IEEE rotation (which takes no tolerance) is built on.
 DEFAULT_SYMPREC = 0.01
 
 # The Voigt shape of each Cartesian rank of the property tensors handled here.
@@ -190,10 +190,9 @@ def neumann_residual(tensor: np.ndarray, rotations: np.ndarray, floor: float = 0
 def ieee_rotation(lattice: np.ndarray, frac_coords: np.ndarray, atomic_numbers: np.ndarray) -> np.ndarray:
     """The rotation ``Q`` from the Cartesian frame of a structure to its IEEE standard frame
     (IEEE Std 176, as pymatgen's ``Tensor.get_ieee_rotation`` constructs it, with the structure's
-    symmetry found at pymatgen's default symprec, 0.01 A = :data:`DEFAULT_SYMPREC`, the one the
-    Materials Project used when it wrote tensors in that frame): a tensor ``T`` of the structure's frame is ``rotate(T, Q)``
-    in the IEEE frame, and a tensor given in the IEEE frame is ``rotate(T_ieee, Q.T)`` in the
-    structure's frame."""
+    symmetry found at pymatgen's default symprec, 0.01 A = :data:`DEFAULT_SYMPREC`): a tensor
+    ``T`` of the structure's frame is ``rotate(T, Q)`` in the IEEE frame, and a tensor given in
+    the IEEE frame is ``rotate(T_ieee, Q.T)`` in the structure's frame."""
     from pymatgen.core import Lattice, Structure
     from pymatgen.core.tensors import Tensor
 
