@@ -209,7 +209,8 @@ def test_registry_entries_of_the_tensor_sets():
 FILE_ROWS = {"dielectric_constant.csv": 951, "elastic_tensor.csv": 1063, "strainnet_mp_elastic.json": 1199,
              "piezoelectric_tensor.csv": 847}
 INFO_LINE = re.compile(r"^(mp_\w+): (\d+) of (\d+) rows break their point group's symmetry \(relative residual > "
-                       r"([0-9.e-]+), symprec ([0-9.]+) A\) and are left out(?:; (\d+) materials already read from an "
+                       r"([0-9.e-]+), symprec ([0-9.]+) A\) and are left out(?:; (\d+) rows whose stiffness is not "
+                       r"positive definite \(mechanically unstable\) too)?(?:; (\d+) materials already read from an "
                        r"earlier file are left out)?; (\d+) kept$")
 
 
@@ -270,11 +271,12 @@ def test_each_set_loads_and_counts_what_it_leaves_out_in_one_info_line(loaded, t
     result, lines = loaded(name)
     matches = [INFO_LINE.match(line) for line in lines if line.startswith(name + ":")]
     assert len(matches) == 1 and matches[0], lines
-    _, broken, total, tolerance, symprec, duplicates, kept = matches[0].groups()
+    _, broken, total, tolerance, symprec, unstable, duplicates, kept = matches[0].groups()
     assert int(total) == sum(FILE_ROWS[spec.stem] for spec in TENSOR_SETS[name])
     assert float(tolerance) == NEUMANN_TOLERANCE and float(symprec) == 0.01
     assert not result.errors
-    assert int(kept) == len(result.crystals) == int(total) - int(broken) - int(duplicates or 0)
+    assert int(kept) == len(result.crystals) == int(total) - int(broken) - int(unstable or 0) - int(duplicates or 0)
+    assert (unstable is not None) == (name == "mp_elastic")  # only stiffnesses are checked for stability
     # the check leaves out a minority, and only rows that break it: every kept row passes
     assert 0 < int(broken) < 0.25 * int(total)
     ids = [c.id for c in result.crystals]
@@ -388,7 +390,10 @@ def test_a_material_in_both_elastic_files_is_kept_once(loaded, tensors_dir):
     from_first = [i for i in both if i in sources and "elastic_tensor.csv" in sources[i]]
     assert from_first  # a material of both files comes from the first file when that row passes
     (match,) = [INFO_LINE.match(line) for line in lines if line.startswith("mp_elastic:")]
-    assert int(match.group(6)) == len(from_first)
+    assert int(match.group(7)) == len(from_first)
+    # every kept stiffness is positive definite (the first file has no unstable one, the second some)
+    assert min(np.linalg.eigvalsh(c.targets["elastic_tensor"]).min() for c in result.crystals) > 0
+    assert int(match.group(6)) > 0
     # the second file's rows carry K_VRH / G_VRH computed from their tensors
     crystal = next(c for c in result.crystals if "strainnet" in c.source)
     assert (crystal.target("K_VRH"), crystal.target("G_VRH")) == vrh_moduli(crystal.targets["elastic_tensor"])

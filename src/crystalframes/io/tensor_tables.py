@@ -17,9 +17,9 @@ Three sets, each read from its files in one folder (``.gz`` or not):
     tensor by :func:`~crystalframes.io.tensors.vrh_moduli`). The structure the model sees for a row of the second
     file is its CIF as :mod:`crystalframes.io` parses CIFs (pymatgen, no primitive reduction);
     its tensor is rotated from that structure's IEEE frame into the structure's Cartesian frame.
-    A material in both files is kept once: the first file's row when it passes the symmetry
-    check below (it needs no rotation and has the reference K_VRH / G_VRH), else the second
-    file's row when that one passes.
+    A material in both files is kept once: the first file's row when it passes the checks
+    below (it needs no rotation and has the reference K_VRH / G_VRH), else the second file's
+    row when that one passes.
 ``mp_piezo``
     ``piezoelectric_tensor.csv`` (de Jong et al., Sci. Data 2015): ``piezoelectric_tensor``
     (3x6 Voigt, C/m^2) and the scalar ``eij_max``. Tensors in the IEEE frame of the ``poscar``
@@ -55,8 +55,14 @@ piezoelectric_tensor          847   683 (80.6 %)     342 (40.4 %)     683 (80.6 
 rotation.) Of the 164 piezoelectric rows that fail, 146 fail at a residual of ~2 whatever the
 tolerance (an operation of the point group maps the tensor to its negative; none of them has an
 inversion centre), and 48 of the 164 pass in the ``poscar`` frame instead: the
-file's frame is not uniform, and no per-row frame guessing is done here. ``mp_elastic`` leaves
-out 175 rows (150 + 25) and 94 duplicates and keeps 1,993.
+file's frame is not uniform, and no per-row frame guessing is done here.
+
+**Mechanical stability** (``mp_elastic``): a row whose 6x6 stiffness is not positive definite
+(a mechanically unstable structure) is left out too, and counted in the same line. The first
+file holds none (de Jong et al. left them out); the second holds 77 of its 1,199, with
+eigenvalues down to -449 GPa and Reuss moduli such as G_VRH = -2,008 GPa, which would make the
+two files disagree on what the set is. ``mp_elastic`` on the development copy: 175 rows (150 +
+25) break their symmetry, 77 are unstable, 94 materials are duplicates, 1,916 are kept.
 """
 
 from __future__ import annotations
@@ -149,10 +155,12 @@ TENSOR_SETS: dict[str, tuple[TensorFile, ...]] = {
 @dataclass
 class TensorSetReport:
     """What reading a tensor set found: rows per file, the rows left out for breaking their point
-    group's symmetry (file, id, worst relative residual) and the duplicates left out."""
+    group's symmetry (file, id, worst relative residual), for a stiffness that is not positive
+    definite (file, id, its lowest eigenvalue) and as duplicates (file, id)."""
 
     rows: dict[str, int] = field(default_factory=dict)
     broken: list[tuple[str, str, float]] = field(default_factory=list)
+    unstable: list[tuple[str, str, float]] = field(default_factory=list)
     duplicates: list[tuple[str, str]] = field(default_factory=list)
     kept: int = 0
 
@@ -160,6 +168,8 @@ class TensorSetReport:
         total = sum(self.rows.values())
         line = (f"{name}: {len(self.broken)} of {total} rows break their point group's symmetry (relative residual "
                 f"> {tolerance:g}, symprec {symprec:g} A) and are left out")
+        if self.unstable:
+            line += f"; {len(self.unstable)} rows whose stiffness is not positive definite (mechanically unstable) too"
         if self.duplicates:
             line += f"; {len(self.duplicates)} materials already read from an earlier file are left out"
         return line + f"; {self.kept} kept"
@@ -248,6 +258,11 @@ def _tensor_set_rows(files: list[Path], name: str, tolerance: float, symprec: fl
                 logger.debug("%s: tensor breaks its point group's symmetry (relative residual %.3g > %g): left out",
                              crystal.where, residual, tolerance)
                 continue
+            lowest = _lowest_stiffness_eigenvalue(crystal, spec)
+            if lowest <= 0:
+                report.unstable.append((spec.stem, crystal.id, lowest))
+                logger.debug("%s: stiffness not positive definite (eigenvalue %.3g GPa): left out", crystal.where, lowest)
+                continue
             seen.add(crystal.id)
             report.kept += 1
             yield crystal
@@ -257,6 +272,15 @@ def _tensor_set_rows(files: list[Path], name: str, tolerance: float, symprec: fl
 def _worst_residual(crystal: Crystal, spec: TensorFile, symprec: float) -> float:
     rotations = point_group_rotations(crystal.lattice, crystal.frac_coords, crystal.atomic_numbers, symprec)
     return max(neumann_residual(voigt_to_full(crystal.targets[t]), rotations) for t in spec.tensors)
+
+
+def _lowest_stiffness_eigenvalue(crystal: Crystal, spec: TensorFile) -> float:
+    """The lowest eigenvalue of the row's 6x6 stiffness (``inf`` for a set without one). The
+    Voigt matrix is positive definite exactly when the strain energy is (the Voigt strain is a
+    linear bijection of the strain tensor); a stiffness that is not describes a mechanically
+    unstable structure, whose Reuss moduli are meaningless (G_VRH of -2,008 GPa in the data)."""
+    stiffness = [crystal.targets[t] for t in spec.tensors if crystal.targets[t].shape == (6, 6)]
+    return min((float(np.linalg.eigvalsh(c).min()) for c in stiffness), default=np.inf)
 
 
 def _file_rows(path: Path, spec: TensorFile, where: str) -> Iterator[tuple[str, dict[str, Any] | InputError]]:
