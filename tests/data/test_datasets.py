@@ -32,7 +32,8 @@ def demo_e_form():
 
 
 def test_registry_lists_the_three_datasets():
-    assert [info.name for info in list_datasets()] == ["mp_2018_demo", "jarvis_dft_3d_2021", "mp_2018", "perov_5", "carbon_24"]
+    assert [info.name for info in list_datasets()] == ["mp_2018_demo", "jarvis_dft_3d_2021", "mp_2018", "perov_5", "carbon_24",
+                                                    "mp_dielectric", "mp_elastic", "mp_piezo"]
     jarvis = get_dataset_info("jarvis_dft_3d_2021")
     assert jarvis.url == "https://ndownloader.figshare.com/files/29204826"
     assert jarvis.member == "jdft_3d-8-18-2021.json"

@@ -24,7 +24,23 @@ def dataset_summary(result) -> dict:
     names = sorted({t for c in crystals for t in c.targets})
     targets = {}
     for name in names:
-        vals = np.array([c.targets[name] for c in crystals if name in c.targets], dtype=float)
+        values = [c.targets[name] for c in crystals if name in c.targets]
+        tensors = [v for v in values if isinstance(v, np.ndarray)]
+        if tensors:
+            # a tensor target: its count, Voigt shape and the statistics of its Frobenius norm
+            norms = np.array([np.linalg.norm(t) for t in tensors])
+            targets[name] = {
+                "count": len(tensors),
+                "shape": "x".join(map(str, tensors[0].shape)),
+                "statistic": "Frobenius norm",
+                "mean": float(norms.mean()),
+                "std": float(norms.std()),
+                "min": float(norms.min()),
+                "max": float(norms.max()),
+                "units": target_units(name),
+            }
+            continue
+        vals = np.array(values, dtype=float)
         vals = vals[~np.isnan(vals)]
         if len(vals):
             targets[name] = {
@@ -61,9 +77,19 @@ def info(
     strict: bool = typer.Option(False, help="Stop at the first bad record instead of reporting it."),
 ):
     """Counts, targets (count/mean/std), atoms per cell and bad records of a dataset."""
+    import logging
+
     from crystalframes.data.sources import load_dataset
 
-    summary = dataset_summary(load_dataset(source, strict=strict))
+    # the readers' INFO lines (e.g. how many rows of a tensor set break their crystal's symmetry)
+    # are part of what this command reports
+    io_logger = logging.getLogger("crystalframes.io")
+    level = io_logger.level
+    io_logger.setLevel(min(level or logging.INFO, logging.INFO))
+    try:
+        summary = dataset_summary(load_dataset(source, strict=strict))
+    finally:
+        io_logger.setLevel(level)
     if as_json:
         typer.echo(json.dumps(summary, indent=2))
         return
@@ -76,7 +102,8 @@ def info(
     if summary["targets"]:
         typer.echo(f"{'target':34s} {'count':>7s} {'mean':>10s} {'std':>10s}  units")
         for name, t in summary["targets"].items():
-            typer.echo(f"{name:34s} {t['count']:7d} {t['mean']:10.4f} {t['std']:10.4f}  {t['units']}")
+            label = f"{name} ({t['shape']}, norm)" if "shape" in t else name
+            typer.echo(f"{label:34s} {t['count']:7d} {t['mean']:10.4f} {t['std']:10.4f}  {t['units']}")
     typer.echo(f"bad records:   {summary['num_bad_records']}")
     for line in summary["bad_records"][:20]:
         typer.echo(f"  {line}")

@@ -1,6 +1,6 @@
 """Named datasets: what they are, where they come from, and how to get a local file for one.
 
-Five datasets are registered:
+Eight datasets are registered:
 
 ``mp_2018_demo``
     5,955 Materials Project crystals shipped inside the package (no download), labelled with
@@ -14,6 +14,13 @@ Five datasets are registered:
     polymorphs of Pickard (2020), as the CDVAE benchmark (Xie et al., ICLR 2022) splits them: one
     CSV table per split with a CIF per row. Read from a local copy of the tables when there is one
     (:func:`local_table_dirs`), else from the cache (``crystalframes data fetch perov_5``).
+``mp_dielectric``, ``mp_elastic``, ``mp_piezo``
+    Dielectric (3x3), elastic (6x6 Voigt) and piezoelectric (3x6 Voigt) tensors of Materials
+    Project crystals (the matminer files, plus for ``mp_elastic`` the validation file of an
+    elastic-tensor study), each tensor in the Cartesian frame of its record's structure and
+    checked against the structure's point group at load (:mod:`crystalframes.io.tensor_tables`).
+    Read from a local copy of the files (a ``tensors/`` folder of :func:`local_table_dirs`), else
+    from the cache (``crystalframes data fetch mp_piezo``).
 
 Downloads live in :func:`crystalframes.data.paths.cache_dir` (fetched by
 :mod:`crystalframes.data.download`); :mod:`crystalframes.data.sources` turns a name or path into a
@@ -30,6 +37,7 @@ from pathlib import Path
 
 from crystalframes.data.paths import cache_dir
 from crystalframes.io.errors import DatasetError
+from crystalframes.io.tensor_tables import TENSOR_SETS, tensor_set_files
 
 __all__ = [
     "DatasetInfo",
@@ -65,7 +73,8 @@ class DatasetInfo:
     member
         File name of the JSON inside the downloaded zip (``None`` if embedded); for a set of
         tables, the file-name pattern (glob) of the dataset's tables in its folder, which is how
-        the readers pick its files out of a folder holding other datasets too.
+        the readers pick its files out of a folder holding other datasets too; for a tensor set,
+        its name in :data:`crystalframes.io.tensor_tables.TENSOR_SETS` (which names its files).
     n_records
         Expected (approximate) number of records; a download far from it triggers a warning.
     targets
@@ -85,7 +94,8 @@ class DatasetInfo:
         Target name -> key of the official id lists in ``benchmark_splits.json.gz``.
     files
         For a dataset published as one CSV table per split (a ``cif`` column, one row per
-        crystal): split name -> URL of that table. Empty for archives and embedded datasets.
+        crystal): split name -> URL of that table; for a tensor set, each upstream file's name
+        -> its URL. Empty for archives and embedded datasets.
     collection
         The upstream collection a set of tables belongs to; a local copy may keep the tables in a
         sub-folder of that name (:func:`local_table_dirs`).
@@ -114,6 +124,11 @@ class DatasetInfo:
     def is_table_set(self) -> bool:
         """Published as one CSV table per split (``files``), not as one archive."""
         return bool(self.files)
+
+    @property
+    def is_tensor_set(self) -> bool:
+        """Read by :mod:`crystalframes.io.tensor_tables` (tensor targets, symmetry-checked)."""
+        return self.is_table_set and self.member in TENSOR_SETS
 
     @property
     def is_embedded(self) -> bool:
@@ -166,6 +181,14 @@ TARGET_UNITS: dict[str, str] = {
     # CDVAE carbon_24 (Pickard 2020, AIRSS): the absolute CASTEP total energy per atom (~ -154),
     # not a formation energy.
     "energy_per_atom": "eV/atom",
+    # Tensor sets (crystalframes.io.tensor_tables). The dielectric constants are relative
+    # permittivities (dimensionless); poly_* are their polycrystalline averages (trace / 3).
+    "e_electronic": "",
+    "e_total": "",
+    "poly_electronic": "",
+    "poly_total": "",
+    "elastic_tensor": "GPa",
+    "piezoelectric_tensor": "C/m^2",
 }
 
 _JARVIS_TARGETS = [
@@ -183,6 +206,21 @@ _CDVAE_CITATION = (
     "T. Xie, X. Fu, O.-E. Ganea, R. Barzilay, T. Jaakkola, 'Crystal Diffusion Variational Autoencoder for "
     "Periodic Material Generation', ICLR 2022 (data splits; MIT licence)"
 )
+
+
+# The matminer 0.3.3 release's CSV files (BSD; the data CC-BY 4.0) and the validation file of
+# Pakornchote et al.'s elastic-tensor study (MIT), pinned to a tag / commit.
+_MATMINER_DATA = "https://raw.githubusercontent.com/hackingmaterials/matminer/v0.3.3/matminer/datasets"
+_STRAINNET_DATA = ("https://raw.githubusercontent.com/trachote/predict_elastic_tensor/"
+                   "2178392a6895287af3c7f95c2a31f7985b28b1e8/data/mp_val_clean.json")
+_MP_CITATION = ("A. Jain et al., 'The Materials Project: A materials genome approach to accelerating materials "
+                "innovation', APL Materials 1, 011002 (2013)")
+_TENSOR_NOTE = "tensors in the Cartesian frame of each record's structure; rows breaking their point group's symmetry left out"
+
+
+def _tensor_files(name: str) -> dict[str, str]:
+    urls = {"strainnet_mp_elastic.json": _STRAINNET_DATA}
+    return {spec.stem: urls.get(spec.stem, f"{_MATMINER_DATA}/{spec.stem}") for spec in TENSOR_SETS[name]}
 
 
 def _cdvae_files(name: str) -> dict[str, str]:
@@ -289,6 +327,54 @@ DATASETS: dict[str, DatasetInfo] = {
         files=_cdvae_files("carbon_24"),
         collection="cdvae",
     ),
+    "mp_dielectric": DatasetInfo(
+        name="mp_dielectric",
+        description=("1,056 MP crystals (DFPT): dielectric tensors e_electronic, e_total (3x3) and scalars poly_electronic, "
+                     "poly_total, refractive_index_n, dielectric_band_gap (eV); " + _TENSOR_NOTE),
+        url=_MATMINER_DATA,
+        member="mp_dielectric",
+        n_records=1056,
+        targets={name: TARGET_UNITS[name] for name in
+                 ("e_electronic", "e_total", "poly_electronic", "poly_total", "refractive_index_n", "dielectric_band_gap")},
+        id_key="material_id",
+        citation=("I. Petousis et al., 'High-throughput screening of inorganic compounds for the discovery of novel "
+                  "dielectric and optical materials', Sci. Data 4, 160134 (2017). " + _MP_CITATION + "."),
+        license="CC-BY 4.0 (Materials Project data, through matminer's BSD-licensed files)",
+        files=_tensor_files("mp_dielectric"),
+        collection="tensors",
+    ),
+    "mp_elastic": DatasetInfo(
+        name="mp_elastic",
+        description=("1,181 MP crystals (de Jong et al.) and those of an elastic-tensor study's validation file: "
+                     "elastic_tensor (6x6 Voigt, GPa) and scalars K_VRH, G_VRH (GPa), a material in both kept once; " + _TENSOR_NOTE),
+        url=_MATMINER_DATA,
+        member="mp_elastic",
+        n_records=2500,  # rows of both files together, roughly: only a download far from it is flagged
+        targets={name: TARGET_UNITS[name] for name in ("elastic_tensor", "K_VRH", "G_VRH")},
+        id_key="material_id",
+        citation=("M. de Jong et al., 'Charting the complete elastic properties of inorganic crystalline compounds', "
+                  "Sci. Data 2, 150009 (2015); T. Pakornchote et al., 'StrainTensorNet: Predicting crystal structure "
+                  "elastic properties using SE(3)-equivariant graph neural networks', Phys. Rev. Research 5, 043198 "
+                  "(2023) (validation file). " + _MP_CITATION + "."),
+        license="CC-BY 4.0 (Materials Project data); the second file from an MIT-licensed repository",
+        files=_tensor_files("mp_elastic"),
+        collection="tensors",
+    ),
+    "mp_piezo": DatasetInfo(
+        name="mp_piezo",
+        description=("941 MP crystals (DFPT): piezoelectric_tensor (3x6 Voigt, C/m^2, given in the IEEE frame, stored "
+                     "in the structure's frame) and scalar eij_max; " + _TENSOR_NOTE),
+        url=_MATMINER_DATA,
+        member="mp_piezo",
+        n_records=941,
+        targets={name: TARGET_UNITS[name] for name in ("piezoelectric_tensor", "eij_max")},
+        id_key="material_id",
+        citation=("M. de Jong, W. Chen, H. Geerlings, M. Asta, K. A. Persson, 'A database to enable discovery and "
+                  "design of piezoelectric materials', Sci. Data 2, 150053 (2015). " + _MP_CITATION + "."),
+        license="CC-BY 4.0 (Materials Project data, through matminer's BSD-licensed files)",
+        files=_tensor_files("mp_piezo"),
+        collection="tensors",
+    ),
 }
 
 # Other spellings users will type (the jarvis-tools / leaderboard names).
@@ -302,6 +388,12 @@ ALIASES: dict[str, str] = {
     "perov5": "perov_5",
     "carbon-24": "carbon_24",
     "carbon24": "carbon_24",
+    "mp-dielectric": "mp_dielectric",
+    "dielectric": "mp_dielectric",
+    "mp-elastic": "mp_elastic",
+    "elastic": "mp_elastic",
+    "mp-piezo": "mp_piezo",
+    "piezo": "mp_piezo",
 }
 
 
@@ -346,7 +438,7 @@ NONNEGATIVE_TARGETS: frozenset[str] = frozenset({
     "optb88vdw_bandgap", "mbj_bandgap", "hse_gap", "gap pbe", "mp2018_gap_pbe", "dielectric_band_gap",
     "ehull", "e_hull", "flla_e_above_hull",
     "bulk_modulus_kv", "shear_modulus_gv", "K_VRH", "G_VRH",
-    "refractive_index_n", "eij_max", "dir_gap", "ind_gap",
+    "refractive_index_n", "eij_max", "dir_gap", "ind_gap", "poly_electronic", "poly_total",
 })
 
 
@@ -422,9 +514,12 @@ def local_table_dirs() -> list[Path]:
 
 def local_table_files(folder: str | os.PathLike, info: DatasetInfo) -> list[Path]:
     """The tables of ``info`` in ``folder`` (files matching ``info.member``, ``.csv`` or
-    ``.csv.gz``), sorted by name; empty for a dataset that is no set of tables."""
+    ``.csv.gz``; for a tensor set, its files, all of them or none), sorted by name; empty for a
+    dataset that is no set of tables."""
     if not info.is_table_set or info.member is None:
         return []
+    if info.is_tensor_set:
+        return sorted(tensor_set_files(Path(folder), info.member) or [])
     try:
         return sorted(p for p in Path(folder).glob(info.member) if p.name.lower().endswith(_TABLE_SUFFIXES) and p.is_file())
     except OSError:

@@ -9,7 +9,9 @@ failed or truncated download never replaces or poisons a valid cached archive (t
 ``BadZipFile`` trap of re-reading a half-written archive on every later run).
 
 A dataset published as one CSV table per split (``perov_5``, ``carbon_24``: the CDVAE files)
-goes the same way, file by file: every table is downloaded into the staging folder, checked (a
+or as a few files (the tensor sets ``mp_dielectric``, ``mp_elastic``, ``mp_piezo``, checked by
+:func:`~crystalframes.io.tensor_tables.validate_tensor_file` and cached under their upstream
+names) goes the same way, file by file: every table is downloaded into the staging folder, checked (a
 ``cif`` column and the registered target columns, rows with a CIF) and only then is the whole
 set moved into its cache folder ``<name>/`` as ``<name>_<split>.csv``, with one sha256 for the set.
 
@@ -47,6 +49,7 @@ from crystalframes.data.paths import CACHE_ENV as CACHE_ENV_VAR
 from crystalframes.data.paths import cache_dir
 from crystalframes.data.datasets import DatasetInfo, embedded_path, get_dataset_info
 from crystalframes.io.errors import DatasetError
+from crystalframes.io.tensor_tables import tensor_set_files, validate_tensor_file
 
 __all__ = [
     "CACHE_ENV_VAR",
@@ -617,7 +620,11 @@ def validate_table(path: str | os.PathLike, info: DatasetInfo, *, what: str = "d
 
 def _local_tables(folder: Path, info: DatasetInfo) -> dict[str, Path]:
     """Split -> table file in a user's folder: the upstream names (``train.csv``) or the cache's
-    (``<name>_<split>.csv``), plain or gzipped."""
+    (``<name>_<split>.csv``), plain or gzipped; for a tensor set, file name -> its file (plain
+    or gzipped)."""
+    if info.is_tensor_set:
+        files = tensor_set_files(folder, info.member) or []
+        return {key: path for key in info.files for path in files if path.name in (key, key + ".gz")}
     found: dict[str, Path] = {}
     for split in info.files:
         for stem in (split, f"{info.name}_{split}"):
@@ -626,6 +633,16 @@ def _local_tables(folder: Path, info: DatasetInfo) -> dict[str, Path]:
                 if split not in found and candidate.is_file():
                     found[split] = candidate
     return found
+
+
+def _upstream_names(info: DatasetInfo) -> str:
+    return ", ".join(info.files if info.is_tensor_set else (f"{s}.csv" for s in info.files))
+
+
+def _cached_table_name(info: DatasetInfo, key: str) -> str:
+    """The name a table of a set is cached as: ``<name>_<split>.csv``, or a tensor set's file
+    under its upstream name (the name its reader looks for)."""
+    return key if info.is_tensor_set else f"{info.name}_{key}.csv"
 
 
 def _fetch_table_set(info: DatasetInfo, *, file, force: bool, progress: bool, timeout: float,
@@ -641,11 +658,11 @@ def _fetch_table_set(info: DatasetInfo, *, file, force: bool, progress: bool, ti
         local = Path(os.path.expanduser(os.fspath(file)))
         if not local.is_dir():
             raise DatasetError(str(local), f"--file for {info.name} must be a folder holding its tables "
-                                           f"({', '.join(f'{s}.csv' for s in info.files)})")
+                                           f"({_upstream_names(info)})")
         sources = _local_tables(local, info)
         if not sources:
             raise DatasetError(str(local), f"holds none of {info.name}'s tables "
-                                           f"({', '.join(f'{s}.csv' for s in info.files)} or {info.name}_<split>.csv[.gz])")
+                                           f"({_upstream_names(info)}" + ("[.gz])" if info.is_tensor_set else f" or {info.name}_<split>.csv[.gz])"))
     with _staging_folder(folder) as staging:
         incoming = staging / info.filename
         incoming.mkdir()
@@ -655,7 +672,7 @@ def _fetch_table_set(info: DatasetInfo, *, file, force: bool, progress: bool, ti
                 if split not in sources:
                     warnings.warn(f"{info.name}: {file} holds no {split} table; the set is cached without it")
                     continue
-                target = incoming / f"{info.name}_{split}.csv{'.gz' if sources[split].name.endswith('.gz') else ''}"
+                target = incoming / f"{_cached_table_name(info, split)}{'.gz' if sources[split].name.endswith('.gz') else ''}"
                 try:
                     shutil.copyfile(sources[split], target)
                 except OSError as exc:
@@ -663,12 +680,13 @@ def _fetch_table_set(info: DatasetInfo, *, file, force: bool, progress: bool, ti
                 what = f"file {sources[split]}"
             else:
                 downloaded = _download(url, staging, info, None, progress=progress, timeout=timeout,
-                                       fname=f"{info.name}_{split}.csv")
+                                       fname=_cached_table_name(info, split))
                 target = incoming / downloaded.name
                 os.replace(downloaded, target)
                 what = f"download of {url}"
             # checked before the set moves: a broken table never reaches the cache
-            n_rows += validate_table(target, info, what=what)
+            n_rows += (validate_tensor_file(target, info.member, what=f"{info.name}: {what}") if info.is_tensor_set
+                       else validate_table(target, info, what=what))
         digest = file_sha256(incoming)
         if sha256 is not None and digest != sha256:
             raise DatasetError(info.name, f"sha256 mismatch: expected {sha256}, got {digest} (corrupted or changed upstream)")

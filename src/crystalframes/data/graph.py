@@ -108,7 +108,10 @@ def build_graph(crystal: Crystal, settings: GraphSettings = GraphSettings()) -> 
         edge_shift=shift,
         edge_vec=vec,
         edge_is_lattice=is_lattice,
-        targets=dict(crystal.targets),
+        # scalar targets only: every consumer of a graph's targets (batches, the graph cache, the
+        # store) holds one float per target; a tensor target is read from the crystal by
+        # Crystal.tensor_target, and Crystal.target refuses it with its name and shape
+        targets={name: value for name, value in crystal.targets.items() if not isinstance(value, np.ndarray)},
     )
 
 

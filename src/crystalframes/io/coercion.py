@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from crystalframes.io.crystal import Crystal, location
+from crystalframes.io.crystal import TENSOR_TARGET_SHAPES, Crystal, location
 from crystalframes.io.elements import MAX_ATOMIC_NUMBER, symbol_table
 from crystalframes.io.errors import InputError
 
@@ -61,10 +61,14 @@ def _label(where: str, record_id: str | None) -> str:
     return location(where, record_id)
 
 
-def _coerce_target(name: str, value: Any, where: str) -> float:
-    """A target value as float; ``nan`` for missing ("na", None, NaN); InputError if not a number."""
+def _coerce_target(name: str, value: Any, where: str) -> float | np.ndarray:
+    """A target value as float; ``nan`` for missing ("na", None, NaN); a tensor target (a nested
+    list of a Voigt shape, 3x3 / 3x6 / 6x6, as JSONL records hold it) as a float64 array;
+    InputError if neither."""
     if value is None:
         return math.nan
+    if isinstance(value, (list, tuple, np.ndarray)):
+        return _coerce_tensor_target(name, value, where)
     if isinstance(value, bool):
         raise InputError(where, f"target '{name}' is not a number: {value!r}")
     if isinstance(value, (int, float, np.integer, np.floating)):
@@ -78,6 +82,19 @@ def _coerce_target(name: str, value: Any, where: str) -> float:
         except ValueError:
             pass
     raise InputError(where, f"target '{name}' is not a number: {_short_repr(value)}")
+
+
+def _coerce_tensor_target(name: str, value: Any, where: str) -> np.ndarray:
+    try:
+        arr = np.array(value, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise InputError(where, f"target '{name}' is neither a number nor a numeric tensor: {_short_repr(value)}") from None
+    if arr.shape not in TENSOR_TARGET_SHAPES:
+        raise InputError(where, f"target '{name}' is an array of shape {arr.shape}, not a tensor in Voigt form "
+                                f"(3x3, 3x6 or 6x6)")
+    if not np.all(np.isfinite(arr)):
+        raise InputError(where, f"tensor target '{name}' has non-finite entries")
+    return arr
 
 
 def _is_target_value(value: Any) -> bool:

@@ -21,6 +21,8 @@ MIN_NORMALISED_VOLUME = 1e-6
 MAX_LATTICE_LENGTH = 1e12
 # Up to this many atoms the closest-pair check uses the O(N^2) minimum-image shortcut.
 MINIMUM_IMAGE_MAX_ATOMS = 200
+# The shapes a tensor target is stored with (Voigt forms of ranks 2, 3, 4: crystalframes.io.tensors).
+TENSOR_TARGET_SHAPES = ((3, 3), (3, 6), (6, 6))
 
 
 @contextmanager
@@ -38,7 +40,11 @@ def quiet_pymatgen():
 class Crystal:
     """A periodic crystal: lattice rows are the lattice vectors (Angstrom).
 
-    ``targets`` maps property names to floats (``nan`` when the record has no value).
+    ``targets`` maps property names to floats (``nan`` when the record has no value), or, for a
+    tensor property (a dielectric, piezoelectric or elastic tensor), to a float64 array of its
+    Voigt shape ((3, 3), (3, 6), (6, 6); conventions in :mod:`crystalframes.io.tensors`) in the
+    Cartesian frame of this crystal's ``lattice``. :meth:`target` gives a scalar and refuses a
+    tensor, :meth:`tensor_target` gives a tensor.
     ``split`` is the record's own train/val/test label, if any.
     """
 
@@ -46,7 +52,7 @@ class Crystal:
     lattice: np.ndarray  # (3, 3) float64, rows = lattice vectors a, b, c
     atomic_numbers: np.ndarray  # (N,) int64
     frac_coords: np.ndarray  # (N, 3) float64
-    targets: dict[str, float] = field(default_factory=dict)
+    targets: dict[str, float | np.ndarray] = field(default_factory=dict)
     split: str | None = None
     source: str = ""
 
@@ -91,7 +97,22 @@ class Crystal:
         value = self.targets[name]
         if value is None or (isinstance(value, float) and math.isnan(value)):
             raise InputError(self.where, f"missing target '{name}' (no value)")
+        if isinstance(value, np.ndarray):
+            # float() of a 3x3 array would raise a bare TypeError, of a 1-element one pass silently
+            shape = "x".join(map(str, value.shape))
+            raise InputError(self.where, f"target '{name}' is a {shape} tensor, not a scalar: what reads it here "
+                                         f"takes scalar targets only")
         return float(value)
+
+    def tensor_target(self, name: str) -> np.ndarray:
+        """The tensor target ``name`` in its Voigt shape (a copy); an :class:`InputError` if
+        missing or a scalar."""
+        if name not in self.targets:
+            raise InputError(self.where, f"missing target '{name}'")
+        value = self.targets[name]
+        if not isinstance(value, np.ndarray):
+            raise InputError(self.where, f"target '{name}' is a scalar ({value!r}), not a tensor")
+        return value.copy()
 
     def validate(self) -> "Crystal":
         """Check the structure is physically usable; raise :class:`InputError` naming the problem."""
@@ -144,6 +165,13 @@ class Crystal:
             )
         for name, value in self.targets.items():
             if value is None:
+                continue
+            if isinstance(value, np.ndarray):
+                if value.shape not in TENSOR_TARGET_SHAPES or value.dtype != np.float64:
+                    raise InputError(where, f"target '{name}' is an array of shape {value.shape} ({value.dtype}), "
+                                            f"not a float64 tensor of a Voigt shape (3x3, 3x6, 6x6)")
+                if not np.all(np.isfinite(value)):
+                    raise InputError(where, f"tensor target '{name}' has non-finite entries")
                 continue
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 raise InputError(where, f"target '{name}' is not a number: {value!r}")

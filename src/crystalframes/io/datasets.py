@@ -39,6 +39,7 @@ from crystalframes.io.structures import (
     iter_frames,
     read_structure,
 )
+from crystalframes.io.tensor_tables import TENSOR_SETS, iter_tensor_set
 
 logger = logging.getLogger("crystalframes.io")
 
@@ -616,7 +617,9 @@ def iter_records(source: str | Path, member: str | None = None) -> Iterator[Crys
     plain folder every entry that is not read is yielded as a :class:`SkippedInput` first.
     A ``.csv`` / ``.csv.gz`` table with a ``cif`` column gives one record per row; a folder with
     ``member`` (a glob such as ``perov_5_*.csv*``) gives the rows of the tables matching it, each
-    with the split its table's name ends with (``..._train.csv``, ``val.csv``...).
+    with the split its table's name ends with (``..._train.csv``, ``val.csv``...); a folder with
+    ``member`` naming a tensor set (``mp_dielectric``, ``mp_elastic``, ``mp_piezo``) gives that
+    set's symmetry-checked records (:mod:`crystalframes.io.tensor_tables`).
 
     Raises :class:`DatasetError` (immediately) when the source does not exist, is not a regular
     file or folder, is of an unrecognised type or is unusable as a whole.
@@ -625,6 +628,8 @@ def iter_records(source: str | Path, member: str | None = None) -> Iterator[Crys
     path = Path(source)
     st = checked_stat(path, where, DatasetError, missing="dataset not found (no such file or folder)")
     if stat.S_ISDIR(st.st_mode):
+        if member in TENSOR_SETS:
+            return iter_tensor_set(path, member)
         if member is not None:
             return _iter_table_set(path, where, member)
         if (path / _ID_PROP).is_file():
