@@ -121,25 +121,30 @@ def full_to_voigt(tensor: np.ndarray) -> np.ndarray:
     return out
 
 
-_LETTERS = "abcdefgh"
+_LETTERS = "abcdefghijklmnop"
 
 
-def rotate(tensor: np.ndarray, rotation: np.ndarray) -> np.ndarray:
-    """``tensor`` (a full Cartesian tensor of any rank, optionally with one leading batch axis
-    given by a (B, 3, 3) ``rotation``) rotated by ``rotation``:
-    ``T'_{i1..in} = R_{i1 j1} ... R_{in jn} T_{j1..jn}``. For Voigt arrays convert first
+def rotate(tensor, rotation, rank: int | None = None):
+    """``T'_{i1..in} = R_{i1 j1} ... R_{in jn} T_{j1..jn}``: a full Cartesian tensor of rank n
+    rotated by R, for NumPy arrays and torch tensors alike (the one rotation of the package's
+    property tensors: datasets, symmetry checks and the tensor read-outs).
+
+    ``tensor`` (..., 3, ..., 3) has ``rank`` trailing Cartesian dimensions (default: all but the
+    leading dimensions of ``rotation``, which is (3, 3) or (..., 3, 3) and broadcasts against the
+    tensor's leading dimensions). Polar tensors: no det R factor. For Voigt arrays convert first
     (:func:`voigt_to_full`)."""
-    t = np.asarray(tensor, dtype=np.float64)
-    r = np.asarray(rotation, dtype=np.float64)
-    if r.ndim == 2:
-        rank = t.ndim
-        out_idx, in_idx = _LETTERS[:rank], _LETTERS[rank:2 * rank]
-        terms = ",".join(f"{o}{i}" for o, i in zip(out_idx, in_idx))
-        return np.einsum(f"{terms},{in_idx}->{out_idx}", *([r] * rank), t, optimize=True)
-    rank = t.ndim - 1
-    out_idx, in_idx = _LETTERS[:rank], _LETTERS[rank:2 * rank]
-    terms = ",".join(f"z{o}{i}" for o, i in zip(out_idx, in_idx))
-    return np.einsum(f"{terms},z{in_idx}->z{out_idx}", *([r] * rank), t, optimize=True)
+    if rank is None:
+        rank = tensor.ndim - (rotation.ndim - 2)
+    if not 1 <= rank <= 8 or tuple(tensor.shape[tensor.ndim - rank:]) != (3,) * rank or tuple(rotation.shape[-2:]) != (3, 3):
+        raise ValueError(f"cannot rotate a tensor of shape {tuple(tensor.shape)} and rank {rank} by {tuple(rotation.shape)}")
+    out_idx, in_idx = _LETTERS[:rank], _LETTERS[8:8 + rank]
+    terms = ",".join(f"...{o}{i}" for o, i in zip(out_idx, in_idx))
+    expression = f"{terms},...{in_idx}->...{out_idx}"
+    if isinstance(tensor, np.ndarray) and isinstance(rotation, np.ndarray):
+        return np.einsum(expression, *([rotation.astype(np.float64)] * rank), tensor.astype(np.float64), optimize=True)
+    import torch
+
+    return torch.einsum(expression, *([torch.as_tensor(rotation)] * rank), torch.as_tensor(tensor))
 
 
 def cartesian_rotations(lattice: np.ndarray, fractional_rotations: np.ndarray) -> np.ndarray:

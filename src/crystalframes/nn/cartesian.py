@@ -25,13 +25,8 @@ from functools import cached_property
 
 import torch
 
-# Voigt order of symmetric index pairs: 11, 22, 33, 23, 13, 12 (0-based below).
-VOIGT_PAIRS = ((0, 0), (1, 1), (2, 2), (1, 2), (0, 2), (0, 1))
-
-
-def voigt_index(i: int, j: int) -> int:
-    """The Voigt index (0-5) of the symmetric pair (i, j)."""
-    return VOIGT_PAIRS.index((min(i, j), max(i, j)))
+# the Voigt convention and the rotation of property tensors live with the datasets that store them
+from crystalframes.io.tensors import VOIGT_PAIRS, rotate, voigt_index
 
 
 @dataclass(frozen=True)
@@ -106,21 +101,6 @@ def kind_of_rank(rank: int) -> TensorKind:
         if kind.rank == rank:
             return kind
     raise ValueError(f"no tensor kind of rank {rank}; ranks: {sorted(k.rank for k in TENSOR_KINDS.values())}")
-
-
-_LETTERS = "abcdefgh"
-
-
-def rotate(tensor: torch.Tensor, rotation: torch.Tensor, rank: int) -> torch.Tensor:
-    """R applied to every index: T'_{i j ...} = R_ia R_jb ... T_{a b ...}.
-
-    ``tensor`` (..., 3, ..., 3) with ``rank`` trailing Cartesian dimensions, ``rotation`` (3, 3)
-    or (..., 3, 3) with leading dimensions that broadcast against the tensor's."""
-    if not 1 <= rank <= len(_LETTERS) or tensor.shape[tensor.dim() - rank:] != (3,) * rank or rotation.shape[-2:] != (3, 3):
-        raise ValueError(f"cannot rotate a tensor of shape {tuple(tensor.shape)} and rank {rank} by {tuple(rotation.shape)}")
-    out_idx, in_idx = "ijklmnop"[:rank], _LETTERS[:rank]
-    factors = ",".join(f"...{o}{i}" for o, i in zip(out_idx, in_idx))
-    return torch.einsum(f"{factors},...{in_idx}->...{out_idx}", *([rotation] * rank), tensor)
 
 
 def into_frame(tensor: torch.Tensor, frame: torch.Tensor, rank: int) -> torch.Tensor:
