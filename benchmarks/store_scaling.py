@@ -651,7 +651,8 @@ def table(rows: list[dict]) -> str:
     head = ("| N | build s (2 workers) | build structures/s | bytes/structure | train RSS/rank MiB, store, 2 ranks "
             "| same, in memory | train RSS MiB, store, 1 proc | same, in memory | train structures/s, store, 1 proc "
             "| same, in memory | store / memory | batch load ms, store / memory (1 process) | step ms | implied store / memory "
-            "| structures/s, store, 2 ranks | same, in memory | predict RSS MiB | predict structures/s |")
+            "| structures/s, store, 2 ranks | same, in memory | predict RSS MiB | predict structures/s "
+            "| measured store / memory, 2 workers (paired) | same, no workers |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for n in sizes:
         lines.append("| " + " | ".join([
@@ -663,6 +664,8 @@ def table(rows: list[dict]) -> str:
             get(n, "loader", "model_step_ms"), get(n, "loader", "estimated_train_ratio_store_memory", "{:.3f}"),
             get(n, "train_store_ddp2", "structures_per_s"), get(n, "train_memory_ddp2", "structures_per_s"),
             get(n, "predict", "rss_mib"), get(n, "predict", "structures_per_s"),
+            get(n, "train_ratio", "store_over_memory", "{:.2f}") + " (" + get(n, "train_ratio", "store_over_memory_paired", "{:.2f}") + ")",
+            get(n, "train_ratio", "store_no_workers_over_memory", "{:.2f}"),
         ]) + " |")
     return "\n".join(lines)
 
