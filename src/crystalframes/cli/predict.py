@@ -185,7 +185,7 @@ def predict_command(
             note = partial.load(restart)
             if note:
                 typer.echo(note, err=True)
-            clip = [target_is_nonnegative(t) for t in predictor.targets]
+            clip = [target_is_nonnegative(t) for t in predictor.columns]
             run.progress = Progress(scan.total, done=partial.done)
 
             def advance(n: int) -> None:  # after each batch is on disk: stop there if a signal came
