@@ -3,6 +3,7 @@ batches, the read-out settings, the graph store's refusal, and a tiny end-to-end
 mp_dielectric's e_electronic (model file round trip, prediction CSV columns)."""
 
 import csv
+import json
 
 import numpy as np
 import pytest
@@ -207,6 +208,14 @@ def test_a_tiny_tensor_training_runs_end_to_end(tensor_data, tmp_path, monkeypat
     values = np.array([[float(x) for x in line[4:10]] for line in lines])
     assert np.allclose(values, voigt_components(predictor.predict(paths), 2), rtol=1e-5, atol=1e-6)
     assert np.allclose(values, voigt_components(pred[:3], 2), rtol=1e-5, atol=1e-5)  # POSCAR keeps the Cartesian frame
+
+    # eval on the held-out part scores what the run scored on its test split
+    done = cli(tmp_path, "eval", str(folder), "mp_dielectric", "--split", "heldout", "-o", str(tmp_path / "eval"))
+    assert done.returncode == 0, done.stderr
+    evaluated = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert evaluated["n"] == metrics["test"]["n"]
+    assert evaluated["frobenius"] == pytest.approx(metrics["test"]["frobenius"], rel=1e-6)
+    assert evaluated["ewt_25"] == metrics["test"]["ewt_25"]
 
 
 def _write_poscar(path, crystal):

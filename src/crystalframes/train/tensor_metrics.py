@@ -78,12 +78,12 @@ def _errors_of(pred: np.ndarray, true: np.ndarray) -> dict:
     return out
 
 
-def tensor_metrics(pred: np.ndarray, true: np.ndarray, rank: int, train: np.ndarray) -> dict:
+def tensor_metrics(pred: np.ndarray, true: np.ndarray, rank: int, train: np.ndarray | None = None) -> dict:
     """The metrics of predictions ``pred`` of tensors ``true`` (n, 3, ..., 3): ``frobenius`` (mean
     Frobenius error), ``ewt_25`` / ``ewt_10`` / ``ewt_5`` (fractions), ``mae`` (mean absolute
     error over the Voigt components), ``component_mae`` (per component), ``n``, and
     ``isotropic_baseline`` (the same error measures for the isotropic mean of the training
-    tensors ``train``, predicted for every structure)."""
+    tensors ``train``, predicted for every structure; left out without ``train``)."""
     pred = np.asarray(pred, dtype=np.float64)
     true = np.asarray(true, dtype=np.float64)
     component_error = np.abs(voigt_components(pred, rank) - voigt_components(true, rank))
@@ -92,6 +92,8 @@ def tensor_metrics(pred: np.ndarray, true: np.ndarray, rank: int, train: np.ndar
     out["mae"] = float(component_error.mean())
     out["component_mae"] = {label: float(v) for label, v in zip(component_labels(rank), per_component)}
     out["n"] = int(true.shape[0])
+    if train is None:
+        return out
     baseline = isotropic_part(np.asarray(train, dtype=np.float64), rank).mean(axis=0)
     out["isotropic_baseline"] = _errors_of(np.broadcast_to(baseline, true.shape), true)
     return out
