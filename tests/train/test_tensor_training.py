@@ -194,6 +194,16 @@ def test_a_tiny_tensor_training_runs_end_to_end(tensor_data, tmp_path, monkeypat
     assert torch.equal(torch.as_tensor(load_model(again).predict(test[:8])), torch.as_tensor(pred))
     assert not np.allclose(full_tensor_target(test[0], "e_electronic"), 0)  # the targets reached the run
 
+    # fine-tuning from it (train --init) starts from its backbone's weights
+    from crystalframes.models.specs import build_model
+    from crystalframes.train.finetune import initialise_from
+
+    backbone = build_model("schnet:none@cpu_small", num_targets=1)
+    said = initialise_from(backbone, load_config(None, TINY_TENSOR + [f"model.init={folder}"]))
+    assert "backbone only" in said
+    trained = predictor.model.backbone.state_dict()
+    assert all(torch.equal(v, trained[k].to(v.dtype)) for k, v in backbone.state_dict().items() if not k.startswith("head."))
+
     # the command line: one column per Voigt component, in the input's Cartesian frame
     paths = []
     for i, c in enumerate(test[:3]):
