@@ -111,7 +111,7 @@ def _output_shape(predictor) -> tuple[int, ...]:
 def _columns(predictor) -> list[str]:
     if predictor.tensor_rank is None:
         return list(predictor.targets)
-    from crystalframes.train.tensor_metrics import tensor_columns
+    from crystalframes.io.tensors import tensor_columns
 
     return tensor_columns(predictor.targets[0], predictor.tensor_rank)
 
@@ -195,7 +195,7 @@ class Predictor:
     @property
     def columns(self) -> list[str]:
         """The columns of a prediction file: the targets, or a tensor target's components
-        (:func:`crystalframes.train.tensor_metrics.tensor_columns`: ``e_electronic_xx`` ...)."""
+        (:func:`crystalframes.io.tensors.tensor_columns`: ``e_electronic_xx`` ...)."""
         return _columns(self)
 
     @property

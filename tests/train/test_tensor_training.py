@@ -9,9 +9,8 @@ import numpy as np
 import pytest
 
 from crystalframes.io.errors import InputError, UserError
-from crystalframes.io.tensors import component_labels, voigt_components, voigt_to_full
-from crystalframes.train.tensor_metrics import (frobenius_errors, isotropic_part, relative_frobenius_errors, tensor_columns,
-                                                tensor_metrics)
+from crystalframes.io.tensors import component_labels, tensor_columns, voigt_components, voigt_to_full
+from crystalframes.train.tensor_metrics import frobenius_errors, isotropic_part, relative_frobenius_errors, tensor_metrics
 
 from tiny import cli, set_args
 

@@ -37,6 +37,7 @@ __all__ = [
     "voigt_shape",
     "tensor_rank",
     "component_labels",
+    "tensor_columns",
     "voigt_components",
     "rotate",
     "cartesian_rotations",
@@ -140,6 +141,12 @@ def component_labels(rank: int) -> list[str]:
     if rank == 4:
         return [f"{_PAIR_LABELS[a]}_{_PAIR_LABELS[b]}" for a in range(6) for b in range(a, 6)]
     raise ValueError(f"no Voigt form for a rank-{rank} tensor (ranks 2, 3, 4)")
+
+
+def tensor_columns(target: str, rank: int) -> list[str]:
+    """The prediction-file columns of tensor target ``target``: ``<target>_<label>`` for each of
+    :func:`component_labels` (``e_electronic_xx``, ``piezoelectric_tensor_x_xx``, ``elastic_tensor_xx_xx``)."""
+    return [f"{target}_{label}" for label in component_labels(rank)]
 
 
 def voigt_components(tensor: np.ndarray, rank: int) -> np.ndarray:

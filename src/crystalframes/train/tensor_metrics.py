@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from crystalframes.atomic import atomic_write
-from crystalframes.io.tensors import component_labels, voigt_components
+from crystalframes.io.tensors import component_labels, tensor_columns, voigt_components
 
 # Relative Frobenius error thresholds of EwT (percent), as GMTNet / GoeCTP report them.
 EWT_THRESHOLDS = (25, 10, 5)
@@ -99,14 +99,9 @@ def tensor_metrics(pred: np.ndarray, true: np.ndarray, rank: int, train: np.ndar
     return out
 
 
-def tensor_columns(target: str, rank: int) -> list[str]:
-    """The column names of a tensor target's components: ``<target>_<label>`` (module docstring)."""
-    return [f"{target}_{label}" for label in component_labels(rank)]
-
-
 def write_tensor_predictions(path: Path, crystals, true: np.ndarray, pred: np.ndarray, target: str, rank: int, units: str) -> None:
     """A CSV of each structure's true and predicted components (``true <column>``, ``predicted
-    <column>``, columns of :func:`tensor_columns`) and its Frobenius error, in physical units."""
+    <column>``, columns of :func:`crystalframes.io.tensors.tensor_columns`) and its Frobenius error, in physical units."""
     unit = f" ({units})" if units else ""
     columns = tensor_columns(target, rank)
     true_c, pred_c = voigt_components(true, rank), voigt_components(pred, rank)
@@ -121,5 +116,5 @@ def write_tensor_predictions(path: Path, crystals, true: np.ndarray, pred: np.nd
         fh.write(buf.getvalue())
 
 
-__all__ = ["EWT_THRESHOLDS", "frobenius_errors", "relative_frobenius_errors", "isotropic_part", "tensor_metrics", "tensor_columns",
+__all__ = ["EWT_THRESHOLDS", "frobenius_errors", "relative_frobenius_errors", "isotropic_part", "tensor_metrics",
            "write_tensor_predictions"]
