@@ -134,7 +134,9 @@ def parity_plot(path: Path, true: np.ndarray, pred: np.ndarray, target: str, uni
     plt.close(fig)
 
 
-def learning_curve(path: Path, metrics_csv: Path, units: str = "") -> None:
+def learning_curve(path: Path, metrics_csv: Path, units: str = "", val_label: str = "val MAE") -> None:
+    """Training loss and ``val_mae`` per epoch (``val_label`` names it: for a tensor target it
+    is the mean Frobenius error)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -147,7 +149,7 @@ def learning_curve(path: Path, metrics_csv: Path, units: str = "") -> None:
     if train:
         ax.plot(*zip(*train), label="train loss (standardised)")
     if val:
-        ax.plot(*zip(*val), label=f"val MAE ({units})" if units else "val MAE")
+        ax.plot(*zip(*val), label=f"{val_label} ({units})" if units else val_label)
     ax.set_xlabel("epoch")
     ax.set_yscale("log")
     ax.legend()
@@ -514,7 +516,8 @@ def _final_evaluation(cfg: RunConfig, folder: Path, module, data, fit: _Fit, wal
             with _final_file(folder / "parity.png", "the parity plot", folder):
                 parity_plot(folder / "parity.png", true, pred, data.target, units, metrics[split]["mae"])
     with _final_file(folder / "learning_curve.png", "the learning curve", folder):
-        learning_curve(folder / "learning_curve.png", folder / "logs" / "metrics.csv", units)
+        learning_curve(folder / "learning_curve.png", folder / "logs" / "metrics.csv", units,
+                       "val MAE" if data.tensor_rank is None else "val mean Frobenius error")
     with _final_file(folder / "model_card.md", "the model card", folder), atomic_write(folder / "model_card.md", "w") as fh:
         fh.write(model_card(folder, cfg, metrics, model_file))
     with _final_file(folder / "metrics.json", "the metrics", folder):
