@@ -319,6 +319,11 @@ def tensor_model(cfg: RunConfig, backbone, rank: int | None):
         model = TensorModel(backbone, kind_of_rank(rank), readout=cfg.model.readout, frame=cfg.model.tensor_frame)
     except ValueError as exc:
         raise UserError(f"model.readout={cfg.model.readout} on {cfg.model.spec} for tensor target {cfg.data.target}: {exc}") from None
+    # The read-out replaces the backbone's scalar head, which stays in the model file (the
+    # backbone is rebuilt from its spec) but never gets a gradient: frozen, so that DDP does not
+    # wait for its gradients and the trainable parameter count is that of the model that runs.
+    for p in backbone.head.parameters():
+        p.requires_grad_(False)
     return model.to(getattr(torch, cfg.trainer.dtype))
 
 
