@@ -23,7 +23,9 @@ MODEL_FILENAME = "model.pt"
 def save_model_file(path, model, spec: str, options: dict, normaliser: TargetNormaliser, targets: Sequence[str], units: Sequence[str],
                     extra: dict | None = None, storage_dtype: torch.dtype | None = None) -> Path:
     """Write a portable model file: spec + options (to rebuild the model), weights, target
-    normaliser, target names/units and versions. Plain tensors and Python types only, so it
+    normaliser, target names/units and versions; for a tensor model
+    (:class:`~crystalframes.models.tensor_heads.TensorModel`) also its read-out (``tensor``: kind,
+    read-out, frame; ``spec`` and ``options`` are its backbone's). Plain tensors and Python types only, so it
     loads with ``torch.load(weights_only=True)``; written atomically. ``storage_dtype``
     (e.g. ``torch.float16``, for shipped models) stores the floating-point weights in that
     precision; they are cast back to the model's dtype on loading."""
@@ -43,6 +45,10 @@ def save_model_file(path, model, spec: str, options: dict, normaliser: TargetNor
         "versions": {"crystalframes": __version__, "torch": str(torch.__version__)},
         "extra": extra or {},
     }
+    from crystalframes.models.tensor_heads import TensorModel
+
+    if isinstance(model, TensorModel):
+        payload["tensor"] = model.settings()
     path = Path(path)
     save_torch(payload, path)
     return path
@@ -96,6 +102,20 @@ class Predictions:
         return mask
 
 
+def _output_shape(predictor) -> tuple[int, ...]:
+    """The shape of one structure's prediction: (n_targets,), or (3, ..., 3) for a tensor model."""
+    rank = predictor.tensor_rank
+    return (len(predictor.targets),) if rank is None else (3,) * rank
+
+
+def _columns(predictor) -> list[str]:
+    if predictor.tensor_rank is None:
+        return list(predictor.targets)
+    from crystalframes.io.tensors import tensor_columns
+
+    return tensor_columns(predictor.targets[0], predictor.tensor_rank)
+
+
 def _predict_inputs(predictor, structures: Iterable, batch_size: int, errors: str, clip: bool):
     """``Predictions`` for ``structures`` (paths or objects) with a std column when ``predictor``
     is an ensemble. With ``errors="raise"`` the first bad input raises its :class:`InputError`;
@@ -125,9 +145,9 @@ def _predict_inputs(predictor, structures: Iterable, batch_size: int, errors: st
     kept, mean, std, errs = run(crystals)
     if errors == "raise":
         _raise_first(errs)
-    width = len(predictor.targets)
-    values = np.full((len(structures), width), np.nan)
-    spread = np.full((len(structures), width), np.nan)
+    shape = _output_shape(predictor)
+    values = np.full((len(structures), *shape), np.nan)
+    spread = np.full((len(structures), *shape), np.nan)
     row = {id(c): k for k, c in enumerate(kept)}
     for i, c in zip(positions, crystals):
         k = row.get(id(c))
@@ -140,9 +160,9 @@ def _predict_inputs(predictor, structures: Iterable, batch_size: int, errors: st
         # source ("pymatgen Structure"): predicting the failed one alone gives its own error.
         own = run([c])[3]
         failed[i] = own[0] if own else InputError(c.where, "could not be predicted")
-    if clip:
+    if clip and predictor.tensor_rank is None:
         values = clip_nonnegative(values, predictor.targets)
-    if width == 1:
+    if predictor.tensor_rank is None and shape == (1,):
         values, spread = values[:, 0], spread[:, 0]
     return Predictions(values, dict(sorted(failed.items())), spread if std is not None else None)
 
@@ -163,6 +183,25 @@ class Predictor:
     @property
     def graph_settings(self):
         return self.model.graph_settings
+
+    @property
+    def tensor_rank(self) -> int | None:
+        """The Cartesian rank of a tensor model's output (predictions (n, 3, ..., 3)); None for
+        a model of scalar targets."""
+        from crystalframes.models.tensor_heads import TensorModel
+
+        return self.model.kind.rank if isinstance(self.model, TensorModel) else None
+
+    @property
+    def columns(self) -> list[str]:
+        """The columns of a prediction file: the targets, or a tensor target's components
+        (:func:`crystalframes.io.tensors.tensor_columns`: ``e_electronic_xx`` ...)."""
+        return _columns(self)
+
+    @property
+    def column_units(self) -> list[str]:
+        """The units of each of :attr:`columns`."""
+        return self.units if self.tensor_rank is None else self.units * len(self.columns)
 
     def to(self, device) -> "Predictor":
         self.model.to(device)
@@ -204,13 +243,14 @@ class Predictor:
         return kept, out, errors
 
     def predict_each(self, crystals: Sequence, batch_size: int = 64) -> tuple[list, np.ndarray, list[InputError]]:
-        """``(predicted crystals, predictions (n, n_targets), errors)``; see :meth:`_each`."""
+        """``(predicted crystals, predictions (n, n_targets) or, for a tensor model, (n, 3, ..., 3),
+        errors)``; see :meth:`_each`."""
 
         def compute(batch):
             return list(self.normaliser.inverse(self.model(batch)).cpu().numpy().astype(np.float64))
 
         kept, out, errors = self._each(crystals, batch_size, compute)
-        return kept, (np.stack(out) if out else np.zeros((0, len(self.targets)))), errors
+        return kept, (np.stack(out) if out else np.zeros((0, *_output_shape(self)))), errors
 
     def embed_each(self, crystals: Sequence, batch_size: int = 64, per_atom: bool = False):
         """``(crystals, embeddings (n, C), per-atom features or None, errors)``: the pooled
@@ -252,7 +292,8 @@ class Predictor:
         return result
 
     def predict(self, structures: Iterable, batch_size: int = 64, errors: str = "raise", clip: bool = True):
-        """Predictions (n,) for one target, or (n, n_targets).
+        """Predictions (n,) for one target, or (n, n_targets); for a tensor model Cartesian
+        tensors (n, 3, 3), (n, 3, 3, 3) or (n, 3, 3, 3, 3) in the frame of each input structure.
 
         ``errors="raise"``: the first bad input raises its :class:`InputError`. ``"collect"``:
         returns a :class:`Predictions` (``.values`` with NaN rows for the bad inputs, ``.errors``
@@ -295,6 +336,18 @@ class Ensemble:
         return self.members[0].units
 
     @property
+    def tensor_rank(self) -> int | None:
+        return self.members[0].tensor_rank
+
+    @property
+    def columns(self) -> list[str]:
+        return self.members[0].columns
+
+    @property
+    def column_units(self) -> list[str]:
+        return self.members[0].column_units
+
+    @property
     def spec(self) -> str:
         specs = sorted({m.spec for m in self.members})
         return f"ensemble of {len(self.members)}: " + ", ".join(specs)
@@ -315,7 +368,7 @@ class Ensemble:
             for e in errs:
                 errors.setdefault((e.source, e.problem), e)
         kept = [c for c in crystals if all(id(c) in r for r in results)]
-        stacked = np.stack([np.stack([r[id(c)] for c in kept]) for r in results]) if kept else np.zeros((len(results), 0, len(self.targets)))
+        stacked = np.stack([np.stack([r[id(c)] for c in kept]) for r in results]) if kept else np.zeros((len(results), 0, *_output_shape(self)))
         return kept, stacked.mean(axis=0), self.std_scale * stacked.std(axis=0, ddof=1), list(errors.values())
 
     def predict_each(self, crystals: Sequence, batch_size: int = 64):
@@ -375,6 +428,18 @@ def _load_problem(exc: Exception) -> str:
     return f"{type(exc).__name__}: {text}"
 
 
+def _tensor_model_of(backbone, settings: dict, path: str):
+    """The :class:`~crystalframes.models.tensor_heads.TensorModel` a model file's ``tensor``
+    settings describe, on ``backbone``."""
+    from crystalframes.models.tensor_heads import TensorModel
+    from crystalframes.nn.cartesian import TENSOR_KINDS
+
+    try:
+        return TensorModel(backbone, TENSOR_KINDS[settings["kind"]], readout=settings["readout"], frame=settings["frame"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise InputError(path, f"holds a tensor read-out this crystalframes cannot build ({settings!r}: {exc})") from None
+
+
 def load_model(path_or_name, device: str | torch.device = "cpu"):
     """Load a portable model file (or a run folder holding ``model.pt``) as a :class:`Predictor`,
     or a pretrained model shipped with the package by name (``crystalframes models
@@ -405,6 +470,8 @@ def load_model(path_or_name, device: str | torch.device = "cpu"):
         model = build_model(payload["spec"], **payload["options"])
     except SpecError as exc:
         raise InputError(str(path), f"holds a model this crystalframes cannot build: {exc}") from None
+    if "tensor" in payload:
+        model = _tensor_model_of(model, payload["tensor"], str(path))
     model.to(getattr(torch, payload.get("dtype", "float32")))
     try:
         model.load_state_dict(payload["state_dict"])

@@ -578,11 +578,11 @@ def predict_stream(predictor, batches: Iterable[Planned], partial: Partial, on_b
                 for e in errs:  # an ensemble reports each problem once (as Ensemble.predict_each_with_std)
                     errors.setdefault(e if ensemble else len(errors), e)
         kept = [i for i in range(len(crystals)) if all(i in r for r in results)]
-        width = len(predictor.targets)
+        width = len(predictor.columns)
         stacked = np.stack([np.stack([r[i] for i in kept]) for r in results]) if kept else np.zeros((len(results), 0, width))
         pred = stacked.mean(axis=0)
         std = predictor.std_scale * stacked.std(axis=0, ddof=1) if ensemble else None
-        clipped = clip_nonnegative(pred, predictor.targets)  # the one place that clips (api)
+        clipped = clip_nonnegative(pred, predictor.columns)  # the one place that clips (api); tensor components never are
         rows = []
         for k, i in enumerate(kept):
             c = crystals[i]
@@ -627,6 +627,10 @@ def _forward(predictor, batch, embed: Optional[str]):
             atoms = model.node_features(batch)
             pooled_t = batch.mean_over_atoms(atoms)
     pred = predictor.normaliser.inverse(out).cpu().numpy().astype(np.float64)
+    if predictor.tensor_rank is not None:  # a tensor model: one column per component (Predictor.columns)
+        from crystalframes.io.tensors import voigt_components
+
+        pred = voigt_components(pred, predictor.tensor_rank)
     if not embed:
         return pred, None, None
     pooled = pooled_t.cpu().numpy().astype(np.float64)
@@ -636,10 +640,11 @@ def _forward(predictor, batch, embed: Optional[str]):
 
 
 def column_labels(predictor, with_std: bool, targets_clip) -> list[str]:
-    """Each target's column, then its std (ensembles) and, for a target that cannot be negative
-    (predictions clipped at 0), its unclipped value."""
+    """Each target's column (each component of a tensor target: ``Predictor.columns``), then its
+    std (ensembles) and, for a target that cannot be negative (predictions clipped at 0), its
+    unclipped value."""
     labels = []
-    for t, u, clip in zip(predictor.targets, predictor.units, targets_clip):
+    for t, u, clip in zip(predictor.columns, predictor.column_units, targets_clip):
         unit = f" ({u})" if u else ""
         labels.append(f"{t}{unit}")
         if with_std:

@@ -185,7 +185,7 @@ def predict_command(
             note = partial.load(restart)
             if note:
                 typer.echo(note, err=True)
-            clip = [target_is_nonnegative(t) for t in predictor.targets]
+            clip = [target_is_nonnegative(t) for t in predictor.columns]
             run.progress = Progress(scan.total, done=partial.done)
 
             def advance(n: int) -> None:  # after each batch is on disk: stop there if a signal came
@@ -347,6 +347,9 @@ def eval_command(
     _summary_of_errors(errors)
     if not crystals:
         raise InputError(source, f"none of the {len(errors)} records could be predicted (listed above)")
+    if single.tensor_rank is not None:
+        _tensor_eval(model, source, split, column, predictor, crystals, pred, errors, output)
+        return
     pred = pred[:, 0]
     true = np.array([c.target(target) for c in crystals])
     # what predicting the model's training mean everywhere would score: the floor a model must beat
@@ -374,3 +377,30 @@ def eval_command(
     if errors:
         typer.echo(f"eval: {len(crystals)} record(s) evaluated, {len(errors)} failed (listed above)", err=True)
 
+
+
+def _tensor_eval(model, source, split, column, predictor, crystals, pred, errors, output: Path) -> None:
+    """``eval`` of a tensor model: the tensor metrics (crystalframes.train.tensor_metrics; no
+    isotropic baseline, which needs the training tensors: a run's metrics.json has it) and a
+    predictions CSV of the Voigt components."""
+    from crystalframes.atomic import os_reason, write_error
+    from crystalframes.io import UserError
+    from crystalframes.train.data import full_tensor_target
+    from crystalframes.train.metrics import write_json
+    from crystalframes.train.tensor_metrics import tensor_metrics, write_tensor_predictions
+
+    target, rank, units = predictor.targets[0], predictor.tensor_rank, predictor.units[0]
+    true = np.stack([full_tensor_target(c, column) for c in crystals])
+    metrics = {"model": str(model), "source": source, "split": split, "target": target, "target_column": column, "units": units,
+               **tensor_metrics(pred, true, rank), "failed": len(errors)}
+    typer.echo(json.dumps(metrics, indent=2))
+    try:
+        output.mkdir(parents=True, exist_ok=True)
+        write_json(output / "metrics.json", metrics)
+        write_tensor_predictions(output / "predictions.csv", crystals, true, pred, target, rank, units)
+    except OSError as exc:
+        if exc.filename and Path(exc.filename) == output:
+            raise UserError(f"{output}: cannot create the output folder: {os_reason(exc)}; nothing was written") from None
+        raise UserError(f"{write_error(exc, Path(exc.filename or output), 'the evaluation')} (the metrics are on standard output)") from None
+    if errors:
+        typer.echo(f"eval: {len(crystals)} record(s) evaluated, {len(errors)} failed (listed above)", err=True)

@@ -68,8 +68,22 @@ def train_command(
         return  # a non-zero DDP rank
     typer.echo(f"run folder: {result.folder}")
     typer.echo(f"model:      {m['spec']}   target: {m['target']}{' (' + m['units'] + ')' if m['units'] else ''}   trained {m['epochs_completed']} epochs, {m['train_wall_seconds']} s")
+    if any("isotropic_baseline" in m.get(split, {}) for split in ("val", "test")):
+        _tensor_summary(m)
+        return
     typer.echo(f"{'split':6s} {'n':>6s} {'MAE':>10s} {'RMSE':>10s} {'R2':>7s} {'mean-baseline MAE':>18s}")
     for split in ("val", "test"):
         if split in m:
             s = m[split]
             typer.echo(f"{split:6s} {s['n']:6d} {s['mae']:10.4f} {s['rmse']:10.4f} {s['r2']:7.3f} {s['mean_baseline_mae']:18.4f}")
+
+
+def _tensor_summary(m: dict) -> None:
+    """The tensor metrics of a run (crystalframes.train.tensor_metrics) beside the isotropic baseline's."""
+    typer.echo(f"{'split':6s} {'n':>6s} {'Frobenius':>10s} {'EwT25':>6s} {'EwT10':>6s} {'EwT5':>6s} {'comp. MAE':>10s}"
+               f" {'isotropic Frobenius':>20s} {'EwT25':>6s}")
+    for split in ("val", "test"):
+        if split in m:
+            s, b = m[split], m[split]["isotropic_baseline"]
+            typer.echo(f"{split:6s} {s['n']:6d} {s['frobenius']:10.4f} {s['ewt_25']:6.1%} {s['ewt_10']:6.1%} {s['ewt_5']:6.1%}"
+                       f" {s['mae']:10.4f} {b['frobenius']:20.4f} {b['ewt_25']:6.1%}")

@@ -26,7 +26,7 @@ class GraphBatch:
     edge_shift: torch.Tensor  # (E, 3) long
     edge_vec: torch.Tensor  # (E, 3)
     edge_is_lattice: torch.Tensor  # (E,) bool
-    targets: torch.Tensor  # (B, T), nan where missing
+    targets: torch.Tensor  # (B, T), nan where missing; (B, 3, ..., 3) for one tensor target
     target_names: tuple[str, ...]
     ids: tuple[str, ...]
 
@@ -63,9 +63,11 @@ def collate(
     num_atoms = np.array([g.num_nodes for g in graphs], dtype=np.int64)
     node_offset = np.concatenate([[0], np.cumsum(num_atoms)[:-1]])
     edge_index = np.concatenate([g.edge_index + off for g, off in zip(graphs, node_offset)], axis=1)
-    targets = np.array(
-        [[float(g.targets.get(t, np.nan)) for t in target_names] for g in graphs], dtype=np.float64
-    ).reshape(len(graphs), len(target_names))
+    targets = _tensor_targets(graphs, target_names)
+    if targets is None:
+        targets = np.array(
+            [[float(g.targets.get(t, np.nan)) for t in target_names] for g in graphs], dtype=np.float64
+        ).reshape(len(graphs), len(target_names))
 
     def cat(name):
         return np.concatenate([getattr(g, name) for g in graphs], axis=0)
@@ -85,3 +87,19 @@ def collate(
         target_names=tuple(target_names),
         ids=tuple(g.id for g in graphs),
     )
+
+
+def _tensor_targets(graphs: Sequence[CrystalGraph], target_names: Sequence[str]) -> np.ndarray | None:
+    """(B, 3, ..., 3) for one tensor target (full Cartesian tensors in the graphs' targets, as
+    :func:`crystalframes.train.data.prepare_data` puts them), NaN where a graph has none; None
+    when the targets are scalars."""
+    if len(target_names) != 1:
+        return None
+    values = [g.targets.get(target_names[0]) for g in graphs]
+    shapes = {v.shape for v in values if isinstance(v, np.ndarray)}
+    if not shapes:
+        return None
+    if len(shapes) > 1:
+        raise ValueError(f"tensor target '{target_names[0]}' with several shapes in one batch: {sorted(shapes)}")
+    shape = shapes.pop()
+    return np.stack([np.asarray(v, dtype=np.float64) if isinstance(v, np.ndarray) else np.full(shape, np.nan) for v in values])

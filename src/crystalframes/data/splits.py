@@ -26,6 +26,8 @@ import warnings
 from pathlib import Path
 from typing import Iterable, Sequence
 
+import numpy as np
+
 from crystalframes.io.crystal import Crystal
 from crystalframes.io.errors import DatasetError
 
@@ -124,6 +126,8 @@ def _has_target(crystal: Crystal, target: str) -> bool:
     value = crystal.targets.get(target)
     if value is None or isinstance(value, bool):
         return False
+    if isinstance(value, np.ndarray):  # a tensor target (Crystal.tensor_target): present when no entry is NaN
+        return value.size > 0 and not bool(np.isnan(value).any())
     try:
         return not math.isnan(float(value))
     except (TypeError, ValueError):

@@ -36,6 +36,9 @@ __all__ = [
     "voigt_to_full",
     "voigt_shape",
     "tensor_rank",
+    "component_labels",
+    "tensor_columns",
+    "voigt_components",
     "rotate",
     "cartesian_rotations",
     "point_group_rotations",
@@ -119,6 +122,46 @@ def full_to_voigt(tensor: np.ndarray) -> np.ndarray:
     for (a, (i, j)), (b, (k, m)) in product(enumerate(VOIGT_PAIRS), repeat=2):
         out[a, b] = sym[i, j, k, m]
     return out
+
+
+_AXES = "xyz"
+_PAIR_LABELS = tuple(_AXES[i] + _AXES[j] for i, j in VOIGT_PAIRS)  # xx yy zz yz xz xy
+
+
+def component_labels(rank: int) -> list[str]:
+    """Names of the independent components of a property tensor of Cartesian ``rank``, in the
+    order of :func:`voigt_components`: rank 2 the Voigt pairs ``xx yy zz yz xz xy``; rank 3 the
+    3x6 Voigt matrix row by row, ``x_xx ... z_xy``; rank 4 the upper triangle of the 6x6 Voigt
+    matrix row by row, ``xx_xx xx_yy ... xy_xy`` (21). Prediction files name their columns
+    ``<target>_<label>``."""
+    if rank == 2:
+        return list(_PAIR_LABELS)
+    if rank == 3:
+        return [f"{_AXES[i]}_{p}" for i in range(3) for p in _PAIR_LABELS]
+    if rank == 4:
+        return [f"{_PAIR_LABELS[a]}_{_PAIR_LABELS[b]}" for a in range(6) for b in range(a, 6)]
+    raise ValueError(f"no Voigt form for a rank-{rank} tensor (ranks 2, 3, 4)")
+
+
+def tensor_columns(target: str, rank: int) -> list[str]:
+    """The prediction-file columns of tensor target ``target``: ``<target>_<label>`` for each of
+    :func:`component_labels` (``e_electronic_xx``, ``piezoelectric_tensor_x_xx``, ``elastic_tensor_xx_xx``)."""
+    return [f"{target}_{label}" for label in component_labels(rank)]
+
+
+def voigt_components(tensor: np.ndarray, rank: int) -> np.ndarray:
+    """The components :func:`component_labels` names, (..., 6 | 18 | 21), of full Cartesian
+    tensors (..., 3, ..., 3) of ``rank`` (leading dimensions kept). Each is read at one index
+    order (the tensors are index-symmetric by construction or by Neumann-checked data)."""
+    t = np.asarray(tensor, dtype=np.float64)
+    lead = t.shape[: t.ndim - rank]
+    if rank == 2:
+        return np.stack([t[..., i, j] for i, j in VOIGT_PAIRS], axis=-1)
+    if rank == 3:
+        return np.stack([t[..., i, j, k] for i in range(3) for j, k in VOIGT_PAIRS], axis=-1)
+    if rank == 4:
+        return np.stack([t[(..., *VOIGT_PAIRS[a], *VOIGT_PAIRS[b])] for a in range(6) for b in range(a, 6)], axis=-1)
+    raise ValueError(f"no Voigt form for a rank-{rank} tensor of shape {lead} + {t.shape[len(lead):]}")
 
 
 _LETTERS = "abcdefghijklmnop"

@@ -199,6 +199,7 @@ class TensorModel(nn.Module):
         if readout == "irreps" and ("neighbours" not in backbone.provides or backbone.graph_settings.k is None):
             raise ValueError(f"an irreps read-out needs neighbour edges (a k-NN graph), which {type(backbone).__name__} does not build")
         self.backbone, self.kind, self.readout = backbone, kind, readout
+        self.tensor_frame = frame  # read by the global read-out only; kept for the model file
         dim = backbone.embedding_dim
         if readout == "global":
             self.head = GlobalFrameTensorHead(kind, dim, frame, **head_options)
@@ -206,6 +207,34 @@ class TensorModel(nn.Module):
             self.head = LocalFrameTensorHead(kind, dim, heads=head_options.pop("heads", 1), **head_options)
         else:
             self.head = IrrepsTensorHead(kind, dim, **head_options)
+
+    # What training, prediction and model files ask of a model, answered by the backbone's:
+    # the graphs it reads, the elements it encodes, its frames and its per-atom features.
+    @property
+    def spec(self) -> str:
+        return self.backbone.spec
+
+    @property
+    def graph_settings(self):
+        return self.backbone.graph_settings
+
+    @property
+    def supported_atomic_numbers(self):
+        return self.backbone.supported_atomic_numbers
+
+    @property
+    def embedding_dim(self) -> int:
+        return self.backbone.embedding_dim
+
+    def record_frames(self, *args, **kwargs):
+        return self.backbone.record_frames(*args, **kwargs)
+
+    def node_features(self, batch: GraphBatch) -> torch.Tensor:
+        return self.backbone.node_features(batch)
+
+    def settings(self) -> dict:
+        """What rebuilds this read-out on its backbone (saved in model files): kind, read-out, frame."""
+        return {"kind": self.kind.name, "readout": self.readout, "frame": self.tensor_frame}
 
     def forward(self, batch: GraphBatch) -> torch.Tensor:
         if self.readout != "local":

@@ -46,13 +46,20 @@ def model_card(folder: Path, cfg, metrics: dict, model_file: Path) -> str:
     split = {"field": "the records' own split field", "random": f"random split (seed {d.split_seed})",
              "ids": f"official id lists ({d.split_key})"}[d.split]
     rows = []
+    tensor = any("isotropic_baseline" in metrics.get(name, {}) for name in ("val", "test"))
     for name in ("val", "test"):
         if name in metrics:
             m = metrics[name]
-            rows.append(f"| {name} | {m['n']} | {m['mae']:.4f} | {m['mean_baseline_mae']:.4f} |")
+            if tensor:  # tensor targets (train.tensor_metrics): Frobenius errors, EwT 25 %
+                b = m["isotropic_baseline"]
+                rows.append(f"| {name} | {m['n']} | {m['frobenius']:.4f} | {b['frobenius']:.4f} | {100 * m['ewt_25']:.1f} % | {100 * b['ewt_25']:.1f} % |")
+            else:
+                rows.append(f"| {name} | {m['n']} | {m['mae']:.4f} | {m['mean_baseline_mae']:.4f} |")
     size = model_file.stat().st_size
     # a target without units (one's own id_prop.csv) is named alone, not as "target ()"
     units = f" ({metrics['units']})" if metrics["units"] else ""
+    header = ([f"| split | n | mean Frobenius error{units} | isotropic baseline | EwT 25 % | baseline EwT 25 % |", "|---|---:|---:|---:|---:|---:|"]
+              if tensor else [f"| split | n | MAE{units} | mean-predictor MAE |", "|---|---:|---:|---:|"])
     return "\n".join([
         f"# Model card: {folder.name}",
         "",
@@ -67,8 +74,7 @@ def model_card(folder: Path, cfg, metrics: dict, model_file: Path) -> str:
         f"- **trained again by**: `crystalframes train {folder / 'config.yaml'}` (the resolved config of this run)",
         f"- **versions**: crystalframes {__version__}" + (f", commit `{source_commit()[:12]}`" if source_commit() else ""),
         "",
-        f"| split | n | MAE{units} | mean-predictor MAE |",
-        "|---|---:|---:|---:|",
+        *header,
         *rows,
         "",
     ])

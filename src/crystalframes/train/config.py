@@ -51,6 +51,18 @@ class ModelConfig(_Strict):
     init_member: int = Field(0, ge=0, description="with init naming an ensemble (a pretrained model): which member to start from")
     keep_head: bool = Field(False, description="with init and another target: keep the output head instead of a fresh one")
     freeze: list[str] = Field(default_factory=list, description="with init: parameter name prefixes to keep fixed, e.g. [atom_embedding, layers.0]")
+    readout: Literal["global", "local", "irreps"] = Field(
+        "global", description="tensor targets only: the tensor read-out (global frame, per-atom frames, irreps; docs/tensor_training.md)")
+    tensor_frame: str = Field("polar_o3", description="tensor targets with readout global: the global frame the components are predicted in")
+
+    @field_validator("tensor_frame")
+    @classmethod
+    def _known_tensor_frame(cls, frame: str) -> str:
+        from crystalframes.models.tensor_heads import TENSOR_GLOBAL_FRAMES
+
+        if frame not in TENSOR_GLOBAL_FRAMES:
+            raise ValueError(f"unknown tensor frame {frame!r}; choose one of {', '.join(TENSOR_GLOBAL_FRAMES)}")
+        return frame
 
     @field_validator("spec")
     @classmethod

@@ -237,12 +237,16 @@ class PreparedData:
     target: str
     num_bad_records: int
     store: object | None = field(default=None, repr=False)
+    tensor_rank: int | None = None  # the Cartesian rank of a tensor target, None for a scalar one
 
     def target_values(self, split: str) -> np.ndarray:
-        """The target of every record of ``split`` (float64), from the column when there is a store."""
+        """The target of every record of ``split`` (float64), from the column when there is a
+        store; for a tensor target the full Cartesian tensors (n, 3, ..., 3)."""
         records = self.splits[split]
         if isinstance(records, StoreRecords):
             return records.target_values()
+        if self.tensor_rank is not None:
+            return np.stack([full_tensor_target(c, self.target) for c in records])
         return np.array([c.target(self.target) for c in records], dtype=np.float64)
 
 
@@ -301,13 +305,64 @@ MAX_TARGET_MAGNITUDE = 1e6
 
 
 def unusable_target_error(crystal: Crystal, target: str) -> InputError | None:
-    """An :class:`InputError` naming the record if its target is infinite or of non-physical size."""
+    """An :class:`InputError` naming the record if its target (any entry of a tensor target) is
+    infinite or of non-physical size."""
+    value = crystal.targets.get(target)
+    if isinstance(value, np.ndarray):
+        worst = float(np.abs(value).max()) if np.isfinite(value).all() else float("inf")
+        if worst > MAX_TARGET_MAGNITUDE:
+            return InputError(crystal.where, f"tensor target '{target}' has an entry of magnitude {worst:g}, not a physical "
+                                             f"value (> {MAX_TARGET_MAGNITUDE:g})")
+        return None
     value = crystal.target(target)
     if not np.isfinite(value) or abs(value) > MAX_TARGET_MAGNITUDE:
         return InputError(
             crystal.where, f"target '{target}' = {value:g} is not a physical value (|value| > {MAX_TARGET_MAGNITUDE:g})"
         )
     return None
+
+
+def is_tensor_target(target: str) -> bool:
+    """Whether ``target`` is a tensor target of the registry's tensor sets (e_electronic,
+    elastic_tensor, ...): known by name, before any record is read."""
+    from crystalframes.io.tensor_tables import TENSOR_SETS
+
+    return any(target in spec.tensors for files in TENSOR_SETS.values() for spec in files)
+
+
+def full_tensor_target(crystal: Crystal, target: str) -> np.ndarray:
+    """The full Cartesian tensor (3, ..., 3) of a record's tensor target (stored in Voigt form)."""
+    from crystalframes.io.tensors import voigt_to_full
+
+    return voigt_to_full(crystal.tensor_target(target))
+
+
+def tensor_target_rank(crystals: Sequence[Crystal], target: str) -> int | None:
+    """The Cartesian rank of ``target`` in these records (from the first record's Voigt shape),
+    or None when it is a scalar target; records of one target with two shapes are an error."""
+    from crystalframes.io.tensors import tensor_rank
+
+    shapes = {c.targets[target].shape for c in crystals if isinstance(c.targets.get(target), np.ndarray)}
+    if not shapes:
+        return None
+    if len(shapes) > 1:
+        raise InputError(target, f"the records hold tensor target '{target}' with several shapes: {sorted(shapes)}")
+    return tensor_rank(shapes.pop())
+
+
+def tensor_scale(tensors: np.ndarray) -> TargetNormaliser:
+    """The standardisation of a tensor target: one scale, the RMS of the training tensors'
+    entries, and no shift. A shift (a mean tensor) would be a fixed, frame-independent tensor
+    added to every prediction and break the read-out's equivariance; a scalar scale keeps it."""
+    rms = float(np.sqrt(np.mean(np.square(tensors)))) if np.size(tensors) else 0.0
+    return TargetNormaliser(0.0, rms if rms > 0 else 1.0)
+
+
+def store_refuses_tensor(target: str, where: str) -> None:
+    """A graph store holds one float per target and structure: tensor targets train in memory."""
+    if is_tensor_target(target):
+        raise InputError(where, f"target '{target}' is a tensor: a graph store (data.store) holds scalar targets only; "
+                                f"train tensor targets without data.store (in memory)")
 
 
 def usable_records(crystals: list[Crystal], target: str, model) -> tuple[list[Crystal], list[InputError]]:
@@ -345,8 +400,9 @@ def prepare_data(cfg: DataConfig, graph_settings: GraphSettings, model=None) -> 
     from crystalframes.data.sources import load_dataset
 
     if cfg.store:
+        store_refuses_tensor(cfg.target, cfg.store)
         return prepare_store_data(cfg, open_store(cfg.store, graph_settings), model)
-    store = auto_store(cfg, graph_settings)
+    store = None if is_tensor_target(cfg.target) else auto_store(cfg, graph_settings)
     if store is not None:
         return prepare_store_data(cfg, store, model)
     result = load_dataset(cfg.source, target=cfg.target)
@@ -355,10 +411,19 @@ def prepare_data(cfg: DataConfig, graph_settings: GraphSettings, model=None) -> 
     if not crystals:
         raise InputError(cfg.source, f"no usable records with target '{cfg.target}'")
     splits = split_crystals(crystals, cfg)
-    values = np.array([c.target(cfg.target) for c in splits["train"]])
-    normaliser = TargetNormaliser().fit(values[:, None], names=[cfg.target])
+    rank = tensor_target_rank(crystals, cfg.target)
     graphs = _build_split_graphs(splits, graph_settings, cfg.graph_cache)
-    return PreparedData(splits, graphs, normaliser, cfg.target, len(result.errors) + len(skipped))
+    if rank is None:
+        values = np.array([c.target(cfg.target) for c in splits["train"]])
+        normaliser = TargetNormaliser().fit(values[:, None], names=[cfg.target])
+    else:
+        normaliser = tensor_scale(np.stack([full_tensor_target(c, cfg.target) for c in splits["train"]]))
+        # graphs hold scalar targets (the graph cache, the store); the full Cartesian tensor is
+        # added to the in-memory graphs here, after the cache is read or written
+        for name, part in splits.items():
+            for crystal, graph in zip(part, graphs[name]):
+                graph.targets[cfg.target] = full_tensor_target(crystal, cfg.target)
+    return PreparedData(splits, graphs, normaliser, cfg.target, len(result.errors) + len(skipped), tensor_rank=rank)
 
 
 def open_store(path, graph_settings: GraphSettings):

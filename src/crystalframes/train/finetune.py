@@ -56,7 +56,10 @@ def initialise_from(model, cfg) -> str:
     target (unless keep_head); freeze ``model.freeze``. Returns a one-line summary."""
 
     init = _init_model(cfg)
-    state = init.model.state_dict()
+    # a tensor model (TensorModel) gives its backbone's weights: the run builds its own read-out
+    # for its target's rank after the data is read (crystalframes.train.run.tensor_model)
+    tensor = init.tensor_rank is not None
+    state = (init.model.backbone if tensor else init.model).state_dict()
     own = model.state_dict()
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
@@ -68,7 +71,7 @@ def initialise_from(model, cfg) -> str:
             f"shapes differ: {', '.join(mismatched[:5])}" if mismatched else ""]))
         raise UserError(f"model.init {cfg.model.init}: its weights do not fit {cfg.model.spec} ({detail})")
     model.load_state_dict({k: v.to(own[k].dtype) for k, v in state.items()})
-    said = [f"weights from {init.path} ({init.spec}, target {init.targets[0]})"]
+    said = [f"weights from {init.path} ({init.spec}, target {init.targets[0]})" + (", its backbone only (a fresh tensor read-out)" if tensor else "")]
     if cfg.data.target != init.targets[0] and not cfg.model.keep_head:
         model.output_layer.reset_parameters()
         said.append(f"fresh output layer for {cfg.data.target}")

@@ -165,9 +165,17 @@ class PropertyModule(L.LightningModule):
         # means would weight the ranks' unequal counts wrongly, and the padding repeats that give
         # every rank as many batches must not count twice.
         keep = self._counted(batch_idx, batch.num_graphs)
-        error = (self.normaliser.inverse(pred)[:keep].double() - batch.targets[:keep].double()).abs()
         diff = (pred - target)[:keep].double()
         loss = diff.abs() if self.optim_cfg.loss == "l1" else diff.square()
+        if pred.dim() > 2:
+            # a tensor target: val_mae is the mean Frobenius error in physical units (the tensor
+            # papers' headline error), the loss the mean over all Cartesian components
+            from crystalframes.train.tensor_metrics import frobenius_errors
+
+            error = frobenius_errors(self.normaliser.inverse(pred)[:keep].double(), batch.targets[:keep].double()).unsqueeze(-1)
+            loss = loss.flatten(1)
+        else:
+            error = (self.normaliser.inverse(pred)[:keep].double() - batch.targets[:keep].double()).abs()
         counts = error.new_tensor(float(keep))
         self._val_sums += torch.stack([error.mean(-1).sum(), loss.mean(-1).sum(), counts]).to(self._val_sums)
         if recorded is not None and recorded.calls:
@@ -203,7 +211,7 @@ class PropertyModule(L.LightningModule):
 
     @torch.no_grad()
     def predict_graphs(self, graphs: list, crystals: list, batch_size: int) -> np.ndarray:
-        """Predictions (n, n_targets) in physical units (float64) for the prepared ``graphs`` of
+        """Predictions (n, n_targets), or (n, 3, ..., 3) for a tensor model, in physical units (float64) for the prepared ``graphs`` of
         ``crystals``, in evaluation mode on the module's device: the end of a training, without
         building any graph again. A non-finite output is an error naming its structure, as in
         :meth:`crystalframes.api.Predictor.predict_crystals`."""
@@ -212,12 +220,12 @@ class PropertyModule(L.LightningModule):
 
         self.eval()
         dtype = next(self.model.parameters()).dtype
-        out = [np.zeros((0, np.atleast_1d(self.normaliser.mean).shape[0]))]
+        out = []
         for start in range(0, len(graphs), batch_size):
             batch = collate(graphs[start : start + batch_size], dtype=dtype).to(self.device)
             out.append(self.normaliser.inverse(self.model(batch)).cpu().numpy().astype(np.float64))
-        pred = np.concatenate(out)
-        bad = np.flatnonzero(~np.isfinite(pred).all(axis=1))
+        pred = np.concatenate(out) if out else np.zeros((0, np.atleast_1d(self.normaliser.mean).shape[0]))
+        bad = np.flatnonzero(~np.isfinite(pred).reshape(len(pred), -1).all(axis=1))
         if len(bad):
             more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
             raise InputError(crystals[bad[0]].where, "the model's output is not finite (NaN or infinity)" + more)

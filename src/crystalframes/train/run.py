@@ -134,7 +134,9 @@ def parity_plot(path: Path, true: np.ndarray, pred: np.ndarray, target: str, uni
     plt.close(fig)
 
 
-def learning_curve(path: Path, metrics_csv: Path, units: str = "") -> None:
+def learning_curve(path: Path, metrics_csv: Path, units: str = "", val_label: str = "val MAE") -> None:
+    """Training loss and ``val_mae`` per epoch (``val_label`` names it: for a tensor target it
+    is the mean Frobenius error)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -147,7 +149,7 @@ def learning_curve(path: Path, metrics_csv: Path, units: str = "") -> None:
     if train:
         ax.plot(*zip(*train), label="train loss (standardised)")
     if val:
-        ax.plot(*zip(*val), label=f"val MAE ({units})" if units else "val MAE")
+        ax.plot(*zip(*val), label=f"{val_label} ({units})" if units else val_label)
     ax.set_xlabel("epoch")
     ax.set_yscale("log")
     ax.legend()
@@ -207,7 +209,7 @@ def train(cfg: RunConfig | None, output: str | Path | None = None, resume: bool 
     model = _initial_model(cfg, resume)  # everything that can be checked without the data, before the folder exists
     rank_zero = run_folder.is_rank_zero()
     with contextlib.ExitStack() as stack:
-        data = _open_folder_and_prepare_data(stack, cfg, model, folder, rank_zero, resume, overwrite)
+        data, model = _open_folder_and_prepare_data(stack, cfg, model, folder, rank_zero, resume, overwrite)
         module = _training_module(cfg, model, data, ckpt, folder)
         if rank_zero:
             _write_run_settings(cfg, folder, resume, overwrite)
@@ -276,7 +278,9 @@ def _open_folder_and_prepare_data(stack: contextlib.ExitStack, cfg: RunConfig, m
                                   overwrite: bool):
     """Rank zero creates and locks the run folder (the lock held until ``stack`` closes) and
     refuses a folder holding another run; every rank then reads the data and builds its graphs
-    (:func:`crystalframes.train.data.prepare_data`). A run that never started leaves no folder."""
+    (:func:`crystalframes.train.data.prepare_data`). A run that never started leaves no folder.
+    Returns the data and the model: for a tensor target, the backbone with the tensor read-out
+    the target's rank asks for (:func:`tensor_model`)."""
     from crystalframes.train.data import prepare_data
 
     created = False
@@ -294,11 +298,33 @@ def _open_folder_and_prepare_data(stack: contextlib.ExitStack, cfg: RunConfig, m
     try:
         if rank_zero and not resume:
             run_folder.guard_new_run(folder, overwrite)
-        return prepare_data(cfg.data, model.graph_settings, model)
+        data = prepare_data(cfg.data, model.graph_settings, model)
+        return data, tensor_model(cfg, model, data.tensor_rank)
     except BaseException:
         if created:  # a run that never started leaves no folder behind
             _remove_empty_folder(folder)
         raise
+
+
+def tensor_model(cfg: RunConfig, backbone, rank: int | None):
+    """``backbone`` itself for a scalar target; for a tensor target of ``rank`` the
+    :class:`~crystalframes.models.tensor_heads.TensorModel` of ``model.readout`` and
+    ``model.tensor_frame`` on it (its read-out weights drawn here, in the run's dtype)."""
+    if rank is None:
+        return backbone
+    from crystalframes.models.tensor_heads import TensorModel
+    from crystalframes.nn.cartesian import kind_of_rank
+
+    try:
+        model = TensorModel(backbone, kind_of_rank(rank), readout=cfg.model.readout, frame=cfg.model.tensor_frame)
+    except ValueError as exc:
+        raise UserError(f"model.readout={cfg.model.readout} on {cfg.model.spec} for tensor target {cfg.data.target}: {exc}") from None
+    # The read-out replaces the backbone's scalar head, which stays in the model file (the
+    # backbone is rebuilt from its spec) but never gets a gradient: frozen, so that DDP does not
+    # wait for its gradients and the trainable parameter count is that of the model that runs.
+    for p in backbone.head.parameters():
+        p.requires_grad_(False)
+    return model.to(getattr(torch, cfg.trainer.dtype))
 
 
 def _training_module(cfg: RunConfig, model, data, ckpt: dict | None, folder: Path):
@@ -477,8 +503,10 @@ def _final_evaluation(cfg: RunConfig, folder: Path, module, data, fit: _Fit, wal
         from crystalframes.train.finetune import init_identity
 
         metrics["init"] = init_identity(cfg)
-    train_mean = float(data.normaliser.mean[0])
-    for split in ("val", "test"):
+    if data.tensor_rank is not None:
+        _tensor_evaluation(cfg, folder, module, data, metrics, units)
+    train_mean = float(np.atleast_1d(data.normaliser.mean)[0])  # a tensor target's scale has no shift: 0
+    for split in ("val", "test") if data.tensor_rank is None else ():
         crystals = data.splits[split]
         if not crystals:
             continue
@@ -493,12 +521,37 @@ def _final_evaluation(cfg: RunConfig, folder: Path, module, data, fit: _Fit, wal
             with _final_file(folder / "parity.png", "the parity plot", folder):
                 parity_plot(folder / "parity.png", true, pred, data.target, units, metrics[split]["mae"])
     with _final_file(folder / "learning_curve.png", "the learning curve", folder):
-        learning_curve(folder / "learning_curve.png", folder / "logs" / "metrics.csv", units)
+        learning_curve(folder / "learning_curve.png", folder / "logs" / "metrics.csv", units,
+                       "val MAE" if data.tensor_rank is None else "val mean Frobenius error")
     with _final_file(folder / "model_card.md", "the model card", folder), atomic_write(folder / "model_card.md", "w") as fh:
         fh.write(model_card(folder, cfg, metrics, model_file))
     with _final_file(folder / "metrics.json", "the metrics", folder):
         write_json(folder / "metrics.json", metrics)
     return metrics
+
+
+def _tensor_evaluation(cfg: RunConfig, folder: Path, module, data, metrics: dict, units: str) -> None:
+    """The val and test metrics of a tensor target (:func:`crystalframes.train.tensor_metrics.tensor_metrics`,
+    with the isotropic baseline of the training tensors), its prediction files (Voigt components)
+    and a parity plot of the test components, into ``metrics``."""
+    from crystalframes.io.tensors import voigt_components
+    from crystalframes.train.tensor_metrics import tensor_metrics, write_tensor_predictions
+
+    rank = data.tensor_rank
+    train_tensors = data.target_values("train")
+    for split in ("val", "test"):
+        crystals = data.splits[split]
+        if not crystals:
+            continue
+        true = data.target_values(split)
+        pred = module.predict_graphs(data.graphs[split], crystals, cfg.trainer.batch_size)
+        metrics[split] = tensor_metrics(pred, true, rank, train_tensors)
+        with _final_file(folder / f"predictions_{split}.csv", "the predictions", folder):
+            write_tensor_predictions(folder / f"predictions_{split}.csv", crystals, true, pred, data.target, rank, units)
+        if split == "test":
+            with _final_file(folder / "parity.png", "the parity plot", folder):
+                parity_plot(folder / "parity.png", voigt_components(true, rank).ravel(), voigt_components(pred, rank).ravel(),
+                            f"{data.target} components", units, metrics[split]["mae"])
 
 
 def _remove_empty_folder(folder: Path) -> None:
