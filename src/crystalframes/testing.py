@@ -202,6 +202,61 @@ def invariance_report(model, crystals, trials: int = 3, seed: int = 0, supercell
     return rows
 
 
+EQUIVARIANCE_KEYS = ("rotation", "reflection", "translation", "permutation", "supercell", "basis_change", "batch", "neumann")
+
+
+def equivariance_report(model, crystals, trials: int = 3, seed: int = 0, supercells=((2, 1, 1), (2, 2, 2)),
+                        batch_size: int = 32) -> list[dict]:
+    """:func:`invariance_report` for a tensor model (outputs (B, 3, ..., 3)): per structure, the
+    largest absolute change of the network's output against what it must be, in the network's
+    own units (a trained model's outputs are scaled so that the training tensors' entries have
+    RMS 1; a relative error per structure would be meaningless where the tensor must vanish, as a
+    piezoelectric tensor at an inversion centre). ``rotation`` / ``reflection``: T(QS) against Q T(S) (every index) for random
+    proper Q, and for Q times a mirror; ``translation``, ``permutation``, ``supercell``,
+    ``basis_change``, ``batch``: T unchanged; ``neumann``: T against R T(S) for every operation R
+    of the structure's point group (spglib, symprec 0.01 A): Neumann's principle."""
+    import torch
+
+    from crystalframes.io.tensors import point_group_rotations, rotate
+
+    rank = model.kind.rank
+    rng = np.random.default_rng(seed)
+    ref = predict_in_batches(model, crystals, batch_size)
+    rows = [{"id": c.id, "notes": []} for c in crystals]
+
+    def change(outputs, expected):
+        return (outputs - expected).reshape(len(crystals), -1).abs().amax(dim=1)
+
+    def record(key, values):
+        for row, value in zip(rows, values.tolist()):
+            row[key] = max(row.get(key, 0.0), value) if value == value else value  # NaN stays
+
+    for _ in range(trials):
+        for key, q in (("rotation", random_rotation(rng)), ("reflection", np.diag([-1.0, 1.0, 1.0]) @ random_rotation(rng))):
+            moved = predict_in_batches(model, [rotated(c, q) for c in crystals], batch_size)
+            record(key, change(moved, rotate(ref, torch.as_tensor(q, dtype=ref.dtype), rank)))
+        record("translation", change(predict_in_batches(model, [translated(c, rng.uniform(-1, 1, 3)) for c in crystals], batch_size), ref))
+        record("permutation", change(predict_in_batches(model, [permuted(c, rng.permutation(c.num_atoms)) for c in crystals], batch_size), ref))
+    for reps in supercells:
+        record("supercell", change(predict_in_batches(model, [supercell(c, reps) for c in crystals], batch_size), ref))
+    for transform in (niggli_reduced, lambda c: basis_changed(c, SHEAR_BASIS_CHANGE)):
+        changed = []
+        for c, row in zip(crystals, rows):
+            try:
+                changed.append(transform(c))
+            except BasisChangeSkipped as exc:
+                row["notes"].append(f"basis change trial skipped: {exc}")
+                changed.append(c)
+        record("basis_change", change(predict_in_batches(model, changed, batch_size), ref))
+    record("batch", change(torch.cat([predict(model, [c]) for c in crystals]), ref))
+    neumann = []
+    for c, t in zip(crystals, ref):
+        ops = torch.as_tensor(point_group_rotations(c.lattice, c.frac_coords, c.atomic_numbers), dtype=ref.dtype)
+        neumann.append((rotate(t.expand(len(ops), *t.shape), ops, rank) - t).abs().amax())
+    record("neumann", torch.stack(neumann))
+    return rows
+
+
 def invariance_errors(model, crystals, trials: int = 3, seed: int = 0, supercells=((2, 1, 1), (2, 2, 2))) -> dict:
     """Largest absolute change of the model's outputs under each transformation over all
     ``crystals`` (like e3nn's ``assert_equivariant``: a dict of errors; compare with

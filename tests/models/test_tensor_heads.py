@@ -199,3 +199,59 @@ def test_every_read_out_trains_in_float32(readout, spec, crystals):
     model(batch).square().mean().backward()
     for name, p in model.head.named_parameters():
         assert p.grad is not None and torch.isfinite(p.grad).all() and p.grad.abs().max() > 0, name
+
+
+# -- crystalframes check on a tensor model ------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def structures_file(tmp_path_factory, crystals):
+    """The demo crystals (cubic, hexagonal, lower symmetry) and random cells as one JSONL file."""
+    import json
+
+    from pymatgen.core import Element
+
+    path = tmp_path_factory.mktemp("check") / "structures.jsonl"
+    with open(path, "w") as fh:
+        for c in crystals:
+            species = [Element.from_Z(int(z)).symbol for z in c.atomic_numbers]
+            fh.write(json.dumps({"id": c.id, "lattice": np.asarray(c.lattice).tolist(), "species": species,
+                                 "frac_coords": np.asarray(c.frac_coords).tolist()}) + "\n")
+    return path
+
+
+@pytest.mark.parametrize("spec,readout,frame,o3", [("ecomformer:none@cpu_small", "irreps", None, True),
+                                                   ("schnet:none@cpu_small", "global", "polar_o3", True),
+                                                   ("schnet:static@cpu_small", "local", None, False)])
+def test_check_tests_a_tensor_model_for_equivariance(spec, readout, frame, o3, tmp_path, structures_file):
+    """`crystalframes check MODEL.pt`: rotations and the batch pass for every read-out; reflections
+    pass for the O(3) read-outs and are a declared dependence (not a failure) for an SO(3) one;
+    Neumann's principle passes for the irreps read-out and is declared for the frame read-outs."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from crystalframes.api import save_model_file
+    from crystalframes.cli import app
+    from crystalframes.data.normalise import TargetNormaliser
+
+    model = _model(spec, PIEZOELECTRIC, readout, frame)
+    norm = TargetNormaliser().fit(np.array([[-1.0], [1.0]]), names=["piezoelectric_tensor"])
+    path = save_model_file(tmp_path / "model.pt", model, spec, {}, norm, ["piezoelectric_tensor"], ["C/m^2"])
+    result = CliRunner().invoke(app, ["check", str(path), str(structures_file), "--json", "--trials", "1"])
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.stdout)
+    overall, declared = out["overall"], out["declared_dependences"]
+    assert out["tensor"]["o3_equivariant"] is o3 and "max_neumann_error" in overall
+    for key in ("max_rotation_error", "max_translation_error", "max_permutation_error", "max_batch_error"):
+        assert overall[key] < 1e-9, (key, overall[key])
+    if o3:
+        assert overall["max_reflection_error"] < 1e-9 and "reflection" not in declared
+    else:
+        assert overall["max_reflection_error"] > 1e-3 and "reflection" in declared
+    if readout == "irreps":
+        assert overall["max_neumann_error"] < 1e-9 and "neumann" not in declared
+        assert overall["max_supercell_error"] < 1e-9 and overall["max_basis_change_error"] < 1e-9
+    else:
+        assert overall["max_neumann_error"] > 1e-3 and "neumann" in declared
+    assert out["failed"] == []

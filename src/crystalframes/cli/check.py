@@ -26,6 +26,18 @@ REPORT_KEYS = {
     "batch": "max_batch_error",
     "mirror": "mirror_difference",
 }
+# A tensor model (output (3, ..., 3) per structure) is checked for equivariance instead: the
+# output must rotate (and, for O(3) read-outs, reflect) with the crystal and obey its point group.
+TENSOR_REPORT_KEYS = {
+    "rotation": "max_rotation_error",
+    "reflection": "max_reflection_error",
+    "translation": "max_translation_error",
+    "permutation": "max_permutation_error",
+    "supercell": "max_supercell_error",
+    "basis_change": "max_basis_change_error",
+    "batch": "max_batch_error",
+    "neumann": "max_neumann_error",
+}
 
 
 def check_command(
@@ -60,30 +72,48 @@ def check_command(
                                         f"need {8 * c.num_atoms} atoms); pass --max-atoms {c.num_atoms} to check it") for c in big]
     if not crystals:
         raise InputError(" ".join(structures), "no readable structures" + (f" ({errors[0]})" if errors else ""))
-    rows = invariance_report(net, crystals, trials=trials)
-    per = [{"id": r["id"], **{REPORT_KEYS[k]: r[k] for k in REPORT_KEYS}, "notes": r["notes"]} for r in rows]
-    overall = {name: worst(p[name] for p in per) for name in REPORT_KEYS.values()}  # NaN shows
+    tensor = hasattr(net, "kind")  # a tensor read-out (crystalframes.models.tensor_heads.TensorModel)
+    keys = TENSOR_REPORT_KEYS if tensor else REPORT_KEYS
+    if tensor:
+        from crystalframes.testing import equivariance_report
+
+        rows = equivariance_report(net, crystals, trials=trials)
+    else:
+        rows = invariance_report(net, crystals, trials=trials)
+    per = [{"id": r["id"], **{keys[k]: r[k] for k in keys}, "notes": r["notes"]} for r in rows]
+    overall = {name: worst(p[name] for p in per) for name in keys.values()}  # NaN shows
     tolerance = DEFAULT_TOLERANCES[dtype]
     # What the model's frame cannot satisfy by construction (the frame registry's declarations)
     # is reported as declared, not as a failure, unless it is NaN.
     from crystalframes.models import declared_dependences
 
-    declared = declared_dependences(net.spec) if getattr(net, "spec", None) else {}
+    if tensor:
+        declared = net.declared_dependences()
+    else:
+        declared = declared_dependences(net.spec) if getattr(net, "spec", None) else {}
     # `not error <= tolerance` is true for NaN: a NaN output is a failure, never a pass.
-    failed = [name for key, name in REPORT_KEYS.items()
+    failed = [name for key, name in keys.items()
               if key != "mirror" and not overall[name] <= tolerance and not (key in declared and overall[name] == overall[name])]
     out = {"model": model, "dtype": dtype, "tolerance": tolerance, "structures": per, "overall": overall,
            "failed": failed, "declared_dependences": declared, "bad_inputs": [str(e) for e in errors]}
+    if tensor:
+        out["tensor"] = {**net.settings(), "o3_equivariant": net.o3_equivariant,
+                         "errors": "absolute, in the network's units (training tensors' entries: RMS 1)"}
     if as_json:
         typer.echo(json.dumps(out, indent=2))
         return
-    cols = list(REPORT_KEYS.values())
+    cols = list(keys.values())
     short = [c.replace("max_", "").replace("_error", "").replace("_difference", "") for c in cols]
     typer.echo(f"{'structure':24s} " + " ".join(f"{s:>12s}" for s in short))
     for p in per + [{"id": "OVERALL", **overall}]:
         typer.echo(f"{p['id'][:24]:24s} " + " ".join(f"{p[c]:12.2e}" for c in cols))
-    typer.echo(f"Largest change of the prediction per transformation; tolerance for {dtype}: {tolerance:.0e}.")
-    passed = [short[i] for i, (key, name) in enumerate(REPORT_KEYS.items())
+    if tensor:
+        typer.echo(f"Largest error of the {net.kind.name} tensor against what each transformation makes it (in the network's "
+                   f"units, where the training tensors' entries have RMS 1; neumann: the crystal's own point group); "
+                   f"tolerance for {dtype}: {tolerance:.0e}.")
+    else:
+        typer.echo(f"Largest change of the prediction per transformation; tolerance for {dtype}: {tolerance:.0e}.")
+    passed = [short[i] for i, (key, name) in enumerate(keys.items())
               if key != "mirror" and key not in declared and name not in failed]
     if passed:
         typer.echo(f"passed (within tolerance): {', '.join(passed)}")
@@ -93,7 +123,8 @@ def check_command(
         for key, reason in declared.items():
             typer.echo(f"  {key}: {_plain(reason)}")
     typer.echo(f"FAILED (above tolerance or NaN): {', '.join(failed)}" if failed else "no failures")
-    typer.echo("mirror: a reflection; models that respect rotations only need not give the same value (not a failure).")
+    if not tensor:
+        typer.echo("mirror: a reflection; models that respect rotations only need not give the same value (not a failure).")
     typer.echo("More on each check: docs/diagnostics.md")
     for p in per:
         for note in p["notes"]:

@@ -236,6 +236,36 @@ class TensorModel(nn.Module):
         """What rebuilds this read-out on its backbone (saved in model files): kind, read-out, frame."""
         return {"kind": self.kind.name, "readout": self.readout, "frame": self.tensor_frame}
 
+    @property
+    def o3_equivariant(self) -> bool:
+        """Whether the output also follows improper rotations (reflections): see the module docstring."""
+        if self.readout == "irreps":
+            return True
+        if self.readout == "global":
+            return self.tensor_frame in ("polar_o3", "qr_o3") or (self.tensor_frame == "lattice_vector" and self.kind.rank % 2 == 0)
+        return False
+
+    def declared_dependences(self) -> dict[str, str]:
+        """What this model cannot satisfy by construction (check of
+        :func:`crystalframes.testing.equivariance_report` -> reason): its backbone's declared
+        dependences (its features), its global frame's, reflections for an SO(3)-only read-out,
+        and Neumann's principle for a frame read-out."""
+        from crystalframes.frames.registry import GLOBAL_FRAME_DEPENDENCES
+        from crystalframes.models.specs import declared_dependences
+
+        out = dict(declared_dependences(self.backbone.spec))
+        if self.readout == "global":
+            base = self.tensor_frame.removesuffix("_o3")
+            for check, reason in GLOBAL_FRAME_DEPENDENCES.get(base, {}).items():
+                out.setdefault(check, f"{self.tensor_frame}: {reason}")
+        if not self.o3_equivariant:
+            out["reflection"] = (f"the {self.readout}-frame read-out's frames keep det F = +1 (SO(3)): a reflection "
+                                 f"does not map the {self.kind.name} tensor as it maps the crystal")
+        if self.readout != "irreps":
+            out["neumann"] = ("a frame is ambiguous where the crystal's own symmetry maps it to another frame, so a frame "
+                              "read-out need not keep the tensor unchanged by the crystal's point group (the irreps read-out does)")
+        return out
+
     def forward(self, batch: GraphBatch) -> torch.Tensor:
         if self.readout != "local":
             return self.head(batch, self.backbone.encode(batch))
