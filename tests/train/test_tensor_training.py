@@ -10,7 +10,7 @@ import pytest
 
 from crystalframes.io.errors import InputError, UserError
 from crystalframes.io.tensors import component_labels, tensor_columns, voigt_components, voigt_to_full
-from crystalframes.train.tensor_metrics import frobenius_errors, isotropic_part, relative_frobenius_errors, tensor_metrics
+from crystalframes.train.tensor_metrics import derived_scalars, frobenius_errors, isotropic_part, relative_frobenius_errors, tensor_metrics
 
 from tiny import cli, set_args
 
@@ -50,6 +50,25 @@ def test_metrics_of_a_case_worked_by_hand():
     b = m["isotropic_baseline"]
     assert b["frobenius"] == pytest.approx(np.sqrt(3))
     assert (b["ewt_25"], b["ewt_10"], b["ewt_5"]) == (0.5, 0.0, 0.0)
+
+
+def test_derived_scalars_of_known_tensors():
+    """trace / 3 of a dielectric tensor; K_VRH = lambda + 2 mu / 3 and G_VRH = mu of an isotropic
+    stiffness (Voigt and Reuss bounds coincide); their MAE in the metrics; none for rank 3."""
+    eps = np.diag([2.0, 3.0, 7.0])
+    assert derived_scalars(eps[None], 2)["trace_over_3"] == pytest.approx([4.0])
+    lam, mu = 60.0, 40.0
+    voigt = np.zeros((6, 6))
+    voigt[:3, :3] = lam
+    voigt[np.arange(3), np.arange(3)] = lam + 2 * mu
+    voigt[np.arange(3, 6), np.arange(3, 6)] = mu
+    c = voigt_to_full(voigt)
+    moduli = derived_scalars(c[None], 4)
+    assert moduli["K_VRH"] == pytest.approx([lam + 2 * mu / 3]) and moduli["G_VRH"] == pytest.approx([mu])
+    m = tensor_metrics(np.stack([c * 1.1, c]), np.stack([c, c]), 4)
+    assert m["derived_mae"]["K_VRH"] == pytest.approx(0.05 * (lam + 2 * mu / 3))
+    assert m["derived_mae"]["G_VRH"] == pytest.approx(0.05 * mu)
+    assert derived_scalars(np.zeros((2, 3, 3, 3)), 3) == {} and "derived_mae" not in tensor_metrics(np.zeros((2, 3, 3, 3)), np.zeros((2, 3, 3, 3)), 3)
 
 
 def test_relative_error_of_a_zero_tensor_is_zero_for_zero_and_infinite_otherwise():

@@ -11,7 +11,9 @@ All functions take full Cartesian tensors (n, 3, ..., 3) of one rank:
 - per-component MAE over the independent (Voigt) components, named as the prediction columns
   (:func:`crystalframes.io.tensors.component_labels`);
 - isotropic baseline: every structure predicted by the mean over the *training* structures of
-  each tensor's isotropic part (:func:`isotropic_part`).
+  each tensor's isotropic part (:func:`isotropic_part`);
+- derived scalars (:func:`derived_scalars`): the MAE of trace / 3 (rank 2) and of K_VRH, G_VRH
+  (rank 4) computed from the predicted tensors.
 """
 
 from __future__ import annotations
@@ -69,6 +71,22 @@ def isotropic_part(tensors: np.ndarray, rank: int) -> np.ndarray:
     raise ValueError(f"no isotropic part for a rank-{rank} tensor (ranks 2, 3, 4)")
 
 
+def derived_scalars(tensors: np.ndarray, rank: int) -> dict[str, np.ndarray]:
+    """The rotation-invariant scalars the tensor papers derive from a predicted tensor, per
+    structure (n,): rank 2 ``trace_over_3`` (the polycrystalline average, e.g. ``poly_electronic``
+    of the dielectric set); rank 4 ``K_VRH`` and ``G_VRH`` (Voigt-Reuss-Hill moduli,
+    :func:`crystalframes.io.tensors.vrh_moduli`; NaN for a singular stiffness); none for rank 3."""
+    from crystalframes.io.tensors import full_to_voigt, vrh_moduli
+
+    t = np.asarray(tensors, dtype=np.float64)
+    if rank == 2:
+        return {"trace_over_3": np.einsum("...ii->...", t) / 3}
+    if rank == 4:
+        moduli = np.array([vrh_moduli(full_to_voigt(x)) for x in t]).reshape(-1, 2)
+        return {"K_VRH": moduli[:, 0], "G_VRH": moduli[:, 1]}
+    return {}
+
+
 def _errors_of(pred: np.ndarray, true: np.ndarray) -> dict:
     frob = frobenius_errors(pred, true)
     rel = relative_frobenius_errors(pred, true)
@@ -92,6 +110,17 @@ def tensor_metrics(pred: np.ndarray, true: np.ndarray, rank: int, train: np.ndar
     out["mae"] = float(component_error.mean())
     out["component_mae"] = {label: float(v) for label, v in zip(component_labels(rank), per_component)}
     out["n"] = int(true.shape[0])
+    # scalars derived from the tensors, to set against a model trained on the scalar itself
+    # (NaN where a stiffness is singular: left out of the mean and counted)
+    derived_true, derived_pred = derived_scalars(true, rank), derived_scalars(pred, rank)
+    if derived_true:
+        out["derived_mae"] = {}
+        for name, values in derived_true.items():
+            error = np.abs(derived_pred[name] - values)
+            kept = np.isfinite(error)
+            out["derived_mae"][name] = float(error[kept].mean()) if kept.any() else float("nan")
+            if not kept.all():
+                out["derived_mae"][f"{name}_undefined"] = int((~kept).sum())
     if train is None:
         return out
     baseline = isotropic_part(np.asarray(train, dtype=np.float64), rank).mean(axis=0)
@@ -116,5 +145,5 @@ def write_tensor_predictions(path: Path, crystals, true: np.ndarray, pred: np.nd
         fh.write(buf.getvalue())
 
 
-__all__ = ["EWT_THRESHOLDS", "frobenius_errors", "relative_frobenius_errors", "isotropic_part", "tensor_metrics",
+__all__ = ["EWT_THRESHOLDS", "frobenius_errors", "relative_frobenius_errors", "isotropic_part", "derived_scalars", "tensor_metrics",
            "write_tensor_predictions"]
