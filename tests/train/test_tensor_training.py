@@ -195,6 +195,14 @@ def test_a_tiny_tensor_training_runs_end_to_end(tensor_data, tmp_path, monkeypat
     rows = list(csv.DictReader(open(folder / "predictions_test.csv")))
     assert len(rows) == metrics["test"]["n"]
     assert np.mean([float(r["frobenius error"]) for r in rows]) == pytest.approx(metrics["test"]["frobenius"], rel=1e-4)
+    # a study row of a tensor run (benchmarks/tensor_study.py): per-structure Frobenius errors,
+    # the isotropic baseline in place of the mean baseline
+    from crystalframes.train.study import row_of_run
+
+    row = row_of_run(folder, "schnet:none@cpu_small", 0, [])
+    assert row["test_mae"] == metrics["test"]["frobenius"]
+    assert row["test_mean_baseline_mae"] == metrics["test"]["isotropic_baseline"]["frobenius"]
+    assert row["test_abs_errors"] == pytest.approx([float(r["frobenius error"]) for r in rows], rel=1e-5)
 
     predictor = load_model(folder)
     assert isinstance(predictor.model, TensorModel) and predictor.model.settings() == {

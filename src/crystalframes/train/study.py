@@ -95,13 +95,16 @@ def row_of_run(folder: Path, spec: str, seed: int, overrides: list[str]) -> dict
     from crystalframes.models.specs import parse_spec
 
     m = json.loads((folder / "metrics.json").read_text())
+    # a tensor target's error per structure is its Frobenius error (the last column of its
+    # prediction file), its baseline the isotropic mean of the training tensors
+    tensor = "frobenius" in m["test"]
     ids, errors = [], []
     with open(folder / "predictions_test.csv", newline="") as fh:
         reader = csv.reader(fh)
         next(reader)
         for rec in reader:
             ids.append(rec[0])
-            errors.append(abs(float(rec[3]) - float(rec[4])))
+            errors.append(float(rec[-1]) if tensor else abs(float(rec[3]) - float(rec[4])))
     curve = {}
     log = folder / "logs" / "metrics.csv"
     if log.exists():
@@ -123,10 +126,12 @@ def row_of_run(folder: Path, spec: str, seed: int, overrides: list[str]) -> dict
         "batch_size": cfg["trainer"]["batch_size"],
         "params": m.get("params"),
         "train_wall_seconds": m["train_wall_seconds"],
-        "val_mae": m["val"]["mae"],
-        "test_mae": m["test"]["mae"],
-        "val_mean_baseline_mae": m["val"]["mean_baseline_mae"],
-        "test_mean_baseline_mae": m["test"]["mean_baseline_mae"],
+        "val_mae": m["val"]["frobenius"] if tensor else m["val"]["mae"],
+        "test_mae": m["test"]["frobenius"] if tensor else m["test"]["mae"],
+        "val_mean_baseline_mae": m["val"]["isotropic_baseline"]["frobenius"] if tensor else m["val"]["mean_baseline_mae"],
+        "test_mean_baseline_mae": m["test"]["isotropic_baseline"]["frobenius"] if tensor else m["test"]["mean_baseline_mae"],
+        **({"error": "mean Frobenius error", "baseline": "isotropic mean of the training tensors",
+            "test_ewt": {k: m["test"][k] for k in ("ewt_25", "ewt_10", "ewt_5")}} if tensor else {}),
         "val_mae_per_epoch": [curve[e] for e in sorted(curve)],
         "test_ids": ids,
         "test_abs_errors": [round(e, 7) for e in errors],
