@@ -233,3 +233,34 @@ def test_a_signal_whose_exception_a_finalizer_swallowed_still_stops_the_run():
         with pytest.raises(Interrupted) as stop:
             check()
     assert (stop.value.name, stop.value.code) == ("SIGTERM", 143)
+
+
+def test_a_signal_while_a_record_is_read_stops_the_run_instead_of_becoming_its_error(tmp_path):
+    """The readers turn any exception of a record into that record's error (one bad structure
+    never costs the others); the signal's exception must pass through them (CI: a SIGINT landing
+    while record 25 was parsed became its row "unexpected error: Interrupted: SIGINT", and the
+    continued run kept that row)."""
+    from crystalframes.io.datasets import iter_records
+    from crystalframes.predict_run import Interrupted
+
+    lines = gzip.open(files("crystalframes.data") / "embedded" / "mp_2018_demo.jsonl.gz", "rt").read().splitlines()[:3]
+    path = tmp_path / "three.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    import crystalframes.io.datasets as datasets
+
+    real = datasets._crystal_from_any_record
+    calls = []
+
+    def interrupted_on_the_second(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise Interrupted("SIGINT", 130)
+        return real(*args, **kwargs)
+
+    datasets._crystal_from_any_record = interrupted_on_the_second
+    try:
+        with pytest.raises(Interrupted):
+            list(iter_records(path))
+    finally:
+        datasets._crystal_from_any_record = real
+    assert len(calls) == 2

@@ -369,7 +369,12 @@ class Partial:
 
 # ---------------------------------------------------------------- signals and progress
 
-class Interrupted(Exception):
+class Interrupted(BaseException):
+    """A signal that stops ``predict``. A BaseException, as KeyboardInterrupt is: the guards that
+    turn one bad record's exception into its error row (``except Exception``, e.g. the readers'
+    parser guard) must not catch it, or a signal landing while a record is read becomes that
+    record's error, written to the partial file and kept by the continued run."""
+
     def __init__(self, name: str, code: int):
         super().__init__(name)
         self.name, self.code = name, code
