@@ -20,6 +20,15 @@ def _random_stiffness(rng):
     return voigt_to_full(a + a.T)
 
 
+def _isotropic_stiffness(lam: float, mu: float) -> np.ndarray:
+    """The full stiffness tensor of an isotropic solid with Lame constants ``lam`` and ``mu``."""
+    voigt = np.zeros((6, 6))
+    voigt[:3, :3] = lam
+    voigt[np.arange(3), np.arange(3)] = lam + 2 * mu
+    voigt[np.arange(3, 6), np.arange(3, 6)] = mu
+    return voigt_to_full(voigt)
+
+
 # -- metrics -----------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("rank", [2, 3, 4])
@@ -58,11 +67,7 @@ def test_derived_scalars_of_known_tensors():
     eps = np.diag([2.0, 3.0, 7.0])
     assert derived_scalars(eps[None], 2)["trace_over_3"] == pytest.approx([4.0])
     lam, mu = 60.0, 40.0
-    voigt = np.zeros((6, 6))
-    voigt[:3, :3] = lam
-    voigt[np.arange(3), np.arange(3)] = lam + 2 * mu
-    voigt[np.arange(3, 6), np.arange(3, 6)] = mu
-    c = voigt_to_full(voigt)
+    c = _isotropic_stiffness(lam, mu)
     moduli = derived_scalars(c[None], 4)
     assert moduli["K_VRH"] == pytest.approx([lam + 2 * mu / 3]) and moduli["G_VRH"] == pytest.approx([mu])
     m = tensor_metrics(np.stack([c * 1.1, c]), np.stack([c, c]), 4)
@@ -85,12 +90,7 @@ def test_isotropic_parts():
     assert np.allclose(isotropic_part(eps[None], 2)[0], np.trace(eps) / 3 * np.eye(3))
     assert not isotropic_part(rng.normal(size=(2, 3, 3, 3)), 3).any()
     # an isotropic stiffness (Lame constants 3 and 2) is its own isotropic part ...
-    lam, mu = 3.0, 2.0
-    voigt = np.zeros((6, 6))
-    voigt[:3, :3] = lam
-    voigt[np.arange(3), np.arange(3)] = lam + 2 * mu
-    voigt[np.arange(3, 6), np.arange(3, 6)] = mu
-    iso = voigt_to_full(voigt)
+    iso = _isotropic_stiffness(3.0, 2.0)
     assert np.allclose(isotropic_part(iso[None], 4)[0], iso)
     # ... and the part of any stiffness is an orthogonal projection: what is left is orthogonal to both invariants
     c = _random_stiffness(rng)
