@@ -14,7 +14,8 @@ from crystalframes.data.batch import collate
 from crystalframes.data.graph import build_graph
 from crystalframes.models.specs import build_model
 from crystalframes.models.tensor_heads import TensorModel
-from crystalframes.nn.cartesian import DIELECTRIC, ELASTIC, PIEZOELECTRIC, TENSOR_KINDS, into_frame, out_of_frame, rotate
+from crystalframes.io.tensors import rotate
+from crystalframes.nn.cartesian import DIELECTRIC, ELASTIC, PIEZOELECTRIC, TENSOR_KINDS, into_frame, out_of_frame
 from crystalframes.testing import (basis_changed, demo_crystals, mirrored, random_crystals, random_rotation, randomise_parameters,
                                    rotated, supercell)
 

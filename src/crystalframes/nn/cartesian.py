@@ -26,7 +26,7 @@ from functools import cached_property
 import torch
 
 # the Voigt convention and the rotation of property tensors live with the datasets that store them
-from crystalframes.io.tensors import VOIGT_PAIRS, rotate, voigt_index
+from crystalframes.io.tensors import rotate, voigt_index
 
 
 @dataclass(frozen=True)
@@ -115,5 +115,4 @@ def out_of_frame(components: torch.Tensor, frame: torch.Tensor, rank: int) -> to
     return rotate(components, frame.transpose(-1, -2), rank)
 
 
-__all__ = ["TensorKind", "TENSOR_KINDS", "DIELECTRIC", "PIEZOELECTRIC", "ELASTIC", "VOIGT_PAIRS", "voigt_index", "kind_of_rank",
-           "rotate", "into_frame", "out_of_frame"]
+__all__ = ["TensorKind", "TENSOR_KINDS", "DIELECTRIC", "PIEZOELECTRIC", "ELASTIC", "kind_of_rank", "into_frame", "out_of_frame"]
